@@ -1,0 +1,193 @@
+//! Reproduces blocks that Bitcoin Core accepted, from the template alone plus the payout script
+//! and extranonce recorded with it (../shared/vectors, see its README).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use quarry_work::coinbase::CoinbaseLayout;
+use quarry_work::hash::{sha256d, to_display_hex};
+use quarry_work::job::Job;
+use quarry_work::merkle;
+use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
+use quarry_work::template::{GetBlockTemplate, TemplateError, WorkTemplate};
+use quarry_work::Target;
+use serde_json::Value;
+
+fn vectors_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QUARRY_VECTORS") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+}
+
+fn load(name: &str) -> Value {
+    let path = vectors_dir().join(format!("core-{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("vector {} must exist: {e}", path.display()));
+    serde_json::from_str(&text).expect("vector is JSON")
+}
+
+fn hex_field(v: &Value, key: &str) -> Vec<u8> {
+    hex::decode(v[key].as_str().expect("string field")).expect("hex field")
+}
+
+struct Case {
+    vector: Value,
+    job: Job,
+    en1: Vec<u8>,
+    en2: Vec<u8>,
+}
+
+fn case(name: &str) -> Case {
+    let vector = load(name);
+    let gbt: GetBlockTemplate =
+        serde_json::from_value(vector["getblocktemplate"].clone()).expect("template parses");
+    let template = WorkTemplate::from_gbt(&gbt, 1).expect("template is consistent");
+    let extranonce = hex_field(&vector, "extranonce_hex");
+    let (en1, en2) = extranonce.split_at(4);
+    let layout = CoinbaseLayout {
+        extranonce1_len: 4,
+        extranonce2_len: 8,
+        tag: b"/quarry-vectors/".to_vec(),
+    };
+    let payout = hex_field(&vector, "payout_script_pubkey");
+    let job = Job::new(Arc::new(template), &payout, &layout).expect("coinbase builds");
+    Case {
+        vector,
+        job,
+        en1: en1.to_vec(),
+        en2: en2.to_vec(),
+    }
+}
+
+fn header_fields(header: &[u8]) -> (u32, u32, u32) {
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    (word(0), word(68), word(76))
+}
+
+fn reproduce(name: &str) {
+    let Case { vector, job, en1, en2 } = case(name);
+    let mut coinbase = Vec::new();
+    job.coinbase.write_without_witness(&en1, &en2, &mut coinbase);
+    assert_eq!(
+        hex::encode(&coinbase),
+        vector["coinbase_tx_without_witness_hex"].as_str().expect("field"),
+        "{name}: coinbase without witness"
+    );
+    let mut with_witness = Vec::new();
+    job.coinbase.write_for_block(&en1, &en2, &mut with_witness);
+    assert_eq!(
+        hex::encode(&with_witness),
+        vector["coinbase_tx_with_witness_hex"].as_str().expect("field"),
+        "{name}: coinbase with witness"
+    );
+
+    let expected_header = hex_field(&vector, "header_hex");
+    let (version, ntime, nonce) = header_fields(&expected_header);
+    let header = job.header(&en1, &en2, version, ntime, nonce);
+    assert_eq!(hex::encode(header), hex::encode(&expected_header), "{name}: header");
+    assert_eq!(
+        to_display_hex(&sha256d(&header)),
+        vector["block_hash"].as_str().expect("field"),
+        "{name}: block hash"
+    );
+    let block = job.block(&header, &en1, &en2);
+    assert_eq!(
+        hex::encode(&block),
+        vector["accepted_block_hex"].as_str().expect("field"),
+        "{name}: block bytes"
+    );
+
+    // The share path reaches the same header and calls it a block.
+    let rules = ShareRules {
+        target: Target::MAX,
+        version_mask: 0,
+        extranonce2_len: 8,
+        now_unix: u64::from(ntime),
+    };
+    let submission = Submission {
+        extranonce1: &en1,
+        extranonce2: &en2,
+        version,
+        ntime,
+        nonce,
+    };
+    let share = validate_share(&job, &submission, &rules).expect("the accepted block is a share");
+    assert!(share.is_block(), "{name}: meets the network target");
+    assert_eq!(share.header(), &header);
+
+    // The node rejected the high-hash variant: so must we.
+    let broken = &vector["broken_variants"]["high_hash"];
+    if let Some(block_hex) = broken["block_hex"].as_str() {
+        let bad = hex::decode(block_hex).expect("hex");
+        let (v, t, n) = header_fields(&bad[..80]);
+        let bad_submission = Submission {
+            version: v,
+            ntime: t,
+            nonce: n,
+            ..submission
+        };
+        let network_only = ShareRules {
+            target: job.template.network_target,
+            ..rules
+        };
+        assert_eq!(
+            validate_share(&job, &bad_submission, &network_only).map(|_| ()),
+            Err(ShareReject::LowDifficulty),
+            "{name}: high-hash variant"
+        );
+    }
+}
+
+#[test]
+fn empty_template_block_is_reproduced() {
+    reproduce("empty");
+}
+
+#[test]
+fn mixed_segwit_template_block_is_reproduced() {
+    reproduce("mixed");
+}
+
+#[test]
+fn forty_transaction_template_block_is_reproduced() {
+    reproduce("forty");
+}
+
+#[test]
+fn merkle_branch_matches_full_root() {
+    let Case { job, en1, en2, .. } = case("forty");
+    assert_eq!(job.template.merkle_branch.len(), 6);
+    let leaf = job.coinbase.txid(&en1, &en2);
+    let header = job.header(&en1, &en2, job.template.version, job.template.curtime, 0);
+    assert_eq!(
+        merkle::root_from_branch(&leaf, &job.template.merkle_branch),
+        <[u8; 32]>::try_from(&header[36..68]).expect("32 bytes")
+    );
+}
+
+#[test]
+fn tampered_commitment_is_refused() {
+    let vector = load("mixed");
+    let mut gbt: GetBlockTemplate =
+        serde_json::from_value(vector["getblocktemplate"].clone()).expect("template parses");
+    let mut commitment = gbt.default_witness_commitment.clone().expect("segwit template");
+    commitment.replace_range(commitment.len() - 2.., "00");
+    gbt.default_witness_commitment = Some(commitment);
+    assert!(matches!(
+        WorkTemplate::from_gbt(&gbt, 1),
+        Err(TemplateError::WitnessCommitmentMismatch { .. })
+    ));
+}
+
+#[test]
+fn tampered_txid_is_refused() {
+    let vector = load("mixed");
+    let mut gbt: GetBlockTemplate =
+        serde_json::from_value(vector["getblocktemplate"].clone()).expect("template parses");
+    gbt.transactions[1].txid = Some("00".repeat(32));
+    assert!(matches!(
+        WorkTemplate::from_gbt(&gbt, 1),
+        Err(TemplateError::IdMismatch { index: 1, field: "txid", .. })
+    ));
+}
