@@ -1,0 +1,15 @@
+//! Stratum sessions for Quarry, sans-IO.
+//!
+//! A session is fed bytes, templates and the time (`handle_*`) and yields lines to send, events
+//! for the pool and its next deadline (`poll_*`). It owns no socket and reads no clock, so the
+//! tests in `src/tests` drive it with a scripted miner and a simulated clock, and the fuzz targets
+//! drive it with arbitrary bytes.
+#![warn(missing_docs)]
+
+pub mod pool;
+pub mod v1;
+
+#[cfg(test)]
+mod tests;
+
+pub use pool::{Pool, PoolMode};

@@ -1,0 +1,366 @@
+use serde_json::json;
+
+use super::*;
+use crate::v1::codec::MAX_LINE_LEN;
+
+fn ntime(miner: &Miner) -> u32 {
+    (miner.now / 1000) as u32
+}
+
+#[test]
+fn handshake_sends_difficulty_then_clean_job() {
+    let miner = Miner::handshake(config(), HARD_BITS);
+    let methods: Vec<&str> = miner
+        .notifications
+        .iter()
+        .map(|n| n["method"].as_str().expect("method"))
+        .collect();
+    assert_eq!(methods, ["mining.set_difficulty", "mining.notify"]);
+    let job = miner.last_job();
+    assert!(job.clean);
+    assert_eq!(job.prev_hash, [7; 32]);
+    assert_eq!(job.bits, HARD_BITS);
+    assert_eq!(miner.difficulty, 1e-6);
+}
+
+#[test]
+fn valid_share_is_accepted_and_credited_at_job_difficulty() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let job = miner.last_job();
+    let t = ntime(&miner);
+    let (en2, nonce) = miner.find(&job, job.version, t, true);
+    let answer = miner.submit(&job, &en2, t, nonce, None);
+    assert_eq!(answer["result"], true, "{answer}");
+    let events = miner.events();
+    let accepted = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ShareAccepted(share) => Some(share.clone()),
+            _ => None,
+        })
+        .expect("accepted event");
+    assert_eq!(accepted.difficulty.get(), 1e-6);
+    assert_eq!(accepted.address, ADDRESS);
+    assert!(!accepted.is_block);
+}
+
+#[test]
+fn rejections_carry_ecosystem_codes() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let job = miner.last_job();
+    let t = ntime(&miner);
+
+    let (en2, nonce) = miner.find(&job, job.version, t, false);
+    assert_eq!(code(&miner.submit(&job, &en2, t, nonce, None)), Some(23), "low difficulty");
+
+    let (en2, nonce) = miner.find(&job, job.version, t, true);
+    assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
+    assert_eq!(code(&miner.submit(&job, &en2, t, nonce, None)), Some(22), "duplicate");
+
+    let unknown = WireJob { id: "ffff".into(), ..job.clone() };
+    assert_eq!(code(&miner.submit(&unknown, &en2, t, nonce, None)), Some(21), "unknown job");
+
+    // Bit 0 is outside the BIP320 mask.
+    assert_eq!(code(&miner.submit(&job, &en2, t, nonce, Some(1))), Some(20), "version mask");
+
+    let far_future = t + 7201 + 60;
+    assert_eq!(code(&miner.submit(&job, &en2, far_future, nonce, None)), Some(20), "ntime future");
+    let too_old = (START / 1000 - 601) as u32;
+    assert_eq!(code(&miner.submit(&job, &en2, too_old, nonce, None)), Some(20), "ntime mintime");
+
+    let short_en2 = [0u8; 4];
+    assert_eq!(code(&miner.submit(&job, &short_en2, t, nonce, None)), Some(20), "en2 size");
+
+    let rejected = miner
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::ShareRejected { .. }))
+        .count();
+    assert_eq!(rejected, 7);
+}
+
+#[test]
+fn rolled_version_inside_mask_is_accepted() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let job = miner.last_job();
+    let t = ntime(&miner);
+    let bits = 0x0000_6000;
+    let version = (job.version & !0x1fff_e000) | bits;
+    let (en2, nonce) = miner.find(&job, version, t, true);
+    assert_eq!(miner.submit(&job, &en2, t, nonce, Some(bits))["result"], true);
+}
+
+#[test]
+fn stale_after_new_tip_but_grace_for_shares_in_flight() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let old = miner.last_job();
+    let t = ntime(&miner);
+    miner.template(template(2, 8, HARD_BITS));
+    let new = miner.last_job();
+    assert!(new.clean);
+    assert_ne!(new.id, old.id);
+
+    miner.advance(500);
+    let (en2, nonce) = miner.find(&old, old.version, t, true);
+    assert_eq!(miner.submit(&old, &en2, t, nonce, None)["result"], true, "in grace");
+
+    miner.advance(3_000);
+    let en2b = vec![1, 0, 0, 0, 0, 0, 0, 9];
+    let nonce = (0..)
+        .find(|&n| {
+            Target::from_difficulty(Difficulty::new(miner.difficulty).expect("set"))
+                .is_met_by(&old.hash(&miner.extranonce1, &en2b, old.version, t, n))
+        })
+        .expect("a nonce");
+    assert_eq!(code(&miner.submit(&old, &en2b, t, nonce, None)), Some(21), "stale");
+}
+
+#[test]
+fn same_tip_refresh_keeps_old_jobs_valid() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let old = miner.last_job();
+    miner.template(template(2, 7, HARD_BITS));
+    assert!(!miner.last_job().clean);
+    miner.advance(60_000);
+    let t = ntime(&miner);
+    let (en2, nonce) = miner.find(&old, old.version, t, true);
+    assert_eq!(miner.submit(&old, &en2, t, nonce, None)["result"], true);
+}
+
+#[test]
+fn share_on_old_job_is_credited_at_old_difficulty() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let old = miner.last_job();
+    let answer = miner.call("mining.suggest_difficulty", json!([2e-6]));
+    assert_eq!(answer["result"], true);
+    assert_eq!(miner.difficulty, 2e-6, "set_difficulty sent");
+    let newer = miner.last_job();
+    assert_ne!(newer.id, old.id, "a new job carries the new difficulty");
+    miner.events();
+
+    // A share that meets 1e-6 but not 2e-6 on the old job is still good.
+    let t = ntime(&miner);
+    let old_target = Target::from_difficulty(Difficulty::new(1e-6).expect("positive"));
+    let new_target = Target::from_difficulty(Difficulty::new(2e-6).expect("positive"));
+    let en2 = vec![0, 0, 0, 0, 0, 0, 0, 3];
+    let nonce = (0..)
+        .find(|&n| {
+            let hash = old.hash(&miner.extranonce1, &en2, old.version, t, n);
+            old_target.is_met_by(&hash) && !new_target.is_met_by(&hash)
+        })
+        .expect("a nonce");
+    assert_eq!(miner.submit(&old, &en2, t, nonce, None)["result"], true);
+    let credited = miner.events().into_iter().find_map(|e| match e {
+        Event::ShareAccepted(share) => Some(share.difficulty.get()),
+        _ => None,
+    });
+    assert_eq!(credited, Some(1e-6));
+    // The same hash on the new job would be low difficulty.
+    let nonce = (0..)
+        .find(|&n| {
+            let hash = newer.hash(&miner.extranonce1, &en2, newer.version, t, n);
+            old_target.is_met_by(&hash) && !new_target.is_met_by(&hash)
+        })
+        .expect("a nonce");
+    assert_eq!(code(&miner.submit(&newer, &en2, t, nonce, None)), Some(23));
+}
+
+#[test]
+fn suggest_difficulty_is_floored_at_pool_minimum() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    miner.call("mining.suggest_difficulty", json!([1e-12]));
+    assert_eq!(miner.difficulty, 1e-7);
+}
+
+#[test]
+fn password_difficulty_sets_start() {
+    let mut miner = Miner::new(config());
+    miner.template(template(1, 7, HARD_BITS));
+    miner.call("mining.subscribe", json!([]));
+    miner.call("mining.authorize", json!([ADDRESS, "x,d=0.0005"]));
+    assert_eq!(miner.difficulty, 0.0005);
+}
+
+#[test]
+fn difficulty_never_exceeds_network() {
+    let mut miner = Miner::new(config());
+    miner.template(template(1, 7, REGTEST_BITS));
+    miner.call("mining.subscribe", json!([]));
+    miner.call("mining.authorize", json!([ADDRESS, "d=1"]));
+    assert!(miner.difficulty < 1e-9, "{}", miner.difficulty);
+}
+
+#[test]
+fn block_is_reported_with_full_bytes() {
+    let mut miner = Miner::handshake(config(), REGTEST_BITS);
+    let job = miner.last_job();
+    let t = ntime(&miner);
+    let network = Target::from_compact(REGTEST_BITS);
+    let en2 = vec![0, 0, 0, 0, 0, 0, 0, 1];
+    let nonce = (0..)
+        .find(|&n| network.is_met_by(&job.hash(&miner.extranonce1, &en2, job.version, t, n)))
+        .expect("a nonce");
+    assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
+    let block = miner
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::BlockFound(block) => Some(block),
+            _ => None,
+        })
+        .expect("block event");
+    assert_eq!(sha256d(&block.block[..80]), block.hash);
+    let decoded: bitcoin::Block =
+        bitcoin::consensus::deserialize(&block.block).expect("a well-formed block");
+    assert!(decoded.check_merkle_root());
+    assert_eq!(decoded.bip34_block_height().ok(), Some(block.height));
+}
+
+#[test]
+fn order_errors() {
+    let mut miner = Miner::new(config());
+    miner.template(template(1, 7, HARD_BITS));
+    let submit = json!(["w", "1", "0000000000000000", "00000000", "00000000"]);
+    assert_eq!(code(&miner.call("mining.submit", submit.clone())), Some(25));
+    miner.call("mining.subscribe", json!([]));
+    assert_eq!(code(&miner.call("mining.submit", submit)), Some(24));
+}
+
+#[test]
+fn bad_addresses_are_refused_at_authorize() {
+    let mut miner = Miner::new(config());
+    miner.call("mining.subscribe", json!([]));
+    let wrong_network = miner.call("mining.authorize", json!([MAINNET_ADDRESS, "x"]));
+    assert_eq!(code(&wrong_network), Some(24));
+    assert!(wrong_network["error"][1].as_str().expect("message").contains("regtest"));
+    let garbage = miner.call("mining.authorize", json!(["notanaddress.worker", "x"]));
+    assert_eq!(code(&garbage), Some(24));
+    let bech32 = miner.call("mining.authorize", json!([format!("{BECH32_ADDRESS}.w"), "x"]));
+    assert_eq!(bech32["result"], true);
+}
+
+#[test]
+fn session_resume_reuses_extranonce1() {
+    let mut miner = Miner::new(config());
+    miner.pool.free_extranonces.borrow_mut().insert(vec![9, 9, 9, 9]);
+    let answer = miner.call("mining.subscribe", json!(["x", "09090909"]));
+    assert_eq!(answer["result"][1], "09090909");
+    let mut other = Miner::new(config());
+    let answer = other.call("mining.subscribe", json!(["x", "0a0a0a0a"]));
+    assert_eq!(answer["result"][1], "00000001", "unknown session id: fresh extranonce");
+}
+
+#[test]
+fn garbage_lines_close_the_connection() {
+    let mut miner = Miner::new(config());
+    for i in 0..4 {
+        let answers = miner.send_raw("this is not json");
+        assert_eq!(code(&answers[0]), Some(20));
+        assert!(miner.closed().is_none(), "after {i}");
+    }
+    miner.send_raw("{\"id\":1,\"method\":\"nope\"}");
+    assert_eq!(miner.closed(), Some(&CloseReason::Garbage));
+}
+
+#[test]
+fn overlong_line_closes_the_connection() {
+    let mut miner = Miner::new(config());
+    let long = "x".repeat(MAX_LINE_LEN + 10);
+    miner.session.handle_bytes(long.as_bytes(), miner.now, &miner.pool);
+    assert_eq!(miner.closed(), Some(&CloseReason::LineTooLong));
+}
+
+#[test]
+fn unauthenticated_and_idle_connections_time_out() {
+    let mut miner = Miner::new(config());
+    miner.call("mining.subscribe", json!([]));
+    miner.advance(59_000);
+    assert!(miner.closed().is_none());
+    miner.advance(2_000);
+    assert_eq!(miner.closed(), Some(&CloseReason::AuthTimeout));
+
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    for _ in 0..6 {
+        miner.advance(100_000);
+    }
+    assert_eq!(miner.closed(), Some(&CloseReason::Idle));
+}
+
+#[test]
+fn vardiff_raises_difficulty_for_a_fast_miner() {
+    let mut fast = config();
+    fast.vardiff.retarget_secs = 9.0;
+    fast.vardiff.target_interval_secs = 3.0;
+    let mut miner = Miner::handshake(fast, HARD_BITS);
+    let start = miner.difficulty;
+    let mut en2_counter = 0u64;
+    for _ in 0..16 {
+        let job = miner.last_job();
+        let t = ntime(&miner);
+        en2_counter += 1;
+        let en2 = en2_counter.to_be_bytes().to_vec();
+        let target = Target::from_difficulty(Difficulty::new(miner.difficulty).expect("set"));
+        let nonce = (0..)
+            .find(|&n| target.is_met_by(&job.hash(&miner.extranonce1, &en2, job.version, t, n)))
+            .expect("a nonce");
+        assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
+        miner.advance(200);
+    }
+    assert!(miner.difficulty > start * 5.0, "{} -> {}", start, miner.difficulty);
+    // set_difficulty always came right before a notify.
+    for pair in miner.notifications.windows(2) {
+        if pair[0]["method"] == "mining.set_difficulty" {
+            assert_eq!(pair[1]["method"], "mining.notify");
+        }
+    }
+}
+
+#[test]
+fn reconnect_and_version_mask_notifications() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    miner.session.handle_version_mask(0x0000_e000);
+    miner.drain();
+    let last = miner.notifications.last().expect("notification");
+    assert_eq!(last["method"], "mining.set_version_mask");
+    assert_eq!(last["params"][0], "0000e000");
+    miner.session.handle_reconnect("pool.example", 3333, 5);
+    miner.drain();
+    assert_eq!(miner.notifications.last().expect("sent")["method"], "client.reconnect");
+    assert_eq!(miner.closed(), Some(&CloseReason::Reconnect));
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let fragments: [&[u8]; 8] = [
+        b"{\"id\":1,\"method\":\"mining.submit\",\"params\":[",
+        b"\"mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn\",",
+        b"\"1\",\"00\",\"ffffffff\",\"0\"]}\n",
+        b"{\"id\":2,\"method\":\"mining.subscribe\",\"params\":[]}\n",
+        b"{\"id\":3,\"method\":\"mining.authorize\",\"params\":[\"mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn\"]}\n",
+        b"[[[[[[[[[[",
+        b"\n\r\n\xff\x00",
+        b"{\"id\":{},\"method\":\"mining.configure\",\"params\":[[\"version-rolling\"],{}]}\n",
+    ];
+    for _ in 0..2000 {
+        let mut miner = Miner::new(config());
+        miner.template(template(1, 7, HARD_BITS));
+        for _ in 0..(next() % 12) {
+            let mut chunk = fragments[(next() % 8) as usize].to_vec();
+            if next() % 3 == 0 {
+                let at = (next() as usize) % chunk.len();
+                chunk[at] = next() as u8;
+            }
+            miner.session.handle_bytes(&chunk, miner.now, &miner.pool);
+            while let Some(line) = miner.session.poll_transmit() {
+                let _: serde_json::Value = serde_json::from_str(&line).expect("valid JSON out");
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Stratum V1 messages: typed requests from a miner, and the lines we send.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::RequestError;
+
+/// Longest username (address plus worker) kept.
+pub const MAX_USERNAME_LEN: usize = 256;
+
+/// A request from a miner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `mining.subscribe [user_agent, session_id]`.
+    Subscribe {
+        /// Miner software.
+        user_agent: Option<String>,
+        /// Extranonce1 (hex) of an earlier session to resume.
+        session_id: Option<String>,
+    },
+    /// `mining.authorize [username, password]`.
+    Authorize {
+        /// `address[.worker]`.
+        username: String,
+        /// May carry `d=<difficulty>`.
+        password: String,
+    },
+    /// `mining.configure [extensions, params]` (BIP310).
+    Configure {
+        /// Extension names.
+        extensions: Vec<String>,
+        /// Their parameters.
+        params: Map<String, Value>,
+    },
+    /// `mining.suggest_difficulty [difficulty]`.
+    SuggestDifficulty(f64),
+    /// `mining.extranonce.subscribe []`.
+    ExtranonceSubscribe,
+    /// `mining.submit [worker, job_id, extranonce2, ntime, nonce, version_bits?]`.
+    Submit(Submit),
+}
+
+/// The parameters of `mining.submit`, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submit {
+    /// The worker name the share is for.
+    pub worker: String,
+    /// The job id as sent in `mining.notify`.
+    pub job_id: String,
+    /// Raw extranonce2 bytes.
+    pub extranonce2: Vec<u8>,
+    /// Header time.
+    pub ntime: u32,
+    /// Header nonce.
+    pub nonce: u32,
+    /// Rolled version bits (BIP310), if sent.
+    pub version_bits: Option<u32>,
+}
+
+/// A decoded line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A request; `request` is the error to answer when its method or params are bad.
+    Request {
+        /// The id to answer with.
+        id: Value,
+        /// The decoded request.
+        request: Result<Request, RequestError>,
+    },
+    /// A response to something we sent (e.g. a reply to `client.show_message`): ignored.
+    Response,
+}
+
+#[derive(Deserialize)]
+struct RawLine {
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Value,
+}
+
+/// Decodes one line.
+///
+/// # Errors
+/// [`RequestError::Parse`] when the line is not a JSON object with a method or a result.
+pub fn parse_line(line: &[u8]) -> Result<Incoming, RequestError> {
+    let raw: RawLine = serde_json::from_slice(line).map_err(|e| {
+        RequestError::Parse(match e.classify() {
+            serde_json::error::Category::Data => "not a JSON-RPC object".to_string(),
+            _ => "invalid JSON".to_string(),
+        })
+    })?;
+    let Some(method) = raw.method else {
+        return Ok(Incoming::Response);
+    };
+    let request = parse_request(&method, &raw.params);
+    Ok(Incoming::Request {
+        id: raw.id,
+        request,
+    })
+}
+
+fn parse_request(method: &str, params: &Value) -> Result<Request, RequestError> {
+    let empty = Vec::new();
+    let params = match params {
+        Value::Array(items) => items,
+        Value::Null => &empty,
+        _ => return Err(invalid("params must be an array")),
+    };
+    match method {
+        "mining.subscribe" => Ok(Request::Subscribe {
+            user_agent: optional_string(params, 0)?,
+            session_id: optional_string(params, 1)?,
+        }),
+        "mining.authorize" => {
+            let username = required_string(params, 0, "username")?;
+            if username.is_empty() || username.len() > MAX_USERNAME_LEN {
+                return Err(invalid("username must be 1 to 256 characters"));
+            }
+            Ok(Request::Authorize {
+                username,
+                password: optional_string(params, 1)?.unwrap_or_default(),
+            })
+        }
+        "mining.configure" => {
+            let extensions = match params.first() {
+                Some(Value::Array(names)) => names
+                    .iter()
+                    .map(|n| n.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid("extension names must be strings"))?,
+                _ => return Err(invalid("first param must be a list of extensions")),
+            };
+            let params = match params.get(1) {
+                Some(Value::Object(map)) => map.clone(),
+                None | Some(Value::Null) => Map::new(),
+                _ => return Err(invalid("second param must be an object")),
+            };
+            Ok(Request::Configure { extensions, params })
+        }
+        "mining.suggest_difficulty" => {
+            let difficulty = params
+                .first()
+                .and_then(number)
+                .filter(|d| d.is_finite() && *d > 0.0)
+                .ok_or_else(|| invalid("difficulty must be a positive number"))?;
+            Ok(Request::SuggestDifficulty(difficulty))
+        }
+        "mining.extranonce.subscribe" => Ok(Request::ExtranonceSubscribe),
+        "mining.submit" => parse_submit(params).map(Request::Submit),
+        other => Err(RequestError::UnknownMethod(truncate(other, 64))),
+    }
+}
+
+fn parse_submit(params: &[Value]) -> Result<Submit, RequestError> {
+    if params.len() < 5 {
+        return Err(invalid("submit takes 5 or 6 params"));
+    }
+    let worker = required_string(params, 0, "worker")?;
+    if worker.len() > MAX_USERNAME_LEN {
+        return Err(invalid("worker name too long"));
+    }
+    let job_id = required_string(params, 1, "job_id")?;
+    if job_id.len() > 64 {
+        return Err(invalid("job_id too long"));
+    }
+    let extranonce2_hex = required_string(params, 2, "extranonce2")?;
+    let extranonce2 = (extranonce2_hex.len() <= 64)
+        .then(|| hex::decode(&extranonce2_hex).ok())
+        .flatten()
+        .ok_or_else(|| invalid("extranonce2 is not hex"))?;
+    let ntime = hex_u32(&required_string(params, 3, "ntime")?, "ntime")?;
+    let nonce = hex_u32(&required_string(params, 4, "nonce")?, "nonce")?;
+    let version_bits = match params.get(5) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(hex_u32(text, "version_bits")?),
+        Some(_) => return Err(invalid("version_bits must be a hex string")),
+    };
+    Ok(Submit {
+        worker,
+        job_id,
+        extranonce2,
+        ntime,
+        nonce,
+        version_bits,
+    })
+}
+
+/// An 8-digit (or shorter) big-endian hex number, as Stratum writes ntime, nonce and versions.
+fn hex_u32(text: &str, field: &str) -> Result<u32, RequestError> {
+    if text.is_empty() || text.len() > 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(&format!("{field} must be up to 8 hex digits")));
+    }
+    u32::from_str_radix(text, 16).map_err(|_| invalid(&format!("{field} is not hex")))
+}
+
+fn required_string(params: &[Value], index: usize, name: &str) -> Result<String, RequestError> {
+    match params.get(index) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(invalid(&format!("{name} must be a string"))),
+    }
+}
+
+fn optional_string(params: &[Value], index: usize) -> Result<Option<String>, RequestError> {
+    match params.get(index) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(truncate(s, MAX_USERNAME_LEN))),
+        Some(_) => Err(invalid(&format!("param {index} must be a string"))),
+    }
+}
+
+/// A number sent as a JSON number or as a string.
+pub fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn invalid(reason: &str) -> RequestError {
+    RequestError::InvalidParams(reason.to_string())
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// `{"id":…,"result":…,"error":null}` and a newline.
+pub fn result_line(id: &Value, result: Value) -> String {
+    let mut line = json!({"id": id, "result": result, "error": null}).to_string();
+    line.push('\n');
+    line
+}
+
+/// `{"id":…,"result":null,"error":[code,"message",null]}` and a newline.
+pub fn error_line(id: &Value, error: &RequestError) -> String {
+    let mut line = json!({
+        "id": id,
+        "result": null,
+        "error": [error.code().code(), error.to_string(), null],
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// A server-to-client notification and a newline.
+pub fn notification_line(method: &str, params: Value) -> String {
+    let mut line = json!({"id": null, "method": method, "params": params}).to_string();
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(line: &str) -> Result<Request, RequestError> {
+        match parse_line(line.as_bytes()).expect("valid JSON") {
+            Incoming::Request { request, .. } => request,
+            Incoming::Response => panic!("expected a request"),
+        }
+    }
+
+    #[test]
+    fn parses_submit_with_version_bits() {
+        let submit = request(
+            r#"{"id":4,"method":"mining.submit","params":["addr.w","1a","00000000deadbeef","6500a1b2","0000ffff","1fffe000"]}"#,
+        );
+        assert_eq!(
+            submit,
+            Ok(Request::Submit(Submit {
+                worker: "addr.w".into(),
+                job_id: "1a".into(),
+                extranonce2: vec![0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef],
+                ntime: 0x6500a1b2,
+                nonce: 0xffff,
+                version_bits: Some(0x1fffe000),
+            }))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        assert!(matches!(
+            request(r#"{"id":1,"method":"mining.submit","params":["w","1","zz","00","00"]}"#),
+            Err(RequestError::InvalidParams(_))
+        ));
+        assert!(matches!(
+            request(r#"{"id":1,"method":"mining.submit","params":["w","1","00","123456789","00"]}"#),
+            Err(RequestError::InvalidParams(_))
+        ));
+        assert!(matches!(
+            request(r#"{"id":1,"method":"mining.authorize","params":[5]}"#),
+            Err(RequestError::InvalidParams(_))
+        ));
+        assert!(matches!(
+            request(r#"{"id":1,"method":"mining.suggest_difficulty","params":[-1]}"#),
+            Err(RequestError::InvalidParams(_))
+        ));
+        assert_eq!(
+            request(r#"{"id":1,"method":"mining.nope","params":[]}"#),
+            Err(RequestError::UnknownMethod("mining.nope".into()))
+        );
+        assert!(matches!(parse_line(b"{nope"), Err(RequestError::Parse(_))));
+        assert!(matches!(parse_line(b"[1,2]"), Err(RequestError::Parse(_))));
+    }
+
+    #[test]
+    fn suggest_difficulty_accepts_strings_and_fractions() {
+        assert_eq!(
+            request(r#"{"id":1,"method":"mining.suggest_difficulty","params":["0.001"]}"#),
+            Ok(Request::SuggestDifficulty(0.001))
+        );
+    }
+
+    #[test]
+    fn error_lines_carry_codes() {
+        let line = error_line(&json!(7), &RequestError::NotSubscribed);
+        assert_eq!(line, "{\"error\":[25,\"not subscribed\",null],\"id\":7,\"result\":null}\n");
+    }
+}

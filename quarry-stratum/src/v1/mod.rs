@@ -1,0 +1,12 @@
+//! Stratum V1: JSON-RPC lines over TCP.
+//!
+//! References: the de-facto protocol as ckpool and cgminer speak it, BIP310 (`mining.configure`,
+//! version rolling), BIP320 (the version bits a miner may roll).
+
+pub mod codec;
+pub mod error;
+pub mod message;
+pub mod session;
+
+pub use error::{CloseReason, ErrorCode, RequestError};
+pub use session::{AcceptedShare, Event, FoundBlock, Session, SessionConfig};

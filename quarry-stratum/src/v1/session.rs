@@ -1,0 +1,737 @@
+//! One Stratum V1 connection as a state machine.
+//!
+//! Inputs, in any order: [`Session::handle_bytes`] (what the miner sent),
+//! [`Session::handle_template`] (new work from the node), [`Session::handle_timeout`] (when
+//! [`Session::poll_timeout`] is due) and [`Session::handle_reconnect`]. Outputs:
+//! [`Session::poll_transmit`] (lines to write, in order), [`Session::poll_event`] (shares and blocks
+//! for the pool) and [`Session::close_reason`]. Time is Unix milliseconds passed by the caller.
+//!
+//! A miner goes through `AwaitingSubscribe` → `AwaitingAuthorize` → `Mining`. Authorize is also
+//! accepted before subscribe (some proxies do that); work starts once both happened.
+
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bitcoin::{Address, Network};
+use quarry_work::job::Job;
+use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
+use quarry_work::template::WorkTemplate;
+use quarry_work::vardiff::{Vardiff, VardiffConfig};
+use quarry_work::{Difficulty, Hash32, Target};
+use serde_json::{json, Value};
+
+use super::codec::{LineReader, LineTooLong};
+use super::error::{CloseReason, RequestError};
+use super::message::{self, Incoming, Request, Submit};
+use crate::pool::{Pool, PoolMode};
+
+/// Settings shared by every session of a listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Network that usernames' addresses must belong to.
+    pub network: Network,
+    /// Solo or pool payouts.
+    pub mode: PoolMode,
+    /// Bytes of extranonce2 the miner rolls.
+    pub extranonce2_len: usize,
+    /// Version bits the pool lets miners roll (BIP320: 0x1fffe000).
+    pub version_mask: u32,
+    /// Difficulty steering.
+    pub vardiff: VardiffConfig,
+    /// How long shares on the previous tip are still accepted after a new block (in flight).
+    pub stale_grace_ms: u64,
+    /// Time allowed from connect to a completed subscribe and authorize.
+    pub auth_timeout_ms: u64,
+    /// Time without any line before the connection is dropped.
+    pub idle_timeout_ms: u64,
+    /// Consecutive invalid lines tolerated.
+    pub max_invalid_lines: u32,
+    /// Workers one connection may authorize.
+    pub max_workers: usize,
+    /// Jobs remembered for late shares.
+    pub max_jobs: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            network: Network::Regtest,
+            mode: PoolMode::Solo,
+            extranonce2_len: 8,
+            version_mask: 0x1fff_e000,
+            vardiff: VardiffConfig::default(),
+            stale_grace_ms: 2_000,
+            auth_timeout_ms: 60_000,
+            idle_timeout_ms: 600_000,
+            max_invalid_lines: 5,
+            max_workers: 16,
+            max_jobs: 16,
+        }
+    }
+}
+
+/// What a session tells the pool.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker authorized.
+    Authorized {
+        /// Full username.
+        worker: String,
+        /// Its payout address.
+        address: String,
+    },
+    /// A share was accepted.
+    ShareAccepted(AcceptedShare),
+    /// A share was refused.
+    ShareRejected {
+        /// The worker, when known.
+        worker: String,
+        /// Why.
+        reason: ShareReject,
+    },
+    /// A share met the network target: submit it now.
+    BlockFound(FoundBlock),
+}
+
+/// An accepted share, as the ledger records it.
+#[derive(Debug, Clone)]
+pub struct AcceptedShare {
+    /// Full username (`address.worker`).
+    pub worker: String,
+    /// Payout address.
+    pub address: String,
+    /// Credit: the difficulty the job was sent with.
+    pub difficulty: Difficulty,
+    /// What the hash achieved.
+    pub achieved: f64,
+    /// Network difficulty of the job's template.
+    pub network_difficulty: f64,
+    /// Template id.
+    pub template_id: u64,
+    /// Height the job builds.
+    pub height: u64,
+    /// Whether this share is a block.
+    pub is_block: bool,
+}
+
+/// A block to submit.
+#[derive(Debug, Clone)]
+pub struct FoundBlock {
+    /// Height.
+    pub height: u64,
+    /// Block hash, internal byte order.
+    pub hash: Hash32,
+    /// Serialized block.
+    pub block: Vec<u8>,
+    /// Who found it.
+    pub worker: String,
+}
+
+/// A worker authorized on this connection.
+#[derive(Debug, Clone)]
+struct Worker {
+    name: String,
+    address: String,
+    payout_script: Vec<u8>,
+}
+
+/// A job as this connection received it: the difficulty is fixed when the job is sent.
+#[derive(Debug)]
+struct SentJob {
+    id: String,
+    job: Arc<Job>,
+    difficulty: Difficulty,
+    target: Target,
+}
+
+/// Where the handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for `mining.subscribe`.
+    AwaitingSubscribe,
+    /// Subscribed, waiting for `mining.authorize`.
+    AwaitingAuthorize,
+    /// Receiving jobs and submitting shares.
+    Mining,
+}
+
+/// One Stratum V1 connection.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    extranonce1: Vec<u8>,
+    reader: LineReader,
+    subscribed: bool,
+    workers: Vec<Worker>,
+    version_mask: u32,
+    min_difficulty: Difficulty,
+    vardiff: Vardiff,
+    sent_difficulty: Option<Difficulty>,
+    jobs: VecDeque<SentJob>,
+    next_job_id: u64,
+    template: Option<Arc<WorkTemplate>>,
+    previous_prev_hash: Option<Hash32>,
+    tip_changed_ms: u64,
+    connected_ms: u64,
+    last_line_ms: u64,
+    invalid_lines: u32,
+    outbox: VecDeque<String>,
+    events: VecDeque<Event>,
+    closed: Option<CloseReason>,
+}
+
+impl Session {
+    /// A new connection with `extranonce1` (unique among live connections).
+    pub fn new(config: Arc<SessionConfig>, extranonce1: Vec<u8>, now_ms: u64) -> Self {
+        let vardiff = Vardiff::new(config.vardiff, config.vardiff.start, now_ms);
+        Session {
+            min_difficulty: config.vardiff.min,
+            config,
+            extranonce1,
+            reader: LineReader::default(),
+            subscribed: false,
+            workers: Vec::new(),
+            version_mask: 0,
+            vardiff,
+            sent_difficulty: None,
+            jobs: VecDeque::new(),
+            next_job_id: 1,
+            template: None,
+            previous_prev_hash: None,
+            tip_changed_ms: now_ms,
+            connected_ms: now_ms,
+            last_line_ms: now_ms,
+            invalid_lines: 0,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            closed: None,
+        }
+    }
+
+    /// The connection's extranonce1.
+    pub fn extranonce1(&self) -> &[u8] {
+        &self.extranonce1
+    }
+
+    /// Where the handshake stands.
+    pub fn phase(&self) -> Phase {
+        match (self.subscribed, self.workers.is_empty()) {
+            (false, _) => Phase::AwaitingSubscribe,
+            (true, true) => Phase::AwaitingAuthorize,
+            (true, false) => Phase::Mining,
+        }
+    }
+
+    /// The difficulty of the latest job sent.
+    pub fn difficulty(&self) -> Difficulty {
+        self.sent_difficulty.unwrap_or(self.vardiff.current())
+    }
+
+    /// The first authorized worker's name.
+    pub fn worker(&self) -> Option<&str> {
+        self.workers.first().map(|w| w.name.as_str())
+    }
+
+    /// Why the session ended, once it has. Flush [`Session::poll_transmit`] then close.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.closed.as_ref()
+    }
+
+    /// The next line to write.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the pool.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next (Unix ms).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.closed.is_some() {
+            return None;
+        }
+        let idle = self.last_line_ms.saturating_add(self.config.idle_timeout_ms);
+        if self.phase() != Phase::Mining {
+            let auth = self.connected_ms.saturating_add(self.config.auth_timeout_ms);
+            return Some(auth.min(idle));
+        }
+        let retarget = self.last_line_ms.saturating_add(
+            (self.config.vardiff.retarget_secs * 1000.0).max(1000.0) as u64,
+        );
+        Some(idle.min(retarget))
+    }
+
+    /// Bytes received from the miner.
+    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64, pool: &dyn Pool) {
+        if self.closed.is_some() {
+            return;
+        }
+        if let Err(LineTooLong) = self.reader.push(data) {
+            self.close(CloseReason::LineTooLong);
+            return;
+        }
+        loop {
+            let line = match self.reader.next_line() {
+                None => break,
+                Some(Err(LineTooLong)) => {
+                    self.close(CloseReason::LineTooLong);
+                    return;
+                }
+                // Copied out so the reader is free while the line is handled.
+                Some(Ok(line)) => line.to_vec(),
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            self.last_line_ms = now_ms;
+            self.handle_line(&line, now_ms, pool);
+            if self.closed.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn handle_line(&mut self, line: &[u8], now_ms: u64, pool: &dyn Pool) {
+        let (id, request) = match message::parse_line(line) {
+            Ok(Incoming::Response) => return,
+            Ok(Incoming::Request { id, request }) => (id, request),
+            Err(error) => (Value::Null, Err(error)),
+        };
+        let request = match request {
+            Ok(request) => {
+                self.invalid_lines = 0;
+                request
+            }
+            Err(error) => {
+                self.answer_error(&id, &error);
+                if matches!(
+                    error,
+                    RequestError::Parse(_) | RequestError::UnknownMethod(_)
+                ) {
+                    self.invalid_lines += 1;
+                    if self.invalid_lines >= self.config.max_invalid_lines {
+                        self.close(CloseReason::Garbage);
+                    }
+                }
+                return;
+            }
+        };
+        match request {
+            Request::Subscribe { session_id, .. } => self.on_subscribe(&id, session_id, pool),
+            Request::Authorize { username, password } => {
+                self.on_authorize(&id, &username, &password, now_ms, pool)
+            }
+            Request::Configure { extensions, params } => {
+                self.on_configure(&id, &extensions, &params, now_ms)
+            }
+            Request::SuggestDifficulty(difficulty) => {
+                self.outbox.push_back(message::result_line(&id, json!(true)));
+                self.on_suggest_difficulty(difficulty, now_ms, pool);
+            }
+            Request::ExtranonceSubscribe => {
+                self.outbox.push_back(message::result_line(&id, json!(true)));
+            }
+            Request::Submit(submit) => match self.on_submit(&submit, now_ms, pool) {
+                Ok(()) => {
+                    self.outbox.push_back(message::result_line(&id, json!(true)));
+                    self.after_accepted_share(now_ms, pool);
+                }
+                Err(error) => {
+                    if let RequestError::Share(reason) = error {
+                        self.events.push_back(Event::ShareRejected {
+                            worker: submit.worker.clone(),
+                            reason,
+                        });
+                    }
+                    self.answer_error(&id, &error);
+                }
+            },
+        }
+    }
+
+    fn on_subscribe(&mut self, id: &Value, session_id: Option<String>, pool: &dyn Pool) {
+        if let Some(requested) = session_id.and_then(|s| hex::decode(s).ok()) {
+            if requested.len() == self.extranonce1.len()
+                && requested != self.extranonce1
+                && pool.resume_extranonce1(&self.extranonce1, &requested)
+            {
+                self.extranonce1 = requested;
+            }
+        }
+        self.subscribed = true;
+        let session_id = hex::encode(&self.extranonce1);
+        let result = json!([
+            [
+                ["mining.set_difficulty", session_id],
+                ["mining.notify", session_id]
+            ],
+            session_id,
+            self.config.extranonce2_len,
+        ]);
+        self.outbox.push_back(message::result_line(id, result));
+    }
+
+    fn on_authorize(
+        &mut self,
+        id: &Value,
+        username: &str,
+        password: &str,
+        now_ms: u64,
+        pool: &dyn Pool,
+    ) {
+        if self.workers.iter().any(|w| w.name == username) {
+            self.outbox.push_back(message::result_line(id, json!(true)));
+            return;
+        }
+        if self.workers.len() >= self.config.max_workers {
+            self.answer_error(id, &RequestError::TooManyWorkers);
+            return;
+        }
+        let address_text = username.split('.').next().unwrap_or(username);
+        let address = match Address::from_str(address_text)
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                a.require_network(self.config.network)
+                    .map_err(|_| format!("not an address for {}", self.config.network))
+            }) {
+            Ok(address) => address,
+            Err(reason) => {
+                self.answer_error(
+                    id,
+                    &RequestError::BadAddress {
+                        user: username.to_string(),
+                        reason,
+                    },
+                );
+                return;
+            }
+        };
+        let first = self.workers.is_empty();
+        let worker = Worker {
+            name: username.to_string(),
+            address: address.to_string(),
+            payout_script: address.script_pubkey().into_bytes(),
+        };
+        self.events.push_back(Event::Authorized {
+            worker: worker.name.clone(),
+            address: worker.address.clone(),
+        });
+        self.workers.push(worker);
+        self.outbox.push_back(message::result_line(id, json!(true)));
+        if first {
+            if let Some(requested) = password_difficulty(password) {
+                self.vardiff.set(requested.max(self.min_difficulty), now_ms);
+            }
+            self.send_current_job(true, now_ms, pool);
+        }
+    }
+
+    fn on_configure(
+        &mut self,
+        id: &Value,
+        extensions: &[String],
+        params: &serde_json::Map<String, Value>,
+        now_ms: u64,
+    ) {
+        let mut result = serde_json::Map::new();
+        for extension in extensions {
+            match extension.as_str() {
+                "version-rolling" => {
+                    let requested = params
+                        .get("version-rolling.mask")
+                        .and_then(Value::as_str)
+                        .and_then(|m| u32::from_str_radix(m, 16).ok())
+                        .unwrap_or(u32::MAX);
+                    self.version_mask = requested & self.config.version_mask;
+                    result.insert("version-rolling".into(), json!(true));
+                    result.insert(
+                        "version-rolling.mask".into(),
+                        json!(format!("{:08x}", self.version_mask)),
+                    );
+                }
+                "minimum-difficulty" => {
+                    let value = params
+                        .get("minimum-difficulty.value")
+                        .and_then(message::number)
+                        .and_then(Difficulty::new);
+                    if let Some(value) = value {
+                        self.min_difficulty = value
+                            .max(self.config.vardiff.min)
+                            .min(self.config.vardiff.max);
+                        if self.vardiff.current() < self.min_difficulty {
+                            self.vardiff.set(self.min_difficulty, now_ms);
+                        }
+                    }
+                    result.insert("minimum-difficulty".into(), json!(value.is_some()));
+                }
+                "subscribe-extranonce" => {
+                    result.insert("subscribe-extranonce".into(), json!(true));
+                }
+                other => {
+                    if result.len() < 16 {
+                        result.insert(other.chars().take(64).collect(), json!(false));
+                    }
+                }
+            }
+        }
+        self.outbox
+            .push_back(message::result_line(id, Value::Object(result)));
+    }
+
+    fn on_suggest_difficulty(&mut self, difficulty: f64, now_ms: u64, pool: &dyn Pool) {
+        let Some(wanted) = Difficulty::new(difficulty) else { return };
+        self.vardiff.set(wanted.max(self.min_difficulty), now_ms);
+        if self.phase() == Phase::Mining && Some(self.vardiff.current()) != self.sent_difficulty {
+            self.send_current_job(false, now_ms, pool);
+        }
+    }
+
+    fn on_submit(&mut self, submit: &Submit, now_ms: u64, pool: &dyn Pool) -> Result<(), RequestError> {
+        if !self.subscribed {
+            return Err(RequestError::NotSubscribed);
+        }
+        let worker = self
+            .workers
+            .iter()
+            .find(|w| w.name == submit.worker)
+            .ok_or(RequestError::Unauthorized)?
+            .clone();
+        let sent = self
+            .jobs
+            .iter()
+            .find(|j| j.id == submit.job_id)
+            .ok_or(RequestError::Share(ShareReject::JobNotFound))?;
+        let template = &sent.job.template;
+        let version = match submit.version_bits {
+            None => template.version,
+            Some(bits) if bits & !self.version_mask != 0 => {
+                return Err(RequestError::Share(ShareReject::VersionOutsideMask))
+            }
+            Some(bits) => (template.version & !self.version_mask) | bits,
+        };
+        let rules = ShareRules {
+            target: sent.target,
+            version_mask: self.version_mask,
+            extranonce2_len: self.config.extranonce2_len,
+            now_unix: now_ms / 1000,
+        };
+        let submission = Submission {
+            extranonce1: &self.extranonce1,
+            extranonce2: &submit.extranonce2,
+            version,
+            ntime: submit.ntime,
+            nonce: submit.nonce,
+        };
+        let share = validate_share(&sent.job, &submission, &rules).map_err(RequestError::Share)?;
+        if !pool.first_seen(share.hash()) {
+            return Err(RequestError::Share(ShareReject::Duplicate));
+        }
+        if share.is_block() {
+            // Even a stale share goes to the node: it may still win a race for the tip.
+            self.events.push_back(Event::BlockFound(FoundBlock {
+                height: template.height,
+                hash: *share.hash(),
+                block: sent
+                    .job
+                    .block(share.header(), &self.extranonce1, &submit.extranonce2),
+                worker: worker.name.clone(),
+            }));
+        }
+        if self.is_stale(template, now_ms) {
+            return Err(RequestError::Share(ShareReject::Stale));
+        }
+        self.events.push_back(Event::ShareAccepted(AcceptedShare {
+            worker: worker.name,
+            address: worker.address,
+            difficulty: sent.difficulty,
+            achieved: share.achieved_difficulty(),
+            network_difficulty: template.network_target.difficulty(),
+            template_id: template.id,
+            height: template.height,
+            is_block: share.is_block(),
+        }));
+        let credited = sent.difficulty;
+        self.vardiff.record_share(credited, now_ms);
+        Ok(())
+    }
+
+    fn is_stale(&self, template: &WorkTemplate, now_ms: u64) -> bool {
+        let Some(current) = &self.template else { return false };
+        if template.prev_hash == current.prev_hash {
+            return false;
+        }
+        let in_grace = Some(template.prev_hash) == self.previous_prev_hash
+            && now_ms.saturating_sub(self.tip_changed_ms) <= self.config.stale_grace_ms;
+        !in_grace
+    }
+
+    fn after_accepted_share(&mut self, now_ms: u64, pool: &dyn Pool) {
+        let network = self.network_difficulty();
+        if self.vardiff.retarget(now_ms, network).is_some() {
+            self.send_current_job(false, now_ms, pool);
+        }
+    }
+
+    fn network_difficulty(&self) -> Difficulty {
+        self.template
+            .as_ref()
+            .and_then(|t| Difficulty::new(t.network_target.difficulty()))
+            .unwrap_or(self.config.vardiff.max)
+    }
+
+    /// New work from the node. `clean` is derived here: a new previous block hash means every
+    /// older job is stale.
+    pub fn handle_template(&mut self, template: Arc<WorkTemplate>, now_ms: u64, pool: &dyn Pool) {
+        if self.closed.is_some() {
+            return;
+        }
+        let new_tip = match &self.template {
+            Some(old) if old.id >= template.id => return,
+            Some(old) => old.prev_hash != template.prev_hash,
+            None => true,
+        };
+        if new_tip {
+            self.previous_prev_hash = self.template.as_ref().map(|t| t.prev_hash);
+            self.tip_changed_ms = now_ms;
+        }
+        self.template = Some(template);
+        if self.phase() == Phase::Mining {
+            self.send_current_job(new_tip, now_ms, pool);
+        }
+    }
+
+    /// Time passed: timeouts and vardiff for a miner that stopped sending shares.
+    pub fn handle_timeout(&mut self, now_ms: u64, pool: &dyn Pool) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.phase() != Phase::Mining
+            && now_ms >= self.connected_ms.saturating_add(self.config.auth_timeout_ms)
+        {
+            self.close(CloseReason::AuthTimeout);
+            return;
+        }
+        if now_ms >= self.last_line_ms.saturating_add(self.config.idle_timeout_ms) {
+            self.close(CloseReason::Idle);
+            return;
+        }
+        if self.phase() == Phase::Mining {
+            let network = self.network_difficulty();
+            if self.vardiff.retarget(now_ms, network).is_some() {
+                self.send_current_job(false, now_ms, pool);
+            }
+        }
+    }
+
+    /// Asks the miner to reconnect (to `host:port` after `wait_secs`), then ends the session.
+    pub fn handle_reconnect(&mut self, host: &str, port: u16, wait_secs: u32) {
+        self.outbox.push_back(message::notification_line(
+            "client.reconnect",
+            json!([host, port, wait_secs]),
+        ));
+        self.close(CloseReason::Reconnect);
+    }
+
+    /// Tells the miner of a new version-rolling mask (BIP310 `mining.set_version_mask`).
+    pub fn handle_version_mask(&mut self, pool_mask: u32) {
+        if self.version_mask == 0 {
+            return;
+        }
+        self.version_mask &= pool_mask;
+        self.outbox.push_back(message::notification_line(
+            "mining.set_version_mask",
+            json!([format!("{:08x}", self.version_mask)]),
+        ));
+    }
+
+    /// Sends the latest template as a new job, preceded by `set_difficulty` when it changed.
+    fn send_current_job(&mut self, clean: bool, now_ms: u64, pool: &dyn Pool) {
+        let Some(template) = self.template.clone() else { return };
+        let Some(worker) = self.workers.first() else { return };
+        let payout_script = match &self.config.mode {
+            PoolMode::Solo => worker.payout_script.clone(),
+            PoolMode::Pool { payout_script } => payout_script.clone(),
+        };
+        let Some(job) = pool.job_for(&template, &payout_script) else { return };
+        let network = self.network_difficulty();
+        let difficulty = self.vardiff.current().min(network);
+        if self.sent_difficulty != Some(difficulty) {
+            self.outbox.push_back(message::notification_line(
+                "mining.set_difficulty",
+                json!([difficulty.get()]),
+            ));
+            self.sent_difficulty = Some(difficulty);
+        }
+        let id = format!("{:x}", self.next_job_id);
+        self.next_job_id += 1;
+        let ntime = template.curtime.max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
+        let params = json!([
+            id,
+            stratum_prev_hash(&template.prev_hash),
+            hex::encode(&job.coinbase.coinb1),
+            hex::encode(&job.coinbase.coinb2),
+            template.merkle_branch.iter().map(hex::encode).collect::<Vec<_>>(),
+            format!("{:08x}", template.version),
+            format!("{:08x}", template.bits),
+            format!("{ntime:08x}"),
+            clean,
+        ]);
+        self.outbox
+            .push_back(message::notification_line("mining.notify", params));
+        if clean {
+            self.jobs.retain(|j| j.job.template.prev_hash == template.prev_hash
+                || Some(j.job.template.prev_hash) == self.previous_prev_hash);
+        }
+        self.jobs.push_back(SentJob {
+            id,
+            job,
+            difficulty,
+            target: Target::from_difficulty(difficulty),
+        });
+        while self.jobs.len() > self.config.max_jobs {
+            self.jobs.pop_front();
+        }
+    }
+
+    fn answer_error(&mut self, id: &Value, error: &RequestError) {
+        self.outbox.push_back(message::error_line(id, error));
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+        }
+    }
+}
+
+/// `d=<difficulty>` in a comma-separated password.
+fn password_difficulty(password: &str) -> Option<Difficulty> {
+    password
+        .split(',')
+        .filter_map(|part| part.trim().strip_prefix("d="))
+        .find_map(|value| value.trim().parse().ok().and_then(Difficulty::new))
+}
+
+/// The previous block hash as `mining.notify` carries it: internal byte order with each 4-byte
+/// word byte-swapped (what cgminer-derived firmware expects).
+pub fn stratum_prev_hash(prev_hash: &Hash32) -> String {
+    let mut swapped = [0u8; 32];
+    for (out, word) in swapped.chunks_exact_mut(4).zip(prev_hash.chunks_exact(4)) {
+        out.copy_from_slice(&[word[3], word[2], word[1], word[0]]);
+    }
+    hex::encode(swapped)
+}
+
+/// Reverses [`stratum_prev_hash`].
+pub fn parse_stratum_prev_hash(text: &str) -> Option<Hash32> {
+    let bytes: [u8; 32] = hex::decode(text).ok()?.try_into().ok()?;
+    let mut hash = [0u8; 32];
+    for (out, word) in hash.chunks_exact_mut(4).zip(bytes.chunks_exact(4)) {
+        out.copy_from_slice(&[word[3], word[2], word[1], word[0]]);
+    }
+    Some(hash)
+}
