@@ -1,0 +1,156 @@
+//! Command line. Every `serve` flag also reads an environment variable, and overrides the
+//! config file: file < environment < flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Quarry: a Bitcoin mining pool server and mining toolkit.
+#[derive(Debug, Parser)]
+#[command(name = "quarry", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pool: Stratum V1 server on work from Bitcoin nodes.
+    Serve(ServeArgs),
+    /// CPU miner speaking Stratum V1 (version rolling), for tests and demos.
+    Mine(MineArgs),
+}
+
+/// `quarry serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see quarry.example.toml).
+    #[arg(short, long, env = "QUARRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Stratum listen address, e.g. 0.0.0.0:3333.
+    #[arg(long, env = "QUARRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// mainnet, testnet, testnet4, signet or regtest.
+    #[arg(long, env = "QUARRY_NETWORK")]
+    pub network: Option<String>,
+    /// Directory for found blocks and state.
+    #[arg(long, env = "QUARRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// RPC URL of the first node.
+    #[arg(long, env = "QUARRY_NODE_URL")]
+    pub node_url: Option<String>,
+    /// RPC user of the first node.
+    #[arg(long, env = "QUARRY_RPC_USER")]
+    pub rpc_user: Option<String>,
+    /// RPC password of the first node.
+    #[arg(long, env = "QUARRY_RPC_PASSWORD", hide_env_values = true)]
+    pub rpc_password: Option<String>,
+    /// Cookie file of the first node.
+    #[arg(long, env = "QUARRY_RPC_COOKIE")]
+    pub rpc_cookie: Option<PathBuf>,
+    /// ZMQ hashblock endpoint of the first node.
+    #[arg(long, env = "QUARRY_ZMQ_HASHBLOCK")]
+    pub zmq_hashblock: Option<String>,
+    /// solo or pool.
+    #[arg(long, env = "QUARRY_MODE")]
+    pub mode: Option<String>,
+    /// Pool payout address (pool mode).
+    #[arg(long, env = "QUARRY_POOL_ADDRESS")]
+    pub pool_address: Option<String>,
+    /// Coinbase tag.
+    #[arg(long, env = "QUARRY_COINBASE_TAG")]
+    pub coinbase_tag: Option<String>,
+    /// Start difficulty.
+    #[arg(long, env = "QUARRY_START_DIFFICULTY")]
+    pub start_difficulty: Option<f64>,
+    /// Minimum difficulty.
+    #[arg(long, env = "QUARRY_MIN_DIFFICULTY")]
+    pub min_difficulty: Option<f64>,
+    /// Maximum difficulty.
+    #[arg(long, env = "QUARRY_MAX_DIFFICULTY")]
+    pub max_difficulty: Option<f64>,
+}
+
+impl ServeArgs {
+    /// The config file (or defaults) with overrides applied.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.stratum.listen = v;
+        }
+        if let Some(v) = &self.network {
+            config.network = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if config.nodes.is_empty() {
+            config.nodes.push(Default::default());
+        }
+        let node = &mut config.nodes[0];
+        if let Some(v) = &self.node_url {
+            node.url = v.clone();
+        }
+        if let Some(v) = &self.rpc_user {
+            node.user = Some(v.clone());
+        }
+        if let Some(v) = &self.rpc_password {
+            node.password = Some(v.clone());
+        }
+        if let Some(v) = &self.rpc_cookie {
+            node.cookie_file = Some(v.clone());
+        }
+        if let Some(v) = &self.zmq_hashblock {
+            node.zmq_hashblock = Some(v.clone());
+        }
+        if let Some(v) = &self.mode {
+            config.mining.mode = v.clone();
+        }
+        if let Some(v) = &self.pool_address {
+            config.mining.pool_address = Some(v.clone());
+        }
+        if let Some(v) = &self.coinbase_tag {
+            config.mining.coinbase_tag = v.clone();
+        }
+        if let Some(v) = self.start_difficulty {
+            config.vardiff.start = v;
+        }
+        if let Some(v) = self.min_difficulty {
+            config.vardiff.min = v;
+        }
+        if let Some(v) = self.max_difficulty {
+            config.vardiff.max = v;
+        }
+        Ok(config)
+    }
+}
+
+/// `quarry mine`.
+#[derive(Debug, Args)]
+pub struct MineArgs {
+    /// Pool URL: stratum+tcp://host:port.
+    pub url: String,
+    /// Username: payout address, optionally `.worker`.
+    #[arg(short, long)]
+    pub user: String,
+    /// Password (may carry d=<difficulty>).
+    #[arg(short, long, default_value = "x")]
+    pub password: String,
+    /// Hashing threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Do not negotiate version rolling.
+    #[arg(long)]
+    pub no_version_rolling: bool,
+}

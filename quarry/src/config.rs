@@ -1,0 +1,355 @@
+//! Configuration: one TOML file, then environment and command-line overrides (see `cli.rs`).
+//! `quarry.example.toml` at the repository root documents every key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use bitcoin::{Address, Network};
+use quarry_stratum::v1::SessionConfig;
+use quarry_stratum::PoolMode;
+use quarry_work::coinbase::{CoinbaseLayout, MAX_SCRIPT_SIG_LEN};
+use quarry_work::vardiff::VardiffConfig;
+use quarry_work::Difficulty;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `mainnet`, `testnet`, `testnet4`, `signet` or `regtest`.
+    pub network: String,
+    /// Where found blocks (hex, written before submission) and other state go.
+    pub data_dir: PathBuf,
+    /// Bitcoin nodes, in order of preference.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+    /// Work and coinbase.
+    pub mining: MiningConfig,
+    /// The Stratum V1 listener.
+    pub stratum: StratumConfig,
+    /// Difficulty steering.
+    pub vardiff: VardiffToml,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network: "regtest".into(),
+            data_dir: PathBuf::from("quarry-data"),
+            nodes: vec![NodeConfig::default()],
+            mining: MiningConfig::default(),
+            stratum: StratumConfig::default(),
+            vardiff: VardiffToml::default(),
+        }
+    }
+}
+
+/// One bitcoind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// JSON-RPC URL.
+    pub url: String,
+    /// RPC user (with `password`).
+    pub user: Option<String>,
+    /// RPC password.
+    pub password: Option<String>,
+    /// Cookie file, read on every request so that a node restart's new cookie is picked up.
+    pub cookie_file: Option<PathBuf>,
+    /// ZMQ `hashblock` endpoint (`-zmqpubhashblock`), for instant new-block detection.
+    pub zmq_hashblock: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            url: "http://127.0.0.1:18443".into(),
+            user: None,
+            password: None,
+            cookie_file: None,
+            zmq_hashblock: None,
+        }
+    }
+}
+
+/// How work is built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MiningConfig {
+    /// `solo`: each miner's coinbase pays its own address. `pool`: coinbases pay `pool_address`.
+    pub mode: String,
+    /// The pool's payout address (pool mode).
+    pub pool_address: Option<String>,
+    /// Pushed in every coinbase scriptSig.
+    pub coinbase_tag: String,
+    /// Per-connection extranonce bytes.
+    pub extranonce1_size: usize,
+    /// Miner-rolled extranonce bytes (4 to 8).
+    pub extranonce2_size: usize,
+    /// Version bits miners may roll, hex (BIP320).
+    pub version_mask: String,
+    /// Seconds between template refreshes for new fees (jobs sent without clean_jobs).
+    pub template_refresh_secs: u64,
+    /// Seconds between best-block polls, the fallback when longpoll and ZMQ miss a block.
+    pub poll_interval_secs: u64,
+    /// Use BIP22 long polling.
+    pub longpoll: bool,
+    /// Milliseconds that shares on the previous tip are still accepted after a new block.
+    pub stale_grace_ms: u64,
+}
+
+impl Default for MiningConfig {
+    fn default() -> Self {
+        MiningConfig {
+            mode: "solo".into(),
+            pool_address: None,
+            coinbase_tag: "/quarry/".into(),
+            extranonce1_size: 4,
+            extranonce2_size: 8,
+            version_mask: "1fffe000".into(),
+            template_refresh_secs: 30,
+            poll_interval_secs: 2,
+            longpoll: true,
+            stale_grace_ms: 2000,
+        }
+    }
+}
+
+/// The listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StratumConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Seconds from connect to subscribe + authorize.
+    pub auth_timeout_secs: u64,
+    /// Seconds without a line before disconnect.
+    pub idle_timeout_secs: u64,
+    /// Consecutive invalid lines before disconnect.
+    pub max_invalid_lines: u32,
+    /// Seconds a write to a miner may block before the miner is dropped.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for StratumConfig {
+    fn default() -> Self {
+        StratumConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
+            max_connections: 100_000,
+            max_connections_per_ip: 2_000,
+            auth_timeout_secs: 60,
+            idle_timeout_secs: 600,
+            max_invalid_lines: 5,
+            write_timeout_secs: 10,
+        }
+    }
+}
+
+/// Vardiff as written in TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VardiffToml {
+    /// Difficulty of a new connection.
+    pub start: f64,
+    /// Lowest difficulty.
+    pub min: f64,
+    /// Highest difficulty.
+    pub max: f64,
+    /// Seconds between shares wanted.
+    pub target_interval_secs: f64,
+    /// Seconds between retargets.
+    pub retarget_secs: f64,
+    /// Tolerated deviation, as a fraction (0.3 = 30 %).
+    pub variance: f64,
+}
+
+impl Default for VardiffToml {
+    fn default() -> Self {
+        VardiffToml {
+            start: 1.0,
+            min: 1.0,
+            max: 65536.0,
+            target_interval_secs: 10.0,
+            retarget_secs: 90.0,
+            variance: 0.3,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// The network.
+    pub fn network(&self) -> Result<Network> {
+        parse_network(&self.network)
+    }
+
+    /// Checks everything and builds what the runtime needs; errors name the key.
+    pub fn resolve(&self) -> Result<Resolved> {
+        let network = self.network()?;
+        if self.nodes.is_empty() {
+            bail!("at least one [[node]] is required");
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.cookie_file.is_none() && (node.user.is_none() || node.password.is_none()) {
+                bail!("node[{i}]: set cookie_file, or user and password");
+            }
+            if !node.url.starts_with("http://") {
+                bail!("node[{i}].url must start with http:// (got {})", node.url);
+            }
+        }
+        let mining = &self.mining;
+        if !(1..=8).contains(&mining.extranonce1_size) {
+            bail!("mining.extranonce1_size must be 1 to 8");
+        }
+        if !(4..=8).contains(&mining.extranonce2_size) {
+            bail!("mining.extranonce2_size must be 4 to 8");
+        }
+        let version_mask = u32::from_str_radix(&mining.version_mask, 16)
+            .context("mining.version_mask must be hex")?;
+        let mode = match mining.mode.as_str() {
+            "solo" => PoolMode::Solo,
+            "pool" => {
+                let text = mining
+                    .pool_address
+                    .as_deref()
+                    .context("mining.pool_address is required in pool mode")?;
+                let address = parse_address(text, network)
+                    .with_context(|| format!("mining.pool_address {text}"))?;
+                PoolMode::Pool {
+                    payout_script: address.script_pubkey().into_bytes(),
+                }
+            }
+            other => bail!("mining.mode must be solo or pool, not {other}"),
+        };
+        let layout = CoinbaseLayout {
+            extranonce1_len: mining.extranonce1_size,
+            extranonce2_len: mining.extranonce2_size,
+            tag: mining.coinbase_tag.as_bytes().to_vec(),
+        };
+        // Height push (up to 5 bytes) + extranonce push + tag push must fit in 100 bytes.
+        let worst = 5 + 1 + layout.extranonce_len() + 2 + layout.tag.len();
+        if worst > MAX_SCRIPT_SIG_LEN {
+            bail!(
+                "mining.coinbase_tag is too long: the coinbase scriptSig could reach {worst} bytes, the limit is {MAX_SCRIPT_SIG_LEN}"
+            );
+        }
+        let vardiff = self.vardiff_config()?;
+        let stratum = &self.stratum;
+        let session = SessionConfig {
+            network,
+            mode,
+            extranonce2_len: mining.extranonce2_size,
+            version_mask,
+            vardiff,
+            stale_grace_ms: mining.stale_grace_ms,
+            auth_timeout_ms: stratum.auth_timeout_secs.saturating_mul(1000),
+            idle_timeout_ms: stratum.idle_timeout_secs.saturating_mul(1000),
+            max_invalid_lines: stratum.max_invalid_lines.max(1),
+            ..SessionConfig::default()
+        };
+        Ok(Resolved { layout, session })
+    }
+
+    fn vardiff_config(&self) -> Result<VardiffConfig> {
+        let v = &self.vardiff;
+        let difficulty = |value: f64, key: &str| {
+            Difficulty::new(value).with_context(|| format!("vardiff.{key} must be a positive number"))
+        };
+        let (start, min, max) = (
+            difficulty(v.start, "start")?,
+            difficulty(v.min, "min")?,
+            difficulty(v.max, "max")?,
+        );
+        if min > max {
+            bail!("vardiff.min ({}) is above vardiff.max ({})", v.min, v.max);
+        }
+        if !(v.target_interval_secs > 0.0) || !(v.retarget_secs > 0.0) {
+            bail!("vardiff.target_interval_secs and vardiff.retarget_secs must be positive");
+        }
+        if !(0.0..1.0).contains(&v.variance) {
+            bail!("vardiff.variance must be in [0, 1)");
+        }
+        Ok(VardiffConfig {
+            start: start.clamp(min, max),
+            min,
+            max,
+            target_interval_secs: v.target_interval_secs,
+            retarget_secs: v.retarget_secs,
+            variance: v.variance,
+        })
+    }
+}
+
+/// Checked configuration, ready for the runtime.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Coinbase layout.
+    pub layout: CoinbaseLayout,
+    /// Per-session settings.
+    pub session: SessionConfig,
+}
+
+/// Parses a network name.
+pub fn parse_network(name: &str) -> Result<Network> {
+    Ok(match name {
+        "mainnet" | "bitcoin" | "main" => Network::Bitcoin,
+        "testnet" | "testnet3" | "test" => Network::Testnet,
+        // testnet4 shares testnet's address formats.
+        "testnet4" => Network::Testnet,
+        "signet" => Network::Signet,
+        "regtest" => Network::Regtest,
+        other => bail!("network must be mainnet, testnet, testnet4, signet or regtest, not {other}"),
+    })
+}
+
+/// Parses an address for `network`.
+pub fn parse_address(text: &str, network: Network) -> Result<Address> {
+    Address::from_str(text)
+        .context("not a valid address")?
+        .require_network(network)
+        .with_context(|| format!("not an address for {network}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_resolves() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../quarry.example.toml");
+        let config = Config::load(&path).expect("example parses");
+        config.resolve().expect("example is valid");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut config = Config::default();
+        config.nodes[0].user = Some("u".into());
+        config.nodes[0].password = Some("p".into());
+        config.mining.mode = "pool".into();
+        config.mining.pool_address = Some("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa".into());
+        let error = format!("{:#}", config.resolve().expect_err("mainnet address on regtest"));
+        assert!(error.contains("mining.pool_address"), "{error}");
+        config.mining.mode = "solo".into();
+        config.mining.coinbase_tag = "x".repeat(90);
+        let error = format!("{:#}", config.resolve().expect_err("tag too long"));
+        assert!(error.contains("coinbase_tag"), "{error}");
+        config.mining.coinbase_tag = "/q/".into();
+        config.vardiff.min = 10.0;
+        config.vardiff.max = 1.0;
+        let error = format!("{:#}", config.resolve().expect_err("min above max"));
+        assert!(error.contains("vardiff.min"), "{error}");
+    }
+}

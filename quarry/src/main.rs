@@ -1,0 +1,99 @@
+//! The `quarry` binary: the only crate with tokio, sockets and clocks.
+
+mod cli;
+mod config;
+mod miner;
+mod node;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use quarry_work::job::JobFactory;
+use tokio::net::TcpListener;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, ServeArgs};
+use crate::node::Nodes;
+use crate::server::{Limits, Server, SharedPool};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Mine(args) => runtime.block_on(miner::run(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = args.config()?;
+    let resolved = config.resolve()?;
+    let nodes = Nodes::new(
+        &config.nodes,
+        config.data_dir.join("blocks"),
+        Duration::from_secs(config.mining.template_refresh_secs.max(1)),
+        Duration::from_secs(config.mining.poll_interval_secs.max(1)),
+        config.mining.longpoll,
+    )?;
+    let pool = Arc::new(SharedPool::new(JobFactory::new(resolved.layout.clone())));
+    let limits = Limits {
+        max_connections: config.stratum.max_connections,
+        max_per_ip: config.stratum.max_connections_per_ip,
+        write_timeout: Duration::from_secs(config.stratum.write_timeout_secs.max(1)),
+    };
+    let server = Server::new(resolved.session, Arc::clone(&pool), Arc::clone(&nodes), limits);
+    let listener = TcpListener::bind(config.stratum.listen)
+        .await
+        .with_context(|| format!("binding stratum.listen {}", config.stratum.listen))?;
+    info!(listen = %listener.local_addr()?, network = %config.network, mode = %config.mining.mode, "quarry stratum listening");
+
+    // New tip → new duplicate generation.
+    let mut templates = nodes.subscribe();
+    let duplicate_pool = Arc::clone(&pool);
+    tokio::spawn(async move {
+        while templates.changed().await.is_ok() {
+            let template = templates.borrow_and_update().clone();
+            if let Some(template) = template {
+                duplicate_pool.on_template(&template);
+            }
+        }
+    });
+    tokio::spawn(Arc::clone(&nodes).run());
+    tokio::spawn(server::report(Arc::clone(&server.stats), Duration::from_secs(10)));
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let accept = tokio::spawn(Arc::clone(&server).run(listener, shutdown_rx));
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

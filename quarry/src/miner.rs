@@ -1,0 +1,452 @@
+//! `quarry mine`: a multi-threaded SHA-256d CPU miner speaking Stratum V1 with version rolling.
+//!
+//! The connection runs on tokio; hashing runs on plain threads that read the current work
+//! through a generation counter and send found shares back over a channel.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use quarry_stratum::v1::session::parse_stratum_prev_hash;
+use quarry_work::hash::sha256d;
+use quarry_work::job::header_bytes;
+use quarry_work::{merkle, Difficulty, Hash32, Target};
+use serde_json::{json, Value};
+use sha2::digest::generic_array::GenericArray;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::cli::MineArgs;
+
+/// BIP320's general-purpose version bits.
+const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
+
+/// Work as the hashing threads see it.
+#[derive(Debug, Clone)]
+struct Work {
+    job_id: String,
+    prev_hash: Hash32,
+    coinb1: Vec<u8>,
+    coinb2: Vec<u8>,
+    branch: Vec<Hash32>,
+    version: u32,
+    bits: u32,
+    ntime: u32,
+    extranonce1: Vec<u8>,
+    extranonce2_len: usize,
+    share_target: Target,
+    version_mask: u32,
+}
+
+/// A share found by a thread.
+#[derive(Debug)]
+struct Found {
+    job_id: String,
+    extranonce2: Vec<u8>,
+    ntime: u32,
+    nonce: u32,
+    version: u32,
+    is_block: bool,
+}
+
+struct Shared {
+    work: RwLock<Option<Arc<Work>>>,
+    generation: AtomicU64,
+    /// Set after a block-level share: idle until new work (the tip is about to change).
+    paused_generation: AtomicU64,
+    stop: AtomicBool,
+    hashes: AtomicU64,
+}
+
+/// Runs the miner until `--duration` passes (or forever), reconnecting on errors.
+pub async fn run(args: MineArgs) -> Result<()> {
+    let address = args
+        .url
+        .strip_prefix("stratum+tcp://")
+        .unwrap_or(&args.url)
+        .trim_end_matches('/')
+        .to_string();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let shared = Arc::new(Shared {
+        work: RwLock::new(None),
+        generation: AtomicU64::new(0),
+        paused_generation: AtomicU64::new(u64::MAX),
+        stop: AtomicBool::new(false),
+        hashes: AtomicU64::new(0),
+    });
+    let (found_tx, mut found_rx) = mpsc::channel::<Found>(1024);
+    let mut handles = Vec::new();
+    for index in 0..threads {
+        let shared = Arc::clone(&shared);
+        let found_tx = found_tx.clone();
+        handles.push(std::thread::spawn(move || hash_loop(index as u8, &shared, &found_tx)));
+    }
+    info!(threads, pool = %address, user = %args.user, "mining");
+    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut totals = Totals::default();
+    let mut target = address.clone();
+    loop {
+        let session = connect_and_mine(&target, &args, &shared, &mut found_rx, &mut totals, deadline);
+        match session.await {
+            Ok(Next::Done) => break,
+            Ok(Next::Reconnect(to)) => {
+                info!(to = %to, "pool asked to reconnect");
+                target = to;
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "connection lost; reconnecting");
+                *shared.work.write().unwrap_or_else(|p| p.into_inner()) = None;
+                shared.generation.fetch_add(1, Ordering::SeqCst);
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    info!(
+        accepted = totals.accepted,
+        rejected = totals.rejected,
+        blocks = totals.blocks,
+        hashes = shared.hashes.load(Ordering::Relaxed),
+        "miner finished"
+    );
+    println!(
+        "accepted={} rejected={} blocks={}",
+        totals.accepted, totals.rejected, totals.blocks
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    accepted: u64,
+    rejected: u64,
+    blocks: u64,
+}
+
+enum Next {
+    Done,
+    Reconnect(String),
+}
+
+async fn connect_and_mine(
+    address: &str,
+    args: &MineArgs,
+    shared: &Arc<Shared>,
+    found_rx: &mut mpsc::Receiver<Found>,
+    totals: &mut Totals,
+    deadline: Option<Instant>,
+) -> Result<Next> {
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let send = |id: u64, method: &str, params: Value| {
+        let mut line = json!({"id": id, "method": method, "params": params}).to_string();
+        line.push('\n');
+        line
+    };
+    let mut hello = String::new();
+    if !args.no_version_rolling {
+        hello.push_str(&send(
+            1,
+            "mining.configure",
+            json!([["version-rolling"], {"version-rolling.mask": format!("{VERSION_ROLLING_MASK:08x}"), "version-rolling.min-bit-count": 2}]),
+        ));
+    }
+    hello.push_str(&send(2, "mining.subscribe", json!(["quarry-mine/0.1"])));
+    hello.push_str(&send(3, "mining.authorize", json!([args.user, args.password])));
+    write.write_all(hello.as_bytes()).await?;
+
+    let mut version_mask = 0u32;
+    let mut extranonce1 = Vec::new();
+    let mut extranonce2_len = 8usize;
+    let mut difficulty = Difficulty::ONE;
+    let mut pending: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+    let mut next_id = 10u64;
+    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let started = Instant::now();
+    loop {
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { bail!("pool closed the connection") };
+                let Ok(message) = serde_json::from_str::<Value>(&line) else {
+                    warn!(%line, "unparseable line from pool");
+                    continue;
+                };
+                match message["method"].as_str() {
+                    Some("mining.notify") => {
+                        let work = parse_notify(&message["params"], &extranonce1, extranonce2_len, difficulty, version_mask)?;
+                        publish(shared, work);
+                    }
+                    Some("mining.set_difficulty") => {
+                        if let Some(d) = message["params"][0].as_f64().and_then(Difficulty::new) {
+                            difficulty = d;
+                        }
+                    }
+                    Some("mining.set_version_mask") => {
+                        if let Some(mask) = message["params"][0].as_str().and_then(|m| u32::from_str_radix(m, 16).ok()) {
+                            version_mask = mask;
+                        }
+                    }
+                    Some("client.reconnect") => {
+                        let host = message["params"][0].as_str().unwrap_or("").to_string();
+                        let port = message["params"][1].as_u64().unwrap_or(0);
+                        let to = if host.is_empty() { address.to_string() } else { format!("{host}:{port}") };
+                        return Ok(Next::Reconnect(to));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let id = message["id"].as_u64().unwrap_or(0);
+                        let ok = message["error"].is_null() && message["result"] != Value::Bool(false);
+                        match id {
+                            1 => {
+                                if let Some(mask) = message["result"]["version-rolling.mask"].as_str() {
+                                    version_mask = u32::from_str_radix(mask, 16).unwrap_or(0);
+                                }
+                            }
+                            2 => {
+                                if !ok { bail!("subscribe refused: {}", message["error"]); }
+                                extranonce1 = hex::decode(message["result"][1].as_str().unwrap_or("")).context("extranonce1")?;
+                                extranonce2_len = message["result"][2].as_u64().unwrap_or(8) as usize;
+                            }
+                            3 => {
+                                if !ok { bail!("authorize refused: {}", message["error"]); }
+                            }
+                            _ => if let Some(is_block) = pending.remove(&id) {
+                                if ok {
+                                    totals.accepted += 1;
+                                    if is_block { totals.blocks += 1; }
+                                } else {
+                                    totals.rejected += 1;
+                                    warn!(error = %message["error"], "share rejected");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Some(found) = found_rx.recv() => {
+                let id = next_id;
+                next_id += 1;
+                let mut params = vec![
+                    json!(args.user),
+                    json!(found.job_id),
+                    json!(hex::encode(&found.extranonce2)),
+                    json!(format!("{:08x}", found.ntime)),
+                    json!(format!("{:08x}", found.nonce)),
+                ];
+                if version_mask != 0 {
+                    params.push(json!(format!("{:08x}", found.version & version_mask)));
+                }
+                pending.insert(id, found.is_block);
+                if pending.len() > 10_000 {
+                    pending.clear();
+                }
+                write.write_all(send(id, "mining.submit", Value::Array(params)).as_bytes()).await?;
+            }
+            _ = status.tick() => {
+                let hashes = shared.hashes.load(Ordering::Relaxed);
+                let rate = hashes as f64 / started.elapsed().as_secs_f64().max(0.001);
+                info!(accepted = totals.accepted, rejected = totals.rejected, blocks = totals.blocks, hashrate = %crate::server::format_hashrate(rate), "miner status");
+            }
+            _ = until_deadline => return Ok(Next::Done),
+        }
+    }
+}
+
+fn publish(shared: &Shared, work: Work) {
+    *shared.work.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(work));
+    shared.generation.fetch_add(1, Ordering::SeqCst);
+}
+
+fn parse_notify(
+    params: &Value,
+    extranonce1: &[u8],
+    extranonce2_len: usize,
+    difficulty: Difficulty,
+    version_mask: u32,
+) -> Result<Work> {
+    let text = |i: usize| params[i].as_str().with_context(|| format!("notify param {i}"));
+    let word = |i: usize| -> Result<u32> { Ok(u32::from_str_radix(text(i)?, 16)?) };
+    let branch = params[4]
+        .as_array()
+        .context("merkle branch")?
+        .iter()
+        .map(|h| {
+            let bytes = hex::decode(h.as_str().unwrap_or_default())?;
+            <[u8; 32]>::try_from(bytes.as_slice()).context("branch entry size")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Work {
+        job_id: text(0)?.to_string(),
+        prev_hash: parse_stratum_prev_hash(text(1)?).context("prevhash")?,
+        coinb1: hex::decode(text(2)?)?,
+        coinb2: hex::decode(text(3)?)?,
+        branch,
+        version: word(5)?,
+        bits: word(6)?,
+        ntime: word(7)?,
+        extranonce1: extranonce1.to_vec(),
+        extranonce2_len,
+        share_target: Target::from_difficulty(difficulty),
+        version_mask,
+    })
+}
+
+/// SHA-256 initial state.
+const H0: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// The state after the header's first 64 bytes, computed once per (extranonce2, version).
+fn midstate(first: &[u8]) -> [u32; 8] {
+    let mut state = H0;
+    sha2::compress256(&mut state, &[*GenericArray::from_slice(first)]);
+    state
+}
+
+/// SHA256d of a header from its midstate and last 16 bytes.
+#[inline]
+fn hash_tail(midstate: &[u32; 8], tail: &[u8; 16]) -> Hash32 {
+    let mut block = [0u8; 64];
+    block[..16].copy_from_slice(tail);
+    block[16] = 0x80;
+    block[56..].copy_from_slice(&640u64.to_be_bytes());
+    let mut state = *midstate;
+    sha2::compress256(&mut state, &[*GenericArray::from_slice(&block)]);
+    let mut second = [0u8; 64];
+    for (i, word) in state.iter().enumerate() {
+        second[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    second[32] = 0x80;
+    second[56..].copy_from_slice(&256u64.to_be_bytes());
+    let mut out_state = H0;
+    sha2::compress256(&mut out_state, &[*GenericArray::from_slice(&second)]);
+    let mut out = [0u8; 32];
+    for (i, word) in out_state.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
+    let mut counter = 0u64;
+    let mut paused_since: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let generation = shared.generation.load(Ordering::SeqCst);
+        let work = shared.work.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(work) = work else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        if shared.paused_generation.load(Ordering::SeqCst) == generation {
+            // A block was found on this work: wait for the new tip, but not forever.
+            let since = *paused_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            shared.paused_generation.store(u64::MAX, Ordering::SeqCst);
+        }
+        paused_since = None;
+        // extranonce2 = thread index ‖ counter, big-endian, so threads never overlap.
+        counter += 1;
+        let mut extranonce2 = vec![0u8; work.extranonce2_len];
+        let counter_bytes = counter.to_be_bytes();
+        let n = work.extranonce2_len.min(8);
+        extranonce2[work.extranonce2_len - n..].copy_from_slice(&counter_bytes[8 - n..]);
+        extranonce2[0] = thread;
+        let coinbase = [&work.coinb1[..], &work.extranonce1, &extranonce2, &work.coinb2].concat();
+        let root = merkle::root_from_branch(&sha256d(&coinbase), &work.branch);
+        let network = Target::from_compact(work.bits);
+        // Roll the version first (cheap: no coinbase rehash), then extranonce2.
+        let rolls: u32 = if work.version_mask == 0 { 1 } else { 16 };
+        let rolling_unit = if work.version_mask == 0 { 0 } else { 1u32 << work.version_mask.trailing_zeros() };
+        for roll in 0..rolls {
+            let version = if rolling_unit == 0 {
+                work.version
+            } else {
+                (work.version & !work.version_mask)
+                    | ((work.version.wrapping_add(roll.wrapping_mul(rolling_unit))) & work.version_mask)
+            };
+            let header = header_bytes(version, &work.prev_hash, &root, work.ntime, work.bits, 0);
+            let mid = midstate(&header[..64]);
+            let mut tail = [0u8; 16];
+            tail.copy_from_slice(&header[64..]);
+            let mut nonce = 0u32;
+            loop {
+                tail[12..].copy_from_slice(&nonce.to_le_bytes());
+                let hash = hash_tail(&mid, &tail);
+                if work.share_target.is_met_by(&hash) {
+                    let is_block = network.is_met_by(&hash);
+                    let _ = found.blocking_send(Found {
+                        job_id: work.job_id.clone(),
+                        extranonce2: extranonce2.clone(),
+                        ntime: work.ntime,
+                        nonce,
+                        version,
+                        is_block,
+                    });
+                    if is_block {
+                        shared.paused_generation.store(generation, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                if nonce & 0xfff == 0xfff {
+                    shared.hashes.fetch_add(0x1000, Ordering::Relaxed);
+                    if shared.generation.load(Ordering::Relaxed) != generation
+                        || shared.stop.load(Ordering::Relaxed)
+                        || shared.paused_generation.load(Ordering::Relaxed) == generation
+                    {
+                        break;
+                    }
+                }
+                if nonce == u32::MAX {
+                    break;
+                }
+                nonce += 1;
+            }
+            if shared.generation.load(Ordering::Relaxed) != generation
+                || shared.paused_generation.load(Ordering::Relaxed) == generation
+            {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn midstate_hash_equals_plain_sha256d() {
+        let mut header = [0u8; 80];
+        for (i, byte) in header.iter_mut().enumerate() {
+            *byte = (i * 7) as u8;
+        }
+        let mid = midstate(&header[..64]);
+        let mut tail = [0u8; 16];
+        tail.copy_from_slice(&header[64..]);
+        assert_eq!(hash_tail(&mid, &tail), sha256d(&header));
+    }
+}

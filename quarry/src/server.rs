@@ -1,0 +1,437 @@
+//! The Stratum V1 listener and the loop that moves bytes between a socket and its
+//! [`Session`]. No protocol decisions are made here.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quarry_stratum::v1::{Event, Session, SessionConfig};
+use quarry_stratum::Pool;
+use quarry_work::job::{Job, JobFactory};
+use quarry_work::template::WorkTemplate;
+use quarry_work::Hash32;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::node::Nodes;
+
+/// Unix time in milliseconds: the one clock read per event.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Pool-wide state shared by sessions: jobs, seen shares, extranonce1 allocation.
+///
+/// Std mutexes: each is held for a map lookup, never across an await.
+pub struct SharedPool {
+    factory: Mutex<JobFactory>,
+    seen: Mutex<SeenShares>,
+    extranonces: Mutex<Extranonces>,
+}
+
+/// Header hashes of shares on the current and previous tip (a duplicate has the same
+/// prevhash as its original, so older generations can go).
+#[derive(Default)]
+struct SeenShares {
+    tip: Option<Hash32>,
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+struct Extranonces {
+    size: usize,
+    next: u64,
+    in_use: HashSet<u64>,
+}
+
+impl SharedPool {
+    /// A pool building jobs with `factory`.
+    pub fn new(factory: JobFactory) -> Self {
+        let size = factory.layout().extranonce1_len;
+        SharedPool {
+            factory: Mutex::new(factory),
+            seen: Mutex::new(SeenShares::default()),
+            extranonces: Mutex::new(Extranonces {
+                size,
+                next: 1,
+                in_use: HashSet::new(),
+            }),
+        }
+    }
+
+    /// A fresh extranonce1, unique among live connections.
+    pub fn allocate_extranonce1(&self) -> Vec<u8> {
+        let mut state = lock(&self.extranonces);
+        let space = if state.size >= 8 { u64::MAX } else { 1u64 << (8 * state.size) };
+        loop {
+            let candidate = state.next % space;
+            state.next = state.next.wrapping_add(1);
+            if state.in_use.insert(candidate) {
+                return encode_extranonce(candidate, state.size);
+            }
+        }
+    }
+
+    /// Frees an extranonce1 when its connection ends.
+    pub fn release_extranonce1(&self, extranonce1: &[u8]) {
+        lock(&self.extranonces)
+            .in_use
+            .remove(&decode_extranonce(extranonce1));
+    }
+
+    /// Starts a new duplicate generation when the tip changes.
+    pub fn on_template(&self, template: &WorkTemplate) {
+        let mut seen = lock(&self.seen);
+        if seen.tip != Some(template.prev_hash) {
+            seen.tip = Some(template.prev_hash);
+            seen.previous = std::mem::take(&mut seen.current);
+        }
+    }
+}
+
+impl Pool for SharedPool {
+    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
+        match lock(&self.factory).job_for(template, payout_script) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                warn!(error = %e, "cannot build job");
+                None
+            }
+        }
+    }
+
+    fn first_seen(&self, header_hash: &Hash32) -> bool {
+        // The low 8 bytes of a share hash are uniformly random; 64 bits are plenty.
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&header_hash[..8]);
+        let key = u64::from_le_bytes(key);
+        let mut seen = lock(&self.seen);
+        !seen.previous.contains(&key) && seen.current.insert(key)
+    }
+
+    fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {
+        let mut state = lock(&self.extranonces);
+        let requested = decode_extranonce(requested);
+        // Only ids this process handed out before, and not in use now.
+        if requested == 0 || requested >= state.next || state.in_use.contains(&requested) {
+            return false;
+        }
+        state.in_use.remove(&decode_extranonce(current));
+        state.in_use.insert(requested);
+        true
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (single inserts).
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn encode_extranonce(value: u64, size: usize) -> Vec<u8> {
+    value.to_be_bytes()[8 - size..].to_vec()
+}
+
+fn decode_extranonce(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+}
+
+/// Counters for the periodic status line.
+#[derive(Default)]
+pub struct Stats {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Accepted shares.
+    pub accepted: AtomicU64,
+    /// Rejected shares.
+    pub rejected: AtomicU64,
+    /// Blocks found.
+    pub blocks: AtomicU64,
+    /// Sum of accepted difficulty, in millionths.
+    pub difficulty_micro: AtomicU64,
+}
+
+/// Listener limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP.
+    pub max_per_ip: usize,
+    /// How long a write may block.
+    pub write_timeout: Duration,
+}
+
+/// Everything a connection task needs.
+pub struct Server {
+    /// Session settings.
+    pub session_config: Arc<SessionConfig>,
+    /// Shared pool state.
+    pub pool: Arc<SharedPool>,
+    /// Nodes (templates).
+    pub nodes: Arc<Nodes>,
+    /// Found blocks go here, to be submitted at once.
+    pub blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
+    /// Limits.
+    pub limits: Limits,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Server {
+    /// A server; call [`Server::run`].
+    pub fn new(
+        session_config: SessionConfig,
+        pool: Arc<SharedPool>,
+        nodes: Arc<Nodes>,
+        limits: Limits,
+    ) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let blocks = nodes.spawn_block_submitter();
+        Arc::new(Server {
+            blocks,
+            session_config: Arc::new(session_config),
+            pool,
+            nodes,
+            limits,
+            stats: Arc::new(Stats::default()),
+            per_ip: Mutex::new(HashMap::new()),
+            slots,
+        })
+    }
+
+    /// Accepts connections until `shutdown` fires.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                debug!(%peer, "connection limit reached");
+                continue;
+            };
+            if !self.admit_ip(peer.ip()) {
+                debug!(%peer, "per-IP connection limit reached");
+                continue;
+            }
+            let server = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                server.stats.connections.fetch_add(1, Ordering::Relaxed);
+                server.drive(stream, peer, shutdown).await;
+                server.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                server.release_ip(peer.ip());
+                drop(permit);
+            });
+        }
+    }
+
+    fn admit_ip(&self, ip: IpAddr) -> bool {
+        let mut per_ip = lock(&self.per_ip);
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.limits.max_per_ip {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
+        let mut per_ip = lock(&self.per_ip);
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// One connection: socket ↔ session, until either side ends.
+    async fn drive(&self, mut stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+        let _ = stream.set_nodelay(true);
+        let pool: &SharedPool = &self.pool;
+        let mut session = Session::new(
+            Arc::clone(&self.session_config),
+            pool.allocate_extranonce1(),
+            now_ms(),
+        );
+        debug!(%peer, extranonce1 = %hex::encode(session.extranonce1()), "connected");
+        let mut templates = self.nodes.subscribe();
+        if let Some(template) = templates.borrow_and_update().clone() {
+            session.handle_template(template, now_ms(), pool);
+        }
+        let mut buf = vec![0u8; 4096];
+        let mut out = String::new();
+        loop {
+            while let Some(line) = session.poll_transmit() {
+                out.push_str(&line);
+            }
+            if !out.is_empty() {
+                let write = stream.write_all(out.as_bytes());
+                match tokio::time::timeout(self.limits.write_timeout, write).await {
+                    Ok(Ok(())) => out.clear(),
+                    _ => {
+                        debug!(%peer, "write failed or timed out");
+                        break;
+                    }
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                self.on_event(event, peer);
+            }
+            if let Some(reason) = session.close_reason() {
+                debug!(%peer, %reason, "closing");
+                break;
+            }
+            let deadline = session.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => session.handle_bytes(&buf[..n], now_ms(), pool),
+                },
+                changed = templates.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let template = templates.borrow_and_update().clone();
+                    if let Some(template) = template {
+                        session.handle_template(template, now_ms(), pool);
+                    }
+                }
+                _ = sleep => session.handle_timeout(now_ms(), pool),
+                _ = shutdown.changed() => break,
+            }
+        }
+        pool.release_extranonce1(session.extranonce1());
+        debug!(%peer, "disconnected");
+    }
+
+    fn on_event(&self, event: Event, peer: SocketAddr) {
+        match event {
+            Event::BlockFound(block) => {
+                self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+                if let Err(tokio::sync::mpsc::error::TrySendError::Full(block)) =
+                    self.blocks.try_send(block)
+                {
+                    // Only a flood of blocks (regtest) fills the queue; wait there, never drop.
+                    let blocks = self.blocks.clone();
+                    tokio::spawn(async move { blocks.send(block).await });
+                }
+            }
+            Event::ShareAccepted(share) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .difficulty_micro
+                    .fetch_add((share.difficulty.get() * 1e6) as u64, Ordering::Relaxed);
+                debug!(target: "quarry::share", worker = %share.worker, difficulty = share.difficulty.get(), achieved = share.achieved, height = share.height, block = share.is_block, "share accepted");
+            }
+            Event::ShareRejected { worker, reason } => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                debug!(target: "quarry::share", %worker, %reason, "share rejected");
+            }
+            Event::Authorized { worker, address } => {
+                info!(%peer, %worker, %address, "worker authorized");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Logs a status line every `every`.
+pub async fn report(stats: Arc<Stats>, every: Duration) {
+    let mut last = (0u64, 0u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let accepted = stats.accepted.load(Ordering::Relaxed);
+        let difficulty = stats.difficulty_micro.load(Ordering::Relaxed);
+        let hashrate =
+            (difficulty - last.1) as f64 / 1e6 * 4_294_967_296.0 / every.as_secs_f64().max(1.0);
+        info!(
+            connections = stats.connections.load(Ordering::Relaxed),
+            accepted,
+            rejected = stats.rejected.load(Ordering::Relaxed),
+            blocks = stats.blocks.load(Ordering::Relaxed),
+            shares_per_min = (accepted - last.0) as f64 * 60.0 / every.as_secs_f64().max(1.0),
+            hashrate = %format_hashrate(hashrate),
+            "pool status"
+        );
+        last = (accepted, difficulty);
+    }
+}
+
+/// `1.23 MH/s` and the like.
+pub fn format_hashrate(hashes_per_sec: f64) -> String {
+    let units = ["H/s", "kH/s", "MH/s", "GH/s", "TH/s", "PH/s", "EH/s"];
+    let mut value = hashes_per_sec;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", units[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_work::coinbase::CoinbaseLayout;
+
+    fn pool() -> SharedPool {
+        SharedPool::new(JobFactory::new(CoinbaseLayout {
+            extranonce1_len: 4,
+            extranonce2_len: 8,
+            tag: b"/q/".to_vec(),
+        }))
+    }
+
+    #[test]
+    fn extranonces_are_unique_and_resumable() {
+        let pool = pool();
+        let a = pool.allocate_extranonce1();
+        let b = pool.allocate_extranonce1();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4);
+        assert!(!pool.resume_extranonce1(&b, &a), "a is in use");
+        pool.release_extranonce1(&a);
+        let c = pool.allocate_extranonce1();
+        assert!(pool.resume_extranonce1(&c, &a), "a was issued and is free");
+        assert!(!pool.resume_extranonce1(&c, &[0, 0, 0x10, 0]), "never issued");
+    }
+
+    #[test]
+    fn duplicates_survive_one_tip_change() {
+        let pool = pool();
+        let hash = [7u8; 32];
+        assert!(pool.first_seen(&hash));
+        assert!(!pool.first_seen(&hash));
+    }
+
+    #[test]
+    fn hashrate_formatting() {
+        assert_eq!(format_hashrate(1_500_000.0), "1.50 MH/s");
+        assert_eq!(format_hashrate(12.0), "12.00 H/s");
+    }
+}
