@@ -1,6 +1,5 @@
 //! Stratum V1 messages: typed requests from a miner, and the lines we send.
 
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::RequestError;
@@ -71,35 +70,32 @@ pub enum Incoming {
     Response,
 }
 
-#[derive(Deserialize)]
-struct RawLine {
-    #[serde(default)]
-    id: Value,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    params: Value,
-}
-
 /// Decodes one line.
 ///
 /// # Errors
-/// [`RequestError::Parse`] when the line is not a JSON object with a method or a result.
+/// [`RequestError::Parse`] when the line is not a JSON object with a method (a request) or a
+/// result or error (a response).
 pub fn parse_line(line: &[u8]) -> Result<Incoming, RequestError> {
-    let raw: RawLine = serde_json::from_slice(line).map_err(|e| {
-        RequestError::Parse(match e.classify() {
-            serde_json::error::Category::Data => "not a JSON-RPC object".to_string(),
-            _ => "invalid JSON".to_string(),
-        })
-    })?;
-    let Some(method) = raw.method else {
-        return Ok(Incoming::Response);
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|_| RequestError::Parse("invalid JSON".to_string()))?;
+    let Value::Object(mut object) = value else {
+        return Err(RequestError::Parse("not a JSON-RPC object".to_string()));
     };
-    let request = parse_request(&method, &raw.params);
-    Ok(Incoming::Request {
-        id: raw.id,
-        request,
-    })
+    let id = object.remove("id").unwrap_or(Value::Null);
+    match object.remove("method") {
+        Some(Value::String(method)) => {
+            let params = object.remove("params").unwrap_or(Value::Null);
+            Ok(Incoming::Request {
+                request: parse_request(&method, &params),
+                id,
+            })
+        }
+        Some(_) => Err(RequestError::Parse("method must be a string".to_string())),
+        None if object.contains_key("result") || object.contains_key("error") => {
+            Ok(Incoming::Response)
+        }
+        None => Err(RequestError::Parse("no method".to_string())),
+    }
 }
 
 fn parse_request(method: &str, params: &Value) -> Result<Request, RequestError> {
@@ -311,6 +307,8 @@ mod tests {
         );
         assert!(matches!(parse_line(b"{nope"), Err(RequestError::Parse(_))));
         assert!(matches!(parse_line(b"[1,2]"), Err(RequestError::Parse(_))));
+        assert!(matches!(parse_line(b"{\"id\":1}"), Err(RequestError::Parse(_))));
+        assert_eq!(parse_line(b"{\"id\":1,\"result\":true}"), Ok(Incoming::Response));
     }
 
     #[test]

@@ -1,0 +1,444 @@
+//! Test harness: a real regtest node pair, `quarry` as a real process, a raw Stratum V1 client.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quarry_stratum::v1::session::parse_stratum_prev_hash;
+use quarry_work::hash::sha256d;
+use quarry_work::job::header_bytes;
+use quarry_work::{merkle, Difficulty, Hash32, Target};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fresh directory under the system temp dir.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "quarry-test-{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Two connected regtest nodes from scripts/regtest-nodes.sh.
+pub struct NodePair {
+    pub dir: PathBuf,
+    pub env: HashMap<String, String>,
+}
+
+impl NodePair {
+    pub fn start() -> NodePair {
+        let dir = scratch_dir("nodes");
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/regtest-nodes.sh"))
+            .arg("start")
+            .arg(&dir)
+            .status()
+            .expect("run regtest-nodes.sh");
+        assert!(status.success(), "regtest node pair must start");
+        let text = std::fs::read_to_string(dir.join("nodes.env")).expect("nodes.env");
+        let env = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        NodePair { dir, env }
+    }
+
+    pub fn var(&self, key: &str) -> &str {
+        self.env.get(key).unwrap_or_else(|| panic!("nodes.env has {key}"))
+    }
+
+    pub fn rpc_url(&self, node: char) -> String {
+        format!("http://127.0.0.1:{}", self.var(&format!("NODE_{node}_RPC_PORT")))
+    }
+
+    pub async fn rpc(&self, node: char, method: &str, params: Value) -> Result<Value, String> {
+        rpc_call(&self.rpc_url(node), method, params).await
+    }
+
+    pub async fn rpc_ok(&self, node: char, method: &str, params: Value) -> Value {
+        self.rpc(node, method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method} on node {node}: {e}"))
+    }
+
+    /// Stops node A and waits for its process to exit (it holds the datadir lock until then).
+    pub async fn stop_node_a(&self) {
+        let pid_file = Path::new(self.var("NODE_A_DATADIR")).join("regtest/bitcoind.pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("node A pid file");
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        self.rpc_ok('A', "stop", json!([])).await;
+        let start = Instant::now();
+        while proc_dir.exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "node A did not exit");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Restarts node A with its original command line (same datadir, same ports).
+    pub fn spawn_node_a(&self) {
+        let cmd = self.var("NODE_A_CMD").to_string();
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {cmd} >/dev/null 2>&1"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("restart node A");
+    }
+}
+
+impl Drop for NodePair {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/regtest-nodes.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+pub async fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value, String> {
+    let client = reqwest::Client::new();
+    let response = client
+        .post(url)
+        .basic_auth("quarry", Some("quarry"))
+        .timeout(Duration::from_secs(30))
+        .json(&json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let value: Value = response.json().await.map_err(|e| e.to_string())?;
+    if !value["error"].is_null() {
+        return Err(value["error"].to_string());
+    }
+    Ok(value["result"].clone())
+}
+
+/// `quarry serve` (or any subcommand) as a child process, killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str], log: &Path) -> Process {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(args)
+            .env("RUST_LOG", "info,quarry::share=debug")
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn quarry");
+        Process {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `quarry serve` with `config` (TOML) and waits until it listens on `port`.
+pub async fn start_pool(dir: &Path, config: &str, port: u16) -> Process {
+    let path = dir.join("quarry.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut pool = Process::spawn(
+        &["serve", "--config", path.to_str().expect("utf-8 path")],
+        &dir.join("serve.log"),
+    );
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return pool;
+        }
+        assert!(pool.is_running(), "quarry serve exited:\n{}", pool.log_text());
+        assert!(start.elapsed() < Duration::from_secs(20), "pool did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The TOML for a solo pool on node A of `nodes`.
+pub fn pool_config(nodes: &NodePair, dir: &Path, port: u16, extra_mining: &str) -> String {
+    format!(
+        r#"
+network = "regtest"
+data_dir = "{data}"
+
+[[node]]
+url = "{url}"
+cookie_file = "{cookie}"
+zmq_hashblock = "{zmq}"
+
+[mining]
+mode = "solo"
+coinbase_tag = "/quarry-test/"
+template_refresh_secs = 30
+poll_interval_secs = 1
+{extra_mining}
+
+[stratum]
+listen = "127.0.0.1:{port}"
+
+[vardiff]
+start = 0.001
+min = 0.001
+max = 65536
+"#,
+        data = dir.join("data").display(),
+        url = nodes.rpc_url('A'),
+        cookie = nodes.var("NODE_A_COOKIE"),
+        zmq = nodes.var("NODE_A_ZMQ"),
+    )
+}
+
+/// A job as received in `mining.notify`.
+#[derive(Debug, Clone)]
+pub struct WireJob {
+    pub id: String,
+    pub prev_hash: Hash32,
+    pub coinb1: Vec<u8>,
+    pub coinb2: Vec<u8>,
+    pub branch: Vec<Hash32>,
+    pub version: u32,
+    pub bits: u32,
+    pub ntime: u32,
+    pub clean: bool,
+}
+
+impl WireJob {
+    pub fn from_params(params: &Value) -> WireJob {
+        let s = |i: usize| params[i].as_str().expect("string param").to_string();
+        let word = |i: usize| u32::from_str_radix(&s(i), 16).expect("hex word");
+        WireJob {
+            id: s(0),
+            prev_hash: parse_stratum_prev_hash(&s(1)).expect("prevhash"),
+            coinb1: hex::decode(s(2)).expect("coinb1"),
+            coinb2: hex::decode(s(3)).expect("coinb2"),
+            branch: params[4]
+                .as_array()
+                .expect("branch")
+                .iter()
+                .map(|h| {
+                    hex::decode(h.as_str().expect("hex"))
+                        .expect("hex")
+                        .try_into()
+                        .expect("32 bytes")
+                })
+                .collect(),
+            version: word(5),
+            bits: word(6),
+            ntime: word(7),
+            clean: params[8].as_bool().expect("clean"),
+        }
+    }
+
+    pub fn hash(&self, en1: &[u8], en2: &[u8], version: u32, ntime: u32, nonce: u32) -> Hash32 {
+        let coinbase = [&self.coinb1[..], en1, en2, &self.coinb2[..]].concat();
+        let root = merkle::root_from_branch(&sha256d(&coinbase), &self.branch);
+        sha256d(&header_bytes(version, &self.prev_hash, &root, ntime, self.bits, nonce))
+    }
+}
+
+/// A raw Stratum V1 client.
+pub struct V1Client {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+    next_id: u64,
+    pub notifications: VecDeque<Value>,
+    pub jobs: Vec<WireJob>,
+    pub difficulty: f64,
+    pub extranonce1: Vec<u8>,
+    pub extranonce2_len: usize,
+    pub closed: bool,
+}
+
+impl V1Client {
+    pub async fn connect(port: u16) -> V1Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let (read, write) = stream.into_split();
+        V1Client {
+            lines: BufReader::new(read).lines(),
+            write,
+            next_id: 1,
+            notifications: VecDeque::new(),
+            jobs: Vec::new(),
+            difficulty: 0.0,
+            extranonce1: Vec::new(),
+            extranonce2_len: 0,
+            closed: false,
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.write.write_all(bytes).await.is_ok()
+    }
+
+    /// The next line, or None on EOF / timeout.
+    pub async fn read(&mut self, limit: Duration) -> Option<Value> {
+        match tokio::time::timeout(limit, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                let value: Value = serde_json::from_str(&line).expect("pool sends JSON");
+                if let Some(method) = value["method"].as_str() {
+                    match method {
+                        "mining.notify" => self.jobs.push(WireJob::from_params(&value["params"])),
+                        "mining.set_difficulty" => {
+                            self.difficulty = value["params"][0].as_f64().expect("number")
+                        }
+                        _ => {}
+                    }
+                }
+                Some(value)
+            }
+            Ok(_) => {
+                self.closed = true;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Reads until an answer (no method) arrives; notifications are kept.
+    pub async fn answer(&mut self, limit: Duration) -> Option<Value> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let value = self.read(limit.saturating_sub(start.elapsed())).await?;
+            if value.get("method").is_some_and(|m| !m.is_null()) {
+                self.notifications.push_back(value);
+                continue;
+            }
+            return Some(value);
+        }
+        None
+    }
+
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = format!("{}\n", json!({"id": id, "method": method, "params": params}));
+        assert!(self.send_raw(line.as_bytes()).await, "write {method}");
+        let answer = self
+            .answer(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("an answer to {method}"));
+        assert_eq!(answer["id"], json!(id), "{answer}");
+        answer
+    }
+
+    /// Waits for a job satisfying `pred`.
+    pub async fn wait_job(&mut self, limit: Duration, pred: impl Fn(&WireJob) -> bool) -> Option<WireJob> {
+        let start = Instant::now();
+        loop {
+            if let Some(job) = self.jobs.iter().rev().find(|j| pred(j)) {
+                return Some(job.clone());
+            }
+            if start.elapsed() >= limit || self.closed {
+                return None;
+            }
+            if let Some(value) = self.read(Duration::from_millis(200)).await {
+                if value.get("method").is_some_and(|m| !m.is_null()) {
+                    self.notifications.push_back(value);
+                }
+            }
+        }
+    }
+
+    /// configure + subscribe + authorize; returns after the first job.
+    pub async fn handshake(&mut self, user: &str) -> WireJob {
+        let configured = self
+            .call(
+                "mining.configure",
+                json!([["version-rolling"], {"version-rolling.mask": "1fffe000"}]),
+            )
+            .await;
+        assert_eq!(configured["result"]["version-rolling"], true, "{configured}");
+        let subscribed = self.call("mining.subscribe", json!(["quarry-test/1"])).await;
+        self.extranonce1 = hex::decode(subscribed["result"][1].as_str().expect("en1")).expect("hex");
+        self.extranonce2_len = subscribed["result"][2].as_u64().expect("en2 size") as usize;
+        let authorized = self.call("mining.authorize", json!([user, "x"])).await;
+        assert_eq!(authorized["result"], true, "{authorized}");
+        self.wait_job(Duration::from_secs(20), |_| true)
+            .await
+            .expect("a job after authorize")
+    }
+
+    /// A nonce whose hash meets (`meets`) or misses `target`.
+    pub fn find(&self, job: &WireJob, en2: &[u8], version: u32, ntime: u32, target: &Target, meets: bool) -> u32 {
+        (0..=u32::MAX)
+            .find(|&nonce| target.is_met_by(&job.hash(&self.extranonce1, en2, version, ntime, nonce)) == meets)
+            .expect("a nonce")
+    }
+
+    pub fn share_target(&self) -> Target {
+        Target::from_difficulty(Difficulty::new(self.difficulty).expect("difficulty set"))
+    }
+
+    pub async fn submit(&mut self, user: &str, job: &WireJob, en2: &[u8], ntime: u32, nonce: u32, version_bits: Option<u32>) -> Value {
+        let mut params = vec![
+            json!(user),
+            json!(job.id),
+            json!(hex::encode(en2)),
+            json!(format!("{ntime:08x}")),
+            json!(format!("{nonce:08x}")),
+        ];
+        if let Some(bits) = version_bits {
+            params.push(json!(format!("{bits:08x}")));
+        }
+        self.call("mining.submit", Value::Array(params)).await
+    }
+}
+
+/// The error code of an answer, None for success.
+pub fn code(answer: &Value) -> Option<i64> {
+    answer["error"].as_array().and_then(|e| e[0].as_i64())
+}
