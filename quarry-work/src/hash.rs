@@ -3,6 +3,7 @@
 //! `sha2` is used rather than `bitcoin_hashes` because it picks SHA-NI at run time, which is most
 //! of the cost of validating a share.
 
+use sha2::digest::generic_array::GenericArray;
 use sha2::{Digest, Sha256};
 
 /// A 32-byte hash in Bitcoin's internal byte order (the order it has inside a block).
@@ -35,4 +36,80 @@ pub fn from_display_hex(text: &str) -> Option<Hash32> {
     let mut bytes: Hash32 = hex::decode(text).ok()?.try_into().ok()?;
     bytes.reverse();
     Some(bytes)
+}
+
+/// SHA-256 initial state (FIPS 180-4 §5.3.3).
+const H0: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+#[inline(always)]
+fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
+    sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+}
+
+/// The second SHA-256 of SHA256d: one block holding a 32-byte digest.
+#[inline(always)]
+fn finish_double(first: &[u32; 8]) -> Hash32 {
+    let mut block = [0u8; 64];
+    for (chunk, word) in block[..32].chunks_exact_mut(4).zip(first) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    block[32] = 0x80;
+    block[62] = 0x01; // length: 256 bits
+    let mut state = H0;
+    compress(&mut state, &block);
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(&state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// SHA256d of exactly 64 bytes (a merkle node's two children): three compressions and no
+/// buffering, the hot loop of share validation.
+#[inline]
+pub fn sha256d_64(data: &[u8; 64]) -> Hash32 {
+    const PAD: [u8; 64] = {
+        let mut pad = [0u8; 64];
+        pad[0] = 0x80;
+        pad[62] = 0x02; // length: 512 bits
+        pad
+    };
+    let mut state = H0;
+    compress(&mut state, data);
+    compress(&mut state, &PAD);
+    finish_double(&state)
+}
+
+/// SHA256d of an 80-byte block header.
+#[inline]
+pub fn sha256d_80(header: &[u8; 80]) -> Hash32 {
+    let mut state = H0;
+    let mut first = [0u8; 64];
+    first.copy_from_slice(&header[..64]);
+    compress(&mut state, &first);
+    let mut tail = [0u8; 64];
+    tail[..16].copy_from_slice(&header[64..]);
+    tail[16] = 0x80;
+    tail[62] = 0x02;
+    tail[63] = 0x80; // length: 640 bits
+    compress(&mut state, &tail);
+    finish_double(&state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_size_paths_match_the_generic_one() {
+        let mut data = [0u8; 80];
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = (i as u8).wrapping_mul(31).wrapping_add(7);
+        }
+        let first: [u8; 64] = data[..64].try_into().expect("64 bytes");
+        assert_eq!(sha256d_64(&first), sha256d(&first));
+        assert_eq!(sha256d_80(&data), sha256d(&data));
+    }
 }

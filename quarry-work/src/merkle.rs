@@ -1,6 +1,6 @@
 //! Merkle branches and roots, as Bitcoin builds them (an odd level repeats its last hash).
 
-use crate::hash::{sha256d, Hash32};
+use crate::hash::{sha256d_64, Hash32};
 
 /// The parent of two nodes: SHA256d(left ‖ right).
 #[inline]
@@ -8,7 +8,7 @@ pub fn parent(left: &Hash32, right: &Hash32) -> Hash32 {
     let mut buf = [0u8; 64];
     buf[..32].copy_from_slice(left);
     buf[32..].copy_from_slice(right);
-    sha256d(&buf)
+    sha256d_64(&buf)
 }
 
 /// The branch that proves leaf 0 (the coinbase), given the hashes of every *other* transaction in

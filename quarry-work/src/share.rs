@@ -5,7 +5,7 @@
 //! job, stale tip, duplicates) is the caller's, and reported with the same [`ShareReject`] enum so
 //! that one function maps every reason to a wire code.
 
-use crate::hash::{sha256d, Hash32};
+use crate::hash::{sha256d_80, Hash32};
 use crate::job::{Job, HEADER_LEN};
 use crate::target::{hash_difficulty, Target};
 
@@ -138,7 +138,7 @@ pub fn validate_share(
         submission.ntime,
         submission.nonce,
     );
-    let hash = sha256d(&header);
+    let hash = sha256d_80(&header);
     let is_block = template.network_target.is_met_by(&hash);
     if !is_block && !rules.target.is_met_by(&hash) {
         return Err(ShareReject::LowDifficulty);
