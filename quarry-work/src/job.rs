@@ -63,10 +63,19 @@ impl Job {
     }
 
     /// The full block for a header built from this job with these extranonces.
-    pub fn block(&self, header: &[u8; HEADER_LEN], extranonce1: &[u8], extranonce2: &[u8]) -> Vec<u8> {
+    pub fn block(
+        &self,
+        header: &[u8; HEADER_LEN],
+        extranonce1: &[u8],
+        extranonce2: &[u8],
+    ) -> Vec<u8> {
         let template = &self.template;
         let mut block = Vec::with_capacity(
-            HEADER_LEN + 9 + self.coinbase.coinb1.len() + self.coinbase.coinb2.len() + 64
+            HEADER_LEN
+                + 9
+                + self.coinbase.coinb1.len()
+                + self.coinbase.coinb2.len()
+                + 64
                 + template.transactions.len(),
         );
         block.extend_from_slice(header);

@@ -69,7 +69,11 @@ mod tests {
         for count in 0..40u8 {
             let leaves: Vec<Hash32> = (0..=count).map(leaf).collect();
             let branch = coinbase_branch(&leaves[1..]);
-            assert_eq!(root_from_branch(&leaves[0], &branch), root(&leaves), "{count}");
+            assert_eq!(
+                root_from_branch(&leaves[0], &branch),
+                root(&leaves),
+                "{count}"
+            );
         }
     }
 

@@ -233,7 +233,8 @@ impl WorkTemplate {
             None
         };
 
-        let curtime = u32::try_from(gbt.curtime).map_err(|_| TemplateError::OutOfRange("curtime"))?;
+        let curtime =
+            u32::try_from(gbt.curtime).map_err(|_| TemplateError::OutOfRange("curtime"))?;
         let mintime = match gbt.mintime {
             Some(t) => u32::try_from(t).map_err(|_| TemplateError::OutOfRange("mintime"))?,
             None => 0,

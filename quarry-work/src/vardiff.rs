@@ -115,7 +115,8 @@ impl Vardiff {
         let cap = self.config.max.min(network);
         let elapsed = now_ms.saturating_sub(self.last_retarget_ms) as f64 / 1000.0;
         let expected_shares = self.config.retarget_secs / self.config.target_interval_secs;
-        let burst = f64::from(self.shares_since_retarget) >= BURST_FACTOR * expected_shares.max(1.0);
+        let burst =
+            f64::from(self.shares_since_retarget) >= BURST_FACTOR * expected_shares.max(1.0);
         if elapsed < self.config.retarget_secs && !burst {
             return self.cap_only(cap, now_ms);
         }

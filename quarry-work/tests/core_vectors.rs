@@ -66,26 +66,40 @@ fn header_fields(header: &[u8]) -> (u32, u32, u32) {
 }
 
 fn reproduce(name: &str) {
-    let Case { vector, job, en1, en2 } = case(name);
+    let Case {
+        vector,
+        job,
+        en1,
+        en2,
+    } = case(name);
     let mut coinbase = Vec::new();
-    job.coinbase.write_without_witness(&en1, &en2, &mut coinbase);
+    job.coinbase
+        .write_without_witness(&en1, &en2, &mut coinbase);
     assert_eq!(
         hex::encode(&coinbase),
-        vector["coinbase_tx_without_witness_hex"].as_str().expect("field"),
+        vector["coinbase_tx_without_witness_hex"]
+            .as_str()
+            .expect("field"),
         "{name}: coinbase without witness"
     );
     let mut with_witness = Vec::new();
     job.coinbase.write_for_block(&en1, &en2, &mut with_witness);
     assert_eq!(
         hex::encode(&with_witness),
-        vector["coinbase_tx_with_witness_hex"].as_str().expect("field"),
+        vector["coinbase_tx_with_witness_hex"]
+            .as_str()
+            .expect("field"),
         "{name}: coinbase with witness"
     );
 
     let expected_header = hex_field(&vector, "header_hex");
     let (version, ntime, nonce) = header_fields(&expected_header);
     let header = job.header(&en1, &en2, version, ntime, nonce);
-    assert_eq!(hex::encode(header), hex::encode(&expected_header), "{name}: header");
+    assert_eq!(
+        hex::encode(header),
+        hex::encode(&expected_header),
+        "{name}: header"
+    );
     assert_eq!(
         to_display_hex(&sha256d(&header)),
         vector["block_hash"].as_str().expect("field"),
@@ -171,7 +185,10 @@ fn tampered_commitment_is_refused() {
     let vector = load("mixed");
     let mut gbt: GetBlockTemplate =
         serde_json::from_value(vector["getblocktemplate"].clone()).expect("template parses");
-    let mut commitment = gbt.default_witness_commitment.clone().expect("segwit template");
+    let mut commitment = gbt
+        .default_witness_commitment
+        .clone()
+        .expect("segwit template");
     commitment.replace_range(commitment.len() - 2.., "00");
     gbt.default_witness_commitment = Some(commitment);
     assert!(matches!(
@@ -188,6 +205,10 @@ fn tampered_txid_is_refused() {
     gbt.transactions[1].txid = Some("00".repeat(32));
     assert!(matches!(
         WorkTemplate::from_gbt(&gbt, 1),
-        Err(TemplateError::IdMismatch { index: 1, field: "txid", .. })
+        Err(TemplateError::IdMismatch {
+            index: 1,
+            field: "txid",
+            ..
+        })
     ));
 }

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the pool: Stratum V1 server on work from Bitcoin nodes.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// CPU miner speaking Stratum V1 (version rolling), for tests and demos.
     Mine(MineArgs),
 }

@@ -265,7 +265,8 @@ impl Config {
     fn vardiff_config(&self) -> Result<VardiffConfig> {
         let v = &self.vardiff;
         let difficulty = |value: f64, key: &str| {
-            Difficulty::new(value).with_context(|| format!("vardiff.{key} must be a positive number"))
+            Difficulty::new(value)
+                .with_context(|| format!("vardiff.{key} must be a positive number"))
         };
         let (start, min, max) = (
             difficulty(v.start, "start")?,
@@ -275,7 +276,7 @@ impl Config {
         if min > max {
             bail!("vardiff.min ({}) is above vardiff.max ({})", v.min, v.max);
         }
-        if !(v.target_interval_secs > 0.0) || !(v.retarget_secs > 0.0) {
+        if !positive(v.target_interval_secs) || !positive(v.retarget_secs) {
             bail!("vardiff.target_interval_secs and vardiff.retarget_secs must be positive");
         }
         if !(0.0..1.0).contains(&v.variance) {
@@ -290,6 +291,11 @@ impl Config {
             variance: v.variance,
         })
     }
+}
+
+/// True for finite numbers above zero (false for NaN).
+fn positive(value: f64) -> bool {
+    value.is_finite() && value > 0.0
 }
 
 /// Checked configuration, ready for the runtime.
@@ -310,7 +316,9 @@ pub fn parse_network(name: &str) -> Result<Network> {
         "testnet4" => Network::Testnet,
         "signet" => Network::Signet,
         "regtest" => Network::Regtest,
-        other => bail!("network must be mainnet, testnet, testnet4, signet or regtest, not {other}"),
+        other => {
+            bail!("network must be mainnet, testnet, testnet4, signet or regtest, not {other}")
+        }
     })
 }
 
@@ -340,7 +348,10 @@ mod tests {
         config.nodes[0].password = Some("p".into());
         config.mining.mode = "pool".into();
         config.mining.pool_address = Some("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa".into());
-        let error = format!("{:#}", config.resolve().expect_err("mainnet address on regtest"));
+        let error = format!(
+            "{:#}",
+            config.resolve().expect_err("mainnet address on regtest")
+        );
         assert!(error.contains("mining.pool_address"), "{error}");
         config.mining.mode = "solo".into();
         config.mining.coinbase_tag = "x".repeat(90);

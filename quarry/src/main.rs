@@ -23,12 +23,14 @@ use crate::server::{Limits, Server, SharedPool};
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Mine(args) => runtime.block_on(miner::run(args)),
     }
 }
@@ -49,7 +51,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_per_ip: config.stratum.max_connections_per_ip,
         write_timeout: Duration::from_secs(config.stratum.write_timeout_secs.max(1)),
     };
-    let server = Server::new(resolved.session, Arc::clone(&pool), Arc::clone(&nodes), limits);
+    let server = Server::new(
+        resolved.session,
+        Arc::clone(&pool),
+        Arc::clone(&nodes),
+        limits,
+    );
     let listener = TcpListener::bind(config.stratum.listen)
         .await
         .with_context(|| format!("binding stratum.listen {}", config.stratum.listen))?;
@@ -67,7 +74,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     });
     tokio::spawn(Arc::clone(&nodes).run());
-    tokio::spawn(server::report(Arc::clone(&server.stats), Duration::from_secs(10)));
+    tokio::spawn(server::report(
+        Arc::clone(&server.stats),
+        Duration::from_secs(10),
+    ));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let accept = tokio::spawn(Arc::clone(&server).run(listener, shutdown_rx));
@@ -82,13 +92,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

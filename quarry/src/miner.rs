@@ -84,14 +84,25 @@ pub async fn run(args: MineArgs) -> Result<()> {
     for index in 0..threads {
         let shared = Arc::clone(&shared);
         let found_tx = found_tx.clone();
-        handles.push(std::thread::spawn(move || hash_loop(index as u8, &shared, &found_tx)));
+        handles.push(std::thread::spawn(move || {
+            hash_loop(index as u8, &shared, &found_tx)
+        }));
     }
     info!(threads, pool = %address, user = %args.user, "mining");
-    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
     let mut totals = Totals::default();
     let mut target = address.clone();
     loop {
-        let session = connect_and_mine(&target, &args, &shared, &mut found_rx, &mut totals, deadline);
+        let session = connect_and_mine(
+            &target,
+            &args,
+            &shared,
+            &mut found_rx,
+            &mut totals,
+            deadline,
+        );
         match session.await {
             Ok(Next::Done) => break,
             Ok(Next::Reconnect(to)) => {
@@ -167,7 +178,11 @@ async fn connect_and_mine(
         ));
     }
     hello.push_str(&send(2, "mining.subscribe", json!(["quarry-mine/0.1"])));
-    hello.push_str(&send(3, "mining.authorize", json!([args.user, args.password])));
+    hello.push_str(&send(
+        3,
+        "mining.authorize",
+        json!([args.user, args.password]),
+    ));
     write.write_all(hello.as_bytes()).await?;
 
     let mut version_mask = 0u32;
@@ -285,7 +300,11 @@ fn parse_notify(
     difficulty: Difficulty,
     version_mask: u32,
 ) -> Result<Work> {
-    let text = |i: usize| params[i].as_str().with_context(|| format!("notify param {i}"));
+    let text = |i: usize| {
+        params[i]
+            .as_str()
+            .with_context(|| format!("notify param {i}"))
+    };
     let word = |i: usize| -> Result<u32> { Ok(u32::from_str_radix(text(i)?, 16)?) };
     let branch = params[4]
         .as_array()
@@ -353,7 +372,11 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
     let mut paused_since: Option<Instant> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let generation = shared.generation.load(Ordering::SeqCst);
-        let work = shared.work.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let work = shared
+            .work
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let Some(work) = work else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
@@ -375,18 +398,29 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
         let n = work.extranonce2_len.min(8);
         extranonce2[work.extranonce2_len - n..].copy_from_slice(&counter_bytes[8 - n..]);
         extranonce2[0] = thread;
-        let coinbase = [&work.coinb1[..], &work.extranonce1, &extranonce2, &work.coinb2].concat();
+        let coinbase = [
+            &work.coinb1[..],
+            &work.extranonce1,
+            &extranonce2,
+            &work.coinb2,
+        ]
+        .concat();
         let root = merkle::root_from_branch(&sha256d(&coinbase), &work.branch);
         let network = Target::from_compact(work.bits);
         // Roll the version first (cheap: no coinbase rehash), then extranonce2.
         let rolls: u32 = if work.version_mask == 0 { 1 } else { 16 };
-        let rolling_unit = if work.version_mask == 0 { 0 } else { 1u32 << work.version_mask.trailing_zeros() };
+        let rolling_unit = if work.version_mask == 0 {
+            0
+        } else {
+            1u32 << work.version_mask.trailing_zeros()
+        };
         for roll in 0..rolls {
             let version = if rolling_unit == 0 {
                 work.version
             } else {
                 (work.version & !work.version_mask)
-                    | ((work.version.wrapping_add(roll.wrapping_mul(rolling_unit))) & work.version_mask)
+                    | ((work.version.wrapping_add(roll.wrapping_mul(rolling_unit)))
+                        & work.version_mask)
             };
             let header = header_bytes(version, &work.prev_hash, &root, work.ntime, work.bits, 0);
             let mid = midstate(&header[..64]);

@@ -58,7 +58,9 @@ impl Rpc {
     pub fn new(config: &NodeConfig) -> anyhow::Result<Self> {
         let auth = match (&config.cookie_file, &config.user, &config.password) {
             (Some(path), _, _) => Auth::Cookie(path.clone()),
-            (None, Some(user), Some(password)) => Auth::UserPassword(user.clone(), password.clone()),
+            (None, Some(user), Some(password)) => {
+                Auth::UserPassword(user.clone(), password.clone())
+            }
             _ => anyhow::bail!("node {}: no credentials", config.url),
         };
         let http = reqwest::Client::builder()
@@ -111,8 +113,12 @@ impl Rpc {
             .text()
             .await
             .map_err(|e| RpcError::Transport(e.to_string()))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|_| RpcError::Transport(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>())))?;
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
+            RpcError::Transport(format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
         if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
             return Err(RpcError::Rpc {
                 code: error["code"].as_i64().unwrap_or(0),
@@ -263,7 +269,8 @@ impl Nodes {
                 return std::future::pending().await;
             };
             let rpc = &self.rpcs[index];
-            let request = json!({"rules": ["segwit"], "capabilities": ["longpoll"], "longpollid": id});
+            let request =
+                json!({"rules": ["segwit"], "capabilities": ["longpoll"], "longpollid": id});
             match rpc
                 .call::<GetBlockTemplate>("getblocktemplate", json!([request]), LONGPOLL_TIMEOUT)
                 .await
@@ -321,7 +328,11 @@ impl Nodes {
                 "new block template"
             );
         } else {
-            debug!(height = template.height, txs = template.tx_count, "template refresh");
+            debug!(
+                height = template.height,
+                txs = template.tx_count,
+                "template refresh"
+            );
         }
         self.templates.send_replace(Some(Arc::new(template)));
     }
@@ -428,7 +439,11 @@ impl Nodes {
 
     /// Submits a found block to every node in parallel, then `preciousblock`, then checks it
     /// with `getblockhash`.
-    pub async fn submit_block(self: Arc<Self>, block: &FoundBlock, block_hex: String) -> Vec<SubmitOutcome> {
+    pub async fn submit_block(
+        self: Arc<Self>,
+        block: &FoundBlock,
+        block_hex: String,
+    ) -> Vec<SubmitOutcome> {
         let hash = to_display_hex(&block.hash);
         info!(height = block.height, %hash, worker = %block.worker, "block found, submitting");
         let submissions = self.rpcs.iter().map(|rpc| {
@@ -437,14 +452,17 @@ impl Nodes {
             tokio::spawn(async move {
                 let started = Instant::now();
                 let outcome = SubmitOutcome::from_result(
-                    rpc.call::<Value>("submitblock", json!([block_hex]), RPC_TIMEOUT).await,
+                    rpc.call::<Value>("submitblock", json!([block_hex]), RPC_TIMEOUT)
+                        .await,
                 );
                 (rpc, outcome, started.elapsed())
             })
         });
         let mut outcomes = Vec::new();
         for handle in submissions.collect::<Vec<_>>() {
-            let Ok((rpc, outcome, elapsed)) = handle.await else { continue };
+            let Ok((rpc, outcome, elapsed)) = handle.await else {
+                continue;
+            };
             match &outcome {
                 SubmitOutcome::Accepted | SubmitOutcome::Duplicate => {
                     info!(node = %rpc.name, %hash, ?outcome, ms = elapsed.as_millis() as u64, "block accepted");
@@ -473,7 +491,9 @@ impl Nodes {
                 Ok(at_height) if at_height == hash => {
                     info!(height = block.height, %hash, "block confirmed at its height")
                 }
-                Ok(other) => warn!(height = block.height, %hash, %other, "another block holds this height"),
+                Ok(other) => {
+                    warn!(height = block.height, %hash, %other, "another block holds this height")
+                }
                 Err(e) => warn!(error = %e, "getblockhash after submission failed"),
             }
         }

@@ -69,7 +69,11 @@ impl SharedPool {
     /// A fresh extranonce1, unique among live connections.
     pub fn allocate_extranonce1(&self) -> Vec<u8> {
         let mut state = lock(&self.extranonces);
-        let space = if state.size >= 8 { u64::MAX } else { 1u64 << (8 * state.size) };
+        let space = if state.size >= 8 {
+            u64::MAX
+        } else {
+            1u64 << (8 * state.size)
+        };
         loop {
             let candidate = state.next % space;
             state.next = state.next.wrapping_add(1);
@@ -131,7 +135,9 @@ impl Pool for SharedPool {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (single inserts).
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn encode_extranonce(value: u64, size: usize) -> Vec<u8> {
@@ -264,7 +270,12 @@ impl Server {
     }
 
     /// One connection: socket ↔ session, until either side ends.
-    async fn drive(&self, mut stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    async fn drive(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let _ = stream.set_nodelay(true);
         let pool: &SharedPool = &self.pool;
         let mut session = Session::new(
@@ -303,7 +314,9 @@ impl Server {
             let deadline = session.poll_timeout();
             let sleep = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -418,7 +431,10 @@ mod tests {
         pool.release_extranonce1(&a);
         let c = pool.allocate_extranonce1();
         assert!(pool.resume_extranonce1(&c, &a), "a was issued and is free");
-        assert!(!pool.resume_extranonce1(&c, &[0, 0, 0x10, 0]), "never issued");
+        assert!(
+            !pool.resume_extranonce1(&c, &[0, 0, 0x10, 0]),
+            "never issued"
+        );
     }
 
     #[test]

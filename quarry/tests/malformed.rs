@@ -92,7 +92,10 @@ async fn corpus_of_bad_lines_gets_answers_and_the_server_lives() {
         );
         if expected.is_some() {
             assert!(answer["result"].is_null(), "{answer}");
-            assert!(answer["error"][1].is_string(), "error has a message: {answer}");
+            assert!(
+                answer["error"][1].is_string(),
+                "error has a message: {answer}"
+            );
         }
     }
     assert!(!client.closed);
@@ -127,8 +130,11 @@ async fn corpus_of_bad_lines_gets_answers_and_the_server_lives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_unauthenticated_connections_time_out_and_limits_hold() {
-    let (mut pool, port) =
-        pool_without_node("limits", "auth_timeout_secs = 1\nmax_connections_per_ip = 3").await;
+    let (mut pool, port) = pool_without_node(
+        "limits",
+        "auth_timeout_secs = 1\nmax_connections_per_ip = 3",
+    )
+    .await;
     // Silent connection: dropped after the auth timeout.
     let mut silent = V1Client::connect(port).await;
     let start = Instant::now();
@@ -146,9 +152,14 @@ async fn idle_unauthenticated_connections_time_out_and_limits_hold() {
         held.push(client);
     }
     let mut fourth = V1Client::connect(port).await;
-    fourth.send_raw(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n").await;
+    fourth
+        .send_raw(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n")
+        .await;
     let answer = fourth.read(Duration::from_secs(5)).await;
-    assert!(answer.is_none() && fourth.closed, "fourth connection refused: {answer:?}");
+    assert!(
+        answer.is_none() && fourth.closed,
+        "fourth connection refused: {answer:?}"
+    );
     drop(held);
     assert!(pool.is_running());
 }

@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 use support::*;
 
 async fn height(nodes: &NodePair, node: char) -> u64 {
-    nodes.rpc_ok(node, "getblockcount", json!([])).await.as_u64().expect("height")
+    nodes
+        .rpc_ok(node, "getblockcount", json!([]))
+        .await
+        .as_u64()
+        .expect("height")
 }
 
 async fn block_at(nodes: &NodePair, node: char, height: u64) -> (String, bitcoin::Block) {
@@ -18,7 +22,10 @@ async fn block_at(nodes: &NodePair, node: char, height: u64) -> (String, bitcoin
     let hash = hash.as_str().expect("hash").to_string();
     let raw = nodes.rpc_ok(node, "getblock", json!([hash, 0])).await;
     let bytes = hex::decode(raw.as_str().expect("hex")).expect("hex");
-    (hash, bitcoin::consensus::deserialize(&bytes).expect("block decodes"))
+    (
+        hash,
+        bitcoin::consensus::deserialize(&bytes).expect("block decodes"),
+    )
 }
 
 async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
@@ -65,7 +72,10 @@ async fn cpu_miner_finds_blocks_the_nodes_accept() {
     assert!(summary.contains("rejected=0"), "{summary}");
 
     let tip_a = height(&nodes, 'A').await;
-    assert!(tip_a >= start_height + 3, "at least 3 blocks found: {start_height} -> {tip_a}");
+    assert!(
+        tip_a >= start_height + 3,
+        "at least 3 blocks found: {start_height} -> {tip_a}"
+    );
     // Every block reaches the second node.
     let synced = wait_until(Duration::from_secs(20), || async {
         nodes.rpc('B', "getbestblockhash", json!([])).await.ok()
@@ -86,7 +96,10 @@ async fn cpu_miner_finds_blocks_the_nodes_accept() {
     for h in start_height + 1..=tip_a {
         let (hash, block) = block_at(&nodes, 'B', h).await;
         let coinbase = &block.txdata[0];
-        assert_eq!(coinbase.output[0].script_pubkey, payout, "block {h} pays the miner");
+        assert_eq!(
+            coinbase.output[0].script_pubkey, payout,
+            "block {h} pays the miner"
+        );
         let script_sig = coinbase.input[0].script_sig.as_bytes();
         assert!(
             script_sig.windows(13).any(|w| w == b"/quarry-test/"),
@@ -124,7 +137,9 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
 
     // Version bits outside the negotiated mask.
     let nonce = client.find(&job, &en2, job.version | 1, ntime, &target, true);
-    let answer = client.submit(&user, &job, &en2, ntime, nonce, Some(1)).await;
+    let answer = client
+        .submit(&user, &job, &en2, ntime, nonce, Some(1))
+        .await;
     assert_eq!(code(&answer), Some(20), "out of mask: {answer}");
 
     // ntime more than two hours ahead.
@@ -137,14 +152,20 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
     let bits = 0x0000_2000;
     let version = (job.version & !0x1fff_e000) | bits;
     let nonce = client.find(&job, &en2, version, ntime, &target, true);
-    let answer = client.submit(&user, &job, &en2, ntime, nonce, Some(bits)).await;
+    let answer = client
+        .submit(&user, &job, &en2, ntime, nonce, Some(bits))
+        .await;
     assert_eq!(answer["result"], true, "valid share: {answer}");
-    let answer = client.submit(&user, &job, &en2, ntime, nonce, Some(bits)).await;
+    let answer = client
+        .submit(&user, &job, &en2, ntime, nonce, Some(bits))
+        .await;
     assert_eq!(code(&answer), Some(22), "duplicate: {answer}");
 
     // That block moves the tip: a clean job follows, and the old job turns stale after the grace.
     let new_job = client
-        .wait_job(Duration::from_secs(15), |j| j.clean && j.prev_hash != job.prev_hash)
+        .wait_job(Duration::from_secs(15), |j| {
+            j.clean && j.prev_hash != job.prev_hash
+        })
         .await
         .expect("clean job after our block");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -158,7 +179,10 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
         tip_hash,
         "the node's tip decodes"
     );
-    assert!(pool.log_text().contains("block accepted"), "pool logged the block");
+    assert!(
+        pool.log_text().contains("block accepted"),
+        "pool logged the block"
+    );
 
     // Restart node A under the pool. The miner's connection must stay up.
     nodes.stop_node_a().await;
@@ -167,11 +191,15 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
         "node A is down"
     );
     // While the node is away the pool still answers.
-    let answer = client.call("mining.suggest_difficulty", json!([0.001])).await;
+    let answer = client
+        .call("mining.suggest_difficulty", json!([0.001]))
+        .await;
     assert_eq!(answer["result"], true);
     // The chain moves on without A.
     let b_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let mined: Value = nodes.rpc_ok('B', "generatetoaddress", json!([1, b_address])).await;
+    let mined: Value = nodes
+        .rpc_ok('B', "generatetoaddress", json!([1, b_address]))
+        .await;
     let b_tip = mined[0].as_str().expect("hash").to_string();
     nodes.spawn_node_a();
     let back = wait_until(Duration::from_secs(60), || async {
@@ -184,7 +212,10 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
             j.clean && quarry_work::hash::to_display_hex(&j.prev_hash) == b_tip
         })
         .await;
-    assert!(after.is_some(), "the same connection gets work on the new tip");
+    assert!(
+        after.is_some(),
+        "the same connection gets work on the new tip"
+    );
     assert!(!client.closed, "the miner was never disconnected");
     assert_ne!(new_job.id, after.expect("job").id);
 
@@ -194,7 +225,9 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
     let en2c = vec![2u8; client.extranonce2_len];
     let target = client.share_target();
     let nonce = client.find(&job, &en2c, job.version, job.ntime, &target, true);
-    let answer = client.submit(&user, &job, &en2c, job.ntime, nonce, None).await;
+    let answer = client
+        .submit(&user, &job, &en2c, job.ntime, nonce, None)
+        .await;
     assert_eq!(answer["result"], true, "{answer}");
     let grew = wait_until(Duration::from_secs(20), || async {
         height(&nodes, 'A').await > before

@@ -53,7 +53,10 @@ impl TestPool {
 
 impl Pool for TestPool {
     fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
-        self.factory.borrow_mut().job_for(template, payout_script).ok()
+        self.factory
+            .borrow_mut()
+            .job_for(template, payout_script)
+            .ok()
     }
 
     fn first_seen(&self, header_hash: &Hash32) -> bool {
@@ -146,7 +149,14 @@ impl WireJob {
     pub fn hash(&self, en1: &[u8], en2: &[u8], version: u32, ntime: u32, nonce: u32) -> Hash32 {
         let coinbase = [&self.coinb1[..], en1, en2, &self.coinb2[..]].concat();
         let root = merkle::root_from_branch(&sha256d(&coinbase), &self.branch);
-        sha256d(&header_bytes(version, &self.prev_hash, &root, ntime, self.bits, nonce))
+        sha256d(&header_bytes(
+            version,
+            &self.prev_hash,
+            &root,
+            ntime,
+            self.bits,
+            nonce,
+        ))
     }
 }
 
@@ -266,7 +276,14 @@ impl Miner {
         unreachable!("the nonce space holds a match")
     }
 
-    pub fn submit(&mut self, job: &WireJob, en2: &[u8], ntime: u32, nonce: u32, vbits: Option<u32>) -> Value {
+    pub fn submit(
+        &mut self,
+        job: &WireJob,
+        en2: &[u8],
+        ntime: u32,
+        nonce: u32,
+        vbits: Option<u32>,
+    ) -> Value {
         let mut params = vec![
             json!(format!("{ADDRESS}.rig1")),
             json!(job.id),
@@ -291,5 +308,7 @@ impl Miner {
 
 /// The error code of an answer, or None for success.
 pub fn code(answer: &Value) -> Option<i64> {
-    answer["error"].as_array().map(|e| e[0].as_i64().expect("code"))
+    answer["error"]
+        .as_array()
+        .map(|e| e[0].as_i64().expect("code"))
 }

@@ -51,25 +51,56 @@ fn rejections_carry_ecosystem_codes() {
     let t = ntime(&miner);
 
     let (en2, nonce) = miner.find(&job, job.version, t, false);
-    assert_eq!(code(&miner.submit(&job, &en2, t, nonce, None)), Some(23), "low difficulty");
+    assert_eq!(
+        code(&miner.submit(&job, &en2, t, nonce, None)),
+        Some(23),
+        "low difficulty"
+    );
 
     let (en2, nonce) = miner.find(&job, job.version, t, true);
     assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
-    assert_eq!(code(&miner.submit(&job, &en2, t, nonce, None)), Some(22), "duplicate");
+    assert_eq!(
+        code(&miner.submit(&job, &en2, t, nonce, None)),
+        Some(22),
+        "duplicate"
+    );
 
-    let unknown = WireJob { id: "ffff".into(), ..job.clone() };
-    assert_eq!(code(&miner.submit(&unknown, &en2, t, nonce, None)), Some(21), "unknown job");
+    let unknown = WireJob {
+        id: "ffff".into(),
+        ..job.clone()
+    };
+    assert_eq!(
+        code(&miner.submit(&unknown, &en2, t, nonce, None)),
+        Some(21),
+        "unknown job"
+    );
 
     // Bit 0 is outside the BIP320 mask.
-    assert_eq!(code(&miner.submit(&job, &en2, t, nonce, Some(1))), Some(20), "version mask");
+    assert_eq!(
+        code(&miner.submit(&job, &en2, t, nonce, Some(1))),
+        Some(20),
+        "version mask"
+    );
 
     let far_future = t + 7201 + 60;
-    assert_eq!(code(&miner.submit(&job, &en2, far_future, nonce, None)), Some(20), "ntime future");
+    assert_eq!(
+        code(&miner.submit(&job, &en2, far_future, nonce, None)),
+        Some(20),
+        "ntime future"
+    );
     let too_old = (START / 1000 - 601) as u32;
-    assert_eq!(code(&miner.submit(&job, &en2, too_old, nonce, None)), Some(20), "ntime mintime");
+    assert_eq!(
+        code(&miner.submit(&job, &en2, too_old, nonce, None)),
+        Some(20),
+        "ntime mintime"
+    );
 
     let short_en2 = [0u8; 4];
-    assert_eq!(code(&miner.submit(&job, &short_en2, t, nonce, None)), Some(20), "en2 size");
+    assert_eq!(
+        code(&miner.submit(&job, &short_en2, t, nonce, None)),
+        Some(20),
+        "en2 size"
+    );
 
     let rejected = miner
         .events()
@@ -87,7 +118,10 @@ fn rolled_version_inside_mask_is_accepted() {
     let bits = 0x0000_6000;
     let version = (job.version & !0x1fff_e000) | bits;
     let (en2, nonce) = miner.find(&job, version, t, true);
-    assert_eq!(miner.submit(&job, &en2, t, nonce, Some(bits))["result"], true);
+    assert_eq!(
+        miner.submit(&job, &en2, t, nonce, Some(bits))["result"],
+        true
+    );
 }
 
 #[test]
@@ -102,7 +136,11 @@ fn stale_after_new_tip_but_grace_for_shares_in_flight() {
 
     miner.advance(500);
     let (en2, nonce) = miner.find(&old, old.version, t, true);
-    assert_eq!(miner.submit(&old, &en2, t, nonce, None)["result"], true, "in grace");
+    assert_eq!(
+        miner.submit(&old, &en2, t, nonce, None)["result"],
+        true,
+        "in grace"
+    );
 
     miner.advance(3_000);
     let en2b = vec![1, 0, 0, 0, 0, 0, 0, 9];
@@ -112,7 +150,11 @@ fn stale_after_new_tip_but_grace_for_shares_in_flight() {
                 .is_met_by(&old.hash(&miner.extranonce1, &en2b, old.version, t, n))
         })
         .expect("a nonce");
-    assert_eq!(code(&miner.submit(&old, &en2b, t, nonce, None)), Some(21), "stale");
+    assert_eq!(
+        code(&miner.submit(&old, &en2b, t, nonce, None)),
+        Some(21),
+        "stale"
+    );
 }
 
 #[test]
@@ -232,22 +274,35 @@ fn bad_addresses_are_refused_at_authorize() {
     miner.call("mining.subscribe", json!([]));
     let wrong_network = miner.call("mining.authorize", json!([MAINNET_ADDRESS, "x"]));
     assert_eq!(code(&wrong_network), Some(24));
-    assert!(wrong_network["error"][1].as_str().expect("message").contains("regtest"));
+    assert!(wrong_network["error"][1]
+        .as_str()
+        .expect("message")
+        .contains("regtest"));
     let garbage = miner.call("mining.authorize", json!(["notanaddress.worker", "x"]));
     assert_eq!(code(&garbage), Some(24));
-    let bech32 = miner.call("mining.authorize", json!([format!("{BECH32_ADDRESS}.w"), "x"]));
+    let bech32 = miner.call(
+        "mining.authorize",
+        json!([format!("{BECH32_ADDRESS}.w"), "x"]),
+    );
     assert_eq!(bech32["result"], true);
 }
 
 #[test]
 fn session_resume_reuses_extranonce1() {
     let mut miner = Miner::new(config());
-    miner.pool.free_extranonces.borrow_mut().insert(vec![9, 9, 9, 9]);
+    miner
+        .pool
+        .free_extranonces
+        .borrow_mut()
+        .insert(vec![9, 9, 9, 9]);
     let answer = miner.call("mining.subscribe", json!(["x", "09090909"]));
     assert_eq!(answer["result"][1], "09090909");
     let mut other = Miner::new(config());
     let answer = other.call("mining.subscribe", json!(["x", "0a0a0a0a"]));
-    assert_eq!(answer["result"][1], "00000001", "unknown session id: fresh extranonce");
+    assert_eq!(
+        answer["result"][1], "00000001",
+        "unknown session id: fresh extranonce"
+    );
 }
 
 #[test]
@@ -266,7 +321,9 @@ fn garbage_lines_close_the_connection() {
 fn overlong_line_closes_the_connection() {
     let mut miner = Miner::new(config());
     let long = "x".repeat(MAX_LINE_LEN + 10);
-    miner.session.handle_bytes(long.as_bytes(), miner.now, &miner.pool);
+    miner
+        .session
+        .handle_bytes(long.as_bytes(), miner.now, &miner.pool);
     assert_eq!(miner.closed(), Some(&CloseReason::LineTooLong));
 }
 
@@ -306,7 +363,12 @@ fn vardiff_raises_difficulty_for_a_fast_miner() {
         assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
         miner.advance(200);
     }
-    assert!(miner.difficulty > start * 5.0, "{} -> {}", start, miner.difficulty);
+    assert!(
+        miner.difficulty > start * 5.0,
+        "{} -> {}",
+        start,
+        miner.difficulty
+    );
     // set_difficulty always came right before a notify.
     for pair in miner.notifications.windows(2) {
         if pair[0]["method"] == "mining.set_difficulty" {
@@ -325,7 +387,10 @@ fn reconnect_and_version_mask_notifications() {
     assert_eq!(last["params"][0], "0000e000");
     miner.session.handle_reconnect("pool.example", 3333, 5);
     miner.drain();
-    assert_eq!(miner.notifications.last().expect("sent")["method"], "client.reconnect");
+    assert_eq!(
+        miner.notifications.last().expect("sent")["method"],
+        "client.reconnect"
+    );
     assert_eq!(miner.closed(), Some(&CloseReason::Reconnect));
 }
 

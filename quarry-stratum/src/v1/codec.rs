@@ -86,7 +86,9 @@ mod tests {
         let mut long = vec![b'x'; MAX_LINE_LEN + 1];
         long.push(b'\n');
         // A long line arriving whole in one read is caught by next_line.
-        reader.push(&long).expect("nothing pending after the newline");
+        reader
+            .push(&long)
+            .expect("nothing pending after the newline");
         assert_eq!(reader.next_line(), Some(Err(LineTooLong)));
     }
 }

@@ -290,7 +290,9 @@ mod tests {
             Err(RequestError::InvalidParams(_))
         ));
         assert!(matches!(
-            request(r#"{"id":1,"method":"mining.submit","params":["w","1","00","123456789","00"]}"#),
+            request(
+                r#"{"id":1,"method":"mining.submit","params":["w","1","00","123456789","00"]}"#
+            ),
             Err(RequestError::InvalidParams(_))
         ));
         assert!(matches!(
@@ -307,8 +309,14 @@ mod tests {
         );
         assert!(matches!(parse_line(b"{nope"), Err(RequestError::Parse(_))));
         assert!(matches!(parse_line(b"[1,2]"), Err(RequestError::Parse(_))));
-        assert!(matches!(parse_line(b"{\"id\":1}"), Err(RequestError::Parse(_))));
-        assert_eq!(parse_line(b"{\"id\":1,\"result\":true}"), Ok(Incoming::Response));
+        assert!(matches!(
+            parse_line(b"{\"id\":1}"),
+            Err(RequestError::Parse(_))
+        ));
+        assert_eq!(
+            parse_line(b"{\"id\":1,\"result\":true}"),
+            Ok(Incoming::Response)
+        );
     }
 
     #[test]
@@ -322,6 +330,9 @@ mod tests {
     #[test]
     fn error_lines_carry_codes() {
         let line = error_line(&json!(7), &RequestError::NotSubscribed);
-        assert_eq!(line, "{\"error\":[25,\"not subscribed\",null],\"id\":7,\"result\":null}\n");
+        assert_eq!(
+            line,
+            "{\"error\":[25,\"not subscribed\",null],\"id\":7,\"result\":null}\n"
+        );
     }
 }

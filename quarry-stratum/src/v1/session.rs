@@ -254,14 +254,18 @@ impl Session {
         if self.closed.is_some() {
             return None;
         }
-        let idle = self.last_line_ms.saturating_add(self.config.idle_timeout_ms);
+        let idle = self
+            .last_line_ms
+            .saturating_add(self.config.idle_timeout_ms);
         if self.phase() != Phase::Mining {
-            let auth = self.connected_ms.saturating_add(self.config.auth_timeout_ms);
+            let auth = self
+                .connected_ms
+                .saturating_add(self.config.auth_timeout_ms);
             return Some(auth.min(idle));
         }
-        let retarget = self.last_line_ms.saturating_add(
-            (self.config.vardiff.retarget_secs * 1000.0).max(1000.0) as u64,
-        );
+        let retarget = self
+            .last_line_ms
+            .saturating_add((self.config.vardiff.retarget_secs * 1000.0).max(1000.0) as u64);
         Some(idle.min(retarget))
     }
 
@@ -329,15 +333,18 @@ impl Session {
                 self.on_configure(&id, &extensions, &params, now_ms)
             }
             Request::SuggestDifficulty(difficulty) => {
-                self.outbox.push_back(message::result_line(&id, json!(true)));
+                self.outbox
+                    .push_back(message::result_line(&id, json!(true)));
                 self.on_suggest_difficulty(difficulty, now_ms, pool);
             }
             Request::ExtranonceSubscribe => {
-                self.outbox.push_back(message::result_line(&id, json!(true)));
+                self.outbox
+                    .push_back(message::result_line(&id, json!(true)));
             }
             Request::Submit(submit) => match self.on_submit(&submit, now_ms, pool) {
                 Ok(()) => {
-                    self.outbox.push_back(message::result_line(&id, json!(true)));
+                    self.outbox
+                        .push_back(message::result_line(&id, json!(true)));
                     self.after_accepted_share(now_ms, pool);
                 }
                 Err(error) => {
@@ -483,14 +490,21 @@ impl Session {
     }
 
     fn on_suggest_difficulty(&mut self, difficulty: f64, now_ms: u64, pool: &dyn Pool) {
-        let Some(wanted) = Difficulty::new(difficulty) else { return };
+        let Some(wanted) = Difficulty::new(difficulty) else {
+            return;
+        };
         self.vardiff.set(wanted.max(self.min_difficulty), now_ms);
         if self.phase() == Phase::Mining && Some(self.vardiff.current()) != self.sent_difficulty {
             self.send_current_job(false, now_ms, pool);
         }
     }
 
-    fn on_submit(&mut self, submit: &Submit, now_ms: u64, pool: &dyn Pool) -> Result<(), RequestError> {
+    fn on_submit(
+        &mut self,
+        submit: &Submit,
+        now_ms: u64,
+        pool: &dyn Pool,
+    ) -> Result<(), RequestError> {
         if !self.subscribed {
             return Err(RequestError::NotSubscribed);
         }
@@ -560,7 +574,9 @@ impl Session {
     }
 
     fn is_stale(&self, template: &WorkTemplate, now_ms: u64) -> bool {
-        let Some(current) = &self.template else { return false };
+        let Some(current) = &self.template else {
+            return false;
+        };
         if template.prev_hash == current.prev_hash {
             return false;
         }
@@ -610,12 +626,19 @@ impl Session {
             return;
         }
         if self.phase() != Phase::Mining
-            && now_ms >= self.connected_ms.saturating_add(self.config.auth_timeout_ms)
+            && now_ms
+                >= self
+                    .connected_ms
+                    .saturating_add(self.config.auth_timeout_ms)
         {
             self.close(CloseReason::AuthTimeout);
             return;
         }
-        if now_ms >= self.last_line_ms.saturating_add(self.config.idle_timeout_ms) {
+        if now_ms
+            >= self
+                .last_line_ms
+                .saturating_add(self.config.idle_timeout_ms)
+        {
             self.close(CloseReason::Idle);
             return;
         }
@@ -650,13 +673,19 @@ impl Session {
 
     /// Sends the latest template as a new job, preceded by `set_difficulty` when it changed.
     fn send_current_job(&mut self, clean: bool, now_ms: u64, pool: &dyn Pool) {
-        let Some(template) = self.template.clone() else { return };
-        let Some(worker) = self.workers.first() else { return };
+        let Some(template) = self.template.clone() else {
+            return;
+        };
+        let Some(worker) = self.workers.first() else {
+            return;
+        };
         let payout_script = match &self.config.mode {
             PoolMode::Solo => worker.payout_script.clone(),
             PoolMode::Pool { payout_script } => payout_script.clone(),
         };
-        let Some(job) = pool.job_for(&template, &payout_script) else { return };
+        let Some(job) = pool.job_for(&template, &payout_script) else {
+            return;
+        };
         let network = self.network_difficulty();
         let difficulty = self.vardiff.current().min(network);
         if self.sent_difficulty != Some(difficulty) {
@@ -668,13 +697,19 @@ impl Session {
         }
         let id = format!("{:x}", self.next_job_id);
         self.next_job_id += 1;
-        let ntime = template.curtime.max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
+        let ntime = template
+            .curtime
+            .max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
         let params = json!([
             id,
             stratum_prev_hash(&template.prev_hash),
             hex::encode(&job.coinbase.coinb1),
             hex::encode(&job.coinbase.coinb2),
-            template.merkle_branch.iter().map(hex::encode).collect::<Vec<_>>(),
+            template
+                .merkle_branch
+                .iter()
+                .map(hex::encode)
+                .collect::<Vec<_>>(),
             format!("{:08x}", template.version),
             format!("{:08x}", template.bits),
             format!("{ntime:08x}"),
@@ -683,8 +718,10 @@ impl Session {
         self.outbox
             .push_back(message::notification_line("mining.notify", params));
         if clean {
-            self.jobs.retain(|j| j.job.template.prev_hash == template.prev_hash
-                || Some(j.job.template.prev_hash) == self.previous_prev_hash);
+            self.jobs.retain(|j| {
+                j.job.template.prev_hash == template.prev_hash
+                    || Some(j.job.template.prev_hash) == self.previous_prev_hash
+            });
         }
         self.jobs.push_back(SentJob {
             id,

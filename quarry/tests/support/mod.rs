@@ -46,6 +46,8 @@ pub fn free_port() -> u16 {
 pub struct NodePair {
     pub dir: PathBuf,
     pub env: HashMap<String, String>,
+    /// Nodes restarted by a test, reaped on drop.
+    restarted: std::sync::Mutex<Vec<Child>>,
 }
 
 impl NodePair {
@@ -65,15 +67,24 @@ impl NodePair {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
-        NodePair { dir, env }
+        NodePair {
+            dir,
+            env,
+            restarted: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub fn var(&self, key: &str) -> &str {
-        self.env.get(key).unwrap_or_else(|| panic!("nodes.env has {key}"))
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("nodes.env has {key}"))
     }
 
     pub fn rpc_url(&self, node: char) -> String {
-        format!("http://127.0.0.1:{}", self.var(&format!("NODE_{node}_RPC_PORT")))
+        format!(
+            "http://127.0.0.1:{}",
+            self.var(&format!("NODE_{node}_RPC_PORT"))
+        )
     }
 
     pub async fn rpc(&self, node: char, method: &str, params: Value) -> Result<Value, String> {
@@ -94,7 +105,10 @@ impl NodePair {
         self.rpc_ok('A', "stop", json!([])).await;
         let start = Instant::now();
         while proc_dir.exists() {
-            assert!(start.elapsed() < Duration::from_secs(60), "node A did not exit");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node A did not exit"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -102,12 +116,13 @@ impl NodePair {
     /// Restarts node A with its original command line (same datadir, same ports).
     pub fn spawn_node_a(&self) {
         let cmd = self.var("NODE_A_CMD").to_string();
-        Command::new("sh")
+        let child = Command::new("sh")
             .arg("-c")
             .arg(format!("exec {cmd} >/dev/null 2>&1"))
             .stdin(Stdio::null())
             .spawn()
             .expect("restart node A");
+        self.restarted.lock().expect("not poisoned").push(child);
     }
 }
 
@@ -118,6 +133,15 @@ impl Drop for NodePair {
             .arg("stop")
             .arg(&self.dir)
             .status();
+        for mut child in self
+            .restarted
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -202,8 +226,15 @@ pub async fn start_pool(dir: &Path, config: &str, port: u16) -> Process {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return pool;
         }
-        assert!(pool.is_running(), "quarry serve exited:\n{}", pool.log_text());
-        assert!(start.elapsed() < Duration::from_secs(20), "pool did not listen");
+        assert!(
+            pool.is_running(),
+            "quarry serve exited:\n{}",
+            pool.log_text()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "pool did not listen"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -286,7 +317,14 @@ impl WireJob {
     pub fn hash(&self, en1: &[u8], en2: &[u8], version: u32, ntime: u32, nonce: u32) -> Hash32 {
         let coinbase = [&self.coinb1[..], en1, en2, &self.coinb2[..]].concat();
         let root = merkle::root_from_branch(&sha256d(&coinbase), &self.branch);
-        sha256d(&header_bytes(version, &self.prev_hash, &root, ntime, self.bits, nonce))
+        sha256d(&header_bytes(
+            version,
+            &self.prev_hash,
+            &root,
+            ntime,
+            self.bits,
+            nonce,
+        ))
     }
 }
 
@@ -305,7 +343,9 @@ pub struct V1Client {
 
 impl V1Client {
     pub async fn connect(port: u16) -> V1Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         let (read, write) = stream.into_split();
         V1Client {
             lines: BufReader::new(read).lines(),
@@ -365,7 +405,10 @@ impl V1Client {
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let line = format!("{}\n", json!({"id": id, "method": method, "params": params}));
+        let line = format!(
+            "{}\n",
+            json!({"id": id, "method": method, "params": params})
+        );
         assert!(self.send_raw(line.as_bytes()).await, "write {method}");
         let answer = self
             .answer(Duration::from_secs(15))
@@ -376,7 +419,11 @@ impl V1Client {
     }
 
     /// Waits for a job satisfying `pred`.
-    pub async fn wait_job(&mut self, limit: Duration, pred: impl Fn(&WireJob) -> bool) -> Option<WireJob> {
+    pub async fn wait_job(
+        &mut self,
+        limit: Duration,
+        pred: impl Fn(&WireJob) -> bool,
+    ) -> Option<WireJob> {
         let start = Instant::now();
         loop {
             if let Some(job) = self.jobs.iter().rev().find(|j| pred(j)) {
@@ -401,9 +448,15 @@ impl V1Client {
                 json!([["version-rolling"], {"version-rolling.mask": "1fffe000"}]),
             )
             .await;
-        assert_eq!(configured["result"]["version-rolling"], true, "{configured}");
-        let subscribed = self.call("mining.subscribe", json!(["quarry-test/1"])).await;
-        self.extranonce1 = hex::decode(subscribed["result"][1].as_str().expect("en1")).expect("hex");
+        assert_eq!(
+            configured["result"]["version-rolling"], true,
+            "{configured}"
+        );
+        let subscribed = self
+            .call("mining.subscribe", json!(["quarry-test/1"]))
+            .await;
+        self.extranonce1 =
+            hex::decode(subscribed["result"][1].as_str().expect("en1")).expect("hex");
         self.extranonce2_len = subscribed["result"][2].as_u64().expect("en2 size") as usize;
         let authorized = self.call("mining.authorize", json!([user, "x"])).await;
         assert_eq!(authorized["result"], true, "{authorized}");
@@ -413,9 +466,19 @@ impl V1Client {
     }
 
     /// A nonce whose hash meets (`meets`) or misses `target`.
-    pub fn find(&self, job: &WireJob, en2: &[u8], version: u32, ntime: u32, target: &Target, meets: bool) -> u32 {
+    pub fn find(
+        &self,
+        job: &WireJob,
+        en2: &[u8],
+        version: u32,
+        ntime: u32,
+        target: &Target,
+        meets: bool,
+    ) -> u32 {
         (0..=u32::MAX)
-            .find(|&nonce| target.is_met_by(&job.hash(&self.extranonce1, en2, version, ntime, nonce)) == meets)
+            .find(|&nonce| {
+                target.is_met_by(&job.hash(&self.extranonce1, en2, version, ntime, nonce)) == meets
+            })
             .expect("a nonce")
     }
 
@@ -423,7 +486,15 @@ impl V1Client {
         Target::from_difficulty(Difficulty::new(self.difficulty).expect("difficulty set"))
     }
 
-    pub async fn submit(&mut self, user: &str, job: &WireJob, en2: &[u8], ntime: u32, nonce: u32, version_bits: Option<u32>) -> Value {
+    pub async fn submit(
+        &mut self,
+        user: &str,
+        job: &WireJob,
+        en2: &[u8],
+        ntime: u32,
+        nonce: u32,
+        version_bits: Option<u32>,
+    ) -> Value {
         let mut params = vec![
             json!(user),
             json!(job.id),
