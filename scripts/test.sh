@@ -2,6 +2,7 @@
 # Command 2: install what the tests need, then run every check and test.
 # Works on a machine with only the Rust toolchain, pip and apt.
 set -euo pipefail
+export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -27,4 +28,9 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$log"

@@ -84,6 +84,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     shutdown_signal().await;
     info!("shutting down");
     let _ = shutdown_tx.send(true);
+    // Let connection tasks flush their client.reconnect.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
     Ok(())
 }

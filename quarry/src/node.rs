@@ -459,6 +459,7 @@ impl Nodes {
             })
         });
         let mut outcomes = Vec::new();
+        let mut accepted_by = None;
         for handle in submissions.collect::<Vec<_>>() {
             let Ok((rpc, outcome, elapsed)) = handle.await else {
                 continue;
@@ -469,6 +470,7 @@ impl Nodes {
                     let _ = rpc
                         .call::<Value>("preciousblock", json!([hash]), RPC_TIMEOUT)
                         .await;
+                    accepted_by.get_or_insert(rpc);
                 }
                 SubmitOutcome::Inconclusive => {
                     warn!(node = %rpc.name, %hash, "block inconclusive (not on the best chain yet)")
@@ -483,16 +485,17 @@ impl Nodes {
             outcomes.push(outcome);
         }
         self.refresh_now();
-        if let Some(rpc) = self.rpcs.first() {
+        // "Block not found after submission" is a classic complaint: confirm it holds its height.
+        if let Some(rpc) = accepted_by {
             match rpc
                 .call::<String>("getblockhash", json!([block.height]), RPC_TIMEOUT)
                 .await
             {
                 Ok(at_height) if at_height == hash => {
-                    info!(height = block.height, %hash, "block confirmed at its height")
+                    info!(node = %rpc.name, height = block.height, %hash, "block confirmed at its height")
                 }
                 Ok(other) => {
-                    warn!(height = block.height, %hash, %other, "another block holds this height")
+                    warn!(node = %rpc.name, height = block.height, %hash, %other, "another block holds this height")
                 }
                 Err(e) => warn!(error = %e, "getblockhash after submission failed"),
             }

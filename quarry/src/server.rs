@@ -36,6 +36,9 @@ pub struct SharedPool {
     extranonces: Mutex<Extranonces>,
 }
 
+/// Share hashes remembered per generation (16 bytes each in the set: ~320 MB at most for two).
+const MAX_SEEN_PER_GENERATION: usize = 10_000_000;
+
 /// Header hashes of shares on the current and previous tip (a duplicate has the same
 /// prevhash as its original, so older generations can go).
 #[derive(Default)]
@@ -117,7 +120,15 @@ impl Pool for SharedPool {
         key.copy_from_slice(&header_hash[..8]);
         let key = u64::from_le_bytes(key);
         let mut seen = lock(&self.seen);
-        !seen.previous.contains(&key) && seen.current.insert(key)
+        if seen.previous.contains(&key) {
+            return false;
+        }
+        if seen.current.len() >= MAX_SEEN_PER_GENERATION {
+            // Bounded memory on a long block interval: shares older than two generations can
+            // no longer be told apart, a few minutes of shares at the busiest pools.
+            seen.previous = std::mem::take(&mut seen.current);
+        }
+        seen.current.insert(key)
     }
 
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {
@@ -335,7 +346,12 @@ impl Server {
                     }
                 }
                 _ = sleep => session.handle_timeout(now_ms(), pool),
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    // Graceful restart: miners come back to the same address after a pause.
+                    if let Ok(local) = stream.local_addr() {
+                        session.handle_reconnect(&local.ip().to_string(), local.port(), 5);
+                    }
+                }
             }
         }
         pool.release_extranonce1(session.extranonce1());

@@ -48,7 +48,14 @@ async fn cpu_miner_finds_blocks_the_nodes_accept() {
     let nodes = NodePair::start();
     let dir = scratch_dir("mine");
     let port = free_port();
-    let _pool = start_pool(&dir, &pool_config(&nodes, &dir, port, ""), port).await;
+    // The first node is dead: templates must come from the second (failover).
+    let dead = free_port();
+    let config = pool_config(&nodes, &dir, port, "").replacen(
+        "[[node]]",
+        &format!("[[node]]\nurl = \"http://127.0.0.1:{dead}\"\nuser = \"x\"\npassword = \"y\"\n\n[[node]]"),
+        1,
+    );
+    let pool = start_pool(&dir, &config, port).await;
     // The payout address comes from node B's wallet: the coinbase must pay it, not the node.
     let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
     let address = address.as_str().expect("address").to_string();
@@ -70,6 +77,10 @@ async fn cpu_miner_finds_blocks_the_nodes_accept() {
     assert!(miner.wait(Duration::from_secs(30)), "miner stops by itself");
     let summary = miner.log_text();
     assert!(summary.contains("rejected=0"), "{summary}");
+    assert!(
+        pool.log_text().contains("getblocktemplate failed"),
+        "the dead node was tried first"
+    );
 
     let tip_a = height(&nodes, 'A').await;
     assert!(

@@ -1,3 +1,5 @@
+use std::str::FromStr;
+
 use serde_json::json;
 
 use super::*;
@@ -428,4 +430,29 @@ fn arbitrary_bytes_never_panic() {
             }
         }
     }
+}
+
+#[test]
+fn pool_mode_coinbase_pays_the_pool_not_the_miner() {
+    let pool_script =
+        hex::decode("76a914000102030405060708090a0b0c0d0e0f1011121388ac").expect("hex");
+    let config = SessionConfig {
+        mode: crate::PoolMode::Pool {
+            payout_script: pool_script.clone(),
+        },
+        ..config()
+    };
+    let miner = Miner::handshake(config, HARD_BITS);
+    let job = miner.last_job();
+    let contains =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(&job.coinb2, &pool_script),
+        "coinbase pays the pool"
+    );
+    let miner_script = bitcoin::Address::from_str(ADDRESS)
+        .expect("address")
+        .assume_checked()
+        .script_pubkey();
+    assert!(!contains(&job.coinb2, miner_script.as_bytes()));
 }
