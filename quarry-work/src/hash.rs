@@ -82,20 +82,37 @@ pub fn sha256d_64(data: &[u8; 64]) -> Hash32 {
     finish_double(&state)
 }
 
+/// The SHA-256 state after a header's first 64 bytes. A miner computes it once per
+/// (extranonce2, version) and then only hashes the last 16 bytes per nonce.
+#[inline]
+pub fn header_midstate(first: &[u8; 64]) -> [u32; 8] {
+    let mut state = H0;
+    compress(&mut state, first);
+    state
+}
+
+/// SHA256d of a header from its [`header_midstate`] and its last 16 bytes
+/// (merkle root tail, time, bits, nonce).
+#[inline]
+pub fn sha256d_header_tail(midstate: &[u32; 8], tail: &[u8; 16]) -> Hash32 {
+    let mut block = [0u8; 64];
+    block[..16].copy_from_slice(tail);
+    block[16] = 0x80;
+    block[62] = 0x02;
+    block[63] = 0x80; // length: 640 bits
+    let mut state = *midstate;
+    compress(&mut state, &block);
+    finish_double(&state)
+}
+
 /// SHA256d of an 80-byte block header.
 #[inline]
 pub fn sha256d_80(header: &[u8; 80]) -> Hash32 {
-    let mut state = H0;
     let mut first = [0u8; 64];
     first.copy_from_slice(&header[..64]);
-    compress(&mut state, &first);
-    let mut tail = [0u8; 64];
-    tail[..16].copy_from_slice(&header[64..]);
-    tail[16] = 0x80;
-    tail[62] = 0x02;
-    tail[63] = 0x80; // length: 640 bits
-    compress(&mut state, &tail);
-    finish_double(&state)
+    let mut tail = [0u8; 16];
+    tail.copy_from_slice(&header[64..]);
+    sha256d_header_tail(&header_midstate(&first), &tail)
 }
 
 #[cfg(test)]
@@ -111,5 +128,8 @@ mod tests {
         let first: [u8; 64] = data[..64].try_into().expect("64 bytes");
         assert_eq!(sha256d_64(&first), sha256d(&first));
         assert_eq!(sha256d_80(&data), sha256d(&data));
+        let mid = header_midstate(&first);
+        let tail: [u8; 16] = data[64..].try_into().expect("16 bytes");
+        assert_eq!(sha256d_header_tail(&mid, &tail), sha256d(&data));
     }
 }

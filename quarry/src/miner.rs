@@ -8,12 +8,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use quarry_stratum::v1::session::parse_stratum_prev_hash;
-use quarry_work::hash::sha256d;
+use quarry_stratum::v1::Notify;
+use quarry_work::hash::{header_midstate, sha256d_header_tail};
 use quarry_work::job::header_bytes;
-use quarry_work::{merkle, Difficulty, Hash32, Target};
+use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
-use sha2::digest::generic_array::GenericArray;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -27,14 +26,7 @@ const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
 /// Work as the hashing threads see it.
 #[derive(Debug, Clone)]
 struct Work {
-    job_id: String,
-    prev_hash: Hash32,
-    coinb1: Vec<u8>,
-    coinb2: Vec<u8>,
-    branch: Vec<Hash32>,
-    version: u32,
-    bits: u32,
-    ntime: u32,
+    job: Notify,
     extranonce1: Vec<u8>,
     extranonce2_len: usize,
     share_target: Target,
@@ -209,8 +201,14 @@ async fn connect_and_mine(
                 };
                 match message["method"].as_str() {
                     Some("mining.notify") => {
-                        let work = parse_notify(&message["params"], &extranonce1, extranonce2_len, difficulty, version_mask)?;
-                        publish(shared, work);
+                        let job = Notify::from_params(&message["params"])?;
+                        publish(shared, Work {
+                            job,
+                            extranonce1: extranonce1.clone(),
+                            extranonce2_len,
+                            share_target: Target::from_difficulty(difficulty),
+                            version_mask,
+                        });
                     }
                     Some("mining.set_difficulty") => {
                         if let Some(d) = message["params"][0].as_f64().and_then(Difficulty::new) {
@@ -293,80 +291,6 @@ fn publish(shared: &Shared, work: Work) {
     shared.generation.fetch_add(1, Ordering::SeqCst);
 }
 
-fn parse_notify(
-    params: &Value,
-    extranonce1: &[u8],
-    extranonce2_len: usize,
-    difficulty: Difficulty,
-    version_mask: u32,
-) -> Result<Work> {
-    let text = |i: usize| {
-        params[i]
-            .as_str()
-            .with_context(|| format!("notify param {i}"))
-    };
-    let word = |i: usize| -> Result<u32> { Ok(u32::from_str_radix(text(i)?, 16)?) };
-    let branch = params[4]
-        .as_array()
-        .context("merkle branch")?
-        .iter()
-        .map(|h| {
-            let bytes = hex::decode(h.as_str().unwrap_or_default())?;
-            <[u8; 32]>::try_from(bytes.as_slice()).context("branch entry size")
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Work {
-        job_id: text(0)?.to_string(),
-        prev_hash: parse_stratum_prev_hash(text(1)?).context("prevhash")?,
-        coinb1: hex::decode(text(2)?)?,
-        coinb2: hex::decode(text(3)?)?,
-        branch,
-        version: word(5)?,
-        bits: word(6)?,
-        ntime: word(7)?,
-        extranonce1: extranonce1.to_vec(),
-        extranonce2_len,
-        share_target: Target::from_difficulty(difficulty),
-        version_mask,
-    })
-}
-
-/// SHA-256 initial state.
-const H0: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-/// The state after the header's first 64 bytes, computed once per (extranonce2, version).
-fn midstate(first: &[u8]) -> [u32; 8] {
-    let mut state = H0;
-    sha2::compress256(&mut state, &[*GenericArray::from_slice(first)]);
-    state
-}
-
-/// SHA256d of a header from its midstate and last 16 bytes.
-#[inline]
-fn hash_tail(midstate: &[u32; 8], tail: &[u8; 16]) -> Hash32 {
-    let mut block = [0u8; 64];
-    block[..16].copy_from_slice(tail);
-    block[16] = 0x80;
-    block[56..].copy_from_slice(&640u64.to_be_bytes());
-    let mut state = *midstate;
-    sha2::compress256(&mut state, &[*GenericArray::from_slice(&block)]);
-    let mut second = [0u8; 64];
-    for (i, word) in state.iter().enumerate() {
-        second[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
-    }
-    second[32] = 0x80;
-    second[56..].copy_from_slice(&256u64.to_be_bytes());
-    let mut out_state = H0;
-    sha2::compress256(&mut out_state, &[*GenericArray::from_slice(&second)]);
-    let mut out = [0u8; 32];
-    for (i, word) in out_state.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
-    }
-    out
-}
-
 fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
     let mut counter = 0u64;
     let mut paused_since: Option<Instant> = None;
@@ -398,15 +322,9 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
         let n = work.extranonce2_len.min(8);
         extranonce2[work.extranonce2_len - n..].copy_from_slice(&counter_bytes[8 - n..]);
         extranonce2[0] = thread;
-        let coinbase = [
-            &work.coinb1[..],
-            &work.extranonce1,
-            &extranonce2,
-            &work.coinb2,
-        ]
-        .concat();
-        let root = merkle::root_from_branch(&sha256d(&coinbase), &work.branch);
-        let network = Target::from_compact(work.bits);
+        let job = &work.job;
+        let root = job.merkle_root(&work.extranonce1, &extranonce2);
+        let network = Target::from_compact(job.bits);
         // Roll the version first (cheap: no coinbase rehash), then extranonce2.
         let rolls: u32 = if work.version_mask == 0 { 1 } else { 16 };
         let rolling_unit = if work.version_mask == 0 {
@@ -416,26 +334,28 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
         };
         for roll in 0..rolls {
             let version = if rolling_unit == 0 {
-                work.version
+                job.version
             } else {
-                (work.version & !work.version_mask)
-                    | ((work.version.wrapping_add(roll.wrapping_mul(rolling_unit)))
+                (job.version & !work.version_mask)
+                    | ((job.version.wrapping_add(roll.wrapping_mul(rolling_unit)))
                         & work.version_mask)
             };
-            let header = header_bytes(version, &work.prev_hash, &root, work.ntime, work.bits, 0);
-            let mid = midstate(&header[..64]);
+            let header = header_bytes(version, &job.prev_hash, &root, job.ntime, job.bits, 0);
+            let mut first = [0u8; 64];
+            first.copy_from_slice(&header[..64]);
+            let mid = header_midstate(&first);
             let mut tail = [0u8; 16];
             tail.copy_from_slice(&header[64..]);
             let mut nonce = 0u32;
             loop {
                 tail[12..].copy_from_slice(&nonce.to_le_bytes());
-                let hash = hash_tail(&mid, &tail);
+                let hash = sha256d_header_tail(&mid, &tail);
                 if work.share_target.is_met_by(&hash) {
                     let is_block = network.is_met_by(&hash);
                     let _ = found.blocking_send(Found {
-                        job_id: work.job_id.clone(),
+                        job_id: job.job_id.clone(),
                         extranonce2: extranonce2.clone(),
-                        ntime: work.ntime,
+                        ntime: job.ntime,
                         nonce,
                         version,
                         is_block,
@@ -465,22 +385,5 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
                 break;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn midstate_hash_equals_plain_sha256d() {
-        let mut header = [0u8; 80];
-        for (i, byte) in header.iter_mut().enumerate() {
-            *byte = (i * 7) as u8;
-        }
-        let mid = midstate(&header[..64]);
-        let mut tail = [0u8; 16];
-        tail.copy_from_slice(&header[64..]);
-        assert_eq!(hash_tail(&mid, &tail), sha256d(&header));
     }
 }

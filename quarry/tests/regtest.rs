@@ -228,7 +228,7 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
         "the same connection gets work on the new tip"
     );
     assert!(!client.closed, "the miner was never disconnected");
-    assert_ne!(new_job.id, after.expect("job").id);
+    assert_ne!(new_job.job_id, after.expect("job").job_id);
 
     // And mining on it still produces blocks the restarted node accepts.
     let job = client.jobs.last().expect("job").clone();

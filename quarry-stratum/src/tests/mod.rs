@@ -8,16 +8,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::hash::sha256d;
-use quarry_work::job::{header_bytes, Job, JobFactory};
-use quarry_work::merkle;
+use quarry_work::job::{Job, JobFactory};
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 use quarry_work::vardiff::VardiffConfig;
 use quarry_work::{Difficulty, Hash32, Target};
 use serde_json::{json, Value};
 
 use crate::pool::Pool;
-use crate::v1::session::parse_stratum_prev_hash;
 use crate::v1::{CloseReason, Event, Session, SessionConfig};
 
 mod session;
@@ -108,57 +105,7 @@ pub fn config() -> SessionConfig {
 }
 
 /// A job as the miner saw it on the wire.
-#[derive(Debug, Clone)]
-pub struct WireJob {
-    pub id: String,
-    pub prev_hash: Hash32,
-    pub coinb1: Vec<u8>,
-    pub coinb2: Vec<u8>,
-    pub branch: Vec<Hash32>,
-    pub version: u32,
-    pub bits: u32,
-    pub clean: bool,
-}
-
-impl WireJob {
-    fn from_params(params: &Value) -> WireJob {
-        let s = |i: usize| params[i].as_str().expect("string param").to_string();
-        let hex32 = |text: &str| u32::from_str_radix(text, 16).expect("hex u32");
-        WireJob {
-            id: s(0),
-            prev_hash: parse_stratum_prev_hash(&s(1)).expect("prevhash"),
-            coinb1: hex::decode(s(2)).expect("coinb1"),
-            coinb2: hex::decode(s(3)).expect("coinb2"),
-            branch: params[4]
-                .as_array()
-                .expect("branch")
-                .iter()
-                .map(|h| {
-                    hex::decode(h.as_str().expect("hex"))
-                        .expect("hex")
-                        .try_into()
-                        .expect("32 bytes")
-                })
-                .collect(),
-            version: hex32(&s(5)),
-            bits: hex32(&s(6)),
-            clean: params[8].as_bool().expect("clean flag"),
-        }
-    }
-
-    pub fn hash(&self, en1: &[u8], en2: &[u8], version: u32, ntime: u32, nonce: u32) -> Hash32 {
-        let coinbase = [&self.coinb1[..], en1, en2, &self.coinb2[..]].concat();
-        let root = merkle::root_from_branch(&sha256d(&coinbase), &self.branch);
-        sha256d(&header_bytes(
-            version,
-            &self.prev_hash,
-            &root,
-            ntime,
-            self.bits,
-            nonce,
-        ))
-    }
-}
+pub type WireJob = crate::v1::Notify;
 
 /// The miner end of a session.
 pub struct Miner {
@@ -199,7 +146,9 @@ impl Miner {
             assert!(line.ends_with('\n'));
             let value: Value = serde_json::from_str(&line).expect("we send JSON");
             match value["method"].as_str() {
-                Some("mining.notify") => self.jobs.push(WireJob::from_params(&value["params"])),
+                Some("mining.notify") => self
+                    .jobs
+                    .push(WireJob::from_params(&value["params"]).expect("valid notify")),
                 Some("mining.set_difficulty") => {
                     self.difficulty = value["params"][0].as_f64().expect("number")
                 }
@@ -286,7 +235,7 @@ impl Miner {
     ) -> Value {
         let mut params = vec![
             json!(format!("{ADDRESS}.rig1")),
-            json!(job.id),
+            json!(job.job_id),
             json!(hex::encode(en2)),
             json!(format!("{ntime:08x}")),
             json!(format!("{nonce:08x}")),

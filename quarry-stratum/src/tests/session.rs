@@ -68,7 +68,7 @@ fn rejections_carry_ecosystem_codes() {
     );
 
     let unknown = WireJob {
-        id: "ffff".into(),
+        job_id: "ffff".into(),
         ..job.clone()
     };
     assert_eq!(
@@ -134,7 +134,7 @@ fn stale_after_new_tip_but_grace_for_shares_in_flight() {
     miner.template(template(2, 8, HARD_BITS));
     let new = miner.last_job();
     assert!(new.clean);
-    assert_ne!(new.id, old.id);
+    assert_ne!(new.job_id, old.job_id);
 
     miner.advance(500);
     let (en2, nonce) = miner.find(&old, old.version, t, true);
@@ -179,7 +179,10 @@ fn share_on_old_job_is_credited_at_old_difficulty() {
     assert_eq!(answer["result"], true);
     assert_eq!(miner.difficulty, 2e-6, "set_difficulty sent");
     let newer = miner.last_job();
-    assert_ne!(newer.id, old.id, "a new job carries the new difficulty");
+    assert_ne!(
+        newer.job_id, old.job_id,
+        "a new job carries the new difficulty"
+    );
     miner.events();
 
     // A share that meets 1e-6 but not 2e-6 on the old job is still good.
@@ -253,7 +256,7 @@ fn block_is_reported_with_full_bytes() {
             _ => None,
         })
         .expect("block event");
-    assert_eq!(sha256d(&block.block[..80]), block.hash);
+    assert_eq!(quarry_work::hash::sha256d(&block.block[..80]), block.hash);
     let decoded: bitcoin::Block =
         bitcoin::consensus::deserialize(&block.block).expect("a well-formed block");
     assert!(decoded.check_merkle_root());

@@ -6,7 +6,9 @@
 pub mod codec;
 pub mod error;
 pub mod message;
+pub mod notify;
 pub mod session;
 
 pub use error::{CloseReason, ErrorCode, RequestError};
+pub use notify::Notify;
 pub use session::{AcceptedShare, Event, FoundBlock, Session, SessionConfig};

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use super::codec::{LineReader, LineTooLong};
 use super::error::{CloseReason, RequestError};
 use super::message::{self, Incoming, Request, Submit};
+use super::notify::stratum_prev_hash;
 use crate::pool::{Pool, PoolMode};
 
 /// Settings shared by every session of a listener.
@@ -751,24 +752,4 @@ fn password_difficulty(password: &str) -> Option<Difficulty> {
         .split(',')
         .filter_map(|part| part.trim().strip_prefix("d="))
         .find_map(|value| value.trim().parse().ok().and_then(Difficulty::new))
-}
-
-/// The previous block hash as `mining.notify` carries it: internal byte order with each 4-byte
-/// word byte-swapped (what cgminer-derived firmware expects).
-pub fn stratum_prev_hash(prev_hash: &Hash32) -> String {
-    let mut swapped = [0u8; 32];
-    for (out, word) in swapped.chunks_exact_mut(4).zip(prev_hash.chunks_exact(4)) {
-        out.copy_from_slice(&[word[3], word[2], word[1], word[0]]);
-    }
-    hex::encode(swapped)
-}
-
-/// Reverses [`stratum_prev_hash`].
-pub fn parse_stratum_prev_hash(text: &str) -> Option<Hash32> {
-    let bytes: [u8; 32] = hex::decode(text).ok()?.try_into().ok()?;
-    let mut hash = [0u8; 32];
-    for (out, word) in hash.chunks_exact_mut(4).zip(bytes.chunks_exact(4)) {
-        out.copy_from_slice(&[word[3], word[2], word[1], word[0]]);
-    }
-    Some(hash)
 }

@@ -7,10 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use quarry_stratum::v1::session::parse_stratum_prev_hash;
-use quarry_work::hash::sha256d;
-use quarry_work::job::header_bytes;
-use quarry_work::{merkle, Difficulty, Hash32, Target};
+use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -274,59 +271,7 @@ max = 65536
 }
 
 /// A job as received in `mining.notify`.
-#[derive(Debug, Clone)]
-pub struct WireJob {
-    pub id: String,
-    pub prev_hash: Hash32,
-    pub coinb1: Vec<u8>,
-    pub coinb2: Vec<u8>,
-    pub branch: Vec<Hash32>,
-    pub version: u32,
-    pub bits: u32,
-    pub ntime: u32,
-    pub clean: bool,
-}
-
-impl WireJob {
-    pub fn from_params(params: &Value) -> WireJob {
-        let s = |i: usize| params[i].as_str().expect("string param").to_string();
-        let word = |i: usize| u32::from_str_radix(&s(i), 16).expect("hex word");
-        WireJob {
-            id: s(0),
-            prev_hash: parse_stratum_prev_hash(&s(1)).expect("prevhash"),
-            coinb1: hex::decode(s(2)).expect("coinb1"),
-            coinb2: hex::decode(s(3)).expect("coinb2"),
-            branch: params[4]
-                .as_array()
-                .expect("branch")
-                .iter()
-                .map(|h| {
-                    hex::decode(h.as_str().expect("hex"))
-                        .expect("hex")
-                        .try_into()
-                        .expect("32 bytes")
-                })
-                .collect(),
-            version: word(5),
-            bits: word(6),
-            ntime: word(7),
-            clean: params[8].as_bool().expect("clean"),
-        }
-    }
-
-    pub fn hash(&self, en1: &[u8], en2: &[u8], version: u32, ntime: u32, nonce: u32) -> Hash32 {
-        let coinbase = [&self.coinb1[..], en1, en2, &self.coinb2[..]].concat();
-        let root = merkle::root_from_branch(&sha256d(&coinbase), &self.branch);
-        sha256d(&header_bytes(
-            version,
-            &self.prev_hash,
-            &root,
-            ntime,
-            self.bits,
-            nonce,
-        ))
-    }
-}
+pub type WireJob = quarry_stratum::v1::Notify;
 
 /// A raw Stratum V1 client.
 pub struct V1Client {
@@ -371,7 +316,9 @@ impl V1Client {
                 let value: Value = serde_json::from_str(&line).expect("pool sends JSON");
                 if let Some(method) = value["method"].as_str() {
                     match method {
-                        "mining.notify" => self.jobs.push(WireJob::from_params(&value["params"])),
+                        "mining.notify" => self
+                            .jobs
+                            .push(WireJob::from_params(&value["params"]).expect("valid notify")),
                         "mining.set_difficulty" => {
                             self.difficulty = value["params"][0].as_f64().expect("number")
                         }
@@ -497,7 +444,7 @@ impl V1Client {
     ) -> Value {
         let mut params = vec![
             json!(user),
-            json!(job.id),
+            json!(job.job_id),
             json!(hex::encode(en2)),
             json!(format!("{ntime:08x}")),
             json!(format!("{nonce:08x}")),
