@@ -240,9 +240,11 @@ impl Nodes {
         }
     }
 
+    // Bitcoin Core refuses a signet template unless the request names the `signet` rule; other
+    // chains ignore rules they do not need.
     async fn fetch_from_any(&self, longpoll_id: Option<&str>) -> Option<(usize, GetBlockTemplate)> {
         for (index, rpc) in self.rpcs.iter().enumerate() {
-            let mut request = json!({"rules": ["segwit"], "capabilities": ["longpoll"]});
+            let mut request = json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"]});
             if let Some(id) = longpoll_id {
                 request["longpollid"] = json!(id);
             }
@@ -270,7 +272,7 @@ impl Nodes {
             };
             let rpc = &self.rpcs[index];
             let request =
-                json!({"rules": ["segwit"], "capabilities": ["longpoll"], "longpollid": id});
+                json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"], "longpollid": id});
             match rpc
                 .call::<GetBlockTemplate>("getblocktemplate", json!([request]), LONGPOLL_TIMEOUT)
                 .await
