@@ -271,8 +271,7 @@ impl Nodes {
                 return std::future::pending().await;
             };
             let rpc = &self.rpcs[index];
-            let request =
-                json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"], "longpollid": id});
+            let request = json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"], "longpollid": id});
             match rpc
                 .call::<GetBlockTemplate>("getblocktemplate", json!([request]), LONGPOLL_TIMEOUT)
                 .await
