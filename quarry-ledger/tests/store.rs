@@ -1,0 +1,211 @@
+//! The share log on both backends: SQLite (a temp file) and PostgreSQL (a throwaway cluster
+//! from scripts/postgres.sh, installed from Debian's packages when missing).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quarry_ledger::{ShareLog, ShareRecord, Store};
+
+fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "quarry-ledger-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh")
+}
+
+/// A PostgreSQL cluster for one test, stopped on drop.
+struct Postgres {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Postgres {
+    fn start(name: &str) -> Postgres {
+        let dir = scratch(name);
+        let output = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run scripts/postgres.sh");
+        assert!(
+            output.status.success(),
+            "postgres must start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
+        Postgres { dir, url }
+    }
+
+    fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+
+    fn restart(&self) -> String {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .expect("port");
+        let output = Command::new("bash")
+            .env("PGPORT_OVERRIDE", port)
+            .arg(script())
+            .arg("start")
+            .arg(&self.dir)
+            .output()
+            .expect("restart postgres");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn share(i: i64) -> ShareRecord {
+    ShareRecord {
+        created_ms: 1_800_000_000_000 + i,
+        address: format!("addr{}", i % 7),
+        worker: format!("addr{}.rig{}", i % 7, i % 3),
+        difficulty: 0.5 + i as f64,
+        network_difficulty: 1e6,
+        block_reward: 312_500_000,
+        height: 900_000,
+        template_id: i / 100,
+        is_block: i % 1000 == 999,
+        instance: "test".into(),
+    }
+}
+
+async fn exercise(store: &Store) {
+    let shares: Vec<ShareRecord> = (0..2500).map(share).collect();
+    store.insert_shares(&shares).await.expect("insert");
+    assert_eq!(store.share_count().await.expect("count"), 2500);
+    let newest = store
+        .shares_newest_first(1_800_000_000_000 + 2000, 3)
+        .await
+        .expect("query");
+    assert_eq!(newest, vec![share(2000), share(1999), share(1998)]);
+    // A spool file counts once, even when replayed twice.
+    let spooled: Vec<ShareRecord> = (5000..5010).map(share).collect();
+    assert!(store
+        .insert_spooled("a.spool", &spooled)
+        .await
+        .expect("spool"));
+    assert!(!store
+        .insert_spooled("a.spool", &spooled)
+        .await
+        .expect("spool again"));
+    assert_eq!(store.share_count().await.expect("count"), 2510);
+}
+
+#[tokio::test]
+async fn sqlite_stores_and_reads_shares() {
+    let dir = scratch("sqlite");
+    let url = format!("sqlite://{}", dir.join("quarry.db").display());
+    let store = Store::open(&url).await.expect("open sqlite");
+    exercise(&store).await;
+    // Reopening runs no migration twice and keeps everything.
+    store.close().await;
+    let again = Store::open(&url).await.expect("reopen");
+    assert_eq!(again.share_count().await.expect("count"), 2510);
+}
+
+#[tokio::test]
+async fn postgres_stores_and_reads_shares() {
+    let pg = Postgres::start("pg");
+    let store = Store::open(&pg.url).await.expect("open postgres");
+    exercise(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_log_commits_in_groups_and_acknowledges_each_share() {
+    let dir = scratch("group");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    let log = ShareLog::spawn(store.clone(), dir.join("spool"));
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record(share(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("recorded");
+    }
+    assert_eq!(store.share_count().await.expect("count"), 2000);
+    let commits = log.stats().commits.load(Ordering::Relaxed);
+    assert!(
+        commits < 2000,
+        "shares share commits: {commits} commits for 2000 shares"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_spools_shares_and_loses_none() {
+    let pg = Postgres::start("outage");
+    let dir = scratch("outage-spool");
+    let store = Store::open(&pg.url).await.expect("open");
+    let log = ShareLog::spawn(store.clone(), dir.clone());
+    for i in 0..100 {
+        log.record(share(i)).await.expect("recorded while up");
+    }
+    pg.stop();
+    // While the database is down every share is still acknowledged: it is in the spool.
+    for i in 100..300 {
+        log.record(share(i)).await.expect("recorded while down");
+    }
+    assert!(log.stats().spooled.load(Ordering::Relaxed) >= 200);
+    let url = pg.restart();
+    assert_eq!(url, pg.url);
+    // The next commits replay the spool.
+    let mut i = 300;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        log.record(share(i)).await.expect("recorded after");
+        i += 1;
+        let count = store.share_count().await.unwrap_or(0);
+        if count == i {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spool not replayed: {count} of {i}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        store.share_count().await.expect("count"),
+        i,
+        "every share exactly once"
+    );
+}
