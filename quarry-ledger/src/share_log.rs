@@ -45,6 +45,21 @@ pub struct ShareLogStats {
     pub commit_micros: AtomicU64,
 }
 
+/// A queued share; [`Receipt::durable`] resolves once it is committed or spooled.
+pub struct Receipt(oneshot::Receiver<Result<(), RecordError>>);
+
+impl Receipt {
+    /// Waits until the share is durable.
+    ///
+    /// # Errors
+    /// When it could not be made durable.
+    pub async fn durable(self) -> Result<(), RecordError> {
+        self.0
+            .await
+            .map_err(|_| RecordError("share log stopped".into()))?
+    }
+}
+
 /// Handle to the writer task.
 #[derive(Clone)]
 pub struct ShareLog {
@@ -68,13 +83,21 @@ impl ShareLog {
     /// When neither the database nor the spool could take it (the pool then rejects the share
     /// rather than acknowledging something it may lose).
     pub async fn record(&self, share: ShareRecord) -> Result<(), RecordError> {
+        self.enqueue(share).await?.durable().await
+    }
+
+    /// Queues a share and returns a receipt to wait on: queue several, then wait, and they
+    /// share one commit.
+    ///
+    /// # Errors
+    /// When the writer has stopped.
+    pub async fn enqueue(&self, share: ShareRecord) -> Result<Receipt, RecordError> {
         let (done, wait) = oneshot::channel();
         self.queue
             .send(Pending { share, done })
             .await
             .map_err(|_| RecordError("share log stopped".into()))?;
-        wait.await
-            .map_err(|_| RecordError("share log stopped".into()))?
+        Ok(Receipt(wait))
     }
 
     /// Counters.

@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Maximum difficulty.
     #[arg(long, env = "QUARRY_MAX_DIFFICULTY")]
     pub max_difficulty: Option<f64>,
+    /// Ledger database URL (sqlite://… or postgres://…).
+    #[arg(long, env = "QUARRY_LEDGER_URL", hide_env_values = true)]
+    pub ledger_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -128,6 +131,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_difficulty {
             config.vardiff.max = v;
+        }
+        if let Some(v) = &self.ledger_url {
+            config.ledger.url = Some(v.clone());
         }
         Ok(config)
     }

@@ -31,6 +31,28 @@ pub struct Config {
     pub stratum: StratumConfig,
     /// Difficulty steering.
     pub vardiff: VardiffToml,
+    /// The share log and accounting database.
+    pub ledger: LedgerConfig,
+}
+
+/// Where accepted shares are kept.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// `sqlite://path` (embedded, default `<data_dir>/quarry.db`) or `postgres://user:pw@host/db`.
+    pub url: Option<String>,
+    /// Name of this `quarry serve` in the share log (several may share one PostgreSQL).
+    pub instance: Option<String>,
+}
+
+impl Config {
+    /// The ledger URL, defaulting to SQLite in the data directory.
+    pub fn ledger_url(&self) -> String {
+        self.ledger
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("quarry.db").display()))
+    }
 }
 
 impl Default for Config {
@@ -42,6 +64,7 @@ impl Default for Config {
             mining: MiningConfig::default(),
             stratum: StratumConfig::default(),
             vardiff: VardiffToml::default(),
+            ledger: LedgerConfig::default(),
         }
     }
 }

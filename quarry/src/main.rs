@@ -51,10 +51,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_per_ip: config.stratum.max_connections_per_ip,
         write_timeout: Duration::from_secs(config.stratum.write_timeout_secs.max(1)),
     };
+    let ledger_url = config.ledger_url();
+    if ledger_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    }
+    let store = quarry_ledger::Store::open(&ledger_url)
+        .await
+        .with_context(|| format!("opening ledger.url {}", redact(&ledger_url)))?;
+    info!(ledger = %redact(&ledger_url), backend = ?store.backend(), "share log open");
+    let share_log = quarry_ledger::ShareLog::spawn(store, config.data_dir.join("spool"));
+    let instance = config
+        .ledger
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("quarry-{}", config.stratum.listen.port()));
     let server = Server::new(
         resolved.session,
         Arc::clone(&pool),
         Arc::clone(&nodes),
+        share_log,
+        instance,
         limits,
     );
     let listener = TcpListener::bind(config.stratum.listen)
@@ -88,6 +105,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
     Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use quarry_stratum::v1::{Event, Session, SessionConfig};
+use quarry_ledger::{ShareLog, ShareRecord};
+use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::Pool;
 use quarry_work::job::{Job, JobFactory};
 use quarry_work::template::WorkTemplate;
@@ -15,7 +16,7 @@ use quarry_work::Hash32;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::node::Nodes;
 
@@ -193,6 +194,10 @@ pub struct Server {
     pub pool: Arc<SharedPool>,
     /// Nodes (templates).
     pub nodes: Arc<Nodes>,
+    /// The durable share log; shares are acknowledged only once it has them.
+    pub ledger: ShareLog,
+    /// Name of this instance in the share log.
+    pub instance: String,
     /// Found blocks go here, to be submitted at once.
     pub blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
     /// Limits.
@@ -209,11 +214,15 @@ impl Server {
         session_config: SessionConfig,
         pool: Arc<SharedPool>,
         nodes: Arc<Nodes>,
+        ledger: ShareLog,
+        instance: String,
         limits: Limits,
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let blocks = nodes.spawn_block_submitter();
         Arc::new(Server {
+            ledger,
+            instance,
             blocks,
             session_config: Arc::new(session_config),
             pool,
@@ -302,6 +311,30 @@ impl Server {
         let mut buf = vec![0u8; 4096];
         let mut out = String::new();
         loop {
+            // Shares first: a share is acknowledged only after the ledger has it durably.
+            let mut receipts = Vec::new();
+            while let Some(event) = session.poll_event() {
+                if let Event::ShareAccepted(share) = &event {
+                    match self.ledger.enqueue(self.share_record(share)).await {
+                        Ok(receipt) => receipts.push(receipt),
+                        Err(e) => {
+                            error!(%peer, error = %e, "share log unavailable");
+                            break;
+                        }
+                    }
+                }
+                self.on_event(event, peer);
+            }
+            let mut durable = true;
+            for receipt in receipts {
+                if let Err(e) = receipt.durable().await {
+                    error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
+                    durable = false;
+                }
+            }
+            if !durable {
+                break;
+            }
             while let Some(line) = session.poll_transmit() {
                 out.push_str(&line);
             }
@@ -314,9 +347,6 @@ impl Server {
                         break;
                     }
                 }
-            }
-            while let Some(event) = session.poll_event() {
-                self.on_event(event, peer);
             }
             if let Some(reason) = session.close_reason() {
                 debug!(%peer, %reason, "closing");
@@ -356,6 +386,21 @@ impl Server {
         }
         pool.release_extranonce1(session.extranonce1());
         debug!(%peer, "disconnected");
+    }
+
+    fn share_record(&self, share: &AcceptedShare) -> ShareRecord {
+        ShareRecord {
+            created_ms: i64::try_from(share.time_ms).unwrap_or(i64::MAX),
+            address: share.address.clone(),
+            worker: share.worker.clone(),
+            difficulty: share.difficulty.get(),
+            network_difficulty: share.network_difficulty,
+            block_reward: i64::try_from(share.block_reward).unwrap_or(i64::MAX),
+            height: i64::try_from(share.height).unwrap_or(i64::MAX),
+            template_id: i64::try_from(share.template_id).unwrap_or(i64::MAX),
+            is_block: share.is_block,
+            instance: self.instance.clone(),
+        }
     }
 
     fn on_event(&self, event: Event, peer: SocketAddr) {

@@ -115,6 +115,10 @@ pub struct AcceptedShare {
     pub height: u64,
     /// Whether this share is a block.
     pub is_block: bool,
+    /// The job's coinbase value in satoshis (PPS's expected block reward).
+    pub block_reward: u64,
+    /// When it was accepted, Unix milliseconds.
+    pub time_ms: u64,
 }
 
 /// A block to submit.
@@ -568,6 +572,8 @@ impl Session {
             template_id: template.id,
             height: template.height,
             is_block: share.is_block(),
+            block_reward: template.coinbase_value,
+            time_ms: now_ms,
         }));
         let credited = sent.difficulty;
         self.vardiff.record_share(credited, now_ms);
