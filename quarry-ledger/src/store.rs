@@ -1,7 +1,8 @@
 //! The database: SQLite (embedded, the default) or PostgreSQL, chosen by URL, one schema.
 //!
 //! Queries are written once with `$N` placeholders numbered in order of appearance, which
-//! PostgreSQL reads natively and SQLite binds positionally.
+//! PostgreSQL reads natively and SQLite binds positionally. The one exception is the bulk share
+//! insert: `?` placeholders and smaller statements on SQLite, for speed.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -62,8 +63,11 @@ pub struct ShareRecord {
 const SHARE_COLUMNS: &str = "created_ms, address, worker, difficulty, network_difficulty, \
                              block_reward, height, template_id, is_block, instance";
 const SHARE_COLUMN_COUNT: usize = 10;
-/// Rows per INSERT statement (SQLite allows 32,766 bound values).
+/// Rows per INSERT statement on PostgreSQL (65,535 bound values at most).
 const ROWS_PER_STATEMENT: usize = 1000;
+/// Rows per INSERT statement on SQLite: sqlx binds SQLite parameters slowly in large
+/// statements, 100 rows was the fastest measured.
+const SQLITE_ROWS_PER_STATEMENT: usize = 100;
 
 /// A connection pool plus what it is.
 #[derive(Debug, Clone)]
@@ -103,6 +107,10 @@ impl Store {
                         conn.execute("PRAGMA journal_mode=WAL").await?;
                         conn.execute("PRAGMA synchronous=FULL").await?;
                         conn.execute("PRAGMA busy_timeout=5000").await?;
+                        conn.execute("PRAGMA cache_size=-65536").await?;
+                        // Multi-row INSERTs inside a transaction keep a statement journal; on
+                        // disk that cost a pwrite per row (ingest 53k → see BENCHMARKS.md).
+                        conn.execute("PRAGMA temp_store=MEMORY").await?;
                     }
                     Ok(())
                 })
@@ -130,7 +138,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        insert_shares_in(&mut tx, shares).await?;
+        insert_shares_in(&mut tx, shares, self.backend).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -154,7 +162,7 @@ impl Store {
         if seen > 0 {
             return Ok(false);
         }
-        insert_shares_in(&mut tx, shares).await?;
+        insert_shares_in(&mut tx, shares, self.backend).await?;
         sqlx::query("INSERT INTO spool_replays (name, shares) VALUES ($1, $2)")
             .bind(name.to_string())
             .bind(shares.len() as i64)
@@ -229,9 +237,14 @@ impl Store {
 async fn insert_shares_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     shares: &[ShareRecord],
+    backend: Backend,
 ) -> Result<(), StoreError> {
-    for chunk in shares.chunks(ROWS_PER_STATEMENT) {
-        let sql = insert_sql(chunk.len());
+    let rows_per_statement = match backend {
+        Backend::Sqlite => SQLITE_ROWS_PER_STATEMENT,
+        Backend::Postgres => ROWS_PER_STATEMENT,
+    };
+    for chunk in shares.chunks(rows_per_statement) {
+        let sql = insert_sql(chunk.len(), backend);
         let mut query = sqlx::query(&sql);
         for share in chunk {
             query = query
@@ -251,7 +264,9 @@ async fn insert_shares_in(
     Ok(())
 }
 
-fn insert_sql(rows: usize) -> String {
+/// A multi-row INSERT. SQLite gets anonymous `?` placeholders: sqlx resolves named `$N` ones
+/// per parameter, which made a 10,000-parameter statement cost 180 ms.
+fn insert_sql(rows: usize, backend: Backend) -> String {
     let mut sql = format!("INSERT INTO shares ({SHARE_COLUMNS}) VALUES ");
     let mut n = 1;
     for row in 0..rows {
@@ -263,7 +278,12 @@ fn insert_sql(rows: usize) -> String {
             if column > 0 {
                 sql.push(',');
             }
-            let _ = write!(sql, "${n}");
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    let _ = write!(sql, "${n}");
+                }
+            }
             n += 1;
         }
         sql.push(')');
@@ -277,9 +297,11 @@ mod tests {
 
     #[test]
     fn insert_sql_numbers_placeholders_in_order() {
-        let sql = insert_sql(2);
+        let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.ends_with(
             "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10),($11,$12,$13,$14,$15,$16,$17,$18,$19,$20)"
         ));
+        let sql = insert_sql(1, Backend::Sqlite);
+        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?)"));
     }
 }

@@ -44,7 +44,9 @@ async fn acknowledged_shares_survive_kill_9() {
     assert!(acknowledged > 0, "shares were acknowledged before the kill");
 
     let url = format!("sqlite://{}", dir.join("data/quarry.db").display());
-    let store = quarry_ledger::Store::open(&url).await.expect("open the killed pool's ledger");
+    let store = quarry_ledger::Store::open(&url)
+        .await
+        .expect("open the killed pool's ledger");
     let stored = store.share_count().await.expect("count");
     assert!(
         stored >= acknowledged,
