@@ -5,10 +5,15 @@
 //! PostgreSQL) and [`share_log`] the group-commit writer in front of it.
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod schemes;
 pub mod share_log;
 pub mod store;
 
+pub use accounting::{Rewards, Scheme};
 pub use schemes::{Msat, Sat};
 pub use share_log::{RecordError, ShareLog};
-pub use store::{Backend, ShareRecord, Store, StoreError};
+pub use store::{
+    Backend, Balance, BlockRecord, BlockStatus, Credit, CreditStatus, ShareRecord, Store,
+    StoreError,
+};

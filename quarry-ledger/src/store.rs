@@ -60,6 +60,114 @@ pub struct ShareRecord {
     pub instance: String,
 }
 
+/// Where a found block stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockStatus {
+    /// Found and being submitted.
+    Submitted,
+    /// Accepted by a node, waiting for coinbase maturity.
+    Pending,
+    /// Matured on the best chain: its credits are payable.
+    Confirmed,
+    /// Replaced at its height: its credits are reversed.
+    Orphaned,
+    /// Refused by every node.
+    Rejected,
+}
+
+impl BlockStatus {
+    /// The word stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockStatus::Submitted => "submitted",
+            BlockStatus::Pending => "pending",
+            BlockStatus::Confirmed => "confirmed",
+            BlockStatus::Orphaned => "orphaned",
+            BlockStatus::Rejected => "rejected",
+        }
+    }
+
+    /// From the word stored.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "submitted" => BlockStatus::Submitted,
+            "pending" => BlockStatus::Pending,
+            "confirmed" => BlockStatus::Confirmed,
+            "orphaned" => BlockStatus::Orphaned,
+            "rejected" => BlockStatus::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a credit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditStatus {
+    /// Its block is not mature yet.
+    Immature,
+    /// Payable.
+    Mature,
+    /// Its block was orphaned.
+    Reversed,
+}
+
+impl CreditStatus {
+    /// The word stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditStatus::Immature => "immature",
+            CreditStatus::Mature => "mature",
+            CreditStatus::Reversed => "reversed",
+        }
+    }
+}
+
+/// A found block as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    /// Block hash, display order.
+    pub hash: String,
+    /// Height.
+    pub height: i64,
+    /// Where it stands.
+    pub status: BlockStatus,
+    /// Coinbase value, satoshis.
+    pub reward: i64,
+    /// Finder.
+    pub worker: String,
+    /// Finder's address.
+    pub address: String,
+    /// Unix milliseconds.
+    pub found_ms: i64,
+    /// Network difficulty.
+    pub network_difficulty: f64,
+    /// Which `quarry serve` found it.
+    pub instance: String,
+}
+
+/// Money owed to an address for a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    /// Who.
+    pub address: String,
+    /// How much, millisatoshis.
+    pub amount_msat: u64,
+    /// `pplns`, `prop`, `pps` or `fee`.
+    pub kind: String,
+}
+
+/// An address's credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    /// Who.
+    pub address: String,
+    /// Payable, millisatoshis.
+    pub mature_msat: i64,
+    /// Waiting for maturity, millisatoshis.
+    pub immature_msat: i64,
+}
+
 const SHARE_COLUMNS: &str = "created_ms, address, worker, difficulty, network_difficulty, \
                              block_reward, height, template_id, is_block, instance";
 const SHARE_COLUMN_COUNT: usize = 10;
@@ -224,6 +332,201 @@ impl Store {
                     instance: row.try_get(9)?,
                 })
             })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Records a found block (status `submitted`); a second call for the same hash is a no-op.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn insert_block(&self, block: &BlockRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, share_id, \
+             network_difficulty, instance) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(block.hash.clone())
+        .bind(block.height)
+        .bind(block.status.as_str().to_string())
+        .bind(block.reward)
+        .bind(block.worker.clone())
+        .bind(block.address.clone())
+        .bind(block.found_ms)
+        .bind(block.network_difficulty)
+        .bind(block.instance.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Blocks, newest first, optionally only those with `status`.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn blocks(
+        &self,
+        status: Option<BlockStatus>,
+        limit: i64,
+    ) -> Result<Vec<BlockRecord>, StoreError> {
+        let columns =
+            "hash, height, status, reward, worker, address, found_ms, network_difficulty, instance";
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(&format!(
+                    "SELECT {columns} FROM blocks WHERE status = $1 ORDER BY height DESC, found_ms DESC LIMIT $2"
+                ))
+                .bind(status.as_str().to_string())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {columns} FROM blocks ORDER BY height DESC, found_ms DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get(2)?;
+                Ok(BlockRecord {
+                    hash: row.try_get(0)?,
+                    height: row.try_get(1)?,
+                    status: BlockStatus::parse(&status).unwrap_or(BlockStatus::Submitted),
+                    reward: row.try_get(3)?,
+                    worker: row.try_get(4)?,
+                    address: row.try_get(5)?,
+                    found_ms: row.try_get(6)?,
+                    network_difficulty: row.try_get(7)?,
+                    instance: row.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Moves a block to `status` and its credits from `from` to `to`, in one transaction.
+    /// Returns false when the block was not in `expected` (someone else moved it).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn transition_block(
+        &self,
+        hash: &str,
+        expected: BlockStatus,
+        status: BlockStatus,
+        credits: Option<(CreditStatus, CreditStatus)>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE blocks SET status = $1 WHERE hash = $2 AND status = $3")
+            .bind(status.as_str().to_string())
+            .bind(hash.to_string())
+            .bind(expected.as_str().to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        if let Some((from, to)) = credits {
+            sqlx::query("UPDATE credits SET status = $1 WHERE block_hash = $2 AND status = $3")
+                .bind(to.as_str().to_string())
+                .bind(hash.to_string())
+                .bind(from.as_str().to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Writes a block's credits (immature) and moves it from `submitted` to `pending`, once.
+    /// Returns false if the block was already credited.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn credit_block(
+        &self,
+        hash: &str,
+        credits: &[Credit],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE blocks SET status = $1 WHERE hash = $2 AND status = $3")
+            .bind(BlockStatus::Pending.as_str().to_string())
+            .bind(hash.to_string())
+            .bind(BlockStatus::Submitted.as_str().to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        for credit in credits {
+            sqlx::query(
+                "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(hash.to_string())
+            .bind(credit.address.clone())
+            .bind(i64::try_from(credit.amount_msat).unwrap_or(i64::MAX))
+            .bind(credit.kind.clone())
+            .bind(CreditStatus::Immature.as_str().to_string())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Per address: mature and immature credits, in millisatoshis.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn balances(&self) -> Result<Vec<Balance>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT address, \
+             CAST(SUM(CASE WHEN status = 'mature' THEN amount_msat ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN status = 'immature' THEN amount_msat ELSE 0 END) AS BIGINT) \
+             FROM credits GROUP BY address ORDER BY address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Balance {
+                    address: row.try_get(0)?,
+                    mature_msat: row.try_get::<i64, _>(1)?,
+                    immature_msat: row.try_get::<i64, _>(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Shares accepted in `(after_ms, until_ms]`, oldest first (a PROP round).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn shares_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT address, difficulty FROM shares WHERE created_ms > $1 AND created_ms <= $2 ORDER BY id",
+        )
+        .bind(after_ms)
+        .bind(until_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }

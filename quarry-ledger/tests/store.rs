@@ -209,3 +209,173 @@ async fn postgres_outage_spools_shares_and_loses_none() {
         "every share exactly once"
     );
 }
+
+mod blocks {
+    use super::*;
+    use quarry_ledger::schemes::{FeePolicy, SplitDestination};
+    use quarry_ledger::{BlockRecord, BlockStatus, CreditStatus, Rewards, Scheme};
+
+    fn block(hash: &str, found_ms: i64) -> BlockRecord {
+        BlockRecord {
+            hash: hash.into(),
+            height: 1000,
+            status: BlockStatus::Submitted,
+            reward: 1_000_000,
+            worker: "alice.rig".into(),
+            address: "alice".into(),
+            found_ms,
+            network_difficulty: 10.0,
+            instance: "test".into(),
+        }
+    }
+
+    fn record(address: &str, difficulty: f64, ms: i64) -> ShareRecord {
+        ShareRecord {
+            created_ms: ms,
+            address: address.into(),
+            worker: format!("{address}.rig"),
+            difficulty,
+            network_difficulty: 10.0,
+            block_reward: 1_000_000,
+            height: 1000,
+            template_id: 1,
+            is_block: false,
+            instance: "test".into(),
+        }
+    }
+
+    /// PPLNS with N = 2 (window 20), 1 % fee split 60/40 between two destinations.
+    pub async fn lifecycle(store: &Store) {
+        // Oldest first: carol 10 (outside the window), bob 8, alice 12 → window = 12 + 8.
+        store
+            .insert_shares(&[
+                record("carol", 10.0, 1),
+                record("bob", 8.0, 2),
+                record("alice", 12.0, 3),
+            ])
+            .await
+            .expect("shares");
+        let rewards = Rewards {
+            scheme: Scheme::Pplns { n: 2.0 },
+            policy: FeePolicy {
+                fee_ppm: 10_000,
+                split: vec![
+                    SplitDestination {
+                        label: "dev".into(),
+                        address: "dev".into(),
+                        ppm: 600_000,
+                    },
+                    SplitDestination {
+                        label: "ops".into(),
+                        address: "ops".into(),
+                        ppm: 400_000,
+                    },
+                ],
+            },
+        };
+        let found = block("b1", 3);
+        store.insert_block(&found).await.expect("block");
+        store
+            .insert_block(&found)
+            .await
+            .expect("same block again is a no-op");
+        let credits = rewards.credits_for(store, &found).await.expect("credits");
+        assert!(store.credit_block("b1", &credits, 4).await.expect("credit"));
+        assert!(
+            !store.credit_block("b1", &credits, 4).await.expect("once"),
+            "credited once"
+        );
+
+        // 1,000,000 sat: fee 10,000 (dev 6,000, ops 4,000); miners 990,000 as 12:8.
+        let balances = store.balances().await.expect("balances");
+        let immature = |who: &str| {
+            balances
+                .iter()
+                .find(|b| b.address == who)
+                .map(|b| (b.mature_msat, b.immature_msat))
+        };
+        assert_eq!(immature("alice"), Some((0, 594_000_000)));
+        assert_eq!(immature("bob"), Some((0, 396_000_000)));
+        assert_eq!(immature("dev"), Some((0, 6_000_000)));
+        assert_eq!(immature("ops"), Some((0, 4_000_000)));
+        assert_eq!(immature("carol"), None, "outside the window");
+
+        // Maturity makes them payable.
+        assert!(store
+            .transition_block(
+                "b1",
+                BlockStatus::Pending,
+                BlockStatus::Confirmed,
+                Some((CreditStatus::Immature, CreditStatus::Mature))
+            )
+            .await
+            .expect("confirm"));
+        let alice = store
+            .balances()
+            .await
+            .expect("balances")
+            .into_iter()
+            .find(|b| b.address == "alice")
+            .expect("alice");
+        assert_eq!((alice.mature_msat, alice.immature_msat), (594_000_000, 0));
+
+        // A second block is orphaned: its credits are reversed, nobody keeps them.
+        store
+            .insert_shares(&[record("bob", 20.0, 5)])
+            .await
+            .expect("share");
+        let orphan = block("b2", 5);
+        store.insert_block(&orphan).await.expect("block");
+        let credits = rewards.credits_for(store, &orphan).await.expect("credits");
+        assert!(store.credit_block("b2", &credits, 6).await.expect("credit"));
+        let bob_before = store.balances().await.expect("balances");
+        assert!(bob_before
+            .iter()
+            .any(|b| b.address == "bob" && b.immature_msat == 990_000_000));
+        assert!(store
+            .transition_block(
+                "b2",
+                BlockStatus::Pending,
+                BlockStatus::Orphaned,
+                Some((CreditStatus::Immature, CreditStatus::Reversed))
+            )
+            .await
+            .expect("orphan"));
+        let bob = store
+            .balances()
+            .await
+            .expect("balances")
+            .into_iter()
+            .find(|b| b.address == "bob")
+            .expect("bob");
+        // Bob keeps what the confirmed block paid him; the orphan's 990,000 sat are gone.
+        assert_eq!((bob.mature_msat, bob.immature_msat), (396_000_000, 0));
+        let statuses: Vec<BlockStatus> = store
+            .blocks(None, 10)
+            .await
+            .expect("blocks")
+            .into_iter()
+            .map(|b| b.status)
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![BlockStatus::Orphaned, BlockStatus::Confirmed]
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_block_lifecycle_credits_matures_and_reverses() {
+    let dir = scratch("blocks-sqlite");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    blocks::lifecycle(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_block_lifecycle_credits_matures_and_reverses() {
+    let pg = Postgres::start("blocks-pg");
+    let store = Store::open(&pg.url).await.expect("open");
+    blocks::lifecycle(&store).await;
+}

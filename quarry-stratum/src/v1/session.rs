@@ -132,6 +132,14 @@ pub struct FoundBlock {
     pub block: Vec<u8>,
     /// Who found it.
     pub worker: String,
+    /// The finder's payout address.
+    pub address: String,
+    /// The coinbase value, satoshis.
+    pub reward: u64,
+    /// Network difficulty of the block.
+    pub network_difficulty: f64,
+    /// When it was found, Unix milliseconds.
+    pub time_ms: u64,
 }
 
 /// A worker authorized on this connection.
@@ -558,6 +566,10 @@ impl Session {
                     .job
                     .block(share.header(), &self.extranonce1, &submit.extranonce2),
                 worker: worker.name.clone(),
+                address: worker.address.clone(),
+                reward: template.coinbase_value,
+                network_difficulty: template.network_target.difficulty(),
+                time_ms: now_ms,
             }));
         }
         if self.is_stale(template, now_ms) {
