@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use bitcoin::{Address, Network};
+use quarry_ledger::schemes::{FeePolicy, SplitDestination};
+use quarry_ledger::{Rewards, Scheme};
 use quarry_stratum::v1::SessionConfig;
 use quarry_stratum::PoolMode;
 use quarry_work::coinbase::{CoinbaseLayout, MAX_SCRIPT_SIG_LEN};
@@ -33,6 +35,48 @@ pub struct Config {
     pub vardiff: VardiffToml,
     /// The share log and accounting database.
     pub ledger: LedgerConfig,
+    /// Reward scheme, fee and revenue split.
+    pub payout: PayoutConfig,
+}
+
+/// How block rewards are shared.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayoutConfig {
+    /// `pplns`, `prop`, `pps` or `solo` (solo mode always uses `solo`).
+    pub scheme: String,
+    /// PPLNS window in multiples of the network difficulty.
+    pub pplns_n: f64,
+    /// Pool fee in percent of each block reward.
+    pub fee_percent: f64,
+    /// Where fee income goes; percentages sum to 100.
+    pub split: Vec<SplitConfig>,
+    /// Confirmations before a coinbase is spendable and its credits payable.
+    pub maturity: u64,
+}
+
+impl Default for PayoutConfig {
+    fn default() -> Self {
+        PayoutConfig {
+            scheme: "pplns".into(),
+            pplns_n: 2.0,
+            fee_percent: 0.0,
+            split: Vec::new(),
+            maturity: 100,
+        }
+    }
+}
+
+/// One destination of fee income.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Label, e.g. `core-development`.
+    pub label: String,
+    /// Address.
+    pub address: String,
+    /// Percent of fee income.
+    pub percent: f64,
 }
 
 /// Where accepted shares are kept.
@@ -65,6 +109,7 @@ impl Default for Config {
             stratum: StratumConfig::default(),
             vardiff: VardiffToml::default(),
             ledger: LedgerConfig::default(),
+            payout: PayoutConfig::default(),
         }
     }
 }
@@ -282,7 +327,59 @@ impl Config {
             max_invalid_lines: stratum.max_invalid_lines.max(1),
             ..SessionConfig::default()
         };
-        Ok(Resolved { layout, session })
+        let rewards = self.rewards(network)?;
+        Ok(Resolved {
+            layout,
+            session,
+            rewards,
+        })
+    }
+
+    fn rewards(&self, network: Network) -> Result<Rewards> {
+        let payout = &self.payout;
+        let scheme = if self.mining.mode == "solo" {
+            Scheme::Solo
+        } else {
+            if !(payout.pplns_n.is_finite() && payout.pplns_n > 0.0) {
+                bail!("payout.pplns_n must be a positive number");
+            }
+            Scheme::parse(&payout.scheme, payout.pplns_n).with_context(|| {
+                format!(
+                    "payout.scheme must be pplns, prop, pps or solo, not {}",
+                    payout.scheme
+                )
+            })?
+        };
+        if !(0.0..=100.0).contains(&payout.fee_percent) {
+            bail!(
+                "payout.fee_percent must be between 0 and 100 (got {})",
+                payout.fee_percent
+            );
+        }
+        let mut split = Vec::new();
+        for (i, destination) in payout.split.iter().enumerate() {
+            parse_address(&destination.address, network)
+                .with_context(|| format!("payout.split[{i}].address {}", destination.address))?;
+            if !(destination.percent.is_finite() && destination.percent >= 0.0) {
+                bail!("payout.split[{i}].percent must not be negative");
+            }
+            split.push(SplitDestination {
+                label: destination.label.clone(),
+                address: destination.address.clone(),
+                ppm: (destination.percent * 10_000.0).round() as u64,
+            });
+        }
+        let policy = FeePolicy {
+            fee_ppm: (payout.fee_percent * 10_000.0).round() as u64,
+            split,
+        };
+        if policy.fee_ppm > 0 && policy.split.is_empty() {
+            bail!("payout.split: a fee needs at least one destination (e.g. the 60/25/10/5 split in quarry.example.toml)");
+        }
+        policy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("payout.split: {e}"))?;
+        Ok(Rewards { scheme, policy })
     }
 
     fn vardiff_config(&self) -> Result<VardiffConfig> {
@@ -328,6 +425,8 @@ pub struct Resolved {
     pub layout: CoinbaseLayout,
     /// Per-session settings.
     pub session: SessionConfig,
+    /// Reward scheme and fee policy.
+    pub rewards: Rewards,
 }
 
 /// Parses a network name.
@@ -385,5 +484,30 @@ mod tests {
         config.vardiff.max = 1.0;
         let error = format!("{:#}", config.resolve().expect_err("min above max"));
         assert!(error.contains("vardiff.min"), "{error}");
+        config.vardiff.min = 1.0;
+        config.vardiff.max = 10.0;
+        config.mining.mode = "pool".into();
+        config.mining.pool_address = Some("mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into());
+        config.payout.fee_percent = 150.0;
+        let error = format!("{:#}", config.resolve().expect_err("fee over 100 %"));
+        assert!(error.contains("payout.fee_percent"), "{error}");
+        config.payout.fee_percent = 2.0;
+        config.payout.split = vec![
+            SplitConfig {
+                label: "a".into(),
+                address: "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into(),
+                percent: 60.0,
+            },
+            SplitConfig {
+                label: "b".into(),
+                address: "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into(),
+                percent: 30.0,
+            },
+        ];
+        let error = format!("{:#}", config.resolve().expect_err("split sums to 90"));
+        assert!(error.contains("payout.split"), "{error}");
+        config.payout.split[1].address = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa".into();
+        let error = format!("{:#}", config.resolve().expect_err("mainnet split address"));
+        assert!(error.contains("payout.split[1].address"), "{error}");
     }
 }

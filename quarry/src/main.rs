@@ -1,5 +1,6 @@
 //! The `quarry` binary: the only crate with tokio, sockets and clocks.
 
+mod blocks;
 mod cli;
 mod config;
 mod miner;
@@ -60,18 +61,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("opening ledger.url {}", redact(&ledger_url)))?;
     info!(ledger = %redact(&ledger_url), backend = ?store.backend(), "share log open");
-    let share_log = quarry_ledger::ShareLog::spawn(store, config.data_dir.join("spool"));
+    let share_log = quarry_ledger::ShareLog::spawn(store.clone(), config.data_dir.join("spool"));
     let instance = config
         .ledger
         .instance
         .clone()
         .unwrap_or_else(|| format!("quarry-{}", config.stratum.listen.port()));
+    let blocks = blocks::BlockKeeper {
+        nodes: Arc::clone(&nodes),
+        store,
+        rewards: resolved.rewards.clone(),
+        maturity: config.payout.maturity,
+        instance: instance.clone(),
+    }
+    .spawn();
     let server = Server::new(
         resolved.session,
         Arc::clone(&pool),
         Arc::clone(&nodes),
         share_log,
         instance,
+        blocks,
         limits,
     );
     let listener = TcpListener::bind(config.stratum.listen)

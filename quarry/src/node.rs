@@ -11,10 +11,7 @@ use quarry_work::hash::to_display_hex;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
-
-use quarry_work::Hash32;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::NodeConfig;
@@ -391,41 +388,27 @@ impl Nodes {
         }
     }
 
-    /// Starts the block submitter: blocks are handled in the order found. A block whose parent
-    /// already got an accepted child is saved but not sent: on regtest, where every share is a
-    /// block, sending them all would flood the node's RPC queue and starve template fetches.
-    pub fn spawn_block_submitter(self: &Arc<Self>) -> mpsc::Sender<FoundBlock> {
-        let (tx, mut rx) = mpsc::channel::<FoundBlock>(4096);
-        let nodes = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut solved_parents: VecDeque<Hash32> = VecDeque::new();
-            while let Some(block) = rx.recv().await {
-                let parent: Hash32 = match block.block.get(4..36).and_then(|p| p.try_into().ok()) {
-                    Some(parent) => parent,
-                    None => continue,
-                };
-                let hex = nodes.save_block(&block).await;
-                if solved_parents.contains(&parent) {
-                    debug!(hash = %to_display_hex(&block.hash), "saved, not submitted: its parent already has an accepted child");
-                    continue;
-                }
-                let outcomes = Arc::clone(&nodes).submit_block(&block, hex).await;
-                if outcomes
-                    .iter()
-                    .any(|o| matches!(o, SubmitOutcome::Accepted | SubmitOutcome::Duplicate))
-                {
-                    solved_parents.push_back(parent);
-                    if solved_parents.len() > 64 {
-                        solved_parents.pop_front();
-                    }
-                }
+    /// Calls `method` on the first node that answers.
+    ///
+    /// # Errors
+    /// The last node's error when none answers.
+    pub async fn call_any<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, RpcError> {
+        let mut last = RpcError::Transport("no nodes".into());
+        for rpc in &self.rpcs {
+            match rpc.call(method, params.clone(), RPC_TIMEOUT).await {
+                Ok(value) => return Ok(value),
+                Err(e) => last = e,
             }
-        });
-        tx
+        }
+        Err(last)
     }
 
     /// Writes the block hex to `blocks/<height>-<hash>.hex` before anything is sent.
-    async fn save_block(&self, block: &FoundBlock) -> String {
+    pub async fn save_block(&self, block: &FoundBlock) -> String {
         let hash = to_display_hex(&block.hash);
         let block_hex = hex::encode(&block.block);
         let path = self.blocks_dir.join(format!("{}-{hash}.hex", block.height));

@@ -216,10 +216,10 @@ impl Server {
         nodes: Arc<Nodes>,
         ledger: ShareLog,
         instance: String,
+        blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
         limits: Limits,
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
-        let blocks = nodes.spawn_block_submitter();
         Arc::new(Server {
             ledger,
             instance,

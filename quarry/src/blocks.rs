@@ -1,0 +1,188 @@
+//! Found blocks: saved, recorded, submitted, credited; then followed to maturity or orphaning.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quarry_ledger::{BlockRecord, BlockStatus, CreditStatus, Rewards, Store};
+use quarry_stratum::v1::FoundBlock;
+use quarry_work::hash::to_display_hex;
+use quarry_work::Hash32;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::node::{Nodes, SubmitOutcome};
+
+/// What happens to blocks after a share meets the network target.
+pub struct BlockKeeper {
+    /// Nodes to submit to and to check against.
+    pub nodes: Arc<Nodes>,
+    /// The ledger.
+    pub store: Store,
+    /// Scheme and fee policy.
+    pub rewards: Rewards,
+    /// Confirmations for maturity.
+    pub maturity: u64,
+    /// This instance's name.
+    pub instance: String,
+}
+
+impl BlockKeeper {
+    /// Starts the submitter (blocks in the order found) and the maturity tracker.
+    ///
+    /// A block whose parent already got an accepted child is saved but not sent: on regtest,
+    /// where every share is a block, sending them all would flood the node's RPC queue and
+    /// starve template fetches.
+    pub fn spawn(self) -> mpsc::Sender<FoundBlock> {
+        let keeper = Arc::new(self);
+        let (tx, mut rx) = mpsc::channel::<FoundBlock>(4096);
+        let submitter = Arc::clone(&keeper);
+        tokio::spawn(async move {
+            let mut solved_parents: VecDeque<Hash32> = VecDeque::new();
+            while let Some(block) = rx.recv().await {
+                let Some(parent) = block
+                    .block
+                    .get(4..36)
+                    .and_then(|p| <Hash32>::try_from(p).ok())
+                else {
+                    continue;
+                };
+                let hex = submitter.nodes.save_block(&block).await;
+                if solved_parents.contains(&parent) {
+                    debug!(hash = %to_display_hex(&block.hash), "saved, not submitted: its parent already has an accepted child");
+                    continue;
+                }
+                if submitter.handle(&block, hex).await {
+                    solved_parents.push_back(parent);
+                    if solved_parents.len() > 64 {
+                        solved_parents.pop_front();
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Err(e) = keeper.track().await {
+                    warn!(error = %e, "block tracking failed; will retry");
+                }
+            }
+        });
+        tx
+    }
+
+    /// Records, submits and credits one block; true when a node accepted it.
+    async fn handle(&self, block: &FoundBlock, hex: String) -> bool {
+        let record = BlockRecord {
+            hash: to_display_hex(&block.hash),
+            height: i64::try_from(block.height).unwrap_or(i64::MAX),
+            status: BlockStatus::Submitted,
+            reward: i64::try_from(block.reward).unwrap_or(i64::MAX),
+            worker: block.worker.clone(),
+            address: block.address.clone(),
+            found_ms: i64::try_from(block.time_ms).unwrap_or(i64::MAX),
+            network_difficulty: block.network_difficulty,
+            instance: self.instance.clone(),
+        };
+        if let Err(e) = self.store.insert_block(&record).await {
+            // The block goes to the node regardless; the tracker can't see it, so say so loudly.
+            error!(error = %e, hash = %record.hash, "could not record block in the ledger");
+        }
+        let outcomes = Arc::clone(&self.nodes).submit_block(block, hex).await;
+        let accepted = outcomes
+            .iter()
+            .any(|o| matches!(o, SubmitOutcome::Accepted | SubmitOutcome::Duplicate));
+        if accepted {
+            self.credit(&record).await;
+        } else if outcomes
+            .iter()
+            .all(|o| matches!(o, SubmitOutcome::Rejected(_)))
+        {
+            let _ = self
+                .store
+                .transition_block(
+                    &record.hash,
+                    BlockStatus::Submitted,
+                    BlockStatus::Rejected,
+                    None,
+                )
+                .await;
+        }
+        accepted
+    }
+
+    async fn credit(&self, record: &BlockRecord) {
+        match self.rewards.credits_for(&self.store, record).await {
+            Ok(credits) => match self
+                .store
+                .credit_block(&record.hash, &credits, record.found_ms)
+                .await
+            {
+                Ok(true) => {
+                    info!(hash = %record.hash, credits = credits.len(), scheme = self.rewards.scheme.name(), "block credited (immature)")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, hash = %record.hash, "crediting failed; the tracker retries")
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, hash = %record.hash, "computing credits failed; the tracker retries")
+            }
+        }
+    }
+
+    /// One pass: credit blocks the node has but we did not credit yet, mature or orphan
+    /// pending ones.
+    async fn track(&self) -> anyhow::Result<()> {
+        let tip: i64 = self.nodes.call_any("getblockcount", json!([])).await?;
+        for status in [BlockStatus::Submitted, BlockStatus::Pending] {
+            for block in self.store.blocks(Some(status), 1000).await? {
+                if block.height > tip {
+                    continue;
+                }
+                let at_height: String = self
+                    .nodes
+                    .call_any("getblockhash", json!([block.height]))
+                    .await?;
+                let on_chain = at_height == block.hash;
+                match (status, on_chain) {
+                    (BlockStatus::Submitted, true) => self.credit(&block).await,
+                    (BlockStatus::Pending, true) => {
+                        let confirmations = tip - block.height + 1;
+                        if confirmations >= i64::try_from(self.maturity).unwrap_or(i64::MAX)
+                            && self
+                                .store
+                                .transition_block(
+                                    &block.hash,
+                                    BlockStatus::Pending,
+                                    BlockStatus::Confirmed,
+                                    Some((CreditStatus::Immature, CreditStatus::Mature)),
+                                )
+                                .await?
+                        {
+                            info!(hash = %block.hash, height = block.height, confirmations, "block confirmed; credits are payable");
+                        }
+                    }
+                    // Another block holds the height: ours left the best chain.
+                    (_, false)
+                        if self
+                            .store
+                            .transition_block(
+                                &block.hash,
+                                status,
+                                BlockStatus::Orphaned,
+                                Some((CreditStatus::Immature, CreditStatus::Reversed)),
+                            )
+                            .await? =>
+                    {
+                        warn!(hash = %block.hash, height = block.height, replaced_by = %at_height, "block orphaned; credits reversed");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! Pool mode on the regtest pair: blocks are credited by PPLNS with a fee split, orphans are
+//! reversed, and the rest become payable at coinbase maturity, to the millisatoshi.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use quarry_ledger::{BlockStatus, Store};
+use serde_json::json;
+use support::*;
+
+async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_blocks_are_credited_matured_and_orphans_reversed() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("accounting");
+    let port = free_port();
+    let pool_address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
+    let pool_address = pool_address.as_str().expect("address").to_string();
+    let mut split = Vec::new();
+    for _ in 0..4 {
+        let address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
+        split.push(address.as_str().expect("address").to_string());
+    }
+    let miner_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let miner_address = miner_address.as_str().expect("address").to_string();
+    let mut config = pool_config(&nodes, &dir, port, "").replace(
+        "mode = \"solo\"",
+        &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
+    );
+    config.push_str(&format!(
+        r#"
+[payout]
+scheme = "pplns"
+pplns_n = 2.0
+fee_percent = 1.0
+maturity = 100
+[[payout.split]]
+label = "core-development"
+address = "{}"
+percent = 60
+[[payout.split]]
+label = "grants"
+address = "{}"
+percent = 25
+[[payout.split]]
+label = "audits"
+address = "{}"
+percent = 10
+[[payout.split]]
+label = "operations"
+address = "{}"
+percent = 5
+"#,
+        split[0], split[1], split[2], split[3]
+    ));
+    let pool = start_pool(&dir, &config, port).await;
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.join("data/quarry.db").display()
+    ))
+    .await
+    .expect("ledger");
+
+    let mut miner = Process::spawn(
+        &[
+            "mine",
+            &format!("stratum+tcp://127.0.0.1:{port}"),
+            "--user",
+            &format!("{miner_address}.rig"),
+            "--threads",
+            "1",
+            "--duration",
+            "4",
+        ],
+        &dir.join("mine.log"),
+    );
+    assert!(miner.wait(Duration::from_secs(30)), "miner stops");
+    // Every accepted pool block gets credited (immature).
+    let credited = wait_for(Duration::from_secs(30), || async {
+        let blocks = store.blocks(None, 1000).await.unwrap_or_default();
+        blocks.len() >= 3 && blocks.iter().all(|b| b.status == BlockStatus::Pending)
+    })
+    .await;
+    let blocks = store.blocks(None, 1000).await.expect("blocks");
+    assert!(
+        credited,
+        "3+ pending blocks: {blocks:?}\n{}",
+        pool.log_text()
+    );
+
+    // Orphan the newest: both nodes invalidate it and node B mines a longer branch.
+    let orphan = blocks[0].clone();
+    for node in ['A', 'B'] {
+        nodes
+            .rpc_ok(node, "invalidateblock", json!([orphan.hash]))
+            .await;
+    }
+    let b_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    nodes
+        .rpc_ok('B', "generatetoaddress", json!([2, b_address]))
+        .await;
+    let orphaned = wait_for(Duration::from_secs(30), || async {
+        store
+            .blocks(Some(BlockStatus::Orphaned), 10)
+            .await
+            .unwrap_or_default()
+            .len()
+            == 1
+    })
+    .await;
+    assert!(orphaned, "the tracker saw the orphan:\n{}", pool.log_text());
+
+    // Mature the rest.
+    nodes
+        .rpc_ok('B', "generatetoaddress", json!([101, b_address]))
+        .await;
+    let survivors = blocks.len() - 1;
+    let confirmed = wait_for(Duration::from_secs(60), || async {
+        store
+            .blocks(Some(BlockStatus::Confirmed), 1000)
+            .await
+            .unwrap_or_default()
+            .len()
+            == survivors
+    })
+    .await;
+    assert!(
+        confirmed,
+        "all other blocks confirmed:\n{}",
+        pool.log_text()
+    );
+
+    // Every confirmed reward is credited to the millisatoshi: 99 % to the only miner,
+    // 1 % split 60/25/10/5, nothing for the orphan.
+    let confirmed = store
+        .blocks(Some(BlockStatus::Confirmed), 1000)
+        .await
+        .expect("blocks");
+    let balances: BTreeMap<String, (i64, i64)> = store
+        .balances()
+        .await
+        .expect("balances")
+        .into_iter()
+        .map(|b| (b.address, (b.mature_msat, b.immature_msat)))
+        .collect();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for block in &confirmed {
+        let fee = block.reward / 100;
+        *expected.entry(miner_address.clone()).or_default() += (block.reward - fee) * 1000;
+        // 60/25/10/5 of the fee, largest remainder.
+        let parts = [
+            fee * 60 / 100,
+            fee * 25 / 100,
+            fee * 10 / 100,
+            fee * 5 / 100,
+        ];
+        assert_eq!(
+            parts.iter().sum::<i64>(),
+            fee,
+            "fees divide evenly at 50 BTC rewards"
+        );
+        for (address, part) in split.iter().zip(parts) {
+            *expected.entry(address.clone()).or_default() += part * 1000;
+        }
+    }
+    for (address, msat) in &expected {
+        assert_eq!(
+            balances.get(address).map(|b| b.0),
+            Some(*msat),
+            "mature balance of {address}"
+        );
+        assert_eq!(
+            balances.get(address).map(|b| b.1),
+            Some(0),
+            "nothing left immature"
+        );
+    }
+    let total_mature: i64 = balances.values().map(|b| b.0).sum();
+    let total_reward: i64 = confirmed.iter().map(|b| b.reward * 1000).sum();
+    assert_eq!(total_mature, total_reward, "no satoshi lost or invented");
+
+    // The pool's coinbases pay the pool, not the miner.
+    let raw = nodes
+        .rpc_ok('A', "getblock", json!([confirmed[0].hash, 0]))
+        .await;
+    let block: bitcoin::Block =
+        bitcoin::consensus::deserialize(&hex::decode(raw.as_str().expect("hex")).expect("hex"))
+            .expect("block");
+    let pool_script = pool_address
+        .parse::<bitcoin::Address<_>>()
+        .expect("address")
+        .assume_checked()
+        .script_pubkey();
+    assert_eq!(block.txdata[0].output[0].script_pubkey, pool_script);
+}
