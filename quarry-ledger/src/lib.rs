@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+pub mod payouts;
 pub mod schemes;
 pub mod share_log;
 pub mod store;

@@ -4,6 +4,7 @@
 //! PostgreSQL reads natively and SQLite binds positionally. The one exception is the bulk share
 //! insert: `?` placeholders and smaller statements on SQLite, for speed.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -529,6 +530,165 @@ impl Store {
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Satoshis payable per address: mature credits (rounded down to the satoshi) less
+    /// everything already in a payout, sent or intended.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payable(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let credited = sqlx::query(
+            "SELECT address, CAST(SUM(amount_msat) AS BIGINT) FROM credits WHERE status = 'mature' GROUP BY address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let paid = sqlx::query(
+            "SELECT address, CAST(SUM(amount_sat) AS BIGINT) FROM payout_items GROUP BY address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut paid_by: BTreeMap<String, i64> = BTreeMap::new();
+        for row in &paid {
+            paid_by.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        let mut payable = BTreeMap::new();
+        for row in &credited {
+            let address: String = row.try_get(0)?;
+            let msat: i64 = row.try_get(1)?;
+            let due = msat / 1000 - paid_by.get(&address).copied().unwrap_or(0);
+            if due > 0 {
+                payable.insert(address, due as u64);
+            }
+        }
+        Ok(payable)
+    }
+
+    /// Writes a payout intent and its items in one transaction; returns its id.
+    ///
+    /// # Errors
+    /// Any database error (a reused tag included); nothing is written then.
+    pub async fn create_payout(
+        &self,
+        tag: &str,
+        items: &BTreeMap<String, u64>,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO payouts (tag, status, created_ms) VALUES ($1, 'intent', $2) RETURNING id",
+        )
+        .bind(tag.to_string())
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        for (address, amount) in items {
+            sqlx::query(
+                "INSERT INTO payout_items (payout_id, address, amount_sat) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(address.clone())
+            .bind(i64::try_from(*amount).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Payouts whose send is not recorded yet: (id, tag), oldest first.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn pending_payouts(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query("SELECT id, tag FROM payouts WHERE status = 'intent' ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// A payout's items: address → satoshis debited.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payout_items(&self, id: i64) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = sqlx::query("SELECT address, amount_sat FROM payout_items WHERE payout_id = $1")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut items = BTreeMap::new();
+        for row in &rows {
+            let amount: i64 = row.try_get(1)?;
+            items.insert(row.try_get(0)?, u64::try_from(amount).unwrap_or(0));
+        }
+        Ok(items)
+    }
+
+    /// Notes why a payout could not be sent (it stays pending).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payout_error(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE payouts SET error = $1 WHERE id = $2")
+            .bind(error.chars().take(500).collect::<String>())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a payout as sent with what each recipient received.
+    ///
+    /// # Errors
+    /// Any database error; nothing is written then.
+    pub async fn mark_payout_sent(
+        &self,
+        id: i64,
+        txid: &str,
+        received: &BTreeMap<String, u64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE payouts SET status = 'sent', txid = $1, sent_ms = $2, error = NULL WHERE id = $3 AND status = 'intent'")
+            .bind(txid.to_string())
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for (address, amount) in received {
+            sqlx::query(
+                "UPDATE payout_items SET received_sat = $1 WHERE payout_id = $2 AND address = $3",
+            )
+            .bind(i64::try_from(*amount).unwrap_or(i64::MAX))
+            .bind(id)
+            .bind(address.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sent payouts per address: (satoshis debited, satoshis received on chain).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn paid(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.address, CAST(SUM(i.amount_sat) AS BIGINT), CAST(SUM(COALESCE(i.received_sat, 0)) AS BIGINT) \
+             FROM payout_items i JOIN payouts p ON p.id = i.payout_id WHERE p.status = 'sent' GROUP BY i.address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut paid = BTreeMap::new();
+        for row in &rows {
+            paid.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        }
+        Ok(paid)
     }
 
     /// Closes the pool.

@@ -1,0 +1,188 @@
+//! Payouts killed at every step never pay twice and never skip anyone.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use quarry_ledger::payouts::{run_payouts, PayoutError, Step, Wallet};
+use quarry_ledger::{BlockRecord, BlockStatus, Credit, CreditStatus, Store};
+
+/// A wallet that records what it sent; the recipients share a 1,000-sat fee.
+struct FakeWallet {
+    balance: Mutex<u64>,
+    sent: Mutex<Vec<(String, String, BTreeMap<String, u64>)>>,
+}
+
+impl FakeWallet {
+    fn new(balance: u64) -> Self {
+        FakeWallet {
+            balance: Mutex::new(balance),
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn sends(&self) -> Vec<BTreeMap<String, u64>> {
+        self.sent
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|s| s.2.clone())
+            .collect()
+    }
+}
+
+const FEE: u64 = 1000;
+
+impl Wallet for FakeWallet {
+    async fn send_many(
+        &self,
+        tag: &str,
+        amounts: &BTreeMap<String, u64>,
+    ) -> Result<String, String> {
+        let total: u64 = amounts.values().sum();
+        let mut balance = self.balance.lock().expect("lock");
+        if *balance < total {
+            return Err("Insufficient funds".into());
+        }
+        *balance -= total;
+        let mut sent = self.sent.lock().expect("lock");
+        let txid = format!("tx{}", sent.len());
+        sent.push((tag.to_string(), txid.clone(), amounts.clone()));
+        Ok(txid)
+    }
+
+    async fn find_sent(&self, tag: &str) -> Result<Option<String>, String> {
+        Ok(self
+            .sent
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|s| s.0 == tag)
+            .map(|s| s.1.clone()))
+    }
+
+    async fn received(&self, txid: &str) -> Result<BTreeMap<String, u64>, String> {
+        let sent = self.sent.lock().expect("lock");
+        let (_, _, amounts) = sent.iter().find(|s| s.1 == txid).ok_or("unknown txid")?;
+        let share = FEE / amounts.len() as u64;
+        Ok(amounts
+            .iter()
+            .map(|(a, v)| (a.clone(), v - share))
+            .collect())
+    }
+}
+
+async fn ledger(name: &str) -> Store {
+    let dir = std::env::temp_dir().join(format!("quarry-payouts-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    let block = BlockRecord {
+        hash: "b".into(),
+        height: 1,
+        status: BlockStatus::Submitted,
+        reward: 8050,
+        worker: "alice.rig".into(),
+        address: "alice".into(),
+        found_ms: 1,
+        network_difficulty: 1.0,
+        instance: "t".into(),
+    };
+    store.insert_block(&block).await.expect("block");
+    let credit = |address: &str, sat: u64| Credit {
+        address: address.into(),
+        amount_msat: sat * 1000 + 400, // sub-satoshi remainders stay in the ledger
+        kind: "pplns".into(),
+    };
+    store
+        .credit_block(
+            "b",
+            &[
+                credit("alice", 5000),
+                credit("bob", 3000),
+                credit("carol", 50),
+            ],
+            1,
+        )
+        .await
+        .expect("credit");
+    store
+        .transition_block(
+            "b",
+            BlockStatus::Pending,
+            BlockStatus::Confirmed,
+            Some((CreditStatus::Immature, CreditStatus::Mature)),
+        )
+        .await
+        .expect("mature");
+    store
+}
+
+fn expected() -> BTreeMap<String, u64> {
+    [("alice".to_string(), 5000), ("bob".to_string(), 3000)]
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_at_every_step_pays_exactly_once() {
+    for step in [Step::AfterIntent, Step::AfterSend, Step::AfterRecord] {
+        let store = ledger(&format!("{step:?}")).await;
+        let wallet = FakeWallet::new(1_000_000);
+        // First run dies at `step`.
+        run_payouts(&store, &wallet, 100, 10, |at| at == step)
+            .await
+            .expect("first run");
+        // Later runs recover; a third one finds nothing left to do.
+        run_payouts(&store, &wallet, 100, 20, |_| false)
+            .await
+            .expect("recovery run");
+        let report = run_payouts(&store, &wallet, 100, 30, |_| false)
+            .await
+            .expect("idle run");
+        assert_eq!(report.sent, 0, "{step:?}: nothing left");
+        assert_eq!(
+            wallet.sends(),
+            vec![expected()],
+            "{step:?}: exactly one payment, nobody skipped"
+        );
+        let paid = store.paid().await.expect("paid");
+        assert_eq!(paid["alice"], (5000, 5000 - FEE as i64 / 2), "{step:?}");
+        assert_eq!(paid["bob"], (3000, 3000 - FEE as i64 / 2), "{step:?}");
+        assert!(!paid.contains_key("carol"), "below the threshold");
+        assert!(store.pending_payouts().await.expect("pending").is_empty());
+        assert_eq!(
+            store.payable().await.expect("payable").get("carol"),
+            Some(&50)
+        );
+    }
+}
+
+#[tokio::test]
+async fn short_wallet_keeps_the_payout_pending_until_it_can_pay() {
+    let store = ledger("short").await;
+    let wallet = FakeWallet::new(100);
+    let error = run_payouts(&store, &wallet, 100, 10, |_| false)
+        .await
+        .expect_err("too little");
+    assert!(matches!(error, PayoutError::Wallet(_)));
+    assert_eq!(
+        store.pending_payouts().await.expect("pending").len(),
+        1,
+        "intent kept"
+    );
+    assert!(
+        store.paid().await.expect("paid").is_empty(),
+        "nothing recorded as paid"
+    );
+    assert!(wallet.sends().is_empty());
+    *wallet.balance.lock().expect("lock") = 1_000_000;
+    run_payouts(&store, &wallet, 100, 20, |_| false)
+        .await
+        .expect("retry");
+    run_payouts(&store, &wallet, 100, 30, |_| false)
+        .await
+        .expect("idle");
+    assert_eq!(wallet.sends(), vec![expected()]);
+}
