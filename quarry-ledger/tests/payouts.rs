@@ -6,10 +6,13 @@ use std::sync::Mutex;
 use quarry_ledger::payouts::{run_payouts, PayoutError, Step, Wallet};
 use quarry_ledger::{BlockRecord, BlockStatus, Credit, CreditStatus, Store};
 
+/// (tag, txid, amounts) of one payment.
+type Sent = (String, String, BTreeMap<String, u64>);
+
 /// A wallet that records what it sent; the recipients share a 1,000-sat fee.
 struct FakeWallet {
     balance: Mutex<u64>,
-    sent: Mutex<Vec<(String, String, BTreeMap<String, u64>)>>,
+    sent: Mutex<Vec<Sent>>,
 }
 
 impl FakeWallet {

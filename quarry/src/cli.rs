@@ -24,6 +24,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// CPU miner speaking Stratum V1 (version rolling), for tests and demos.
     Mine(MineArgs),
+    /// One payout run: pay every mature balance at or above the threshold from the node wallet.
+    Payout(Box<ServeArgs>),
 }
 
 /// `quarry serve`.

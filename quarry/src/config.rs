@@ -53,6 +53,8 @@ pub struct PayoutConfig {
     pub split: Vec<SplitConfig>,
     /// Confirmations before a coinbase is spendable and its credits payable.
     pub maturity: u64,
+    /// Smallest payout, in BTC.
+    pub threshold_btc: f64,
 }
 
 impl Default for PayoutConfig {
@@ -63,6 +65,7 @@ impl Default for PayoutConfig {
             fee_percent: 0.0,
             split: Vec::new(),
             maturity: 100,
+            threshold_btc: 0.001,
         }
     }
 }
@@ -350,6 +353,9 @@ impl Config {
                 )
             })?
         };
+        if !(payout.threshold_btc.is_finite() && payout.threshold_btc > 0.0) {
+            bail!("payout.threshold_btc must be a positive number of BTC");
+        }
         if !(0.0..=100.0).contains(&payout.fee_percent) {
             bail!(
                 "payout.fee_percent must be between 0 and 100 (got {})",
@@ -427,6 +433,13 @@ pub struct Resolved {
     pub session: SessionConfig,
     /// Reward scheme and fee policy.
     pub rewards: Rewards,
+}
+
+impl Config {
+    /// The payout threshold in satoshis.
+    pub fn threshold_sat(&self) -> u64 {
+        (self.payout.threshold_btc * 100_000_000.0).round() as u64
+    }
 }
 
 /// Parses a network name.

@@ -6,6 +6,7 @@ mod config;
 mod miner;
 mod node;
 mod server;
+mod wallet;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Mine(args) => runtime.block_on(miner::run(args)),
+        Command::Payout(args) => runtime.block_on(payout(*args)),
     }
 }
 
@@ -115,6 +117,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
     Ok(())
+}
+
+async fn payout(args: ServeArgs) -> Result<()> {
+    let config = args.config()?;
+    config.resolve()?;
+    let nodes = Nodes::new(
+        &config.nodes,
+        config.data_dir.join("blocks"),
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+        false,
+    )?;
+    let url = config.ledger_url();
+    let store = quarry_ledger::Store::open(&url)
+        .await
+        .with_context(|| format!("opening ledger.url {}", redact(&url)))?;
+    wallet::payout_once(&store, nodes, config.threshold_sat()).await
 }
 
 /// A database URL without its password, for logs.

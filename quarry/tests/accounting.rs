@@ -106,6 +106,16 @@ percent = 5
 
     // Orphan the newest: both nodes invalidate it and node B mines a longer branch.
     let orphan = blocks[0].clone();
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            nodes
+                .rpc('B', "getblockheader", json!([orphan.hash]))
+                .await
+                .is_ok()
+        })
+        .await,
+        "node B has the block before it is invalidated"
+    );
     for node in ['A', 'B'] {
         nodes
             .rpc_ok(node, "invalidateblock", json!([orphan.hash]))
@@ -208,4 +218,87 @@ percent = 5
         .assume_checked()
         .script_pubkey();
     assert_eq!(block.txdata[0].output[0].script_pubkey, pool_script);
+
+    // Payouts from the pool's wallet (node A), the process killed after every step in turn,
+    // then once more to finish. Exactly one transaction, everyone paid, nothing twice.
+    let config_path = dir.join("quarry.toml");
+    for crash in ["after_intent", "after_send", "after_record", ""] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"));
+        command
+            .args(["payout", "--config", config_path.to_str().expect("utf-8")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if !crash.is_empty() {
+            command.env("QUARRY_PAYOUT_CRASH_AT", crash);
+        }
+        let status = command.status().expect("run quarry payout");
+        assert_eq!(
+            status.success(),
+            crash.is_empty(),
+            "payout run crashing at '{crash}': {status}"
+        );
+    }
+    let paid = store.paid().await.expect("paid");
+    for (address, msat) in &expected {
+        let (debited, _) = paid.get(address).copied().unwrap_or_default();
+        assert_eq!(debited * 1000, *msat, "{address} paid its whole balance");
+    }
+    // Confirm the payout and let node B see it.
+    let a_address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
+    nodes
+        .rpc_ok('A', "generatetoaddress", json!([1, a_address]))
+        .await;
+    let tip = nodes.rpc_ok('A', "getbestblockhash", json!([])).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            nodes.rpc('B', "getbestblockhash", json!([])).await.ok() == Some(tip.clone())
+        })
+        .await,
+        "node B has the payout block"
+    );
+    let on_chain = |node: char, address: String| {
+        let nodes = &nodes;
+        async move {
+            let btc = nodes
+                .rpc_ok(node, "getreceivedbyaddress", json!([address, 1]))
+                .await;
+            (btc.as_f64().expect("amount") * 1e8).round() as i64
+        }
+    };
+    let miner_received = paid[&miner_address].1;
+    assert!(miner_received > 0);
+    assert_eq!(
+        on_chain('B', miner_address.clone()).await,
+        miner_received,
+        "miner, to the satoshi"
+    );
+    for address in &split {
+        assert_eq!(
+            on_chain('A', address.clone()).await,
+            paid[address].1,
+            "{address}, to the satoshi"
+        );
+    }
+    let sends: Vec<serde_json::Value> = serde_json::from_value(
+        nodes
+            .rpc_ok('A', "listtransactions", json!(["*", 10_000, 0]))
+            .await,
+    )
+    .expect("list");
+    let mut payout_txids: Vec<&str> = sends
+        .iter()
+        .filter(|t| {
+            t["category"] == "send"
+                && t["comment"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("quarry-payout-"))
+        })
+        .filter_map(|t| t["txid"].as_str())
+        .collect();
+    payout_txids.dedup();
+    assert_eq!(
+        payout_txids.len(),
+        1,
+        "exactly one payout transaction: {payout_txids:?}"
+    );
 }
