@@ -4,26 +4,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quarry_ledger::{BlockStatus, Store};
 use serde_json::json;
 use support::*;
-
-async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_blocks_are_credited_matured_and_orphans_reversed() {
@@ -92,7 +77,7 @@ percent = 5
     );
     assert!(miner.wait(Duration::from_secs(30)), "miner stops");
     // Every accepted pool block gets credited (immature).
-    let credited = wait_for(Duration::from_secs(30), || async {
+    let credited = wait_until(Duration::from_secs(30), || async {
         let blocks = store.blocks(None, 1000).await.unwrap_or_default();
         blocks.len() >= 3 && blocks.iter().all(|b| b.status == BlockStatus::Pending)
     })
@@ -107,7 +92,7 @@ percent = 5
     // Orphan the newest: both nodes invalidate it and node B mines a longer branch.
     let orphan = blocks[0].clone();
     assert!(
-        wait_for(Duration::from_secs(30), || async {
+        wait_until(Duration::from_secs(30), || async {
             nodes
                 .rpc('B', "getblockheader", json!([orphan.hash]))
                 .await
@@ -125,7 +110,7 @@ percent = 5
     nodes
         .rpc_ok('B', "generatetoaddress", json!([2, b_address]))
         .await;
-    let orphaned = wait_for(Duration::from_secs(30), || async {
+    let orphaned = wait_until(Duration::from_secs(30), || async {
         store
             .blocks(Some(BlockStatus::Orphaned), 10)
             .await
@@ -141,7 +126,7 @@ percent = 5
         .rpc_ok('B', "generatetoaddress", json!([101, b_address]))
         .await;
     let survivors = blocks.len() - 1;
-    let confirmed = wait_for(Duration::from_secs(60), || async {
+    let confirmed = wait_until(Duration::from_secs(60), || async {
         store
             .blocks(Some(BlockStatus::Confirmed), 1000)
             .await
@@ -250,7 +235,7 @@ percent = 5
         .await;
     let tip = nodes.rpc_ok('A', "getbestblockhash", json!([])).await;
     assert!(
-        wait_for(Duration::from_secs(30), || async {
+        wait_until(Duration::from_secs(30), || async {
             nodes.rpc('B', "getbestblockhash", json!([])).await.ok() == Some(tip.clone())
         })
         .await,

@@ -3,7 +3,7 @@
 mod support;
 
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bitcoin::{Address, Network};
 use serde_json::{json, Value};
@@ -26,21 +26,6 @@ async fn block_at(nodes: &NodePair, node: char, height: u64) -> (String, bitcoin
         hash,
         bitcoin::consensus::deserialize(&bytes).expect("block decodes"),
     )
-}
-
-async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

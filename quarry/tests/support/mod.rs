@@ -456,6 +456,22 @@ impl V1Client {
     }
 }
 
+/// Polls `check` every 200 ms until it holds or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 /// The error code of an answer, None for success.
 pub fn code(answer: &Value) -> Option<i64> {
     answer["error"].as_array().and_then(|e| e[0].as_i64())
