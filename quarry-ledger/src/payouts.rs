@@ -73,6 +73,8 @@ pub struct PayoutReport {
     pub sent: usize,
     /// Satoshis sent by this run.
     pub sent_sat: Sat,
+    /// Transactions recorded by this run.
+    pub txids: Vec<String>,
 }
 
 /// One payout run: reconcile pending intents, then pay every balance at or above `threshold`.
@@ -104,7 +106,9 @@ pub async fn run_payouts<W: Wallet>(
                 txid
             }
         };
-        record(store, wallet, id, &txid, now_ms).await?;
+        report
+            .txids
+            .push(record(store, wallet, id, &txid, now_ms).await?);
         if crash(Step::AfterRecord) {
             return Ok(report);
         }
@@ -129,7 +133,9 @@ pub async fn run_payouts<W: Wallet>(
     if crash(Step::AfterSend) {
         return Ok(report);
     }
-    record(store, wallet, id, &txid, now_ms).await?;
+    report
+        .txids
+        .push(record(store, wallet, id, &txid, now_ms).await?);
     crash(Step::AfterRecord);
     Ok(report)
 }
@@ -156,8 +162,8 @@ async fn record<W: Wallet>(
     id: i64,
     txid: &str,
     now_ms: i64,
-) -> Result<(), PayoutError> {
+) -> Result<String, PayoutError> {
     let received = wallet.received(txid).await.map_err(PayoutError::Wallet)?;
     store.mark_payout_sent(id, txid, &received, now_ms).await?;
-    Ok(())
+    Ok(txid.to_string())
 }

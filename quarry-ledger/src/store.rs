@@ -61,6 +61,13 @@ pub struct ShareRecord {
     pub instance: String,
 }
 
+/// Advisory lock key for payouts ("quarry" in ASCII, as an integer).
+const PAYOUT_LOCK_KEY: i64 = 0x7175_6172_7279;
+
+/// Holds the payout lock; the PostgreSQL session (a connection taken out of the pool) keeps it
+/// until dropped.
+pub struct PayoutLock(#[allow(dead_code)] Option<sqlx::AnyConnection>);
+
 /// Where a found block stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +163,44 @@ pub struct Credit {
     pub amount_msat: u64,
     /// `pplns`, `prop`, `pps` or `fee`.
     pub kind: String,
+}
+
+/// One worker's recent shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Payout address.
+    pub address: String,
+    /// Full username.
+    pub worker: String,
+    /// Shares in the window.
+    pub shares: i64,
+    /// Sum of their difficulty.
+    pub difficulty: f64,
+    /// Latest share, Unix ms.
+    pub last_share_ms: i64,
+}
+
+/// A payout as listed by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutRecord {
+    /// Id.
+    pub id: i64,
+    /// Tag (the wallet transaction's comment).
+    pub tag: String,
+    /// `intent` or `sent`.
+    pub status: String,
+    /// Transaction id once sent.
+    pub txid: Option<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Unix ms.
+    pub sent_ms: Option<i64>,
+    /// Last wallet error, if pending.
+    pub error: Option<String>,
+    /// Satoshis debited in total.
+    pub total_sat: i64,
+    /// Number of recipients.
+    pub recipients: i64,
 }
 
 /// An address's credits.
@@ -689,6 +734,98 @@ impl Store {
             paid.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
         }
         Ok(paid)
+    }
+
+    /// Per worker: shares and difficulty accepted since `since_ms` (the whole pool, whichever
+    /// frontend accepted them).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn worker_stats(&self, since_ms: i64) -> Result<Vec<WorkerStats>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT address, worker, COUNT(*), SUM(difficulty), MAX(created_ms) FROM shares \
+             WHERE created_ms > $1 GROUP BY address, worker ORDER BY address, worker",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerStats {
+                    address: row.try_get(0)?,
+                    worker: row.try_get(1)?,
+                    shares: row.try_get(2)?,
+                    difficulty: row.try_get(3)?,
+                    last_share_ms: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Sum of share difficulty accepted after `since_ms` (round effort: since the last block).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn difficulty_since(&self, since_ms: i64) -> Result<f64, StoreError> {
+        let row =
+            sqlx::query("SELECT COALESCE(SUM(difficulty), 0.0) FROM shares WHERE created_ms > $1")
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get::<f64, _>(0)?)
+    }
+
+    /// Payouts, newest first.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payouts(&self, limit: i64) -> Result<Vec<PayoutRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, \
+             CAST(COALESCE(SUM(i.amount_sat), 0) AS BIGINT), COUNT(i.address) \
+             FROM payouts p LEFT JOIN payout_items i ON i.payout_id = p.id \
+             GROUP BY p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error \
+             ORDER BY p.id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PayoutRecord {
+                    id: row.try_get(0)?,
+                    tag: row.try_get(1)?,
+                    status: row.try_get(2)?,
+                    txid: row.try_get(3)?,
+                    created_ms: row.try_get(4)?,
+                    sent_ms: row.try_get(5)?,
+                    error: row.try_get(6)?,
+                    total_sat: row.try_get(7)?,
+                    recipients: row.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Takes the payout lock: with several `quarry serve` on one PostgreSQL exactly one runs
+    /// payouts (a session advisory lock, held as long as the returned guard lives). SQLite is
+    /// single-process: always granted.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn try_payout_lock(&self) -> Result<Option<PayoutLock>, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(Some(PayoutLock(None)));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let granted: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+            .bind(PAYOUT_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        Ok(granted.then(|| PayoutLock(Some(conn.detach()))))
     }
 
     /// Closes the pool.

@@ -1,6 +1,7 @@
 //! Found blocks: saved, recorded, submitted, credited; then followed to maturity or orphaning.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::events::EventBus;
 use crate::node::{Nodes, SubmitOutcome};
 
 /// What happens to blocks after a share meets the network target.
@@ -26,6 +28,8 @@ pub struct BlockKeeper {
     pub maturity: u64,
     /// This instance's name.
     pub instance: String,
+    /// The event stream.
+    pub events: Arc<EventBus>,
 }
 
 impl BlockKeeper {
@@ -93,6 +97,17 @@ impl BlockKeeper {
         let accepted = outcomes
             .iter()
             .any(|o| matches!(o, SubmitOutcome::Accepted | SubmitOutcome::Duplicate));
+        if accepted {
+            self.nodes
+                .metrics
+                .blocks_accepted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.events.publish(
+            "BlockFound",
+            json!({"hash": record.hash, "height": record.height, "worker": record.worker,
+                   "reward": record.reward, "accepted": accepted}),
+        );
         if accepted {
             self.credit(&record).await;
         } else if outcomes
@@ -163,6 +178,10 @@ impl BlockKeeper {
                                 .await?
                         {
                             info!(hash = %block.hash, height = block.height, confirmations, "block confirmed; credits are payable");
+                            self.events.publish(
+                                "BlockConfirmed",
+                                json!({"hash": block.hash, "height": block.height, "reward": block.reward}),
+                            );
                         }
                     }
                     // Another block holds the height: ours left the best chain.
@@ -178,6 +197,10 @@ impl BlockKeeper {
                             .await? =>
                     {
                         warn!(hash = %block.hash, height = block.height, replaced_by = %at_height, "block orphaned; credits reversed");
+                        self.events.publish(
+                            "BlockOrphaned",
+                            json!({"hash": block.hash, "height": block.height, "replaced_by": at_height}),
+                        );
                     }
                     _ => {}
                 }

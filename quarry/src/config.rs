@@ -37,6 +37,18 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Reward scheme, fee and revenue split.
     pub payout: PayoutConfig,
+    /// HTTP API, metrics and events.
+    pub api: ApiConfig,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address for the API, `/metrics` and `/api/events`; off when unset.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for `/api/admin/*`; admin endpoints are off when unset.
+    pub admin_token: Option<String>,
 }
 
 /// How block rewards are shared.
@@ -55,6 +67,8 @@ pub struct PayoutConfig {
     pub maturity: u64,
     /// Smallest payout, in BTC.
     pub threshold_btc: f64,
+    /// Seconds between payout runs inside `serve` (pool mode); 0 turns them off.
+    pub interval_secs: u64,
 }
 
 impl Default for PayoutConfig {
@@ -66,6 +80,7 @@ impl Default for PayoutConfig {
             split: Vec::new(),
             maturity: 100,
             threshold_btc: 0.001,
+            interval_secs: 600,
         }
     }
 }
@@ -113,6 +128,7 @@ impl Default for Config {
             vardiff: VardiffToml::default(),
             ledger: LedgerConfig::default(),
             payout: PayoutConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }

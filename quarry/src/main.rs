@@ -1,13 +1,16 @@
 //! The `quarry` binary: the only crate with tokio, sockets and clocks.
 
+mod api;
 mod blocks;
 mod cli;
 mod config;
+mod events;
 mod miner;
 mod node;
 mod server;
 mod wallet;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,21 +72,58 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .instance
         .clone()
         .unwrap_or_else(|| format!("quarry-{}", config.stratum.listen.port()));
+    let events = Arc::new(events::EventBus::default());
+    let metrics = Arc::clone(&nodes.metrics);
     let blocks = blocks::BlockKeeper {
         nodes: Arc::clone(&nodes),
-        store,
+        store: store.clone(),
         rewards: resolved.rewards.clone(),
         maturity: config.payout.maturity,
         instance: instance.clone(),
+        events: Arc::clone(&events),
     }
     .spawn();
+    if let Some(listen) = config.api.listen {
+        let state = Arc::new(api::ApiState {
+            store: store.clone(),
+            nodes: Arc::clone(&nodes),
+            metrics: Arc::clone(&metrics),
+            events: Arc::clone(&events),
+            admin_token: config.api.admin_token.clone(),
+            scheme: resolved.rewards.scheme.name().to_string(),
+            fee_percent: config.payout.fee_percent,
+            threshold_sat: config.threshold_sat(),
+        });
+        let http = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding api.listen {listen}"))?;
+        info!(listen = %http.local_addr()?, "HTTP API listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, api::router(state)).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    if config.mining.mode == "pool" && config.payout.interval_secs > 0 {
+        tokio::spawn(payout_loop(
+            store.clone(),
+            Arc::clone(&nodes),
+            config.threshold_sat(),
+            Duration::from_secs(config.payout.interval_secs),
+            Arc::clone(&events),
+        ));
+    }
     let server = Server::new(
         resolved.session,
         Arc::clone(&pool),
         Arc::clone(&nodes),
-        share_log,
-        instance,
-        blocks,
+        server::Outputs {
+            ledger: share_log,
+            instance,
+            blocks,
+            metrics: Arc::clone(&metrics),
+            events: Arc::clone(&events),
+        },
         limits,
     );
     let listener = TcpListener::bind(config.stratum.listen)
@@ -91,20 +131,45 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding stratum.listen {}", config.stratum.listen))?;
     info!(listen = %listener.local_addr()?, network = %config.network, mode = %config.mining.mode, "quarry stratum listening");
 
-    // New tip → new duplicate generation.
+    // Each template: a new duplicate generation on a new tip, metrics, MiningJobCreated.
     let mut templates = nodes.subscribe();
     let duplicate_pool = Arc::clone(&pool);
+    let (template_metrics, template_events) = (Arc::clone(&metrics), Arc::clone(&events));
     tokio::spawn(async move {
+        let mut tip = None;
         while templates.changed().await.is_ok() {
             let template = templates.borrow_and_update().clone();
             if let Some(template) = template {
                 duplicate_pool.on_template(&template);
+                template_metrics
+                    .template_ms
+                    .store(server::now_ms(), Ordering::Relaxed);
+                template_metrics
+                    .height
+                    .store(template.height, Ordering::Relaxed);
+                template_metrics.network_difficulty_bits.store(
+                    template.network_target.difficulty().to_bits(),
+                    Ordering::Relaxed,
+                );
+                let new_tip = tip != Some(template.prev_hash);
+                tip = Some(template.prev_hash);
+                template_events.publish(
+                    "MiningJobCreated",
+                    serde_json::json!({
+                        "template_id": template.id,
+                        "height": template.height,
+                        "prev_hash": quarry_work::hash::to_display_hex(&template.prev_hash),
+                        "transactions": template.tx_count,
+                        "coinbase_value": template.coinbase_value,
+                        "clean_jobs": new_tip,
+                    }),
+                );
             }
         }
     });
     tokio::spawn(Arc::clone(&nodes).run());
     tokio::spawn(server::report(
-        Arc::clone(&server.stats),
+        Arc::clone(&metrics),
         Duration::from_secs(10),
     ));
 
@@ -133,7 +198,41 @@ async fn payout(args: ServeArgs) -> Result<()> {
     let store = quarry_ledger::Store::open(&url)
         .await
         .with_context(|| format!("opening ledger.url {}", redact(&url)))?;
-    wallet::payout_once(&store, nodes, config.threshold_sat()).await
+    wallet::payout_once(
+        &store,
+        nodes,
+        config.threshold_sat(),
+        &events::EventBus::default(),
+    )
+    .await
+}
+
+/// Payouts on an interval. With several frontends on one PostgreSQL, only the one holding the
+/// advisory lock pays; the others keep trying for it in case that one stops.
+async fn payout_loop(
+    store: quarry_ledger::Store,
+    nodes: Arc<Nodes>,
+    threshold_sat: u64,
+    every: Duration,
+    events: Arc<events::EventBus>,
+) {
+    let _lock = loop {
+        match store.try_payout_lock().await {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => tracing::debug!("another instance runs payouts"),
+            Err(e) => tracing::warn!(error = %e, "payout lock"),
+        }
+        tokio::time::sleep(every.min(Duration::from_secs(30))).await;
+    };
+    info!("this instance runs payouts");
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) =
+            wallet::payout_once(&store, Arc::clone(&nodes), threshold_sat, &events).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "payout run failed; the intent stays pending");
+        }
+    }
 }
 
 /// A database URL without its password, for logs.

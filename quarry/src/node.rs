@@ -161,6 +161,8 @@ impl SubmitOutcome {
 
 /// The nodes, the current template, and block submission.
 pub struct Nodes {
+    /// Counters shared with `/metrics`.
+    pub metrics: Arc<crate::events::Metrics>,
     rpcs: Vec<Arc<Rpc>>,
     zmq: Vec<Option<String>>,
     templates: watch::Sender<Option<Arc<WorkTemplate>>>,
@@ -187,6 +189,7 @@ impl Nodes {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (templates, _) = watch::channel(None);
         Ok(Arc::new(Nodes {
+            metrics: Arc::default(),
             rpcs,
             zmq: configs.iter().map(|c| c.zmq_hashblock.clone()).collect(),
             templates,
@@ -251,6 +254,9 @@ impl Nodes {
                 .await
             {
                 Ok(gbt) => {
+                    self.metrics
+                        .rpc_micros
+                        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     debug!(node = %rpc.name, ms = started.elapsed().as_millis() as u64, height = gbt.height, "template");
                     return Some((index, gbt));
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,13 +11,16 @@ use quarry_ledger::{ShareLog, ShareRecord};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::Pool;
 use quarry_work::job::{Job, JobFactory};
+use quarry_work::share::ShareReject;
 use quarry_work::template::WorkTemplate;
 use quarry_work::Hash32;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use crate::events::{EventBus, Metrics};
 use crate::node::Nodes;
 
 /// Unix time in milliseconds: the one clock read per event.
@@ -160,19 +163,18 @@ fn decode_extranonce(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
 }
 
-/// Counters for the periodic status line.
-#[derive(Default)]
-pub struct Stats {
-    /// Open connections.
-    pub connections: AtomicU64,
-    /// Accepted shares.
-    pub accepted: AtomicU64,
-    /// Rejected shares.
-    pub rejected: AtomicU64,
-    /// Blocks found.
-    pub blocks: AtomicU64,
-    /// Sum of accepted difficulty, in millionths.
-    pub difficulty_micro: AtomicU64,
+/// Where a connection's results go: the share log, block submission, metrics and events.
+pub struct Outputs {
+    /// The durable share log; shares are acknowledged only once it has them.
+    pub ledger: ShareLog,
+    /// Name of this instance in the share log.
+    pub instance: String,
+    /// Found blocks go here, to be submitted at once.
+    pub blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The event stream.
+    pub events: Arc<EventBus>,
 }
 
 /// Listener limits.
@@ -194,16 +196,10 @@ pub struct Server {
     pub pool: Arc<SharedPool>,
     /// Nodes (templates).
     pub nodes: Arc<Nodes>,
-    /// The durable share log; shares are acknowledged only once it has them.
-    pub ledger: ShareLog,
-    /// Name of this instance in the share log.
-    pub instance: String,
-    /// Found blocks go here, to be submitted at once.
-    pub blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
+    /// Share log, blocks, metrics, events.
+    pub out: Outputs,
     /// Limits.
     pub limits: Limits,
-    /// Counters.
-    pub stats: Arc<Stats>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     slots: Arc<Semaphore>,
 }
@@ -214,21 +210,16 @@ impl Server {
         session_config: SessionConfig,
         pool: Arc<SharedPool>,
         nodes: Arc<Nodes>,
-        ledger: ShareLog,
-        instance: String,
-        blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
+        out: Outputs,
         limits: Limits,
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         Arc::new(Server {
-            ledger,
-            instance,
-            blocks,
+            out,
             session_config: Arc::new(session_config),
             pool,
             nodes,
             limits,
-            stats: Arc::new(Stats::default()),
             per_ip: Mutex::new(HashMap::new()),
             slots,
         })
@@ -260,9 +251,17 @@ impl Server {
             let server = Arc::clone(&self);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                server.stats.connections.fetch_add(1, Ordering::Relaxed);
+                server
+                    .out
+                    .metrics
+                    .connections
+                    .fetch_add(1, Ordering::Relaxed);
                 server.drive(stream, peer, shutdown).await;
-                server.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                server
+                    .out
+                    .metrics
+                    .connections
+                    .fetch_sub(1, Ordering::Relaxed);
                 server.release_ip(peer.ip());
                 drop(permit);
             });
@@ -315,7 +314,7 @@ impl Server {
             let mut receipts = Vec::new();
             while let Some(event) = session.poll_event() {
                 if let Event::ShareAccepted(share) = &event {
-                    match self.ledger.enqueue(self.share_record(share)).await {
+                    match self.out.ledger.enqueue(self.share_record(share)).await {
                         Ok(receipt) => receipts.push(receipt),
                         Err(e) => {
                             error!(%peer, error = %e, "share log unavailable");
@@ -385,6 +384,12 @@ impl Server {
             }
         }
         pool.release_extranonce1(session.extranonce1());
+        if let Some(worker) = session.worker() {
+            self.out.events.publish(
+                "MinerDisconnected",
+                json!({"worker": worker, "peer": peer.to_string()}),
+            );
+        }
         debug!(%peer, "disconnected");
     }
 
@@ -399,34 +404,48 @@ impl Server {
             height: i64::try_from(share.height).unwrap_or(i64::MAX),
             template_id: i64::try_from(share.template_id).unwrap_or(i64::MAX),
             is_block: share.is_block,
-            instance: self.instance.clone(),
+            instance: self.out.instance.clone(),
         }
     }
 
     fn on_event(&self, event: Event, peer: SocketAddr) {
+        let (metrics, events) = (&self.out.metrics, &self.out.events);
         match event {
             Event::BlockFound(block) => {
-                self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+                metrics.blocks_found.fetch_add(1, Ordering::Relaxed);
                 if let Err(tokio::sync::mpsc::error::TrySendError::Full(block)) =
-                    self.blocks.try_send(block)
+                    self.out.blocks.try_send(block)
                 {
                     // Only a flood of blocks (regtest) fills the queue; wait there, never drop.
-                    let blocks = self.blocks.clone();
+                    let blocks = self.out.blocks.clone();
                     tokio::spawn(async move { blocks.send(block).await });
                 }
             }
             Event::ShareAccepted(share) => {
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                self.stats
+                metrics.accepted.fetch_add(1, Ordering::Relaxed);
+                metrics
                     .difficulty_micro
                     .fetch_add((share.difficulty.get() * 1e6) as u64, Ordering::Relaxed);
+                events.publish(
+                    "ShareSubmitted",
+                    json!({"worker": share.worker, "address": share.address, "accepted": true,
+                           "difficulty": share.difficulty.get(), "height": share.height, "block": share.is_block}),
+                );
                 debug!(target: "quarry::share", worker = %share.worker, difficulty = share.difficulty.get(), achieved = share.achieved, height = share.height, block = share.is_block, "share accepted");
             }
             Event::ShareRejected { worker, reason } => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                metrics.reject(reject_label(reason));
+                events.publish(
+                    "ShareSubmitted",
+                    json!({"worker": worker, "accepted": false, "reason": reason.to_string()}),
+                );
                 debug!(target: "quarry::share", %worker, %reason, "share rejected");
             }
             Event::Authorized { worker, address } => {
+                events.publish(
+                    "MinerConnected",
+                    json!({"worker": worker, "address": address, "peer": peer.to_string()}),
+                );
                 info!(%peer, %worker, %address, "worker authorized");
             }
             _ => {}
@@ -434,8 +453,22 @@ impl Server {
     }
 }
 
+/// A metric label for a reject reason.
+fn reject_label(reason: ShareReject) -> &'static str {
+    match reason {
+        ShareReject::JobNotFound => "job_not_found",
+        ShareReject::Stale => "stale",
+        ShareReject::Duplicate => "duplicate",
+        ShareReject::LowDifficulty => "low_difficulty",
+        ShareReject::Extranonce2Size { .. } => "extranonce2_size",
+        ShareReject::NtimeTooOld | ShareReject::NtimeTooNew => "ntime",
+        ShareReject::VersionOutsideMask => "version_mask",
+        _ => "other",
+    }
+}
+
 /// Logs a status line every `every`.
-pub async fn report(stats: Arc<Stats>, every: Duration) {
+pub async fn report(stats: Arc<Metrics>, every: Duration) {
     let mut last = (0u64, 0u64);
     loop {
         tokio::time::sleep(every).await;
@@ -446,8 +479,8 @@ pub async fn report(stats: Arc<Stats>, every: Duration) {
         info!(
             connections = stats.connections.load(Ordering::Relaxed),
             accepted,
-            rejected = stats.rejected.load(Ordering::Relaxed),
-            blocks = stats.blocks.load(Ordering::Relaxed),
+            rejected = stats.rejected_total(),
+            blocks = stats.blocks_found.load(Ordering::Relaxed),
             shares_per_min = (accepted - last.0) as f64 * 60.0 / every.as_secs_f64().max(1.0),
             hashrate = %format_hashrate(hashrate),
             "pool status"

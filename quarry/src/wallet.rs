@@ -9,6 +9,7 @@ use quarry_ledger::Store;
 use serde_json::{json, Value};
 use tracing::{error, info};
 
+use crate::events::EventBus;
 use crate::node::Nodes;
 
 /// The node wallet over JSON-RPC.
@@ -82,7 +83,12 @@ impl Wallet for NodeWallet {
 
 /// One payout run. `QUARRY_PAYOUT_CRASH_AT=after_intent|after_send|after_record` aborts the
 /// process at that step (for the crash tests).
-pub async fn payout_once(store: &Store, nodes: Arc<Nodes>, threshold_sat: u64) -> Result<()> {
+pub async fn payout_once(
+    store: &Store,
+    nodes: Arc<Nodes>,
+    threshold_sat: u64,
+    events: &EventBus,
+) -> Result<()> {
     let crash_at = std::env::var("QUARRY_PAYOUT_CRASH_AT")
         .ok()
         .and_then(|s| Step::parse(&s));
@@ -103,6 +109,9 @@ pub async fn payout_once(store: &Store, nodes: Arc<Nodes>, threshold_sat: u64) -
         sent_sat = report.sent_sat,
         "payout run done"
     );
+    for txid in &report.txids {
+        events.publish("PayoutSent", json!({"txid": txid}));
+    }
     Ok(())
 }
 

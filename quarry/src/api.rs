@@ -1,0 +1,369 @@
+//! HTTP: the JSON API, Prometheus `/metrics`, the SSE event stream and admin endpoints.
+//!
+//! Statistics come from the share log, so every frontend sharing one PostgreSQL shows the whole
+//! pool. Errors are JSON `{"error": "..."}` with a matching status code.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use quarry_ledger::{BlockStatus, Store};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::events::{EventBus, Metrics};
+use crate::node::Nodes;
+use crate::server::now_ms;
+
+/// Window for hashrates and active miners.
+const WINDOW_MS: i64 = 10 * 60 * 1000;
+/// 2^32: expected hashes per difficulty-1 share.
+const HASHES_PER_DIFF1: f64 = 4_294_967_296.0;
+
+/// What the handlers read.
+pub struct ApiState {
+    /// The ledger.
+    pub store: Store,
+    /// Nodes (payouts from the admin endpoint).
+    pub nodes: Arc<Nodes>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Events.
+    pub events: Arc<EventBus>,
+    /// Admin bearer token; admin endpoints are off without one.
+    pub admin_token: Option<String>,
+    /// Scheme name and fee, for `/api/pool`.
+    pub scheme: String,
+    /// Pool fee, percent.
+    pub fee_percent: f64,
+    /// Payout threshold, satoshis.
+    pub threshold_sat: u64,
+}
+
+type Shared = State<Arc<ApiState>>;
+
+/// An error answer.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<quarry_ledger::StoreError> for ApiError {
+    fn from(e: quarry_ledger::StoreError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/pool", get(pool))
+        .route("/api/network", get(network))
+        .route("/api/miners/{address}", get(miner))
+        .route("/api/workers", get(workers))
+        .route("/api/blocks", get(blocks))
+        .route("/api/payments", get(payments))
+        .route("/api/events", get(events))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/admin/payouts/run", post(admin_payout))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .with_state(state)
+}
+
+fn hashrate(difficulty: f64, window_ms: i64) -> f64 {
+    difficulty * HASHES_PER_DIFF1 / (window_ms as f64 / 1000.0)
+}
+
+async fn pool(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let now = now_ms() as i64;
+    let workers = state.store.worker_stats(now - WINDOW_MS).await?;
+    let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
+    let shares: i64 = workers.iter().map(|w| w.shares).sum();
+    let mut miners: Vec<&str> = workers.iter().map(|w| w.address.as_str()).collect();
+    miners.dedup();
+    let blocks = state.store.blocks(None, 10_000).await?;
+    let found_24h = blocks
+        .iter()
+        .filter(|b| b.found_ms > now - 86_400_000)
+        .count();
+    let last_block_ms = blocks
+        .iter()
+        .filter(|b| !matches!(b.status, BlockStatus::Orphaned | BlockStatus::Rejected))
+        .map(|b| b.found_ms)
+        .max()
+        .unwrap_or(0);
+    let round_difficulty = state.store.difficulty_since(last_block_ms).await?;
+    let network_difficulty = state.metrics.network_difficulty();
+    let rate = hashrate(difficulty, WINDOW_MS);
+    let time_to_block = (rate > 0.0 && network_difficulty > 0.0)
+        .then(|| network_difficulty * HASHES_PER_DIFF1 / rate);
+    Ok(Json(json!({
+        "hashrate": rate,
+        "shares_per_minute": shares as f64 / (WINDOW_MS as f64 / 60_000.0),
+        "active_miners": miners.len(),
+        "active_workers": workers.len(),
+        "blocks_found_24h": found_24h,
+        "blocks_found": blocks.len(),
+        "network_difficulty": network_difficulty,
+        "height": state.metrics.height.load(Ordering::Relaxed),
+        "estimated_time_to_block_secs": time_to_block,
+        "round_effort": if network_difficulty > 0.0 { round_difficulty / network_difficulty } else { 0.0 },
+        "scheme": state.scheme,
+        "fee_percent": state.fee_percent,
+        "payout_threshold_sat": state.threshold_sat,
+    })))
+}
+
+async fn network(State(state): Shared) -> Json<Value> {
+    let template_ms = state.metrics.template_ms.load(Ordering::Relaxed);
+    Json(json!({
+        "height": state.metrics.height.load(Ordering::Relaxed),
+        "difficulty": state.metrics.network_difficulty(),
+        "template_age_secs": (template_ms > 0).then(|| now_ms().saturating_sub(template_ms) as f64 / 1000.0),
+    }))
+}
+
+async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json<Value>, ApiError> {
+    if address.is_empty() || address.len() > 128 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid address".into()));
+    }
+    let now = now_ms() as i64;
+    let workers: Vec<_> = state
+        .store
+        .worker_stats(now - WINDOW_MS)
+        .await?
+        .into_iter()
+        .filter(|w| w.address == address)
+        .collect();
+    let balance = state
+        .store
+        .balances()
+        .await?
+        .into_iter()
+        .find(|b| b.address == address);
+    let paid = state.store.paid().await?.get(&address).copied();
+    if workers.is_empty() && balance.is_none() && paid.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, "unknown miner".into()));
+    }
+    let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
+    let payable = state
+        .store
+        .payable()
+        .await?
+        .get(&address)
+        .copied()
+        .unwrap_or(0);
+    Ok(Json(json!({
+        "address": address,
+        "hashrate": hashrate(difficulty, WINDOW_MS),
+        "workers": workers.iter().map(|w| json!({
+            "worker": w.worker,
+            "hashrate": hashrate(w.difficulty, WINDOW_MS),
+            "shares": w.shares,
+            "last_share_ms": w.last_share_ms,
+        })).collect::<Vec<_>>(),
+        "balance": {
+            "mature_msat": balance.as_ref().map_or(0, |b| b.mature_msat),
+            "immature_msat": balance.as_ref().map_or(0, |b| b.immature_msat),
+            "payable_sat": payable,
+        },
+        "paid_sat": paid.map_or(0, |p| p.0),
+        "received_sat": paid.map_or(0, |p| p.1),
+    })))
+}
+
+async fn workers(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let now = now_ms() as i64;
+    let workers = state.store.worker_stats(now - WINDOW_MS).await?;
+    Ok(Json(json!(workers
+        .iter()
+        .map(|w| json!({
+            "worker": w.worker,
+            "address": w.address,
+            "hashrate": hashrate(w.difficulty, WINDOW_MS),
+            "shares": w.shares,
+            "last_share_ms": w.last_share_ms,
+        }))
+        .collect::<Vec<_>>())))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<i64>,
+}
+
+async fn blocks(State(state): Shared, Query(q): Query<Limit>) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(json!(state.store.blocks(None, limit).await?)))
+}
+
+async fn payments(State(state): Shared, Query(q): Query<Limit>) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(json!(state.store.payouts(limit).await?)))
+}
+
+async fn events(State(state): Shared) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(state.events.subscribe()).filter_map(|event| {
+        // A lagging subscriber skips what it missed.
+        let event = event.ok()?;
+        Some(Ok(Event::default()
+            .event(event.name)
+            .data(event.data.to_string())))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn admin_payout(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled (set api.admin_token)".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token.as_str()) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "bad or missing bearer token".into(),
+        ));
+    }
+    crate::wallet::payout_once(
+        &state.store,
+        Arc::clone(&state.nodes),
+        state.threshold_sat,
+        &state.events,
+    )
+    .await
+    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn metrics(State(state): Shared) -> impl IntoResponse {
+    let m = &state.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "quarry_connections",
+        "gauge",
+        "Open Stratum connections.",
+        m.connections.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "quarry_shares_accepted_total",
+        "counter",
+        "Accepted shares.",
+        m.accepted.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "quarry_share_difficulty_total",
+        "counter",
+        "Sum of accepted share difficulty.",
+        (m.difficulty_micro.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+    );
+    metric(
+        "quarry_blocks_found_total",
+        "counter",
+        "Blocks found.",
+        m.blocks_found.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "quarry_blocks_accepted_total",
+        "counter",
+        "Blocks accepted by a node.",
+        m.blocks_accepted.load(Ordering::Relaxed).to_string(),
+    );
+    let template_ms = m.template_ms.load(Ordering::Relaxed);
+    metric(
+        "quarry_template_age_seconds",
+        "gauge",
+        "Age of the current block template.",
+        if template_ms == 0 {
+            "NaN".into()
+        } else {
+            (now_ms().saturating_sub(template_ms) as f64 / 1000.0).to_string()
+        },
+    );
+    metric(
+        "quarry_node_rpc_seconds",
+        "gauge",
+        "Latest getblocktemplate round trip.",
+        (m.rpc_micros.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+    );
+    metric(
+        "quarry_network_difficulty",
+        "gauge",
+        "Network difficulty.",
+        m.network_difficulty().to_string(),
+    );
+    metric(
+        "quarry_height",
+        "gauge",
+        "Height of the block being mined.",
+        m.height.load(Ordering::Relaxed).to_string(),
+    );
+    if let Ok(workers) = state.store.worker_stats(now_ms() as i64 - WINDOW_MS).await {
+        let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
+        metric(
+            "quarry_hashrate",
+            "gauge",
+            "Pool hashrate over 10 minutes, H/s.",
+            hashrate(difficulty, WINDOW_MS).to_string(),
+        );
+    }
+    let _ = writeln!(out, "# HELP quarry_shares_rejected_total Rejected shares by reason.\n# TYPE quarry_shares_rejected_total counter");
+    for (reason, count) in m.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "quarry_shares_rejected_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn openapi() -> Json<Value> {
+    let get = |summary: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}});
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Quarry pool API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/api/pool": get("Pool hashrate, miners, blocks, effort, time to block"),
+            "/api/network": get("Height, network difficulty, template age"),
+            "/api/miners/{address}": {"get": {
+                "summary": "One miner: hashrate, workers, balance, payments",
+                "parameters": [{"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "OK"}, "404": {"description": "Unknown miner"}}
+            }},
+            "/api/workers": get("Active workers"),
+            "/api/blocks": get("Found blocks, newest first (?limit=)"),
+            "/api/payments": get("Payouts, newest first (?limit=)"),
+            "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected"),
+            "/api/admin/payouts/run": {"post": {
+                "summary": "Run payouts now (Authorization: Bearer <api.admin_token>)",
+                "responses": {"200": {"description": "OK"}, "401": {"description": "Bad token"}, "403": {"description": "Admin disabled"}}
+            }},
+            "/metrics": get("Prometheus metrics"),
+        }
+    }))
+}

@@ -1,0 +1,222 @@
+//! The HTTP API, /metrics and the event stream, against a pool mining on the regtest pair.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+async fn get(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_metrics_and_events_describe_the_pool() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("api");
+    let port = free_port();
+    let api_port = free_port();
+    let pool_address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
+    let pool_address = pool_address.as_str().expect("address").to_string();
+    let miner_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let miner_address = miner_address.as_str().expect("address").to_string();
+    let mut config = pool_config(&nodes, &dir, port, "").replace(
+        "mode = \"solo\"",
+        &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
+    );
+    config.push_str(&format!(
+        "\n[payout]\nscheme = \"pplns\"\ninterval_secs = 0\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_token = \"s3cret\"\n"
+    ));
+    let _pool = start_pool(&dir, &config, port).await;
+    let base = format!("http://127.0.0.1:{api_port}");
+
+    // Follow the event stream from the start.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let events_url = format!("{base}/api/events");
+    let collector = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut response = reqwest::get(&events_url).await.expect("SSE");
+        let mut buffer = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                if let Some(name) = frame.lines().find_map(|l| l.strip_prefix("event: ")) {
+                    collector.lock().expect("lock").push(name.to_string());
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut miner = Process::spawn(
+        &[
+            "mine",
+            &format!("stratum+tcp://127.0.0.1:{port}"),
+            "--user",
+            &format!("{miner_address}.api"),
+            "--threads",
+            "1",
+            "--duration",
+            "3",
+        ],
+        &dir.join("mine.log"),
+    );
+    assert!(miner.wait(Duration::from_secs(30)), "miner stops");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, pool) = get(&format!("{base}/api/pool")).await;
+    assert_eq!(status, 200, "{pool}");
+    assert!(
+        pool["blocks_found"].as_u64().expect("blocks") >= 1,
+        "{pool}"
+    );
+    assert_eq!(pool["active_miners"], 1, "{pool}");
+    assert!(pool["hashrate"].as_f64().expect("hashrate") > 0.0, "{pool}");
+    assert!(
+        pool["network_difficulty"].as_f64().expect("difficulty") > 0.0,
+        "{pool}"
+    );
+    assert_eq!(pool["scheme"], "pplns");
+
+    let (status, miner_view) = get(&format!("{base}/api/miners/{miner_address}")).await;
+    assert_eq!(status, 200, "{miner_view}");
+    assert_eq!(
+        miner_view["workers"][0]["worker"],
+        format!("{miner_address}.api")
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            let (_, view) = get(&format!("{base}/api/miners/{miner_address}")).await;
+            view["balance"]["immature_msat"].as_i64().unwrap_or(0) > 0
+        })
+        .await,
+        "blocks credit the miner (immature)"
+    );
+    let (status, missing) = get(&format!("{base}/api/miners/nobody")).await;
+    assert_eq!(status, 404);
+    assert!(missing["error"].is_string(), "errors are JSON: {missing}");
+    let (status, _) = get(&format!("{base}/api/nope")).await;
+    assert_eq!(status, 404);
+
+    let (_, workers) = get(&format!("{base}/api/workers")).await;
+    assert_eq!(workers.as_array().expect("list").len(), 1);
+    let (_, blocks) = get(&format!("{base}/api/blocks?limit=5")).await;
+    assert!(!blocks.as_array().expect("list").is_empty());
+    let (_, network) = get(&format!("{base}/api/network")).await;
+    assert!(network["height"].as_u64().expect("height") > 101);
+    let (_, openapi) = get(&format!("{base}/api/openapi.json")).await;
+    assert!(openapi["paths"]["/api/miners/{address}"].is_object());
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "quarry_shares_accepted_total",
+        "quarry_blocks_found_total",
+        "quarry_connections",
+        "quarry_template_age_seconds",
+        "quarry_node_rpc_seconds",
+        "quarry_hashrate",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{name} "))
+                || metrics.starts_with(&format!("{name} "))
+                || metrics.contains(&format!("# TYPE {name} ")),
+            "{name} in /metrics"
+        );
+    }
+    let accepted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quarry_shares_accepted_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("accepted counter");
+    assert!(accepted >= 1.0);
+
+    // Admin: refused without the token, runs with it.
+    let client = reqwest::Client::new();
+    let admin = format!("{base}/api/admin/payouts/run");
+    assert_eq!(
+        client
+            .post(&admin)
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        client
+            .post(&admin)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        401
+    );
+
+    // Mature the blocks, pay out, and watch the stream say so.
+    let b_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    nodes
+        .rpc_ok('B', "generatetoaddress", json!([101, b_address]))
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let (_, view) = get(&format!("{base}/api/miners/{miner_address}")).await;
+            view["balance"]["mature_msat"].as_i64().unwrap_or(0) > 0
+        })
+        .await,
+        "credits mature"
+    );
+    let response = client
+        .post(&admin)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    let (_, payments) = get(&format!("{base}/api/payments")).await;
+    assert_eq!(payments[0]["status"], "sent", "{payments}");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let names = seen.lock().expect("lock").clone();
+            [
+                "MiningJobCreated",
+                "ShareSubmitted",
+                "BlockFound",
+                "BlockConfirmed",
+                "PayoutSent",
+                "MinerConnected",
+                "MinerDisconnected",
+            ]
+            .iter()
+            .all(|n| names.iter().any(|s| s == n))
+        })
+        .await,
+        "events seen: {:?}",
+        {
+            let mut names = seen.lock().expect("lock").clone();
+            names.dedup();
+            names
+        }
+    );
+}
