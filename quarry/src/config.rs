@@ -222,6 +222,9 @@ pub struct StratumConfig {
     pub max_invalid_lines: u32,
     /// Seconds a write to a miner may block before the miner is dropped.
     pub write_timeout_secs: u64,
+    /// Hex bytes every extranonce1 of this frontend starts with; frontends sharing a database
+    /// must use different ones (e.g. "01", "02").
+    pub extranonce1_prefix: String,
 }
 
 impl Default for StratumConfig {
@@ -234,6 +237,7 @@ impl Default for StratumConfig {
             idle_timeout_secs: 600,
             max_invalid_lines: 5,
             write_timeout_secs: 10,
+            extranonce1_prefix: String::new(),
         }
     }
 }
@@ -303,6 +307,11 @@ impl Config {
         if !(4..=8).contains(&mining.extranonce2_size) {
             bail!("mining.extranonce2_size must be 4 to 8");
         }
+        let prefix = hex::decode(&self.stratum.extranonce1_prefix)
+            .context("stratum.extranonce1_prefix must be hex")?;
+        if prefix.len() >= mining.extranonce1_size {
+            bail!("stratum.extranonce1_prefix must be shorter than mining.extranonce1_size");
+        }
         let version_mask = u32::from_str_radix(&mining.version_mask, 16)
             .context("mining.version_mask must be hex")?;
         let mode = match mining.mode.as_str() {
@@ -351,6 +360,7 @@ impl Config {
             layout,
             session,
             rewards,
+            extranonce1_prefix: prefix,
         })
     }
 
@@ -449,6 +459,8 @@ pub struct Resolved {
     pub session: SessionConfig,
     /// Reward scheme and fee policy.
     pub rewards: Rewards,
+    /// Leading bytes of every extranonce1.
+    pub extranonce1_prefix: Vec<u8>,
 }
 
 impl Config {

@@ -51,7 +51,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Duration::from_secs(config.mining.poll_interval_secs.max(1)),
         config.mining.longpoll,
     )?;
-    let pool = Arc::new(SharedPool::new(JobFactory::new(resolved.layout.clone())));
+    let pool = Arc::new(SharedPool::new(
+        JobFactory::new(resolved.layout.clone()),
+        resolved.extranonce1_prefix.clone(),
+    ));
     let limits = Limits {
         max_connections: config.stratum.max_connections,
         max_per_ip: config.stratum.max_connections_per_ip,

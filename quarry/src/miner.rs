@@ -124,14 +124,15 @@ pub async fn run(args: MineArgs) -> Result<()> {
         "miner finished"
     );
     println!(
-        "accepted={} rejected={} blocks={}",
-        totals.accepted, totals.rejected, totals.blocks
+        "accepted={} rejected={} blocks={} submitted={}",
+        totals.accepted, totals.rejected, totals.blocks, totals.submitted
     );
     Ok(())
 }
 
 #[derive(Default)]
 struct Totals {
+    submitted: u64,
     accepted: u64,
     rejected: u64,
     blocks: u64,
@@ -271,6 +272,7 @@ async fn connect_and_mine(
                     params.push(json!(format!("{:08x}", found.version & version_mask)));
                 }
                 pending.insert(id, found.is_block);
+                totals.submitted += 1;
                 if pending.len() > 10_000 {
                     pending.clear();
                 }

@@ -53,19 +53,29 @@ struct SeenShares {
 }
 
 struct Extranonces {
+    /// Fixed leading bytes: frontends sharing one database use different prefixes so their
+    /// miners never search the same space.
+    prefix: Vec<u8>,
+    /// Bytes allocated per connection after the prefix.
     size: usize,
     next: u64,
     in_use: HashSet<u64>,
 }
 
 impl SharedPool {
-    /// A pool building jobs with `factory`.
-    pub fn new(factory: JobFactory) -> Self {
-        let size = factory.layout().extranonce1_len;
+    /// A pool building jobs with `factory`; every extranonce1 starts with `prefix` (shorter
+    /// than the layout's extranonce1).
+    pub fn new(factory: JobFactory, prefix: Vec<u8>) -> Self {
+        let size = factory
+            .layout()
+            .extranonce1_len
+            .saturating_sub(prefix.len())
+            .max(1);
         SharedPool {
             factory: Mutex::new(factory),
             seen: Mutex::new(SeenShares::default()),
             extranonces: Mutex::new(Extranonces {
+                prefix,
                 size,
                 next: 1,
                 in_use: HashSet::new(),
@@ -85,16 +95,20 @@ impl SharedPool {
             let candidate = state.next % space;
             state.next = state.next.wrapping_add(1);
             if state.in_use.insert(candidate) {
-                return encode_extranonce(candidate, state.size);
+                let mut extranonce1 = state.prefix.clone();
+                extranonce1.extend(encode_extranonce(candidate, state.size));
+                return extranonce1;
             }
         }
     }
 
     /// Frees an extranonce1 when its connection ends.
     pub fn release_extranonce1(&self, extranonce1: &[u8]) {
-        lock(&self.extranonces)
-            .in_use
-            .remove(&decode_extranonce(extranonce1));
+        let mut state = lock(&self.extranonces);
+        if let Some(own) = extranonce1.strip_prefix(state.prefix.as_slice()) {
+            let id = decode_extranonce(own);
+            state.in_use.remove(&id);
+        }
     }
 
     /// Starts a new duplicate generation when the tip changes.
@@ -137,12 +151,18 @@ impl Pool for SharedPool {
 
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {
         let mut state = lock(&self.extranonces);
-        let requested = decode_extranonce(requested);
+        let (Some(current), Some(requested)) = (
+            current.strip_prefix(state.prefix.as_slice()),
+            requested.strip_prefix(state.prefix.as_slice()),
+        ) else {
+            return false;
+        };
+        let (current, requested) = (current.to_vec(), decode_extranonce(requested));
         // Only ids this process handed out before, and not in use now.
         if requested == 0 || requested >= state.next || state.in_use.contains(&requested) {
             return false;
         }
-        state.in_use.remove(&decode_extranonce(current));
+        state.in_use.remove(&decode_extranonce(&current));
         state.in_use.insert(requested);
         true
     }
@@ -507,11 +527,32 @@ mod tests {
     use quarry_work::coinbase::CoinbaseLayout;
 
     fn pool() -> SharedPool {
-        SharedPool::new(JobFactory::new(CoinbaseLayout {
-            extranonce1_len: 4,
-            extranonce2_len: 8,
-            tag: b"/q/".to_vec(),
-        }))
+        pool_with_prefix(Vec::new())
+    }
+
+    fn pool_with_prefix(prefix: Vec<u8>) -> SharedPool {
+        SharedPool::new(
+            JobFactory::new(CoinbaseLayout {
+                extranonce1_len: 4,
+                extranonce2_len: 8,
+                tag: b"/q/".to_vec(),
+            }),
+            prefix,
+        )
+    }
+
+    #[test]
+    fn prefixed_extranonces_keep_their_prefix() {
+        let pool = pool_with_prefix(vec![0xee]);
+        let a = pool.allocate_extranonce1();
+        assert_eq!(a, vec![0xee, 0, 0, 1]);
+        pool.release_extranonce1(&a);
+        let b = pool.allocate_extranonce1();
+        assert!(pool.resume_extranonce1(&b, &a));
+        assert!(
+            !pool.resume_extranonce1(&a, &[0xdd, 0, 0, 1]),
+            "another frontend's prefix"
+        );
     }
 
     #[test]

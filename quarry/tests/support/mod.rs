@@ -159,6 +159,44 @@ pub async fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value, S
     Ok(value["result"].clone())
 }
 
+/// A throwaway PostgreSQL cluster from scripts/postgres.sh, stopped on drop.
+pub struct Postgres {
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = scratch_dir("postgres");
+        let output = Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run scripts/postgres.sh");
+        assert!(
+            output.status.success(),
+            "postgres must start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
+        Postgres { dir, url }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
 /// `quarry serve` (or any subcommand) as a child process, killed on drop.
 pub struct Process {
     pub child: Child,
