@@ -112,6 +112,48 @@ impl Rewards {
     }
 }
 
+impl Rewards {
+    /// Where retention may cut: shares before the returned time may be pruned. It is
+    /// `now − retention`, moved back to the start of the window of every block not credited
+    /// yet (its PPLNS window or PROP round still needs those shares).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn retention_cutoff(
+        &self,
+        store: &Store,
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let mut cutoff = now_ms.saturating_sub(retention_ms);
+        for block in store.blocks(Some(BlockStatus::Submitted), 10_000).await? {
+            let start = match &self.scheme {
+                Scheme::Pplns { n } => {
+                    let window = crate::schemes::weight(n * block.network_difficulty);
+                    let mut filled = 0u128;
+                    let mut start = block.found_ms;
+                    for share in store
+                        .shares_newest_first(block.found_ms, MAX_WINDOW_SHARES)
+                        .await?
+                    {
+                        start = share.created_ms;
+                        filled += crate::schemes::weight(share.difficulty);
+                        if filled >= window {
+                            break;
+                        }
+                    }
+                    start
+                }
+                // The round reaches back to the previous block: keep everything after it.
+                Scheme::Prop => i64::MIN,
+                Scheme::Pps | Scheme::Solo => block.found_ms,
+            };
+            cutoff = cutoff.min(start);
+        }
+        Ok(cutoff)
+    }
+}
+
 fn credits_from(payout: &Payout, kind: &str) -> Vec<Credit> {
     let miners = payout.miners.iter().map(|(address, sat)| Credit {
         address: address.clone(),

@@ -828,6 +828,110 @@ impl Store {
         Ok(granted.then(|| PayoutLock(Some(conn.detach()))))
     }
 
+    /// Credits PPS for up to `max_shares` shares not credited yet: each is worth
+    /// [`pps_credit_msat`](crate::schemes::pps_credit_msat), payable at once (the pool carries
+    /// the variance). Returns how many shares it credited; 0 when another frontend got there
+    /// first or nothing is new.
+    ///
+    /// # Errors
+    /// Any database error; nothing is written then.
+    ///
+    /// Only the id-ordered prefix of shares accepted before `settled_before_ms` is taken, so a
+    /// commit still in flight with a lower id is not skipped.
+    pub async fn accrue_pps(
+        &self,
+        fee_ppm: u64,
+        max_shares: i64,
+        settled_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let last: i64 = sqlx::query("SELECT last_share_id FROM pps_progress WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let rows = sqlx::query(
+            "SELECT id, address, difficulty, network_difficulty, block_reward, created_ms FROM shares \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(last)
+        .bind(max_shares)
+        .fetch_all(&self.pool)
+        .await?;
+        let settled = rows
+            .iter()
+            .take_while(|row| {
+                row.try_get::<i64, _>(5)
+                    .is_ok_and(|t| t < settled_before_ms)
+            })
+            .count();
+        let rows = &rows[..settled];
+        let Some(new_last) = rows.last().map(|r| r.try_get::<i64, _>(0)).transpose()? else {
+            return Ok(0);
+        };
+        let mut owed: BTreeMap<String, u64> = BTreeMap::new();
+        for row in rows {
+            let credit = crate::schemes::pps_credit_msat(
+                row.try_get(2)?,
+                row.try_get(3)?,
+                u64::try_from(row.try_get::<i64, _>(4)?).unwrap_or(0),
+                fee_ppm,
+            );
+            *owed.entry(row.try_get(1)?).or_default() += credit;
+        }
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE pps_progress SET last_share_id = $1 WHERE id = 1 AND last_share_id = $2",
+        )
+        .bind(new_last)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        for (address, msat) in owed.iter().filter(|(_, m)| **m > 0) {
+            sqlx::query(
+                "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms) \
+                 VALUES (NULL, $1, $2, 'pps', 'mature', $3)",
+            )
+            .bind(address.clone())
+            .bind(i64::try_from(*msat).unwrap_or(i64::MAX))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Deletes shares accepted before `before_ms` whose id is at most `max_id` (shares PPS has
+    /// not credited yet are kept). Returns how many went.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn prune_shares(&self, before_ms: i64, max_id: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM shares WHERE created_ms < $1 AND id <= $2")
+            .bind(before_ms)
+            .bind(max_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The last share id PPS has credited.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn pps_progress(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT last_share_id FROM pps_progress WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

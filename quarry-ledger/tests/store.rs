@@ -379,3 +379,161 @@ async fn postgres_block_lifecycle_credits_matures_and_reverses() {
     let store = Store::open(&pg.url).await.expect("open");
     blocks::lifecycle(&store).await;
 }
+
+mod accrual_and_retention {
+    use super::*;
+    use quarry_ledger::schemes::{pps_credit_msat, FeePolicy};
+    use quarry_ledger::{BlockRecord, BlockStatus, Rewards, Scheme};
+
+    fn record(address: &str, difficulty: f64, ms: i64) -> ShareRecord {
+        ShareRecord {
+            created_ms: ms,
+            address: address.into(),
+            worker: format!("{address}.w"),
+            difficulty,
+            network_difficulty: 1000.0,
+            block_reward: 312_500_000,
+            height: 1,
+            template_id: 1,
+            is_block: false,
+            instance: "t".into(),
+        }
+    }
+
+    async fn owed(store: &Store, who: &str) -> Option<i64> {
+        store
+            .balances()
+            .await
+            .expect("balances")
+            .into_iter()
+            .find(|b| b.address == who)
+            .map(|b| b.mature_msat)
+    }
+
+    pub async fn pps(store: &Store) {
+        store
+            .insert_shares(&[
+                record("a", 1.0, 1),
+                record("b", 2.0, 2),
+                record("a", 0.5, 3),
+            ])
+            .await
+            .expect("shares");
+        // 2 % fee: a difficulty-1 share at network difficulty 1000 is worth 306,250 sat.
+        assert_eq!(
+            store
+                .accrue_pps(20_000, 1000, i64::MAX, 10)
+                .await
+                .expect("accrue"),
+            3
+        );
+        assert_eq!(
+            store
+                .accrue_pps(20_000, 1000, i64::MAX, 11)
+                .await
+                .expect("again"),
+            0,
+            "idempotent"
+        );
+        let one = pps_credit_msat(1.0, 1000.0, 312_500_000, 20_000) as i64;
+        assert_eq!(one, 306_250_000);
+        assert_eq!(owed(store, "a").await, Some(one + one / 2));
+        assert_eq!(owed(store, "b").await, Some(2 * one));
+        store
+            .insert_shares(&[record("b", 1.0, 4), record("a", 1.0, 100)])
+            .await
+            .expect("shares");
+        // The share at t = 100 has not settled (cut-off 50): only the one before it counts.
+        assert_eq!(
+            store.accrue_pps(20_000, 1000, 50, 12).await.expect("new"),
+            1,
+            "only new, settled shares"
+        );
+        assert_eq!(owed(store, "b").await, Some(3 * one));
+        assert_eq!(owed(store, "a").await, Some(one + one / 2));
+        assert_eq!(
+            store
+                .accrue_pps(20_000, 1000, 101, 13)
+                .await
+                .expect("settled"),
+            1
+        );
+        assert_eq!(owed(store, "a").await, Some(2 * one + one / 2));
+    }
+
+    pub async fn retention(store: &Store) {
+        // Shares at t = 1..=10 (difficulty 1 each); an uncredited block at t = 10 whose PPLNS
+        // window (N = 2, network difficulty 2 → 4 shares) reaches back to t = 7.
+        let shares: Vec<ShareRecord> = (1..=10).map(|t| record("a", 1.0, t)).collect();
+        store.insert_shares(&shares).await.expect("shares");
+        store
+            .insert_block(&BlockRecord {
+                hash: "uncredited".into(),
+                height: 5,
+                status: BlockStatus::Submitted,
+                reward: 100,
+                worker: "a.w".into(),
+                address: "a".into(),
+                found_ms: 10,
+                network_difficulty: 2.0,
+                instance: "t".into(),
+            })
+            .await
+            .expect("block");
+        let rewards = Rewards {
+            scheme: Scheme::Pplns { n: 2.0 },
+            policy: FeePolicy {
+                fee_ppm: 0,
+                split: Vec::new(),
+            },
+        };
+        // Retention alone would cut everything before t = 100; the block's window keeps 7..=10.
+        let cutoff = rewards
+            .retention_cutoff(store, 1_000, 900)
+            .await
+            .expect("cutoff");
+        assert_eq!(cutoff, 7);
+        assert_eq!(
+            store.prune_shares(cutoff, i64::MAX).await.expect("prune"),
+            6
+        );
+        assert_eq!(store.share_count().await.expect("count"), 4);
+        // Once the block is credited nothing holds the window back.
+        store
+            .credit_block("uncredited", &[], 11)
+            .await
+            .expect("credit");
+        let cutoff = rewards
+            .retention_cutoff(store, 1_000, 900)
+            .await
+            .expect("cutoff");
+        assert_eq!(cutoff, 100);
+        // PPS progress protects shares not credited yet.
+        assert_eq!(store.prune_shares(cutoff, 8).await.expect("prune"), 2);
+        assert_eq!(store.share_count().await.expect("count"), 2);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_pps_accrual_and_retention() {
+    let dir = scratch("pps-sqlite");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    accrual_and_retention::pps(&store).await;
+    let dir = scratch("retention-sqlite");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    accrual_and_retention::retention(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_pps_accrual_and_retention() {
+    let pg = Postgres::start("pps-pg");
+    let store = Store::open(&pg.url).await.expect("open");
+    accrual_and_retention::pps(&store).await;
+    let pg2 = Postgres::start("retention-pg");
+    let store = Store::open(&pg2.url).await.expect("open");
+    accrual_and_retention::retention(&store).await;
+}

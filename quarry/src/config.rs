@@ -105,6 +105,9 @@ pub struct LedgerConfig {
     pub url: Option<String>,
     /// Name of this `quarry serve` in the share log (several may share one PostgreSQL).
     pub instance: Option<String>,
+    /// Days raw shares are kept (shares still inside the window of an uncredited block, or not
+    /// yet credited by PPS, are kept longer).
+    pub retention_days: Option<f64>,
 }
 
 impl Config {

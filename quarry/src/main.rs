@@ -107,6 +107,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
+    tokio::spawn(ledger_upkeep(
+        store.clone(),
+        resolved.rewards.clone(),
+        config.ledger.retention_days.unwrap_or(90.0),
+    ));
     if config.mining.mode == "pool" && config.payout.interval_secs > 0 {
         tokio::spawn(payout_loop(
             store.clone(),
@@ -208,6 +213,49 @@ async fn payout(args: ServeArgs) -> Result<()> {
         &events::EventBus::default(),
     )
     .await
+}
+
+/// PPS accrual every few seconds (PPS only) and share retention every hour. Both are safe with
+/// several frontends: PPS claims share ranges, and pruning only deletes.
+async fn ledger_upkeep(
+    store: quarry_ledger::Store,
+    rewards: quarry_ledger::Rewards,
+    retention_days: f64,
+) {
+    let retention_ms = (retention_days * 86_400_000.0) as i64;
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = i64::try_from(server::now_ms()).unwrap_or(i64::MAX);
+        if rewards.scheme == quarry_ledger::Scheme::Pps {
+            // Shares settle for 10 s so that commits in flight are not skipped.
+            match store
+                .accrue_pps(rewards.policy.fee_ppm, 10_000, now - 10_000, now)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(shares = n, "PPS credited"),
+                Err(e) => tracing::warn!(error = %e, "PPS accrual failed; will retry"),
+            }
+        }
+        if last_prune.elapsed() >= Duration::from_secs(3600) {
+            last_prune = std::time::Instant::now();
+            let pruned = async {
+                let cutoff = rewards.retention_cutoff(&store, now, retention_ms).await?;
+                let max_id = if rewards.scheme == quarry_ledger::Scheme::Pps {
+                    store.pps_progress().await?
+                } else {
+                    i64::MAX
+                };
+                store.prune_shares(cutoff, max_id).await
+            };
+            match pruned.await {
+                Ok(0) => {}
+                Ok(n) => info!(shares = n, "pruned shares past retention"),
+                Err(e) => tracing::warn!(error = %e, "share retention failed; will retry"),
+            }
+        }
+    }
 }
 
 /// Payouts on an interval. With several frontends on one PostgreSQL, only the one holding the
