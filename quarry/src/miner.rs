@@ -8,12 +8,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use quarry_stratum::v1::codec::LineReader;
 use quarry_stratum::v1::Notify;
 use quarry_work::hash::{header_midstate, sha256d_header_tail};
 use quarry_work::job::header_bytes;
 use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -155,8 +157,10 @@ async fn connect_and_mine(
         .await
         .with_context(|| format!("connecting to {address}"))?;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    let (mut read, mut write) = stream.into_split();
+    // The pool is a peer like any other: lines are bounded as the pool bounds ours.
+    let mut reader = LineReader::default();
+    let mut buf = vec![0u8; 4096];
     let send = |id: u64, method: &str, params: Value| {
         let mut line = json!({"id": id, "method": method, "params": params}).to_string();
         line.push('\n');
@@ -194,7 +198,7 @@ async fn connect_and_mine(
             }
         };
         tokio::select! {
-            line = lines.next_line() => {
+            line = next_line(&mut read, &mut reader, &mut buf) => {
                 let Some(line) = line? else { bail!("pool closed the connection") };
                 let Ok(message) = serde_json::from_str::<Value>(&line) else {
                     warn!(%line, "unparseable line from pool");
@@ -241,6 +245,10 @@ async fn connect_and_mine(
                                 if !ok { bail!("subscribe refused: {}", message["error"]); }
                                 extranonce1 = hex::decode(message["result"][1].as_str().unwrap_or("")).context("extranonce1")?;
                                 extranonce2_len = message["result"][2].as_u64().unwrap_or(8) as usize;
+                                // Hashing threads index the extranonce2 and allocate it per roll.
+                                if extranonce1.len() > MAX_EXTRANONCE_LEN || !(1..=MAX_EXTRANONCE_LEN).contains(&extranonce2_len) {
+                                    bail!("pool sent extranonce sizes {} / {extranonce2_len}: out of range", extranonce1.len());
+                                }
                             }
                             3 => {
                                 if !ok { bail!("authorize refused: {}", message["error"]); }
@@ -285,6 +293,31 @@ async fn connect_and_mine(
             }
             _ = until_deadline => return Ok(Next::Done),
         }
+    }
+}
+
+/// Longest extranonce1 or extranonce2 accepted from a pool.
+const MAX_EXTRANONCE_LEN: usize = 32;
+
+/// The next line from the pool, bounded by [`MAX_LINE_LEN`](quarry_stratum::v1::codec::MAX_LINE_LEN).
+/// Cancel-safe: bytes are moved into `reader` in the same poll that reads them.
+async fn next_line(
+    read: &mut OwnedReadHalf,
+    reader: &mut LineReader,
+    buf: &mut [u8],
+) -> Result<Option<String>> {
+    loop {
+        if let Some(line) = reader.next_line() {
+            let line = line.context("pool sent an overlong line")?;
+            return Ok(Some(String::from_utf8_lossy(line).into_owned()));
+        }
+        let n = read.read(buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        reader
+            .push(&buf[..n])
+            .context("pool sent an overlong line")?;
     }
 }
 
@@ -387,5 +420,83 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            work: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            paused_generation: AtomicU64::new(u64::MAX),
+            stop: AtomicBool::new(false),
+            hashes: AtomicU64::new(0),
+        })
+    }
+
+    fn args() -> MineArgs {
+        MineArgs {
+            url: String::new(),
+            user: "x".into(),
+            password: "x".into(),
+            threads: Some(1),
+            duration: Some(5),
+            no_version_rolling: true,
+        }
+    }
+
+    /// A pool that answers the miner's hello with `reply` and keeps the socket open.
+    async fn fake_pool(reply: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut hello = [0u8; 512];
+            let _ = socket.read(&mut hello).await;
+            let _ = socket.write_all(&reply).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        address
+    }
+
+    async fn mine_against(reply: Vec<u8>) -> Result<Next> {
+        let address = fake_pool(reply).await;
+        let (_tx, mut rx) = mpsc::channel(1);
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        connect_and_mine(
+            &address,
+            &args(),
+            &shared(),
+            &mut rx,
+            &mut Totals::default(),
+            deadline,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn refuses_extranonce_sizes_it_cannot_mine() {
+        for size in [0, 1000] {
+            let reply =
+                format!("{{\"id\":2,\"result\":[[],\"00000001\",{size}],\"error\":null}}\n");
+            let error = mine_against(reply.into_bytes())
+                .await
+                .err()
+                .expect("refused");
+            assert!(format!("{error:#}").contains("extranonce"), "{error:#}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_is_an_error_not_a_buffer() {
+        let error = mine_against(vec![b'x'; 64 * 1024])
+            .await
+            .err()
+            .expect("refused");
+        assert!(format!("{error:#}").contains("overlong"), "{error:#}");
     }
 }
