@@ -525,8 +525,7 @@ impl Session {
             .workers
             .iter()
             .find(|w| w.name == submit.worker)
-            .ok_or(RequestError::Unauthorized)?
-            .clone();
+            .ok_or(RequestError::Unauthorized)?;
         let sent = self
             .jobs
             .iter()
@@ -576,8 +575,8 @@ impl Session {
             return Err(RequestError::Share(ShareReject::Stale));
         }
         self.events.push_back(Event::ShareAccepted(AcceptedShare {
-            worker: worker.name,
-            address: worker.address,
+            worker: worker.name.clone(),
+            address: worker.address.clone(),
             difficulty: sent.difficulty,
             achieved: share.achieved_difficulty(),
             network_difficulty: template.network_target.difficulty(),
