@@ -26,6 +26,9 @@ impl Pool for FuzzPool {
     fn first_seen(&self, hash: &Hash32) -> bool {
         self.seen.borrow_mut().insert(*hash)
     }
+    fn claim_block(&self, _prev_hash: &Hash32) -> bool {
+        true
+    }
     fn resume_extranonce1(&self, _current: &[u8], requested: &[u8]) -> bool {
         requested.first() == Some(&7)
     }

@@ -29,6 +29,11 @@ pub trait Pool {
     /// header hash, so no two encodings of the same work count twice.
     fn first_seen(&self, header_hash: &Hash32) -> bool;
 
+    /// Records a block found on `prev_hash`; false when the pool already found one there. A
+    /// second block on the same parent could only race (and orphan) the pool's own block, so
+    /// it is credited as a share and not submitted.
+    fn claim_block(&self, prev_hash: &Hash32) -> bool;
+
     /// Lets a reconnecting miner take back `requested` as its extranonce1, releasing `current`.
     /// False when `requested` is unknown or in use by another connection.
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool;

@@ -1,7 +1,7 @@
 //! The Stratum V1 listener and the loop that moves bytes between a socket and its
 //! [`Session`]. No protocol decisions are made here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -37,8 +37,14 @@ pub fn now_ms() -> u64 {
 pub struct SharedPool {
     factory: Mutex<JobFactory>,
     seen: Mutex<SeenShares>,
+    /// Parents of the blocks found lately, newest last.
+    solved: Mutex<VecDeque<Hash32>>,
     extranonces: Mutex<Extranonces>,
 }
+
+/// Parents remembered by [`Pool::claim_block`]: far more than the blocks found while one
+/// template refresh is under way.
+const MAX_SOLVED_PARENTS: usize = 64;
 
 /// Share hashes remembered per generation (16 bytes each in the set: ~320 MB at most for two).
 const MAX_SEEN_PER_GENERATION: usize = 10_000_000;
@@ -74,6 +80,7 @@ impl SharedPool {
         SharedPool {
             factory: Mutex::new(factory),
             seen: Mutex::new(SeenShares::default()),
+            solved: Mutex::new(VecDeque::new()),
             extranonces: Mutex::new(Extranonces {
                 prefix,
                 size,
@@ -147,6 +154,18 @@ impl Pool for SharedPool {
             seen.previous = std::mem::take(&mut seen.current);
         }
         seen.current.insert(key)
+    }
+
+    fn claim_block(&self, prev_hash: &Hash32) -> bool {
+        let mut solved = lock(&self.solved);
+        if solved.contains(prev_hash) {
+            return false;
+        }
+        if solved.len() >= MAX_SOLVED_PARENTS {
+            solved.pop_front();
+        }
+        solved.push_back(*prev_hash);
+        true
     }
 
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {

@@ -31,6 +31,7 @@ pub const START: u64 = 1_800_000_000_000;
 pub struct TestPool {
     factory: RefCell<JobFactory>,
     seen: RefCell<HashSet<Hash32>>,
+    solved: RefCell<HashSet<Hash32>>,
     pub free_extranonces: RefCell<HashSet<Vec<u8>>>,
 }
 
@@ -43,6 +44,7 @@ impl TestPool {
                 tag: b"/quarry-test/".to_vec(),
             })),
             seen: RefCell::new(HashSet::new()),
+            solved: RefCell::new(HashSet::new()),
             free_extranonces: RefCell::new(HashSet::new()),
         }
     }
@@ -58,6 +60,10 @@ impl Pool for TestPool {
 
     fn first_seen(&self, header_hash: &Hash32) -> bool {
         self.seen.borrow_mut().insert(*header_hash)
+    }
+
+    fn claim_block(&self, prev_hash: &Hash32) -> bool {
+        self.solved.borrow_mut().insert(*prev_hash)
     }
 
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {

@@ -264,6 +264,34 @@ fn block_is_reported_with_full_bytes() {
 }
 
 #[test]
+fn second_block_on_the_same_parent_is_a_share_not_a_rival_block() {
+    // Until the next template arrives the miner keeps solving on the parent it already
+    // extended; submitting those would race the pool's own block.
+    let mut miner = Miner::handshake(config(), REGTEST_BITS);
+    let job = miner.last_job();
+    let t = ntime(&miner);
+    let network = Target::from_compact(REGTEST_BITS);
+    let mut blocks = 0;
+    let mut accepted = Vec::new();
+    for en2 in [1u8, 2] {
+        let en2 = vec![0, 0, 0, 0, 0, 0, 0, en2];
+        let nonce = (0..)
+            .find(|&n| network.is_met_by(&job.hash(&miner.extranonce1, &en2, job.version, t, n)))
+            .expect("a nonce");
+        assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
+        for event in miner.events() {
+            match event {
+                Event::BlockFound(_) => blocks += 1,
+                Event::ShareAccepted(share) => accepted.push(share.is_block),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(blocks, 1, "one block per parent");
+    assert_eq!(accepted, vec![true, false], "both shares credited");
+}
+
+#[test]
 fn order_errors() {
     let mut miner = Miner::new(config());
     miner.template(template(1, 7, HARD_BITS));

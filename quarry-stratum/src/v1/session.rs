@@ -556,8 +556,10 @@ impl Session {
         if !pool.first_seen(share.hash()) {
             return Err(RequestError::Share(ShareReject::Duplicate));
         }
-        if share.is_block() {
-            // Even a stale share goes to the node: it may still win a race for the tip.
+        // Even a stale share goes to the node (it may still win a race for the tip), unless
+        // the pool already found a block on the same parent.
+        let is_block = share.is_block() && pool.claim_block(&template.prev_hash);
+        if is_block {
             self.events.push_back(Event::BlockFound(FoundBlock {
                 height: template.height,
                 hash: *share.hash(),
@@ -582,7 +584,7 @@ impl Session {
             network_difficulty: template.network_target.difficulty(),
             template_id: template.id,
             height: template.height,
-            is_block: share.is_block(),
+            is_block,
             block_reward: template.coinbase_value,
             time_ms: now_ms,
         }));
