@@ -29,6 +29,10 @@ impl Pool for FuzzPool {
     fn claim_block(&self, _prev_hash: &Hash32) -> bool {
         true
     }
+    fn allocate_extranonce1(&self) -> Vec<u8> {
+        vec![0, 0, 0, 2]
+    }
+    fn release_extranonce1(&self, _extranonce1: &[u8]) {}
     fn resume_extranonce1(&self, _current: &[u8], requested: &[u8]) -> bool {
         requested.first() == Some(&7)
     }

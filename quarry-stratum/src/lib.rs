@@ -6,10 +6,16 @@
 //! drive it with arbitrary bytes.
 #![warn(missing_docs)]
 
+pub mod detect;
+pub mod event;
 pub mod pool;
 pub mod v1;
+pub mod v2;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;
 
+pub use event::{AcceptedShare, Event, FoundBlock};
 pub use pool::{Pool, PoolMode};
+pub use worker::Worker;

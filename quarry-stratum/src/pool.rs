@@ -34,6 +34,13 @@ pub trait Pool {
     /// it is credited as a share and not submitted.
     fn claim_block(&self, prev_hash: &Hash32) -> bool;
 
+    /// A fresh extranonce1 (the coinbase layout's length), unique among live connections and
+    /// channels.
+    fn allocate_extranonce1(&self) -> Vec<u8>;
+
+    /// Frees an extranonce1 when its connection or channel ends.
+    fn release_extranonce1(&self, extranonce1: &[u8]);
+
     /// Lets a reconnecting miner take back `requested` as its extranonce1, releasing `current`.
     /// False when `requested` is unknown or in use by another connection.
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool;

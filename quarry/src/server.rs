@@ -90,34 +90,6 @@ impl SharedPool {
         }
     }
 
-    /// A fresh extranonce1, unique among live connections.
-    pub fn allocate_extranonce1(&self) -> Vec<u8> {
-        let mut state = lock(&self.extranonces);
-        let space = if state.size >= 8 {
-            u64::MAX
-        } else {
-            1u64 << (8 * state.size)
-        };
-        loop {
-            let candidate = state.next % space;
-            state.next = state.next.wrapping_add(1);
-            if state.in_use.insert(candidate) {
-                let mut extranonce1 = state.prefix.clone();
-                extranonce1.extend(encode_extranonce(candidate, state.size));
-                return extranonce1;
-            }
-        }
-    }
-
-    /// Frees an extranonce1 when its connection ends.
-    pub fn release_extranonce1(&self, extranonce1: &[u8]) {
-        let mut state = lock(&self.extranonces);
-        if let Some(own) = extranonce1.strip_prefix(state.prefix.as_slice()) {
-            let id = decode_extranonce(own);
-            state.in_use.remove(&id);
-        }
-    }
-
     /// Starts a new duplicate generation when the tip changes.
     pub fn on_template(&self, template: &WorkTemplate) {
         let mut seen = lock(&self.seen);
@@ -166,6 +138,34 @@ impl Pool for SharedPool {
         }
         solved.push_back(*prev_hash);
         true
+    }
+
+    /// A fresh extranonce1, unique among live connections.
+    fn allocate_extranonce1(&self) -> Vec<u8> {
+        let mut state = lock(&self.extranonces);
+        let space = if state.size >= 8 {
+            u64::MAX
+        } else {
+            1u64 << (8 * state.size)
+        };
+        loop {
+            let candidate = state.next % space;
+            state.next = state.next.wrapping_add(1);
+            if state.in_use.insert(candidate) {
+                let mut extranonce1 = state.prefix.clone();
+                extranonce1.extend(encode_extranonce(candidate, state.size));
+                return extranonce1;
+            }
+        }
+    }
+
+    /// Frees an extranonce1 when its connection ends.
+    fn release_extranonce1(&self, extranonce1: &[u8]) {
+        let mut state = lock(&self.extranonces);
+        if let Some(own) = extranonce1.strip_prefix(state.prefix.as_slice()) {
+            let id = decode_extranonce(own);
+            state.in_use.remove(&id);
+        }
     }
 
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {

@@ -18,6 +18,7 @@ use crate::pool::Pool;
 use crate::v1::{CloseReason, Event, Session, SessionConfig};
 
 mod session;
+mod sv2;
 
 /// A regtest P2PKH address (the kind the registry node hands out).
 pub const ADDRESS: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";
@@ -32,6 +33,7 @@ pub struct TestPool {
     factory: RefCell<JobFactory>,
     seen: RefCell<HashSet<Hash32>>,
     solved: RefCell<HashSet<Hash32>>,
+    next_extranonce: std::cell::Cell<u32>,
     pub free_extranonces: RefCell<HashSet<Vec<u8>>>,
 }
 
@@ -45,6 +47,7 @@ impl TestPool {
             })),
             seen: RefCell::new(HashSet::new()),
             solved: RefCell::new(HashSet::new()),
+            next_extranonce: std::cell::Cell::new(0x1000),
             free_extranonces: RefCell::new(HashSet::new()),
         }
     }
@@ -64,6 +67,18 @@ impl Pool for TestPool {
 
     fn claim_block(&self, prev_hash: &Hash32) -> bool {
         self.solved.borrow_mut().insert(*prev_hash)
+    }
+
+    fn allocate_extranonce1(&self) -> Vec<u8> {
+        let next = self.next_extranonce.get() + 1;
+        self.next_extranonce.set(next);
+        next.to_be_bytes().to_vec()
+    }
+
+    fn release_extranonce1(&self, extranonce1: &[u8]) {
+        self.free_extranonces
+            .borrow_mut()
+            .insert(extranonce1.to_vec());
     }
 
     fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {

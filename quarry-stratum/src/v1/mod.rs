@@ -9,6 +9,7 @@ pub mod message;
 pub mod notify;
 pub mod session;
 
+pub use crate::event::{AcceptedShare, Event, FoundBlock};
 pub use error::{CloseReason, ErrorCode, RequestError};
 pub use notify::Notify;
-pub use session::{AcceptedShare, Event, FoundBlock, Session, SessionConfig};
+pub use session::{Session, SessionConfig};

@@ -10,10 +10,9 @@
 //! accepted before subscribe (some proxies do that); work starts once both happened.
 
 use std::collections::VecDeque;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use bitcoin::{Address, Network};
+use bitcoin::Network;
 use quarry_work::job::Job;
 use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
 use quarry_work::template::WorkTemplate;
@@ -25,7 +24,9 @@ use super::codec::{LineReader, LineTooLong};
 use super::error::{CloseReason, RequestError};
 use super::message::{self, Incoming, Request, Submit};
 use super::notify::stratum_prev_hash;
+use crate::event::{AcceptedShare, Event, FoundBlock};
 use crate::pool::{Pool, PoolMode};
+use crate::worker::Worker;
 
 /// Settings shared by every session of a listener.
 #[derive(Debug, Clone)]
@@ -70,84 +71,6 @@ impl Default for SessionConfig {
             max_jobs: 16,
         }
     }
-}
-
-/// What a session tells the pool.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Event {
-    /// A worker authorized.
-    Authorized {
-        /// Full username.
-        worker: String,
-        /// Its payout address.
-        address: String,
-    },
-    /// A share was accepted.
-    ShareAccepted(AcceptedShare),
-    /// A share was refused.
-    ShareRejected {
-        /// The worker, when known.
-        worker: String,
-        /// Why.
-        reason: ShareReject,
-    },
-    /// A share met the network target: submit it now.
-    BlockFound(FoundBlock),
-}
-
-/// An accepted share, as the ledger records it.
-#[derive(Debug, Clone)]
-pub struct AcceptedShare {
-    /// Full username (`address.worker`).
-    pub worker: String,
-    /// Payout address.
-    pub address: String,
-    /// Credit: the difficulty the job was sent with.
-    pub difficulty: Difficulty,
-    /// What the hash achieved.
-    pub achieved: f64,
-    /// Network difficulty of the job's template.
-    pub network_difficulty: f64,
-    /// Template id.
-    pub template_id: u64,
-    /// Height the job builds.
-    pub height: u64,
-    /// Whether this share is a block.
-    pub is_block: bool,
-    /// The job's coinbase value in satoshis (PPS's expected block reward).
-    pub block_reward: u64,
-    /// When it was accepted, Unix milliseconds.
-    pub time_ms: u64,
-}
-
-/// A block to submit.
-#[derive(Debug, Clone)]
-pub struct FoundBlock {
-    /// Height.
-    pub height: u64,
-    /// Block hash, internal byte order.
-    pub hash: Hash32,
-    /// Serialized block.
-    pub block: Vec<u8>,
-    /// Who found it.
-    pub worker: String,
-    /// The finder's payout address.
-    pub address: String,
-    /// The coinbase value, satoshis.
-    pub reward: u64,
-    /// Network difficulty of the block.
-    pub network_difficulty: f64,
-    /// When it was found, Unix milliseconds.
-    pub time_ms: u64,
-}
-
-/// A worker authorized on this connection.
-#[derive(Debug, Clone)]
-struct Worker {
-    name: String,
-    address: String,
-    payout_script: Vec<u8>,
 }
 
 /// A job as this connection received it: the difficulty is fixed when the job is sent.
@@ -411,14 +334,8 @@ impl Session {
             self.answer_error(id, &RequestError::TooManyWorkers);
             return;
         }
-        let address_text = username.split('.').next().unwrap_or(username);
-        let address = match Address::from_str(address_text)
-            .map_err(|e| e.to_string())
-            .and_then(|a| {
-                a.require_network(self.config.network)
-                    .map_err(|_| format!("not an address for {}", self.config.network))
-            }) {
-            Ok(address) => address,
+        let worker = match Worker::parse(username, self.config.network) {
+            Ok(worker) => worker,
             Err(reason) => {
                 self.answer_error(
                     id,
@@ -431,11 +348,6 @@ impl Session {
             }
         };
         let first = self.workers.is_empty();
-        let worker = Worker {
-            name: username.to_string(),
-            address: address.to_string(),
-            payout_script: address.script_pubkey().into_bytes(),
-        };
         self.events.push_back(Event::Authorized {
             worker: worker.name.clone(),
             address: worker.address.clone(),
@@ -699,11 +611,7 @@ impl Session {
         let Some(worker) = self.workers.first() else {
             return;
         };
-        let payout_script = match &self.config.mode {
-            PoolMode::Solo => worker.payout_script.clone(),
-            PoolMode::Pool { payout_script } => payout_script.clone(),
-        };
-        let Some(job) = pool.job_for(&template, &payout_script) else {
+        let Some(job) = pool.job_for(&template, worker.coinbase_script(&self.config.mode)) else {
             return;
         };
         let network = self.network_difficulty();

@@ -1,0 +1,75 @@
+//! What a session (either protocol) tells the pool: one event type, so that shares from V1 and
+//! V2 reach the same ledger, metrics and block submitter.
+
+use quarry_work::share::ShareReject;
+use quarry_work::{Difficulty, Hash32};
+
+/// What a session tells the pool.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker authorized.
+    Authorized {
+        /// Full username.
+        worker: String,
+        /// Its payout address.
+        address: String,
+    },
+    /// A share was accepted.
+    ShareAccepted(AcceptedShare),
+    /// A share was refused.
+    ShareRejected {
+        /// The worker, when known.
+        worker: String,
+        /// Why.
+        reason: ShareReject,
+    },
+    /// A share met the network target: submit it now.
+    BlockFound(FoundBlock),
+}
+
+/// An accepted share, as the ledger records it.
+#[derive(Debug, Clone)]
+pub struct AcceptedShare {
+    /// Full username (`address.worker`).
+    pub worker: String,
+    /// Payout address.
+    pub address: String,
+    /// Credit: the difficulty the job was sent with.
+    pub difficulty: Difficulty,
+    /// What the hash achieved.
+    pub achieved: f64,
+    /// Network difficulty of the job's template.
+    pub network_difficulty: f64,
+    /// Template id.
+    pub template_id: u64,
+    /// Height the job builds.
+    pub height: u64,
+    /// Whether this share is a block.
+    pub is_block: bool,
+    /// The job's coinbase value in satoshis (PPS's expected block reward).
+    pub block_reward: u64,
+    /// When it was accepted, Unix milliseconds.
+    pub time_ms: u64,
+}
+
+/// A block to submit.
+#[derive(Debug, Clone)]
+pub struct FoundBlock {
+    /// Height.
+    pub height: u64,
+    /// Block hash, internal byte order.
+    pub hash: Hash32,
+    /// Serialized block.
+    pub block: Vec<u8>,
+    /// Who found it.
+    pub worker: String,
+    /// The finder's payout address.
+    pub address: String,
+    /// The coinbase value, satoshis.
+    pub reward: u64,
+    /// Network difficulty of the block.
+    pub network_difficulty: f64,
+    /// When it was found, Unix milliseconds.
+    pub time_ms: u64,
+}

@@ -1,0 +1,496 @@
+//! SV2 pool sessions against our miner client and a raw scripted client, over real Noise, on a
+//! simulated clock.
+
+use std::sync::Arc;
+
+use bitcoin::hashes::Hash;
+use quarry_work::hash::sha256d_80;
+use quarry_work::job::header_bytes;
+use quarry_work::Target;
+
+use super::{config, template, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
+use crate::event::Event;
+use crate::v2::client::{ClientEvent, HeaderWork, MinerClient};
+use crate::v2::message::{flags, Message, Protocol, SetupConnection};
+use crate::v2::noise::{InitiatorHandshake, Transport, ACT2_LEN};
+use crate::v2::{AuthorityKeypair, PoolSession, Sv2Config};
+
+fn pool_session(authority: &AuthorityKeypair) -> PoolSession {
+    PoolSession::new(
+        Arc::new(config()),
+        Arc::new(Sv2Config::new(authority.clone())),
+        START,
+    )
+}
+
+/// Moves bytes both ways until neither side has anything to say.
+fn pump(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool) {
+    pump_at(client, session, pool, START)
+}
+
+fn pump_at(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool, now: u64) {
+    loop {
+        let mut moved = false;
+        while let Some(bytes) = client.poll_transmit() {
+            session.handle_bytes(&bytes, now, pool);
+            moved = true;
+        }
+        while let Some(bytes) = session.poll_transmit() {
+            client.handle_bytes(&bytes, (START / 1000) as u32);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn events(session: &mut PoolSession) -> Vec<Event> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn client_events(client: &mut MinerClient) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| client.poll_event()).collect()
+}
+
+fn connected(bits: u32) -> (MinerClient, PoolSession, TestPool, HeaderWork, Target) {
+    let authority = AuthorityKeypair::generate();
+    let pool = TestPool::new();
+    let mut session = pool_session(&authority);
+    session.handle_template(template(1, 7, bits), START, &pool);
+    let mut client = MinerClient::new(
+        &authority.public,
+        &format!("{ADDRESS}.rig"),
+        0.0,
+        ("127.0.0.1".into(), 3333),
+    )
+    .expect("client");
+    pump(&mut client, &mut session, &pool);
+    let mut work = None;
+    let mut target = None;
+    for event in client_events(&mut client) {
+        match event {
+            ClientEvent::ChannelOpened { target: t, .. } => target = Some(Target::from_le_bytes(t)),
+            ClientEvent::Work(w) => work = Some(w),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        session.close_reason().is_none(),
+        "{:?}",
+        session.close_reason()
+    );
+    (
+        client,
+        session,
+        pool,
+        work.expect("a job and its prevhash"),
+        target.expect("channel opened"),
+    )
+}
+
+/// A nonce whose header meets `target` (and, with `block`, the work's network target too).
+fn solve(work: &HeaderWork, target: &Target, version: u32) -> (u32, [u8; 32]) {
+    (0u32..)
+        .find_map(|nonce| {
+            let header = header_bytes(
+                version,
+                &work.prev_hash,
+                &work.merkle_root,
+                work.ntime,
+                work.nbits,
+                nonce,
+            );
+            let hash = sha256d_80(&header);
+            target.is_met_by(&hash).then_some((nonce, hash))
+        })
+        .expect("a nonce")
+}
+
+#[test]
+fn standard_channel_mines_accepted_shares() {
+    let (mut client, mut session, pool, work, target) = connected(HARD_BITS);
+    let authorized = events(&mut session);
+    assert!(
+        matches!(&authorized[..], [Event::Authorized { worker, .. }] if worker == &format!("{ADDRESS}.rig"))
+    );
+    assert_eq!(target, Target::from_difficulty(config().vardiff.start));
+    // Two shares in one read: one batched SubmitShares.Success.
+    let rolled = work.version | 0x0000_e000;
+    let (first, _) = solve(&work, &target, work.version);
+    let (second, _) = solve(&work, &target, rolled);
+    client.submit(work.job_id, first, work.ntime, work.version);
+    client.submit(work.job_id, second, work.ntime, rolled);
+    pump(&mut client, &mut session, &pool);
+    assert_eq!(
+        client_events(&mut client),
+        vec![ClientEvent::Accepted {
+            count: 2,
+            last_sequence_number: 1
+        }]
+    );
+    let accepted: Vec<_> = events(&mut session)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ShareAccepted(share) => Some(share),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accepted.len(), 2);
+    assert_eq!(accepted[0].difficulty, config().vardiff.start);
+    assert!(!accepted[0].is_block);
+
+    // The same share again, a share on an unknown job, and one that misses the target.
+    client.submit(work.job_id, first, work.ntime, work.version);
+    client.submit(work.job_id + 100, first, work.ntime, work.version);
+    let miss = (0u32..)
+        .find(|&n| {
+            let header = header_bytes(
+                work.version,
+                &work.prev_hash,
+                &work.merkle_root,
+                work.ntime,
+                work.nbits,
+                n,
+            );
+            !target.is_met_by(&sha256d_80(&header))
+        })
+        .expect("a miss");
+    client.submit(work.job_id, miss, work.ntime, work.version);
+    // A version bit outside BIP320's mask.
+    client.submit(work.job_id, first, work.ntime, work.version | 1);
+    pump(&mut client, &mut session, &pool);
+    let codes: Vec<String> = client_events(&mut client)
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Rejected { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "duplicate-share",
+            "invalid-job-id",
+            "difficulty-too-low",
+            "invalid-non-rollable-version-bit"
+        ]
+    );
+}
+
+#[test]
+fn a_block_is_reported_whole_and_new_tips_arrive_as_future_jobs() {
+    let (mut client, mut session, pool, work, _) = connected(REGTEST_BITS);
+    let network = Target::from_compact(REGTEST_BITS);
+    let (nonce, hash) = solve(&work, &network, work.version);
+    client.submit(work.job_id, nonce, work.ntime, work.version);
+    pump(&mut client, &mut session, &pool);
+    let block = events(&mut session)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::BlockFound(block) => Some(block),
+            _ => None,
+        })
+        .expect("block found");
+    assert_eq!(block.hash, hash);
+    let decoded: bitcoin::Block = bitcoin::consensus::deserialize(&block.block).expect("a block");
+    assert!(decoded.check_merkle_root());
+    assert_eq!(decoded.header.merkle_root.to_byte_array(), work.merkle_root);
+
+    // New tip: the client switches to the new job only through SetNewPrevHash.
+    session.handle_template(template(2, 8, REGTEST_BITS), START + 1000, &pool);
+    pump(&mut client, &mut session, &pool);
+    let works: Vec<_> = client_events(&mut client)
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Work(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(works.len(), 1);
+    assert_eq!(works[0].prev_hash, [8; 32]);
+    // A share on the old tip after the grace period is stale.
+    session.handle_template(template(3, 9, REGTEST_BITS), START + 10_000, &pool);
+    pump(&mut client, &mut session, &pool);
+    client_events(&mut client);
+    let (nonce, _) = solve(
+        &works[0],
+        &Target::from_difficulty(config().vardiff.start),
+        works[0].version,
+    );
+    client.submit(works[0].job_id, nonce, works[0].ntime, works[0].version);
+    pump_at(&mut client, &mut session, &pool, START + 13_000);
+    let after = client_events(&mut client);
+    assert!(
+        after
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Rejected { code, .. } if code == "stale-share")),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn wrong_authority_key_is_refused_by_the_client() {
+    let authority = AuthorityKeypair::generate();
+    let impostor = AuthorityKeypair::generate();
+    let pool = TestPool::new();
+    let mut session = pool_session(&impostor);
+    let mut client =
+        MinerClient::new(&authority.public, ADDRESS, 0.0, ("h".into(), 1)).expect("client");
+    pump(&mut client, &mut session, &pool);
+    assert!(client
+        .close_reason()
+        .expect("refused")
+        .contains("certificate"));
+}
+
+/// A scripted client speaking raw messages.
+struct Raw {
+    transport: Transport,
+    session: PoolSession,
+    pool: TestPool,
+}
+
+impl Raw {
+    fn connect() -> Raw {
+        let authority = AuthorityKeypair::generate();
+        let pool = TestPool::new();
+        let mut session = pool_session(&authority);
+        session.handle_template(template(1, 7, HARD_BITS), START, &pool);
+        let mut handshake = InitiatorHandshake::new(&authority.public, 1 << 20).expect("init");
+        let act1 = handshake.start().expect("act1");
+        session.handle_bytes(&act1, START, &pool);
+        let act2 = session.poll_transmit().expect("act2");
+        assert_eq!(act2.len(), ACT2_LEN);
+        let act2: [u8; ACT2_LEN] = act2.try_into().expect("length");
+        let transport = handshake
+            .finish(&act2, (START / 1000) as u32)
+            .expect("trusted");
+        Raw {
+            transport,
+            session,
+            pool,
+        }
+    }
+
+    fn send(&mut self, message: Message) -> Vec<Message> {
+        let mut wire = Vec::new();
+        self.transport.encrypt(&message.to_frame_bytes(), &mut wire);
+        self.session.handle_bytes(&wire, START, &self.pool);
+        let mut out = Vec::new();
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.transport.push(&bytes);
+        }
+        while let Ok(Some(frame)) = self.transport.next_frame() {
+            out.push(Message::decode(&frame).expect("pool sends valid messages"));
+        }
+        out
+    }
+
+    fn setup(&mut self, flags: u32) -> Vec<Message> {
+        self.send(Message::SetupConnection(SetupConnection {
+            protocol: Protocol::Mining,
+            min_version: 2,
+            max_version: 2,
+            flags,
+            endpoint_host: "pool".into(),
+            endpoint_port: 3333,
+            vendor: "test".into(),
+            hardware_version: String::new(),
+            firmware: String::new(),
+            device_id: String::new(),
+        }))
+    }
+}
+
+#[test]
+fn unsupported_flags_are_listed_in_the_error() {
+    let mut raw = Raw::connect();
+    let answer =
+        raw.setup(flags::REQUIRES_WORK_SELECTION | flags::REQUIRES_VERSION_ROLLING | 1 << 9);
+    assert_eq!(
+        answer,
+        vec![Message::SetupConnectionError {
+            flags: flags::REQUIRES_WORK_SELECTION | 1 << 9,
+            error_code: "unsupported-feature-flags".into()
+        }]
+    );
+    assert!(raw.session.close_reason().is_some());
+}
+
+#[test]
+fn extended_channel_gets_coinbase_parts_and_validates_extranonce() {
+    let mut raw = Raw::connect();
+    assert!(matches!(
+        &raw.setup(flags::REQUIRES_VERSION_ROLLING)[..],
+        [Message::SetupConnectionSuccess {
+            used_version: 2,
+            ..
+        }]
+    ));
+    let opened = raw.send(Message::OpenExtendedMiningChannel {
+        request_id: 7,
+        user_identity: format!("{ADDRESS}.proxy"),
+        nominal_hash_rate: 0.0,
+        max_target: [0xff; 32],
+        min_extranonce_size: 4,
+    });
+    let [Message::OpenExtendedMiningChannelSuccess {
+        request_id: 7,
+        channel_id,
+        extranonce_size: 8,
+        extranonce_prefix,
+        group_channel_id: 1,
+        ..
+    }, Message::NewExtendedMiningJob {
+        job_id,
+        min_ntime: None,
+        version_rolling_allowed: true,
+        coinbase_tx_prefix,
+        coinbase_tx_suffix,
+        merkle_path,
+        version,
+        ..
+    }, Message::SetNewPrevHash {
+        job_id: activated,
+        prev_hash,
+        min_ntime,
+        nbits,
+        ..
+    }] = &opened[..]
+    else {
+        panic!("unexpected answer {opened:?}");
+    };
+    assert_eq!(job_id, activated);
+    assert_ne!(*channel_id, 1);
+    // Rebuild the coinbase the way a proxy does and mine on it.
+    let extranonce = [0u8, 0, 0, 0, 0, 0, 0, 9];
+    let coinbase = [
+        coinbase_tx_prefix.as_slice(),
+        extranonce_prefix,
+        &extranonce,
+        coinbase_tx_suffix,
+    ]
+    .concat();
+    let tx: bitcoin::Transaction =
+        bitcoin::consensus::deserialize(&coinbase).expect("a transaction");
+    let mut root = tx.compute_txid().to_byte_array();
+    for step in merkle_path {
+        root = quarry_work::hash::sha256d(&[root.as_slice(), step].concat());
+    }
+    let target = Target::from_difficulty(config().vardiff.start);
+    let work = HeaderWork {
+        job_id: *job_id,
+        version: *version,
+        prev_hash: *prev_hash,
+        merkle_root: root,
+        ntime: *min_ntime,
+        nbits: *nbits,
+    };
+    let (nonce, _) = solve(&work, &target, *version);
+    let submit = |extranonce: Vec<u8>, sequence_number: u32| Message::SubmitSharesExtended {
+        channel_id: *channel_id,
+        sequence_number,
+        job_id: *job_id,
+        nonce,
+        ntime: *min_ntime,
+        version: *version,
+        extranonce,
+    };
+    let channel_id = *channel_id;
+    assert_eq!(
+        raw.send(submit(extranonce.to_vec(), 1)),
+        vec![Message::SubmitSharesSuccess {
+            channel_id,
+            last_sequence_number: 1,
+            new_submits_accepted_count: 1,
+            new_shares_sum: 0
+        }]
+    );
+    assert_eq!(
+        raw.send(submit(vec![0; 5], 2)),
+        vec![Message::SubmitSharesError {
+            channel_id,
+            sequence_number: 2,
+            error_code: "bad-extranonce-size".into()
+        }]
+    );
+    // A share for a channel that does not exist.
+    assert!(matches!(
+        &raw.send(Message::SubmitSharesExtended {
+            channel_id: 999,
+            sequence_number: 3,
+            job_id: 1,
+            nonce: 0,
+            ntime: 0,
+            version: 0,
+            extranonce: vec![],
+        })[..],
+        [Message::SubmitSharesError { error_code, .. }] if error_code == "invalid-channel-id"
+    ));
+    // Closed channels take no more shares.
+    raw.send(Message::CloseChannel {
+        channel_id,
+        reason_code: "bye".into(),
+    });
+    assert!(matches!(
+        &raw.send(submit(extranonce.to_vec(), 4))[..],
+        [Message::SubmitSharesError { error_code, .. }] if error_code == "invalid-channel-id"
+    ));
+}
+
+#[test]
+fn garbage_and_protocol_violations_close_the_connection() {
+    // 64 bytes of garbage pass as act 1 (every string is an ElligatorSwift encoding); the next
+    // frame then fails its MAC.
+    let authority = AuthorityKeypair::generate();
+    let pool = TestPool::new();
+    let mut session = pool_session(&authority);
+    session.handle_bytes(&[0x42; 64], START, &pool);
+    assert!(session.close_reason().is_none());
+    session.handle_bytes(&[0x42; 40], START, &pool);
+    assert!(session.close_reason().expect("closed").contains("MAC"));
+
+    // A mining message before SetupConnection.
+    let mut raw = Raw::connect();
+    raw.send(Message::CloseChannel {
+        channel_id: 1,
+        reason_code: String::new(),
+    });
+    assert!(raw
+        .session
+        .close_reason()
+        .expect("closed")
+        .contains("SetupConnection"));
+
+    // A message only a pool sends.
+    let mut raw = Raw::connect();
+    raw.setup(0);
+    raw.send(Message::SetTarget {
+        channel_id: 2,
+        maximum_target: [0; 32],
+    });
+    assert!(raw
+        .session
+        .close_reason()
+        .expect("closed")
+        .contains("unexpected"));
+
+    // An oversized frame.
+    let mut raw = Raw::connect();
+    raw.setup(0);
+    let mut wire = Vec::new();
+    let mut huge = Message::SetupConnectionError {
+        flags: 0,
+        error_code: String::new(),
+    }
+    .to_frame_bytes();
+    huge[3..6].copy_from_slice(&[0xff, 0xff, 0x0f]);
+    raw.transport.encrypt(&huge[..6], &mut wire);
+    raw.session.handle_bytes(&wire, START, &raw.pool);
+    assert!(raw
+        .session
+        .close_reason()
+        .expect("closed")
+        .contains("exceeds"));
+}

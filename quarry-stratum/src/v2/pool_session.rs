@@ -1,0 +1,860 @@
+//! One SV2 connection, pool side, as a state machine: Noise handshake → SetupConnection →
+//! channels. Same inputs and outputs as the V1 [`Session`](crate::v1::Session): bytes, templates
+//! and the time in; encrypted bytes, [`Event`]s and deadlines out. Shares go through
+//! [`validate_share`] and the same [`Pool`] as V1.
+//!
+//! Every channel of a connection belongs to group channel 1 (as in SRI's pool); channel ids start
+//! at 2. Jobs are sent per channel: a standard channel gets `NewMiningJob` with its own merkle
+//! root, an extended channel `NewExtendedMiningJob` with the coinbase split around its
+//! extranonce. A new tip is announced as a future job followed by `SetNewPrevHash`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use quarry_work::job::Job;
+use quarry_work::merkle;
+use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
+use quarry_work::template::WorkTemplate;
+use quarry_work::vardiff::Vardiff;
+use quarry_work::{Difficulty, Hash32, Target};
+
+use super::keys::AuthorityKeypair;
+use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
+use super::noise::{ResponderHandshake, Transport, ACT1_LEN};
+use crate::event::{AcceptedShare, Event, FoundBlock};
+use crate::pool::Pool;
+use crate::v1::SessionConfig;
+use crate::worker::Worker;
+
+/// The group channel every channel of a connection belongs to.
+pub const GROUP_CHANNEL_ID: u32 = 1;
+
+/// Settings for SV2 connections (the rest is shared with V1's [`SessionConfig`]).
+#[derive(Debug, Clone)]
+pub struct Sv2Config {
+    /// Signs each connection's static key.
+    pub authority: AuthorityKeypair,
+    /// How long a certificate is valid from the handshake.
+    pub certificate_validity_secs: u32,
+    /// Largest frame payload accepted from a miner.
+    pub max_frame: usize,
+    /// Channels one connection may open.
+    pub max_channels: usize,
+}
+
+impl Sv2Config {
+    /// Defaults around an authority key.
+    pub fn new(authority: AuthorityKeypair) -> Self {
+        Sv2Config {
+            authority,
+            certificate_validity_secs: 3600,
+            // Miners send small messages; the largest, SetupConnection, is under 1,300 bytes.
+            max_frame: 16 * 1024,
+            max_channels: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelKind {
+    Standard,
+    Extended,
+}
+
+#[derive(Debug)]
+struct ChannelJob {
+    id: u32,
+    job: Arc<Job>,
+}
+
+#[derive(Debug)]
+struct Channel {
+    kind: ChannelKind,
+    worker: Worker,
+    extranonce1: Vec<u8>,
+    vardiff: Vardiff,
+    difficulty: Difficulty,
+    /// The miner's limit: our target never exceeds it.
+    max_target: Target,
+    /// The target before the last SetTarget, honoured for shares in flight until the deadline.
+    previous: Option<(Difficulty, u64)>,
+    jobs: VecDeque<ChannelJob>,
+    /// Accepted shares not acknowledged yet: (last sequence number, count, difficulty sum).
+    pending_success: Option<(u32, u32, f64)>,
+}
+
+enum Phase {
+    Handshake(Option<ResponderHandshake>),
+    Setup,
+    Ready,
+}
+
+/// One SV2 connection, pool side.
+pub struct PoolSession {
+    config: Arc<SessionConfig>,
+    sv2: Arc<Sv2Config>,
+    phase: Phase,
+    act1: Vec<u8>,
+    transport: Option<Transport>,
+    channels: BTreeMap<u32, Channel>,
+    next_channel_id: u32,
+    next_job_id: u32,
+    template: Option<Arc<WorkTemplate>>,
+    previous_prev_hash: Option<Hash32>,
+    tip_changed_ms: u64,
+    connected_ms: u64,
+    last_frame_ms: u64,
+    next_retarget_ms: u64,
+    outbox: Vec<u8>,
+    events: VecDeque<Event>,
+    closed: Option<String>,
+}
+
+impl std::fmt::Debug for PoolSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSession")
+            .field("channels", &self.channels.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long shares meeting the previous target still count after a SetTarget.
+const TARGET_GRACE_MS: u64 = 5_000;
+
+impl PoolSession {
+    /// A connection whose first bytes will be the Noise act 1.
+    pub fn new(config: Arc<SessionConfig>, sv2: Arc<Sv2Config>, now_ms: u64) -> Self {
+        let (phase, closed) = match ResponderHandshake::new(
+            &sv2.authority,
+            sv2.certificate_validity_secs,
+            sv2.max_frame,
+        ) {
+            Ok(responder) => (Phase::Handshake(Some(responder)), None),
+            Err(e) => (Phase::Handshake(None), Some(e.to_string())),
+        };
+        PoolSession {
+            config,
+            sv2,
+            phase,
+            act1: Vec::with_capacity(ACT1_LEN),
+            transport: None,
+            channels: BTreeMap::new(),
+            next_channel_id: GROUP_CHANNEL_ID + 1,
+            next_job_id: 1,
+            template: None,
+            previous_prev_hash: None,
+            tip_changed_ms: now_ms,
+            connected_ms: now_ms,
+            last_frame_ms: now_ms,
+            next_retarget_ms: now_ms,
+            outbox: Vec::new(),
+            events: VecDeque::new(),
+            closed,
+        }
+    }
+
+    /// Bytes to write, in order.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        (!self.outbox.is_empty()).then(|| std::mem::take(&mut self.outbox))
+    }
+
+    /// The next event for the pool.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Why the connection must close, once it must.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.closed.as_deref()
+    }
+
+    /// The first channel's worker.
+    pub fn worker(&self) -> Option<&str> {
+        self.channels
+            .values()
+            .next()
+            .map(|c| c.worker.name.as_str())
+    }
+
+    /// Open channels.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// When [`PoolSession::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.closed.is_some() {
+            return None;
+        }
+        let idle = self.last_frame_ms + self.config.idle_timeout_ms;
+        if self.channels.is_empty() {
+            return Some(idle.min(self.connected_ms + self.config.auth_timeout_ms));
+        }
+        Some(idle.min(self.next_retarget_ms))
+    }
+
+    /// Releases every channel's extranonce1; call once the connection is gone.
+    pub fn release(&mut self, pool: &dyn Pool) {
+        for channel in std::mem::take(&mut self.channels).into_values() {
+            pool.release_extranonce1(&channel.extranonce1);
+        }
+    }
+
+    /// Bytes from the miner.
+    pub fn handle_bytes(&mut self, mut data: &[u8], now_ms: u64, pool: &dyn Pool) {
+        if self.closed.is_some() {
+            return;
+        }
+        if let Phase::Handshake(responder) = &mut self.phase {
+            let take = (ACT1_LEN - self.act1.len()).min(data.len());
+            self.act1.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.act1.len() < ACT1_LEN {
+                return;
+            }
+            let mut act1 = [0u8; ACT1_LEN];
+            act1.copy_from_slice(&self.act1);
+            let Some(responder) = responder.take() else {
+                return self.close("handshake already failed".into());
+            };
+            match responder.respond(&act1, (now_ms / 1000) as u32) {
+                Ok((act2, transport)) => {
+                    self.outbox.extend_from_slice(&act2);
+                    self.transport = Some(transport);
+                    self.phase = Phase::Setup;
+                    self.act1 = Vec::new();
+                }
+                Err(e) => return self.close(e.to_string()),
+            }
+        }
+        let Some(transport) = &mut self.transport else {
+            return;
+        };
+        transport.push(data);
+        loop {
+            let Some(transport) = &mut self.transport else {
+                break;
+            };
+            match transport.next_frame() {
+                Ok(Some(frame)) => {
+                    self.last_frame_ms = now_ms;
+                    match Message::decode(&frame) {
+                        Ok(message) => self.handle_message(message, now_ms, pool),
+                        // Extensions we never negotiated: the spec says to ignore them.
+                        Err(DecodeError::UnknownExtension(_)) => {}
+                        Err(e) => self.close(format!("bad frame: {e}")),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => self.close(e.to_string()),
+            }
+            if self.closed.is_some() {
+                break;
+            }
+        }
+        self.flush_successes();
+    }
+
+    fn send(&mut self, message: Message) {
+        if let Some(transport) = &mut self.transport {
+            transport.encrypt(&message.to_frame_bytes(), &mut self.outbox);
+        }
+    }
+
+    fn close(&mut self, reason: String) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+        }
+    }
+
+    fn handle_message(&mut self, message: Message, now_ms: u64, pool: &dyn Pool) {
+        match (&self.phase, message) {
+            (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup),
+            (Phase::Setup, other) => self.close(format!(
+                "expected SetupConnection, got type 0x{:02x}",
+                other.msg_type()
+            )),
+            (
+                Phase::Ready,
+                Message::OpenStandardMiningChannel {
+                    request_id,
+                    user_identity,
+                    nominal_hash_rate,
+                    max_target,
+                },
+            ) => self.open_channel(
+                request_id,
+                &user_identity,
+                nominal_hash_rate,
+                max_target,
+                None,
+                now_ms,
+                pool,
+            ),
+            (
+                Phase::Ready,
+                Message::OpenExtendedMiningChannel {
+                    request_id,
+                    user_identity,
+                    nominal_hash_rate,
+                    max_target,
+                    min_extranonce_size,
+                },
+            ) => self.open_channel(
+                request_id,
+                &user_identity,
+                nominal_hash_rate,
+                max_target,
+                Some(min_extranonce_size),
+                now_ms,
+                pool,
+            ),
+            (
+                Phase::Ready,
+                Message::SubmitSharesStandard {
+                    channel_id,
+                    sequence_number,
+                    job_id,
+                    nonce,
+                    ntime,
+                    version,
+                },
+            ) => {
+                let share = Share {
+                    channel_id,
+                    sequence_number,
+                    job_id,
+                    nonce,
+                    ntime,
+                    version,
+                    extranonce: None,
+                };
+                self.on_submit(&share, now_ms, pool)
+            }
+            (
+                Phase::Ready,
+                Message::SubmitSharesExtended {
+                    channel_id,
+                    sequence_number,
+                    job_id,
+                    nonce,
+                    ntime,
+                    version,
+                    extranonce,
+                },
+            ) => {
+                let share = Share {
+                    channel_id,
+                    sequence_number,
+                    job_id,
+                    nonce,
+                    ntime,
+                    version,
+                    extranonce: Some(extranonce),
+                };
+                self.on_submit(&share, now_ms, pool)
+            }
+            (
+                Phase::Ready,
+                Message::UpdateChannel {
+                    channel_id,
+                    maximum_target,
+                    ..
+                },
+            ) => self.on_update_channel(channel_id, maximum_target, now_ms),
+            (Phase::Ready, Message::CloseChannel { channel_id, .. }) => {
+                if let Some(channel) = self.channels.remove(&channel_id) {
+                    pool.release_extranonce1(&channel.extranonce1);
+                }
+            }
+            (_, other) => self.close(format!(
+                "unexpected message type 0x{:02x} from a miner",
+                other.msg_type()
+            )),
+        }
+    }
+
+    fn on_setup(&mut self, setup: &SetupConnection) {
+        let error = |flags: u32, code: &str| Message::SetupConnectionError {
+            flags,
+            error_code: code.to_string(),
+        };
+        if setup.protocol != Protocol::Mining {
+            self.send(error(0, "unsupported-protocol"));
+            return self.close(format!("unsupported protocol {:?}", setup.protocol));
+        }
+        if !(setup.min_version..=setup.max_version).contains(&2) {
+            self.send(error(0, "protocol-version-mismatch"));
+            return self.close("protocol version mismatch".into());
+        }
+        let supported = flags::REQUIRES_STANDARD_JOBS | flags::REQUIRES_VERSION_ROLLING;
+        let unsupported = setup.flags & !supported;
+        if unsupported != 0 {
+            self.send(error(unsupported, "unsupported-feature-flags"));
+            return self.close(format!("unsupported feature flags {unsupported:#x}"));
+        }
+        self.send(Message::SetupConnectionSuccess {
+            used_version: 2,
+            flags: 0,
+        });
+        self.phase = Phase::Ready;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_channel(
+        &mut self,
+        request_id: u32,
+        user_identity: &str,
+        nominal_hash_rate: f32,
+        max_target: [u8; 32],
+        min_extranonce_size: Option<u16>,
+        now_ms: u64,
+        pool: &dyn Pool,
+    ) {
+        let refuse = |code: &str| Message::OpenMiningChannelError {
+            request_id,
+            error_code: code.to_string(),
+        };
+        if self.channels.len() >= self.sv2.max_channels {
+            return self.send(refuse("channel-capacity-exhausted"));
+        }
+        let Ok(worker) = Worker::parse(user_identity, self.config.network) else {
+            return self.send(refuse("invalid-user-identity"));
+        };
+        if !nominal_hash_rate.is_finite() || nominal_hash_rate < 0.0 {
+            return self.send(refuse("invalid-nominal-hashrate"));
+        }
+        if min_extranonce_size.is_some_and(|n| usize::from(n) > self.config.extranonce2_len) {
+            return self.send(refuse("min-extranonce-size-too-large"));
+        }
+        let max_target = Target::from_le_bytes(max_target);
+        let Some(floor) = Difficulty::new(max_target.difficulty()) else {
+            return self.send(refuse("max-target-out-of-range"));
+        };
+        let config = Arc::clone(&self.config);
+        let vardiff_config = &config.vardiff;
+        // Aim for the configured share interval at the announced hashrate.
+        let announced =
+            f64::from(nominal_hash_rate) * vardiff_config.target_interval_secs / 4_294_967_296.0;
+        let start = Difficulty::new(announced)
+            .map(|d| d.clamp(vardiff_config.min, vardiff_config.max))
+            .unwrap_or(vardiff_config.start);
+        let difficulty = start.min(self.network_difficulty()).max(floor);
+        let extranonce1 = pool.allocate_extranonce1();
+        let channel_id = self.next_channel_id;
+        self.next_channel_id = self
+            .next_channel_id
+            .wrapping_add(1)
+            .max(GROUP_CHANNEL_ID + 1);
+        let target = Target::from_difficulty(difficulty).to_le_bytes();
+        let kind = if min_extranonce_size.is_some() {
+            self.send(Message::OpenExtendedMiningChannelSuccess {
+                request_id,
+                channel_id,
+                target,
+                extranonce_size: self.config.extranonce2_len as u16,
+                extranonce_prefix: extranonce1.clone(),
+                group_channel_id: GROUP_CHANNEL_ID,
+            });
+            ChannelKind::Extended
+        } else {
+            let mut prefix = extranonce1.clone();
+            prefix.resize(extranonce1.len() + self.config.extranonce2_len, 0);
+            self.send(Message::OpenStandardMiningChannelSuccess {
+                request_id,
+                channel_id,
+                target,
+                extranonce_prefix: prefix,
+                group_channel_id: GROUP_CHANNEL_ID,
+            });
+            ChannelKind::Standard
+        };
+        self.events.push_back(Event::Authorized {
+            worker: worker.name.clone(),
+            address: worker.address.clone(),
+        });
+        self.channels.insert(
+            channel_id,
+            Channel {
+                kind,
+                worker,
+                extranonce1,
+                vardiff: Vardiff::new(self.config.vardiff.clone(), difficulty, now_ms),
+                difficulty,
+                max_target,
+                previous: None,
+                jobs: VecDeque::new(),
+                pending_success: None,
+            },
+        );
+        self.next_retarget_ms = now_ms + (vardiff_config.retarget_secs * 1000.0) as u64;
+        if self.template.is_some() {
+            self.send_job(channel_id, true, now_ms, pool);
+        }
+    }
+
+    fn on_update_channel(&mut self, channel_id: u32, maximum_target: [u8; 32], now_ms: u64) {
+        let max_target = Target::from_le_bytes(maximum_target);
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return self.send(Message::UpdateChannelError {
+                channel_id,
+                error_code: "invalid-channel-id".into(),
+            });
+        };
+        let Some(floor) = Difficulty::new(max_target.difficulty()) else {
+            return self.send(Message::UpdateChannelError {
+                channel_id,
+                error_code: "max-target-out-of-range".into(),
+            });
+        };
+        channel.max_target = max_target;
+        if channel.difficulty.get() < floor.get() {
+            self.set_difficulty(channel_id, floor, now_ms);
+        }
+    }
+
+    fn set_difficulty(&mut self, channel_id: u32, difficulty: Difficulty, now_ms: u64) {
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        if channel.difficulty == difficulty {
+            return;
+        }
+        channel.previous = Some((channel.difficulty, now_ms + TARGET_GRACE_MS));
+        channel.difficulty = difficulty;
+        channel.vardiff.set(difficulty, now_ms);
+        let maximum_target = Target::from_difficulty(difficulty).to_le_bytes();
+        self.send(Message::SetTarget {
+            channel_id,
+            maximum_target,
+        });
+    }
+
+    fn network_difficulty(&self) -> Difficulty {
+        self.template
+            .as_ref()
+            .and_then(|t| Difficulty::new(t.network_target.difficulty()))
+            .unwrap_or(self.config.vardiff.max)
+    }
+
+    fn on_submit(&mut self, share: &Share, now_ms: u64, pool: &dyn Pool) {
+        let sequence_number = share.sequence_number;
+        let channel_id = share.channel_id;
+        match self.check_share(share, now_ms, pool) {
+            Ok(credited) => {
+                let Some(channel) = self.channels.get_mut(&channel_id) else {
+                    return;
+                };
+                let pending = channel.pending_success.get_or_insert((0, 0, 0.0));
+                pending.0 = sequence_number;
+                pending.1 += 1;
+                pending.2 += credited.get();
+                channel.vardiff.record_share(credited, now_ms);
+                let network = self.network_difficulty();
+                if let Some(channel) = self.channels.get_mut(&channel_id) {
+                    if let Some(next) = channel.vardiff.retarget(now_ms, network) {
+                        let floor = Difficulty::new(channel.max_target.difficulty());
+                        let next = floor.map_or(next, |f| next.max(f));
+                        self.set_difficulty(channel_id, next, now_ms);
+                    }
+                }
+            }
+            Err(code) => {
+                if let Some(channel) = self.channels.get(&channel_id) {
+                    let reason = match code {
+                        "stale-share" => ShareReject::Stale,
+                        "duplicate-share" => ShareReject::Duplicate,
+                        "invalid-job-id" => ShareReject::JobNotFound,
+                        "bad-extranonce-size" => ShareReject::Extranonce2Size {
+                            expected: self.config.extranonce2_len,
+                            got: share.extranonce.as_ref().map_or(0, Vec::len),
+                        },
+                        "invalid-non-rollable-version-bit" => ShareReject::VersionOutsideMask,
+                        _ => ShareReject::LowDifficulty,
+                    };
+                    self.events.push_back(Event::ShareRejected {
+                        worker: channel.worker.name.clone(),
+                        reason,
+                    });
+                }
+                // Earlier acceptances first, so the miner's counts stay in order.
+                self.flush_success(channel_id);
+                self.send(Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number,
+                    error_code: code.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Validates a share; the credited difficulty, or the spec's error code.
+    fn check_share(
+        &mut self,
+        share: &Share,
+        now_ms: u64,
+        pool: &dyn Pool,
+    ) -> Result<Difficulty, &'static str> {
+        let channel = self
+            .channels
+            .get(&share.channel_id)
+            .ok_or("invalid-channel-id")?;
+        let standard_en2;
+        let extranonce2: &[u8] = match (channel.kind, &share.extranonce) {
+            (ChannelKind::Standard, None) => {
+                standard_en2 = vec![0u8; self.config.extranonce2_len];
+                &standard_en2
+            }
+            (ChannelKind::Extended, Some(extranonce)) => extranonce,
+            _ => return Err("invalid-channel-id"),
+        };
+        let sent = channel
+            .jobs
+            .iter()
+            .find(|j| j.id == share.job_id)
+            .ok_or("invalid-job-id")?;
+        let template = &sent.job.template;
+        // In-flight shares may still meet the target from before the last SetTarget.
+        let easiest = match channel.previous {
+            Some((previous, until)) if now_ms <= until => previous.min(channel.difficulty),
+            _ => channel.difficulty,
+        };
+        let rules = ShareRules {
+            target: Target::from_difficulty(easiest),
+            version_mask: self.config.version_mask,
+            extranonce2_len: self.config.extranonce2_len,
+            now_unix: now_ms / 1000,
+        };
+        let submission = Submission {
+            extranonce1: &channel.extranonce1,
+            extranonce2,
+            version: share.version,
+            ntime: share.ntime,
+            nonce: share.nonce,
+        };
+        let valid = validate_share(&sent.job, &submission, &rules).map_err(|e| match e {
+            ShareReject::LowDifficulty => "difficulty-too-low",
+            ShareReject::Extranonce2Size { .. } => "bad-extranonce-size",
+            ShareReject::VersionOutsideMask => "invalid-non-rollable-version-bit",
+            _ => "invalid-share",
+        })?;
+        if !pool.first_seen(valid.hash()) {
+            return Err("duplicate-share");
+        }
+        let is_block = valid.is_block() && pool.claim_block(&template.prev_hash);
+        if is_block {
+            self.events.push_back(Event::BlockFound(FoundBlock {
+                height: template.height,
+                hash: *valid.hash(),
+                block: sent
+                    .job
+                    .block(valid.header(), &channel.extranonce1, extranonce2),
+                worker: channel.worker.name.clone(),
+                address: channel.worker.address.clone(),
+                reward: template.coinbase_value,
+                network_difficulty: template.network_target.difficulty(),
+                time_ms: now_ms,
+            }));
+        }
+        if self.is_stale(template, now_ms) {
+            return Err("stale-share");
+        }
+        let credited = if Target::from_difficulty(channel.difficulty).is_met_by(valid.hash()) {
+            channel.difficulty
+        } else {
+            easiest
+        };
+        self.events.push_back(Event::ShareAccepted(AcceptedShare {
+            worker: channel.worker.name.clone(),
+            address: channel.worker.address.clone(),
+            difficulty: credited,
+            achieved: valid.achieved_difficulty(),
+            network_difficulty: template.network_target.difficulty(),
+            template_id: template.id,
+            height: template.height,
+            is_block,
+            block_reward: template.coinbase_value,
+            time_ms: now_ms,
+        }));
+        Ok(credited)
+    }
+
+    fn is_stale(&self, template: &WorkTemplate, now_ms: u64) -> bool {
+        let Some(current) = &self.template else {
+            return false;
+        };
+        if template.prev_hash == current.prev_hash {
+            return false;
+        }
+        let in_grace = Some(template.prev_hash) == self.previous_prev_hash
+            && now_ms.saturating_sub(self.tip_changed_ms) <= self.config.stale_grace_ms;
+        !in_grace
+    }
+
+    fn flush_success(&mut self, channel_id: u32) {
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        if let Some((last, count, sum)) = channel.pending_success.take() {
+            self.send(Message::SubmitSharesSuccess {
+                channel_id,
+                last_sequence_number: last,
+                new_submits_accepted_count: count,
+                new_shares_sum: sum.round() as u64,
+            });
+        }
+    }
+
+    /// One SubmitShares.Success per channel for everything accepted from one read.
+    fn flush_successes(&mut self) {
+        let ids: Vec<u32> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.pending_success.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush_success(id);
+        }
+    }
+
+    /// New work from the node.
+    pub fn handle_template(&mut self, template: Arc<WorkTemplate>, now_ms: u64, pool: &dyn Pool) {
+        if self.closed.is_some() {
+            return;
+        }
+        let new_tip = match &self.template {
+            Some(old) if old.id >= template.id => return,
+            Some(old) => old.prev_hash != template.prev_hash,
+            None => true,
+        };
+        if new_tip {
+            self.previous_prev_hash = self.template.as_ref().map(|t| t.prev_hash);
+            self.tip_changed_ms = now_ms;
+        }
+        self.template = Some(template);
+        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.send_job(id, new_tip, now_ms, pool);
+        }
+    }
+
+    fn send_job(&mut self, channel_id: u32, new_tip: bool, now_ms: u64, pool: &dyn Pool) {
+        let Some(template) = self.template.clone() else {
+            return;
+        };
+        let Some(channel) = self.channels.get(&channel_id) else {
+            return;
+        };
+        let Some(job) = pool.job_for(&template, channel.worker.coinbase_script(&self.config.mode))
+        else {
+            return;
+        };
+        let job_id = self.next_job_id;
+        self.next_job_id = self.next_job_id.wrapping_add(1).max(1);
+        let ntime = template
+            .curtime
+            .max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
+        // A new tip starts with a future job that SetNewPrevHash then activates.
+        let min_ntime = (!new_tip).then_some(ntime);
+        let message = match channel.kind {
+            ChannelKind::Standard => {
+                let en2 = vec![0u8; self.config.extranonce2_len];
+                let leaf = job.coinbase.txid(&channel.extranonce1, &en2);
+                Message::NewMiningJob {
+                    channel_id,
+                    job_id,
+                    min_ntime,
+                    version: template.version,
+                    merkle_root: merkle::root_from_branch(&leaf, &template.merkle_branch),
+                }
+            }
+            ChannelKind::Extended => Message::NewExtendedMiningJob {
+                channel_id,
+                job_id,
+                min_ntime,
+                version: template.version,
+                // SRI's translator drops every share of a job that forbids rolling.
+                version_rolling_allowed: true,
+                merkle_path: template.merkle_branch.clone(),
+                coinbase_tx_prefix: job.coinbase.coinb1.clone(),
+                coinbase_tx_suffix: job.coinbase.coinb2.clone(),
+            },
+        };
+        self.send(message);
+        if new_tip {
+            self.send(Message::SetNewPrevHash {
+                channel_id,
+                job_id,
+                prev_hash: template.prev_hash,
+                min_ntime: ntime,
+                nbits: template.bits,
+            });
+        }
+        let previous = self.previous_prev_hash;
+        let max_jobs = self.config.max_jobs;
+        if let Some(channel) = self.channels.get_mut(&channel_id) {
+            if new_tip {
+                channel.jobs.retain(|j| {
+                    j.job.template.prev_hash == template.prev_hash
+                        || Some(j.job.template.prev_hash) == previous
+                });
+            }
+            channel.jobs.push_back(ChannelJob { id: job_id, job });
+            while channel.jobs.len() > max_jobs {
+                channel.jobs.pop_front();
+            }
+        }
+    }
+
+    /// Deadlines: setup and idle timeouts, and vardiff for channels gone quiet.
+    pub fn handle_timeout(&mut self, now_ms: u64, _pool: &dyn Pool) {
+        if self.closed.is_some() {
+            return;
+        }
+        if now_ms >= self.last_frame_ms + self.config.idle_timeout_ms {
+            return self.close("idle timeout".into());
+        }
+        if self.channels.is_empty() && now_ms >= self.connected_ms + self.config.auth_timeout_ms {
+            return self.close("no channel opened in time".into());
+        }
+        if now_ms >= self.next_retarget_ms {
+            self.next_retarget_ms = now_ms + (self.config.vardiff.retarget_secs * 1000.0) as u64;
+            let network = self.network_difficulty();
+            let changes: Vec<(u32, Difficulty)> = self
+                .channels
+                .iter_mut()
+                .filter_map(|(id, c)| {
+                    let next = c.vardiff.retarget(now_ms, network)?;
+                    let floor = Difficulty::new(c.max_target.difficulty());
+                    Some((*id, floor.map_or(next, |f| next.max(f))))
+                })
+                .collect();
+            for (id, difficulty) in changes {
+                self.set_difficulty(id, difficulty, now_ms);
+            }
+        }
+    }
+
+    /// Asks the miner to reconnect (graceful restart), then closes.
+    pub fn handle_reconnect(&mut self, host: &str, port: u16) {
+        if matches!(self.phase, Phase::Ready) {
+            self.send(Message::Reconnect {
+                new_host: host.to_string(),
+                new_port: port,
+            });
+        }
+        self.close("reconnect requested".into());
+    }
+}
+
+struct Share {
+    channel_id: u32,
+    sequence_number: u32,
+    job_id: u32,
+    nonce: u32,
+    ntime: u32,
+    version: u32,
+    extranonce: Option<Vec<u8>>,
+}
