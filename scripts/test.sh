@@ -24,6 +24,15 @@ scripts/regtest-nodes.sh install "${TMPDIR:-/tmp}/quarry-node-install"
 say "PostgreSQL server (Debian package) for the ledger tests"
 scripts/postgres.sh install
 
+# SRI's translator_sv2 from crates.io: the SV2 interop tests run it in front of our SV1 miner.
+# Built once into a cache (a few minutes on 2 cores); never vendored.
+say "SRI translator_sv2 0.6.0 (crates.io) for the Stratum V2 interop tests"
+sri_root=${QUARRY_SRI_ROOT:-$HOME/.cache/quarry/sri}
+if ! "$sri_root/bin/translator_sv2" --version 2>/dev/null | grep -qx 'translator_sv2 0.6.0'; then
+    cargo install --locked --quiet translator_sv2 --version 0.6.0 --root "$sri_root"
+fi
+export QUARRY_TRANSLATOR_SV2="$sri_root/bin/translator_sv2"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -26,6 +26,8 @@ pub enum Command {
     Mine(MineArgs),
     /// One payout run: pay every mature balance at or above the threshold from the node wallet.
     Payout(Box<ServeArgs>),
+    /// Print a new Stratum V2 authority key pair (for `[sv2]`; miners pin the public key).
+    Keygen,
 }
 
 /// `quarry serve`.
@@ -161,4 +163,10 @@ pub struct MineArgs {
     /// Do not negotiate version rolling.
     #[arg(long)]
     pub no_version_rolling: bool,
+    /// Speak Stratum V2 (also implied by a `stratum2+tcp://host:port/<authority_pubkey>` URL).
+    #[arg(long)]
+    pub sv2: bool,
+    /// The pool's SV2 authority public key (or put it in the URL's path).
+    #[arg(long)]
+    pub authority_pubkey: Option<String>,
 }

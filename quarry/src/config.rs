@@ -39,6 +39,35 @@ pub struct Config {
     pub payout: PayoutConfig,
     /// HTTP API, metrics and events.
     pub api: ApiConfig,
+    /// Stratum V2 on the stratum port.
+    pub sv2: Sv2Toml,
+}
+
+/// Stratum V2 as written in TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sv2Toml {
+    /// Accept SV2 (Noise) connections on `stratum.listen`, told apart from V1 by the first bytes.
+    pub enabled: bool,
+    /// The authority secret key (base58check, as `quarry keygen` prints it). When unset, a key
+    /// is created once in `data_dir/sv2-authority.key` and kept there.
+    pub authority_secret_key: Option<String>,
+    /// Optional: checked against the secret key, so a typo cannot start a pool under the wrong
+    /// identity.
+    pub authority_public_key: Option<String>,
+    /// How long each connection's certificate is valid, from its handshake.
+    pub certificate_validity_secs: u32,
+}
+
+impl Default for Sv2Toml {
+    fn default() -> Self {
+        Sv2Toml {
+            enabled: true,
+            authority_secret_key: None,
+            authority_public_key: None,
+            certificate_validity_secs: 3600,
+        }
+    }
 }
 
 /// The HTTP listener.
@@ -132,6 +161,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             payout: PayoutConfig::default(),
             api: ApiConfig::default(),
+            sv2: Sv2Toml::default(),
         }
     }
 }
@@ -470,6 +500,43 @@ impl Config {
     /// The payout threshold in satoshis.
     pub fn threshold_sat(&self) -> u64 {
         (self.payout.threshold_btc * 100_000_000.0).round() as u64
+    }
+}
+
+impl Config {
+    /// The SV2 settings: the configured authority key, or the one kept in `data_dir` (created on
+    /// first start). `None` when SV2 is disabled.
+    pub fn sv2(&self) -> Result<Option<quarry_stratum::v2::Sv2Config>> {
+        use quarry_stratum::v2::AuthorityKeypair;
+        if !self.sv2.enabled {
+            return Ok(None);
+        }
+        let public = self.sv2.authority_public_key.as_deref();
+        let authority = match &self.sv2.authority_secret_key {
+            Some(secret) => AuthorityKeypair::from_text(secret, public)
+                .map_err(|e| anyhow::anyhow!("sv2.authority_secret_key: {e}"))?,
+            None => {
+                let path = self.data_dir.join("sv2-authority.key");
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let fresh = AuthorityKeypair::generate();
+                        std::fs::create_dir_all(&self.data_dir).with_context(|| {
+                            format!("creating data_dir {}", self.data_dir.display())
+                        })?;
+                        std::fs::write(&path, format!("{}\n", fresh.secret_text()))
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        fresh.secret_text()
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+                };
+                AuthorityKeypair::from_text(&text, public)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+        };
+        let mut sv2 = quarry_stratum::v2::Sv2Config::new(authority);
+        sv2.certificate_validity_secs = self.sv2.certificate_validity_secs.max(60);
+        Ok(Some(sv2))
     }
 }
 

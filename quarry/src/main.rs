@@ -38,6 +38,12 @@ fn main() -> Result<()> {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Mine(args) => runtime.block_on(miner::run(args)),
         Command::Payout(args) => runtime.block_on(payout(*args)),
+        Command::Keygen => {
+            let pair = quarry_stratum::v2::AuthorityKeypair::generate();
+            println!("authority_secret_key = \"{}\"", pair.secret_text());
+            println!("authority_public_key = \"{}\"", pair.public_text());
+            Ok(())
+        }
     }
 }
 
@@ -121,8 +127,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             Arc::clone(&events),
         ));
     }
+    let sv2 = config.sv2()?;
+    if let Some(sv2) = &sv2 {
+        info!(authority_public_key = %sv2.authority.public_text(), "Stratum V2 enabled on the stratum port (miners pin this key)");
+    }
     let server = Server::new(
         resolved.session,
+        sv2,
         Arc::clone(&pool),
         Arc::clone(&nodes),
         server::Outputs {

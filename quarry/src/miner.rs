@@ -1,4 +1,5 @@
-//! `quarry mine`: a multi-threaded SHA-256d CPU miner speaking Stratum V1 with version rolling.
+//! `quarry mine`: a multi-threaded SHA-256d CPU miner speaking Stratum V1 (with version rolling)
+//! or Stratum V2 (a standard channel over Noise, pinned to the pool's authority key).
 //!
 //! The connection runs on tokio; hashing runs on plain threads that read the current work
 //! through a generation counter and send found shares back over a channel.
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use quarry_stratum::v1::codec::LineReader;
 use quarry_stratum::v1::Notify;
+use quarry_stratum::v2::client::{ClientEvent, HeaderWork, MinerClient};
 use quarry_work::hash::{header_midstate, sha256d_header_tail};
 use quarry_work::job::header_bytes;
 use quarry_work::{Difficulty, Target};
@@ -28,11 +30,21 @@ const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
 /// Work as the hashing threads see it.
 #[derive(Debug, Clone)]
 struct Work {
-    job: Notify,
-    extranonce1: Vec<u8>,
-    extranonce2_len: usize,
+    job: WorkJob,
     share_target: Target,
     version_mask: u32,
+}
+
+#[derive(Debug, Clone)]
+enum WorkJob {
+    /// A V1 job: the thread rolls extranonce2 and rebuilds the merkle root.
+    V1 {
+        job: Notify,
+        extranonce1: Vec<u8>,
+        extranonce2_len: usize,
+    },
+    /// An SV2 standard-channel job: the merkle root is fixed; the thread rolls ntime.
+    Header(HeaderWork),
 }
 
 /// A share found by a thread.
@@ -57,12 +69,7 @@ struct Shared {
 
 /// Runs the miner until `--duration` passes (or forever), reconnecting on errors.
 pub async fn run(args: MineArgs) -> Result<()> {
-    let address = args
-        .url
-        .strip_prefix("stratum+tcp://")
-        .unwrap_or(&args.url)
-        .trim_end_matches('/')
-        .to_string();
+    let (address, authority) = parse_url(&args)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -89,15 +96,33 @@ pub async fn run(args: MineArgs) -> Result<()> {
     let mut totals = Totals::default();
     let mut target = address.clone();
     loop {
-        let session = connect_and_mine(
-            &target,
-            &args,
-            &shared,
-            &mut found_rx,
-            &mut totals,
-            deadline,
-        );
-        match session.await {
+        let session = match &authority {
+            Some(key) => {
+                connect_and_mine_sv2(
+                    &target,
+                    key,
+                    &args,
+                    threads,
+                    &shared,
+                    &mut found_rx,
+                    &mut totals,
+                    deadline,
+                )
+                .await
+            }
+            None => {
+                connect_and_mine(
+                    &target,
+                    &args,
+                    &shared,
+                    &mut found_rx,
+                    &mut totals,
+                    deadline,
+                )
+                .await
+            }
+        };
+        match session {
             Ok(Next::Done) => break,
             Ok(Next::Reconnect(to)) => {
                 info!(to = %to, "pool asked to reconnect");
@@ -208,9 +233,11 @@ async fn connect_and_mine(
                     Some("mining.notify") => {
                         let job = Notify::from_params(&message["params"])?;
                         publish(shared, Work {
-                            job,
-                            extranonce1: extranonce1.clone(),
-                            extranonce2_len,
+                            job: WorkJob::V1 {
+                                job,
+                                extranonce1: extranonce1.clone(),
+                                extranonce2_len,
+                            },
                             share_target: Target::from_difficulty(difficulty),
                             version_mask,
                         });
@@ -296,6 +323,168 @@ async fn connect_and_mine(
     }
 }
 
+/// `host:port` and, for SV2, the pinned authority key.
+fn parse_url(args: &MineArgs) -> Result<(String, Option<[u8; 32]>)> {
+    let url = args.url.trim_end_matches('/');
+    let (sv2, rest) = match url.strip_prefix("stratum2+tcp://") {
+        Some(rest) => (true, rest),
+        None => (args.sv2, url.strip_prefix("stratum+tcp://").unwrap_or(url)),
+    };
+    let (address, key_in_url) = match rest.split_once('/') {
+        Some((address, key)) => (address, Some(key)),
+        None => (rest, None),
+    };
+    if !sv2 {
+        return Ok((address.to_string(), None));
+    }
+    let key = args
+        .authority_pubkey
+        .as_deref()
+        .or(key_in_url)
+        .context("Stratum V2 needs the pool's authority public key: stratum2+tcp://host:port/<key> or --authority-pubkey")?;
+    let key = quarry_stratum::v2::keys::decode_public(key)
+        .map_err(|e| anyhow::anyhow!("authority public key: {e}"))?;
+    Ok((address.to_string(), Some(key)))
+}
+
+fn now_secs() -> u32 {
+    (crate::server::now_ms() / 1000).min(u64::from(u32::MAX)) as u32
+}
+
+/// One SV2 connection: handshake (refusing an unverified pool), a standard channel, shares.
+#[allow(clippy::too_many_arguments)]
+async fn connect_and_mine_sv2(
+    address: &str,
+    authority: &[u8; 32],
+    args: &MineArgs,
+    threads: usize,
+    shared: &Arc<Shared>,
+    found_rx: &mut mpsc::Receiver<Found>,
+    totals: &mut Totals,
+    deadline: Option<Instant>,
+) -> Result<Next> {
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
+    let (mut read, mut write) = stream.into_split();
+    // A nominal hashrate lets the pool pick a sensible first target; SHA-NI cores do ~5 MH/s.
+    let nominal = threads as f32 * 5e6;
+    let mut client = MinerClient::new(
+        authority,
+        &args.user,
+        nominal,
+        (peer.ip().to_string(), peer.port()),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let version_mask = if args.no_version_rolling {
+        0
+    } else {
+        VERSION_ROLLING_MASK
+    };
+    let mut share_target = Target::MAX;
+    let mut current: Option<HeaderWork> = None;
+    // Sequence number → whether the share was a block.
+    let mut pending: std::collections::BTreeMap<u32, bool> = std::collections::BTreeMap::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let started = Instant::now();
+    loop {
+        if let Some(bytes) = client.poll_transmit() {
+            write.write_all(&bytes).await?;
+        }
+        while let Some(event) = client.poll_event() {
+            match event {
+                ClientEvent::ChannelOpened { channel_id, target } => {
+                    info!(channel_id, "SV2 channel open");
+                    share_target = Target::from_le_bytes(target);
+                }
+                ClientEvent::Target(target) => {
+                    share_target = Target::from_le_bytes(target);
+                    if let Some(work) = &current {
+                        publish_header(shared, work, share_target, version_mask);
+                    }
+                }
+                ClientEvent::Work(work) => {
+                    publish_header(shared, &work, share_target, version_mask);
+                    current = Some(work);
+                }
+                ClientEvent::Accepted {
+                    count,
+                    last_sequence_number,
+                } => {
+                    totals.accepted += u64::from(count);
+                    let rest = pending.split_off(&last_sequence_number.wrapping_add(1));
+                    totals.blocks += pending.values().filter(|b| **b).count() as u64;
+                    pending = rest;
+                }
+                ClientEvent::Rejected {
+                    sequence_number,
+                    code,
+                } => {
+                    totals.rejected += 1;
+                    pending.remove(&sequence_number);
+                    warn!(%code, "share rejected");
+                }
+                ClientEvent::Reconnect { host, port } => {
+                    let host = if host.is_empty() {
+                        peer.ip().to_string()
+                    } else {
+                        host
+                    };
+                    return Ok(Next::Reconnect(format!("{host}:{port}")));
+                }
+            }
+        }
+        if let Some(reason) = client.close_reason() {
+            bail!("{reason}");
+        }
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = read.read(&mut buf) => {
+                let n = read?;
+                if n == 0 {
+                    bail!("pool closed the connection");
+                }
+                client.handle_bytes(&buf[..n], now_secs());
+            }
+            Some(found) = found_rx.recv() => {
+                let Ok(job_id) = found.job_id.parse::<u32>() else { continue };
+                if let Some(sequence) = client.submit(job_id, found.nonce, found.ntime, found.version) {
+                    pending.insert(sequence, found.is_block);
+                    totals.submitted += 1;
+                    if pending.len() > 10_000 {
+                        pending.clear();
+                    }
+                }
+            }
+            _ = status.tick() => {
+                let hashes = shared.hashes.load(Ordering::Relaxed);
+                let rate = hashes as f64 / started.elapsed().as_secs_f64().max(0.001);
+                info!(accepted = totals.accepted, rejected = totals.rejected, blocks = totals.blocks, hashrate = %crate::server::format_hashrate(rate), "miner status");
+            }
+            _ = until_deadline => return Ok(Next::Done),
+        }
+    }
+}
+
+fn publish_header(shared: &Shared, work: &HeaderWork, share_target: Target, version_mask: u32) {
+    publish(
+        shared,
+        Work {
+            job: WorkJob::Header(work.clone()),
+            share_target,
+            version_mask,
+        },
+    );
+}
+
 /// Longest extranonce1 or extranonce2 accepted from a pool.
 const MAX_EXTRANONCE_LEN: usize = 32;
 
@@ -350,32 +539,65 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
             shared.paused_generation.store(u64::MAX, Ordering::SeqCst);
         }
         paused_since = None;
-        // extranonce2 = thread index ‖ counter, big-endian, so threads never overlap.
         counter += 1;
-        let mut extranonce2 = vec![0u8; work.extranonce2_len];
-        let counter_bytes = counter.to_be_bytes();
-        let n = work.extranonce2_len.min(8);
-        extranonce2[work.extranonce2_len - n..].copy_from_slice(&counter_bytes[8 - n..]);
-        extranonce2[0] = thread;
-        let job = &work.job;
-        let root = job.merkle_root(&work.extranonce1, &extranonce2);
-        let network = Target::from_compact(job.bits);
-        // Roll the version first (cheap: no coinbase rehash), then extranonce2.
+        let (job_id, root, prev_hash, ntime, bits, base_version, extranonce2) = match &work.job {
+            WorkJob::V1 {
+                job,
+                extranonce1,
+                extranonce2_len,
+            } => {
+                // extranonce2 = thread index ‖ counter, big-endian, so threads never overlap.
+                let mut extranonce2 = vec![0u8; *extranonce2_len];
+                let counter_bytes = counter.to_be_bytes();
+                let n = extranonce2_len.min(&8);
+                extranonce2[extranonce2_len - n..].copy_from_slice(&counter_bytes[8 - n..]);
+                extranonce2[0] = thread;
+                let root = job.merkle_root(extranonce1, &extranonce2);
+                (
+                    job.job_id.clone(),
+                    root,
+                    job.prev_hash,
+                    job.ntime,
+                    job.bits,
+                    job.version,
+                    extranonce2,
+                )
+            }
+            WorkJob::Header(work) => {
+                // No extranonce on a standard channel: threads take disjoint version bits
+                // (below) and each pass moves ntime on by a second.
+                let ntime = work.ntime.wrapping_add((counter - 1) as u32);
+                (
+                    work.job_id.to_string(),
+                    work.merkle_root,
+                    work.prev_hash,
+                    ntime,
+                    work.nbits,
+                    work.version,
+                    Vec::new(),
+                )
+            }
+        };
+        let network = Target::from_compact(bits);
+        // Roll the version first (cheap: no coinbase rehash), then extranonce2 or ntime; each
+        // thread starts at its own offset in the version bits.
         let rolls: u32 = if work.version_mask == 0 { 1 } else { 16 };
         let rolling_unit = if work.version_mask == 0 {
             0
         } else {
             1u32 << work.version_mask.trailing_zeros()
         };
+        let thread_offset = u32::from(thread).wrapping_mul(rolls);
         for roll in 0..rolls {
             let version = if rolling_unit == 0 {
-                job.version
+                base_version
             } else {
-                (job.version & !work.version_mask)
-                    | ((job.version.wrapping_add(roll.wrapping_mul(rolling_unit)))
+                (base_version & !work.version_mask)
+                    | ((base_version
+                        .wrapping_add((thread_offset + roll).wrapping_mul(rolling_unit)))
                         & work.version_mask)
             };
-            let header = header_bytes(version, &job.prev_hash, &root, job.ntime, job.bits, 0);
+            let header = header_bytes(version, &prev_hash, &root, ntime, bits, 0);
             let mut first = [0u8; 64];
             first.copy_from_slice(&header[..64]);
             let mid = header_midstate(&first);
@@ -388,9 +610,9 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
                 if work.share_target.is_met_by(&hash) {
                     let is_block = network.is_met_by(&hash);
                     let _ = found.blocking_send(Found {
-                        job_id: job.job_id.clone(),
+                        job_id: job_id.clone(),
                         extranonce2: extranonce2.clone(),
-                        ntime: job.ntime,
+                        ntime,
                         nonce,
                         version,
                         is_block,
@@ -446,6 +668,8 @@ mod tests {
             threads: Some(1),
             duration: Some(5),
             no_version_rolling: true,
+            sv2: false,
+            authority_pubkey: None,
         }
     }
 

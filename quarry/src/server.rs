@@ -1,5 +1,6 @@
-//! The Stratum V1 listener and the loop that moves bytes between a socket and its
-//! [`Session`]. No protocol decisions are made here.
+//! The stratum listener and the loop that moves bytes between a socket and its session: a V1
+//! [`Session`] or an SV2 [`PoolSession`], told apart by the first bytes on the one port. No
+//! protocol decisions are made here.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -8,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quarry_ledger::{ShareLog, ShareRecord};
+use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
+use quarry_stratum::v2::{PoolSession, Sv2Config};
 use quarry_stratum::Pool;
 use quarry_work::job::{Job, JobFactory};
 use quarry_work::share::ShareReject;
@@ -231,6 +234,8 @@ pub struct Limits {
 pub struct Server {
     /// Session settings.
     pub session_config: Arc<SessionConfig>,
+    /// SV2 settings; SV2 clients are turned away when unset.
+    pub sv2: Option<Arc<Sv2Config>>,
     /// Shared pool state.
     pub pool: Arc<SharedPool>,
     /// Nodes (templates).
@@ -247,6 +252,7 @@ impl Server {
     /// A server; call [`Server::run`].
     pub fn new(
         session_config: SessionConfig,
+        sv2: Option<Sv2Config>,
         pool: Arc<SharedPool>,
         nodes: Arc<Nodes>,
         out: Outputs,
@@ -256,6 +262,7 @@ impl Server {
         Arc::new(Server {
             out,
             session_config: Arc::new(session_config),
+            sv2: sv2.map(Arc::new),
             pool,
             nodes,
             limits,
@@ -327,6 +334,22 @@ impl Server {
         }
     }
 
+    /// Reads until the first bytes tell the protocol apart.
+    async fn sniff(&self, stream: &mut TcpStream, buf: &mut [u8]) -> Option<(Detected, Vec<u8>)> {
+        let mut first = Vec::new();
+        let limit = Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
+        loop {
+            match detect(&first) {
+                Detected::NeedMore => {}
+                decided => return Some((decided, first)),
+            }
+            match tokio::time::timeout(limit, stream.read(buf)).await {
+                Ok(Ok(n)) if n > 0 => first.extend_from_slice(&buf[..n]),
+                _ => return None,
+            }
+        }
+    }
+
     /// One connection: socket ↔ session, until either side ends.
     async fn drive(
         &self,
@@ -336,22 +359,38 @@ impl Server {
     ) {
         let _ = stream.set_nodelay(true);
         let pool: &SharedPool = &self.pool;
-        let mut session = Session::new(
-            Arc::clone(&self.session_config),
-            pool.allocate_extranonce1(),
-            now_ms(),
-        );
-        debug!(%peer, extranonce1 = %hex::encode(session.extranonce1()), "connected");
+        let mut buf = vec![0u8; 4096];
+        let Some((protocol, first)) = self.sniff(&mut stream, &mut buf).await else {
+            debug!(%peer, "closed before speaking");
+            return;
+        };
+        let mut conn = match (protocol, &self.sv2) {
+            (Detected::V2, Some(sv2)) => Conn::V2(PoolSession::new(
+                Arc::clone(&self.session_config),
+                Arc::clone(sv2),
+                now_ms(),
+            )),
+            (Detected::V2, None) => {
+                debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
+                return;
+            }
+            _ => Conn::V1(Session::new(
+                Arc::clone(&self.session_config),
+                pool.allocate_extranonce1(),
+                now_ms(),
+            )),
+        };
+        debug!(%peer, protocol = conn.name(), "connected");
         let mut templates = self.nodes.subscribe();
         if let Some(template) = templates.borrow_and_update().clone() {
-            session.handle_template(template, now_ms(), pool);
+            conn.handle_template(template, now_ms(), pool);
         }
-        let mut buf = vec![0u8; 4096];
-        let mut out = String::new();
+        conn.handle_bytes(&first, now_ms(), pool);
+        let mut out = Vec::new();
         loop {
             // Shares first: a share is acknowledged only after the ledger has it durably.
             let mut receipts = Vec::new();
-            while let Some(event) = session.poll_event() {
+            while let Some(event) = conn.poll_event() {
                 if let Event::ShareAccepted(share) = &event {
                     match self.out.ledger.enqueue(self.share_record(share)).await {
                         Ok(receipt) => receipts.push(receipt),
@@ -373,11 +412,9 @@ impl Server {
             if !durable {
                 break;
             }
-            while let Some(line) = session.poll_transmit() {
-                out.push_str(&line);
-            }
+            conn.transmit(&mut out);
             if !out.is_empty() {
-                let write = stream.write_all(out.as_bytes());
+                let write = stream.write_all(&out);
                 match tokio::time::timeout(self.limits.write_timeout, write).await {
                     Ok(Ok(())) => out.clear(),
                     _ => {
@@ -386,11 +423,11 @@ impl Server {
                     }
                 }
             }
-            if let Some(reason) = session.close_reason() {
+            if let Some(reason) = conn.close_reason() {
                 debug!(%peer, %reason, "closing");
                 break;
             }
-            let deadline = session.poll_timeout();
+            let deadline = conn.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(at) => {
@@ -402,7 +439,7 @@ impl Server {
             tokio::select! {
                 read = stream.read(&mut buf) => match read {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => session.handle_bytes(&buf[..n], now_ms(), pool),
+                    Ok(n) => conn.handle_bytes(&buf[..n], now_ms(), pool),
                 },
                 changed = templates.changed() => {
                     if changed.is_err() {
@@ -410,20 +447,21 @@ impl Server {
                     }
                     let template = templates.borrow_and_update().clone();
                     if let Some(template) = template {
-                        session.handle_template(template, now_ms(), pool);
+                        conn.handle_template(template, now_ms(), pool);
                     }
                 }
-                _ = sleep => session.handle_timeout(now_ms(), pool),
+                _ = sleep => conn.handle_timeout(now_ms(), pool),
                 _ = shutdown.changed() => {
                     // Graceful restart: miners come back to the same address after a pause.
                     if let Ok(local) = stream.local_addr() {
-                        session.handle_reconnect(&local.ip().to_string(), local.port(), 5);
+                        conn.handle_reconnect(&local.ip().to_string(), local.port());
                     }
                 }
             }
         }
-        pool.release_extranonce1(session.extranonce1());
-        if let Some(worker) = session.worker() {
+        let worker = conn.worker().map(str::to_string);
+        conn.release(pool);
+        if let Some(worker) = worker {
             self.out.events.publish(
                 "MinerDisconnected",
                 json!({"worker": worker, "peer": peer.to_string()}),
@@ -488,6 +526,100 @@ impl Server {
                 info!(%peer, %worker, %address, "worker authorized");
             }
             _ => {}
+        }
+    }
+}
+
+/// A connection's session, whichever protocol it speaks.
+enum Conn {
+    V1(Session),
+    V2(PoolSession),
+}
+
+impl Conn {
+    fn name(&self) -> &'static str {
+        match self {
+            Conn::V1(_) => "stratum-v1",
+            Conn::V2(_) => "stratum-v2",
+        }
+    }
+
+    fn handle_bytes(&mut self, data: &[u8], now_ms: u64, pool: &dyn Pool) {
+        match self {
+            Conn::V1(s) => s.handle_bytes(data, now_ms, pool),
+            Conn::V2(s) => s.handle_bytes(data, now_ms, pool),
+        }
+    }
+
+    fn handle_template(&mut self, template: Arc<WorkTemplate>, now_ms: u64, pool: &dyn Pool) {
+        match self {
+            Conn::V1(s) => s.handle_template(template, now_ms, pool),
+            Conn::V2(s) => s.handle_template(template, now_ms, pool),
+        }
+    }
+
+    fn handle_timeout(&mut self, now_ms: u64, pool: &dyn Pool) {
+        match self {
+            Conn::V1(s) => s.handle_timeout(now_ms, pool),
+            Conn::V2(s) => s.handle_timeout(now_ms, pool),
+        }
+    }
+
+    fn handle_reconnect(&mut self, host: &str, port: u16) {
+        match self {
+            Conn::V1(s) => s.handle_reconnect(host, port, 5),
+            Conn::V2(s) => s.handle_reconnect(host, port),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        match self {
+            Conn::V1(s) => s.poll_event(),
+            Conn::V2(s) => s.poll_event(),
+        }
+    }
+
+    /// Appends everything there is to send.
+    fn transmit(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Conn::V1(s) => {
+                while let Some(line) = s.poll_transmit() {
+                    out.extend_from_slice(line.as_bytes());
+                }
+            }
+            Conn::V2(s) => {
+                while let Some(bytes) = s.poll_transmit() {
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+    }
+
+    fn close_reason(&self) -> Option<String> {
+        match self {
+            Conn::V1(s) => s.close_reason().map(ToString::to_string),
+            Conn::V2(s) => s.close_reason().map(ToString::to_string),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        match self {
+            Conn::V1(s) => s.poll_timeout(),
+            Conn::V2(s) => s.poll_timeout(),
+        }
+    }
+
+    fn worker(&self) -> Option<&str> {
+        match self {
+            Conn::V1(s) => s.worker(),
+            Conn::V2(s) => s.worker(),
+        }
+    }
+
+    fn release(&mut self, pool: &dyn Pool) {
+        match self {
+            Conn::V1(s) => pool.release_extranonce1(s.extranonce1()),
+            Conn::V2(s) => s.release(pool),
         }
     }
 }

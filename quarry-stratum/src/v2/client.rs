@@ -196,11 +196,12 @@ impl MinerClient {
             return;
         };
         transport.push(data);
-        loop {
-            let Some(transport) = &mut self.transport else {
-                break;
+        while self.closed.is_none() {
+            let next = match &mut self.transport {
+                Some(transport) => transport.next_frame(),
+                None => Ok(None),
             };
-            match transport.next_frame() {
+            match next {
                 Ok(Some(frame)) => match Message::decode(&frame) {
                     Ok(message) => self.handle_message(message),
                     Err(super::message::DecodeError::UnknownExtension(_)) => {}
@@ -208,9 +209,6 @@ impl MinerClient {
                 },
                 Ok(None) => break,
                 Err(e) => self.close(e.to_string()),
-            }
-            if self.closed.is_some() {
-                break;
             }
         }
     }

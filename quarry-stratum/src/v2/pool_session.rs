@@ -232,11 +232,12 @@ impl PoolSession {
             return;
         };
         transport.push(data);
-        loop {
-            let Some(transport) = &mut self.transport else {
-                break;
+        while self.closed.is_none() {
+            let next = match &mut self.transport {
+                Some(transport) => transport.next_frame(),
+                None => Ok(None),
             };
-            match transport.next_frame() {
+            match next {
                 Ok(Some(frame)) => {
                     self.last_frame_ms = now_ms;
                     match Message::decode(&frame) {
@@ -248,9 +249,6 @@ impl PoolSession {
                 }
                 Ok(None) => break,
                 Err(e) => self.close(e.to_string()),
-            }
-            if self.closed.is_some() {
-                break;
             }
         }
         self.flush_successes();
@@ -480,7 +478,7 @@ impl PoolSession {
                 kind,
                 worker,
                 extranonce1,
-                vardiff: Vardiff::new(self.config.vardiff.clone(), difficulty, now_ms),
+                vardiff: Vardiff::new(self.config.vardiff, difficulty, now_ms),
                 difficulty,
                 max_target,
                 previous: None,

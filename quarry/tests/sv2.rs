@@ -1,0 +1,254 @@
+//! Stratum V2 against real peers: our SV2 miner, SRI's `translator_sv2` 0.6.0 (from crates.io)
+//! in front of our SV1 miner, both on Quarry's pool on the regtest node pair.
+
+mod support;
+
+use std::time::Duration;
+
+use quarry_stratum::v2::AuthorityKeypair;
+use serde_json::json;
+use support::*;
+
+fn sv2_section(authority: &AuthorityKeypair) -> String {
+    format!(
+        "\n[sv2]\nauthority_secret_key = \"{}\"\nauthority_public_key = \"{}\"\n",
+        authority.secret_text(),
+        authority.public_text()
+    )
+}
+
+/// A log without its ANSI colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `accepted=.. rejected=.. blocks=..` line `quarry mine` prints last.
+fn tally(log: &str, key: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find(|l| l.starts_with("accepted="))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn height(nodes: &NodePair) -> u64 {
+    nodes
+        .rpc_ok('A', "getblockcount", json!([]))
+        .await
+        .as_u64()
+        .expect("height")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("sv2-direct");
+    let port = free_port();
+    let authority = AuthorityKeypair::generate();
+    let mut config = pool_config(&nodes, &dir, port, "");
+    config.push_str(&sv2_section(&authority));
+    let pool = start_pool(&dir, &config, port).await;
+    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let address = address.as_str().expect("address").to_string();
+    let before = height(&nodes).await;
+
+    let url = format!(
+        "stratum2+tcp://127.0.0.1:{port}/{}",
+        authority.public_text()
+    );
+    let user = format!("{address}.sv2rig");
+    let mut miner = Process::spawn(
+        &[
+            "mine",
+            &url,
+            "--user",
+            &user,
+            "--threads",
+            "1",
+            "--duration",
+            "4",
+        ],
+        &dir.join("mine.log"),
+    );
+    assert!(miner.wait(Duration::from_secs(40)), "miner stops");
+    let log = miner.log_text();
+    assert!(
+        tally(&log, "accepted") > 0,
+        "shares accepted over SV2:\n{log}\n{}",
+        pool.log_text()
+    );
+    assert_eq!(tally(&log, "rejected"), 0, "{log}");
+    assert!(tally(&log, "blocks") > 0, "blocks found over SV2:\n{log}");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            height(&nodes).await > before
+        })
+        .await,
+        "the node accepted the SV2 blocks:\n{}",
+        pool.log_text()
+    );
+    let pool_log = plain(&pool.log_text());
+    assert!(pool_log.contains("outcome=Accepted"), "{pool_log}");
+    assert!(pool_log.contains("worker authorized"), "{pool_log}");
+    assert!(pool_log.contains(".sv2rig"), "{pool_log}");
+
+    // The same pool, pinned to another authority key: the miner refuses the handshake.
+    let impostor = AuthorityKeypair::generate();
+    let url = format!("stratum2+tcp://127.0.0.1:{port}/{}", impostor.public_text());
+    let mut refused = Process::spawn(
+        &[
+            "mine",
+            &url,
+            "--user",
+            &user,
+            "--threads",
+            "1",
+            "--duration",
+            "3",
+        ],
+        &dir.join("impostor.log"),
+    );
+    assert!(refused.wait(Duration::from_secs(30)), "miner stops");
+    let log = refused.log_text();
+    assert_eq!(tally(&log, "accepted"), 0, "{log}");
+    assert!(
+        log.contains("certificate"),
+        "refused for the certificate:\n{log}"
+    );
+
+    // V1 still works on the same port.
+    let mut v1 = V1Client::connect(port).await;
+    let job = v1.handshake(&format!("{address}.v1")).await;
+    assert!(!job.job_id.is_empty());
+}
+
+fn translator_binary() -> String {
+    std::env::var("QUARRY_TRANSLATOR_SV2").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").expect("HOME");
+        format!("{home}/.cache/quarry/sri/bin/translator_sv2")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
+    let binary = translator_binary();
+    assert!(
+        std::path::Path::new(&binary).exists(),
+        "{binary} missing: scripts/test.sh installs SRI's translator_sv2 0.6.0 with cargo install"
+    );
+    let nodes = NodePair::start();
+    let dir = scratch_dir("sv2-translator");
+    let port = free_port();
+    let authority = AuthorityKeypair::generate();
+    let mut config = pool_config(&nodes, &dir, port, "");
+    config.push_str(&sv2_section(&authority));
+    let pool = start_pool(&dir, &config, port).await;
+    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let address = address.as_str().expect("address").to_string();
+    let before = height(&nodes).await;
+
+    let proxy_port = free_port();
+    let translator_config = format!(
+        r#"
+downstream_address = "127.0.0.1"
+downstream_port = {proxy_port}
+max_supported_version = 2
+min_supported_version = 2
+downstream_extranonce2_size = 4
+aggregate_channels = true
+supported_extensions = []
+required_extensions = []
+
+[downstream_difficulty_config]
+min_individual_miner_hashrate = 100_000.0
+shares_per_minute = 60.0
+enable_vardiff = false
+job_keepalive_interval_secs = 60
+
+[[upstreams]]
+address = "127.0.0.1"
+port = {port}
+authority_pubkey = "{key}"
+user_identity = "{address}.tproxy"
+"#,
+        key = authority.public_text()
+    );
+    let config_path = dir.join("translator.toml");
+    std::fs::write(&config_path, translator_config).expect("write translator config");
+    let log_path = dir.join("translator.log");
+    let log_file = std::fs::File::create(&log_path).expect("log");
+    let mut translator = std::process::Command::new(&binary)
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(log_file.try_clone().expect("clone"))
+        .stderr(log_file)
+        .spawn()
+        .expect("start translator_sv2");
+    let translator_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let listening = wait_until(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        listening,
+        "translator listens:\n{}\n{}",
+        translator_log(),
+        pool.log_text()
+    );
+
+    let mut miner = Process::spawn(
+        &[
+            "mine",
+            &format!("stratum+tcp://127.0.0.1:{proxy_port}"),
+            "--user",
+            &format!("{address}.behindproxy"),
+            "--threads",
+            "1",
+            "--duration",
+            "8",
+        ],
+        &dir.join("mine.log"),
+    );
+    assert!(miner.wait(Duration::from_secs(60)), "miner stops");
+    let mined = wait_until(Duration::from_secs(20), || async {
+        height(&nodes).await > before
+    })
+    .await;
+    let _ = translator.kill();
+    let _ = translator.wait();
+    let miner_log = miner.log_text();
+    let pool_log = plain(&pool.log_text());
+    assert!(
+        mined,
+        "blocks through the translator reached the node.\nminer:\n{miner_log}\ntranslator:\n{}\npool:\n{pool_log}",
+        translator_log()
+    );
+    assert!(tally(&miner_log, "accepted") > 0, "{miner_log}");
+    assert!(pool_log.contains("share accepted"), "{pool_log}");
+    assert!(pool_log.contains("outcome=Accepted"), "{pool_log}");
+    // Credited to the address in the translator's upstream identity.
+    assert!(
+        pool_log.contains(&format!("worker={address}.")),
+        "credited to the translator's identity:\n{pool_log}"
+    );
+}
