@@ -1,0 +1,85 @@
+//! Arbitrary bytes into an SV2 pool session, both raw (handshake bytes, garbage) and as frames
+//! encrypted after a real handshake: never a panic; a session either keeps going or closes
+//! with a reason. `cargo fuzz run sv2_session`
+#![no_main]
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use quarry_stratum::v1::SessionConfig;
+use quarry_stratum::v2::noise::InitiatorHandshake;
+use quarry_stratum::v2::{AuthorityKeypair, PoolSession, Sv2Config};
+use quarry_stratum::Pool;
+use quarry_work::coinbase::CoinbaseLayout;
+use quarry_work::job::{Job, JobFactory};
+use quarry_work::template::WorkTemplate;
+use quarry_work::Hash32;
+
+struct FuzzPool {
+    factory: RefCell<JobFactory>,
+    seen: RefCell<HashSet<Hash32>>,
+}
+
+impl Pool for FuzzPool {
+    fn job_for(&self, template: &Arc<WorkTemplate>, payout: &[u8]) -> Option<Arc<Job>> {
+        self.factory.borrow_mut().job_for(template, payout).ok()
+    }
+    fn first_seen(&self, hash: &Hash32) -> bool {
+        self.seen.borrow_mut().insert(*hash)
+    }
+    fn claim_block(&self, _prev_hash: &Hash32) -> bool {
+        true
+    }
+    fn allocate_extranonce1(&self) -> Vec<u8> {
+        vec![0, 0, 0, 3]
+    }
+    fn release_extranonce1(&self, _extranonce1: &[u8]) {}
+    fn resume_extranonce1(&self, _current: &[u8], _requested: &[u8]) -> bool {
+        false
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let pool = FuzzPool {
+        factory: RefCell::new(JobFactory::new(CoinbaseLayout {
+            extranonce1_len: 4,
+            extranonce2_len: 8,
+            tag: b"/fuzz/".to_vec(),
+        })),
+        seen: RefCell::new(HashSet::new()),
+    };
+    let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
+    let config = Arc::new(SessionConfig::default());
+    let sv2 = Arc::new(Sv2Config::new(authority.clone()));
+    let now = 1_800_000_000_000;
+
+    // Raw bytes from the first byte on.
+    let mut raw = PoolSession::new(Arc::clone(&config), Arc::clone(&sv2), now);
+    for chunk in data.chunks(97) {
+        raw.handle_bytes(chunk, now, &pool);
+    }
+    raw.handle_timeout(now + 3_600_000, &pool);
+
+    // The same bytes as plaintext frames inside a real session.
+    let mut session = PoolSession::new(config, sv2, now);
+    let mut initiator = InitiatorHandshake::new(&authority.public, 1 << 20).expect("key");
+    let act1 = initiator.start().expect("act1");
+    session.handle_bytes(&act1, now, &pool);
+    let act2 = session.poll_transmit().expect("act2");
+    let Ok(act2) = act2.try_into() else { return };
+    let mut transport = initiator.finish(&act2, (now / 1000) as u32).expect("trusted");
+    let mut wire = Vec::new();
+    for frame in data.split(|b| *b == 0xff) {
+        if frame.len() >= 6 {
+            let mut fixed = frame.to_vec();
+            let len = (frame.len() - 6) as u32;
+            fixed[3..6].copy_from_slice(&len.to_le_bytes()[..3]);
+            transport.encrypt(&fixed, &mut wire);
+        }
+    }
+    session.handle_bytes(&wire, now, &pool);
+    while session.poll_transmit().is_some() {}
+    while session.poll_event().is_some() {}
+});
