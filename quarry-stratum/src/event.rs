@@ -1,8 +1,11 @@
 //! What a session (either protocol) tells the pool: one event type, so that shares from V1 and
 //! V2 reach the same ledger, metrics and block submitter.
 
-use quarry_work::share::ShareReject;
+use quarry_work::job::Job;
+use quarry_work::share::{ShareReject, ValidShare};
 use quarry_work::{Difficulty, Hash32};
+
+use crate::worker::Worker;
 
 /// What a session tells the pool.
 #[derive(Debug, Clone)]
@@ -72,4 +75,28 @@ pub struct FoundBlock {
     pub network_difficulty: f64,
     /// When it was found, Unix milliseconds.
     pub time_ms: u64,
+}
+
+impl FoundBlock {
+    /// The block a block-level share completes.
+    pub fn new(
+        job: &Job,
+        share: &ValidShare,
+        extranonce1: &[u8],
+        extranonce2: &[u8],
+        worker: &Worker,
+        now_ms: u64,
+    ) -> Self {
+        let template = &job.template;
+        FoundBlock {
+            height: template.height,
+            hash: *share.hash(),
+            block: job.block(share.header(), extranonce1, extranonce2),
+            worker: worker.name.clone(),
+            address: worker.address.clone(),
+            reward: template.coinbase_value,
+            network_difficulty: template.network_target.difficulty(),
+            time_ms: now_ms,
+        }
+    }
 }

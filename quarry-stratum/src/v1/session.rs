@@ -17,7 +17,7 @@ use quarry_work::job::Job;
 use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
 use quarry_work::template::WorkTemplate;
 use quarry_work::vardiff::{Vardiff, VardiffConfig};
-use quarry_work::{Difficulty, Hash32, Target};
+use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 
 use super::codec::{LineReader, LineTooLong};
@@ -26,6 +26,7 @@ use super::message::{self, Incoming, Request, Submit};
 use super::notify::stratum_prev_hash;
 use crate::event::{AcceptedShare, Event, FoundBlock};
 use crate::pool::{Pool, PoolMode};
+use crate::tip::Tip;
 use crate::worker::Worker;
 
 /// Settings shared by every session of a listener.
@@ -108,8 +109,7 @@ pub struct Session {
     jobs: VecDeque<SentJob>,
     next_job_id: u64,
     template: Option<Arc<WorkTemplate>>,
-    previous_prev_hash: Option<Hash32>,
-    tip_changed_ms: u64,
+    tip: Tip,
     connected_ms: u64,
     last_line_ms: u64,
     invalid_lines: u32,
@@ -135,8 +135,7 @@ impl Session {
             jobs: VecDeque::new(),
             next_job_id: 1,
             template: None,
-            previous_prev_hash: None,
-            tip_changed_ms: now_ms,
+            tip: Tip::new(now_ms),
             connected_ms: now_ms,
             last_line_ms: now_ms,
             invalid_lines: 0,
@@ -472,20 +471,19 @@ impl Session {
         // the pool already found a block on the same parent.
         let is_block = share.is_block() && pool.claim_block(&template.prev_hash);
         if is_block {
-            self.events.push_back(Event::BlockFound(FoundBlock {
-                height: template.height,
-                hash: *share.hash(),
-                block: sent
-                    .job
-                    .block(share.header(), &self.extranonce1, &submit.extranonce2),
-                worker: worker.name.clone(),
-                address: worker.address.clone(),
-                reward: template.coinbase_value,
-                network_difficulty: template.network_target.difficulty(),
-                time_ms: now_ms,
-            }));
+            self.events.push_back(Event::BlockFound(FoundBlock::new(
+                &sent.job,
+                &share,
+                &self.extranonce1,
+                &submit.extranonce2,
+                worker,
+                now_ms,
+            )));
         }
-        if self.is_stale(template, now_ms) {
+        if self
+            .tip
+            .is_stale(&template.prev_hash, now_ms, self.config.stale_grace_ms)
+        {
             return Err(RequestError::Share(ShareReject::Stale));
         }
         self.events.push_back(Event::ShareAccepted(AcceptedShare {
@@ -503,18 +501,6 @@ impl Session {
         let credited = sent.difficulty;
         self.vardiff.record_share(credited, now_ms);
         Ok(())
-    }
-
-    fn is_stale(&self, template: &WorkTemplate, now_ms: u64) -> bool {
-        let Some(current) = &self.template else {
-            return false;
-        };
-        if template.prev_hash == current.prev_hash {
-            return false;
-        }
-        let in_grace = Some(template.prev_hash) == self.previous_prev_hash
-            && now_ms.saturating_sub(self.tip_changed_ms) <= self.config.stale_grace_ms;
-        !in_grace
     }
 
     fn after_accepted_share(&mut self, now_ms: u64, pool: &dyn Pool) {
@@ -537,15 +523,14 @@ impl Session {
         if self.closed.is_some() {
             return;
         }
-        let new_tip = match &self.template {
-            Some(old) if old.id >= template.id => return,
-            Some(old) => old.prev_hash != template.prev_hash,
-            None => true,
-        };
-        if new_tip {
-            self.previous_prev_hash = self.template.as_ref().map(|t| t.prev_hash);
-            self.tip_changed_ms = now_ms;
+        if self
+            .template
+            .as_ref()
+            .is_some_and(|old| old.id >= template.id)
+        {
+            return;
         }
+        let new_tip = self.tip.advance(template.prev_hash, now_ms);
         self.template = Some(template);
         if self.phase() == Phase::Mining {
             self.send_current_job(new_tip, now_ms, pool);
@@ -646,10 +631,8 @@ impl Session {
         self.outbox
             .push_back(message::notification_line("mining.notify", params));
         if clean {
-            self.jobs.retain(|j| {
-                j.job.template.prev_hash == template.prev_hash
-                    || Some(j.job.template.prev_hash) == self.previous_prev_hash
-            });
+            let tip = &self.tip;
+            self.jobs.retain(|j| tip.keeps(&j.job.template.prev_hash));
         }
         self.jobs.push_back(SentJob {
             id,

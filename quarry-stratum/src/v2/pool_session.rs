@@ -16,13 +16,14 @@ use quarry_work::merkle;
 use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
 use quarry_work::template::WorkTemplate;
 use quarry_work::vardiff::Vardiff;
-use quarry_work::{Difficulty, Hash32, Target};
+use quarry_work::{Difficulty, Target};
 
 use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use super::noise::{ResponderHandshake, Transport, ACT1_LEN};
 use crate::event::{AcceptedShare, Event, FoundBlock};
 use crate::pool::Pool;
+use crate::tip::Tip;
 use crate::v1::SessionConfig;
 use crate::worker::Worker;
 
@@ -100,8 +101,7 @@ pub struct PoolSession {
     next_channel_id: u32,
     next_job_id: u32,
     template: Option<Arc<WorkTemplate>>,
-    previous_prev_hash: Option<Hash32>,
-    tip_changed_ms: u64,
+    tip: Tip,
     connected_ms: u64,
     last_frame_ms: u64,
     next_retarget_ms: u64,
@@ -143,8 +143,7 @@ impl PoolSession {
             next_channel_id: GROUP_CHANNEL_ID + 1,
             next_job_id: 1,
             template: None,
-            previous_prev_hash: None,
-            tip_changed_ms: now_ms,
+            tip: Tip::new(now_ms),
             connected_ms: now_ms,
             last_frame_ms: now_ms,
             next_retarget_ms: now_ms,
@@ -642,20 +641,19 @@ impl PoolSession {
         }
         let is_block = valid.is_block() && pool.claim_block(&template.prev_hash);
         if is_block {
-            self.events.push_back(Event::BlockFound(FoundBlock {
-                height: template.height,
-                hash: *valid.hash(),
-                block: sent
-                    .job
-                    .block(valid.header(), &channel.extranonce1, extranonce2),
-                worker: channel.worker.name.clone(),
-                address: channel.worker.address.clone(),
-                reward: template.coinbase_value,
-                network_difficulty: template.network_target.difficulty(),
-                time_ms: now_ms,
-            }));
+            self.events.push_back(Event::BlockFound(FoundBlock::new(
+                &sent.job,
+                &valid,
+                &channel.extranonce1,
+                extranonce2,
+                &channel.worker,
+                now_ms,
+            )));
         }
-        if self.is_stale(template, now_ms) {
+        if self
+            .tip
+            .is_stale(&template.prev_hash, now_ms, self.config.stale_grace_ms)
+        {
             return Err("stale-share");
         }
         let credited = if Target::from_difficulty(channel.difficulty).is_met_by(valid.hash()) {
@@ -676,18 +674,6 @@ impl PoolSession {
             time_ms: now_ms,
         }));
         Ok(credited)
-    }
-
-    fn is_stale(&self, template: &WorkTemplate, now_ms: u64) -> bool {
-        let Some(current) = &self.template else {
-            return false;
-        };
-        if template.prev_hash == current.prev_hash {
-            return false;
-        }
-        let in_grace = Some(template.prev_hash) == self.previous_prev_hash
-            && now_ms.saturating_sub(self.tip_changed_ms) <= self.config.stale_grace_ms;
-        !in_grace
     }
 
     fn flush_success(&mut self, channel_id: u32) {
@@ -722,15 +708,14 @@ impl PoolSession {
         if self.closed.is_some() {
             return;
         }
-        let new_tip = match &self.template {
-            Some(old) if old.id >= template.id => return,
-            Some(old) => old.prev_hash != template.prev_hash,
-            None => true,
-        };
-        if new_tip {
-            self.previous_prev_hash = self.template.as_ref().map(|t| t.prev_hash);
-            self.tip_changed_ms = now_ms;
+        if self
+            .template
+            .as_ref()
+            .is_some_and(|old| old.id >= template.id)
+        {
+            return;
         }
+        let new_tip = self.tip.advance(template.prev_hash, now_ms);
         self.template = Some(template);
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {
@@ -790,14 +775,13 @@ impl PoolSession {
                 nbits: template.bits,
             });
         }
-        let previous = self.previous_prev_hash;
         let max_jobs = self.config.max_jobs;
         if let Some(channel) = self.channels.get_mut(&channel_id) {
             if new_tip {
-                channel.jobs.retain(|j| {
-                    j.job.template.prev_hash == template.prev_hash
-                        || Some(j.job.template.prev_hash) == previous
-                });
+                let tip = &self.tip;
+                channel
+                    .jobs
+                    .retain(|j| tip.keeps(&j.job.template.prev_hash));
             }
             channel.jobs.push_back(ChannelJob { id: job_id, job });
             while channel.jobs.len() > max_jobs {
