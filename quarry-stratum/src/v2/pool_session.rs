@@ -102,6 +102,9 @@ pub struct PoolSession {
     next_job_id: u32,
     template: Option<Arc<WorkTemplate>>,
     tip: Tip,
+    /// The extranonce2 of every standard channel (zeros: each channel's extranonce1 is unique),
+    /// built once instead of per share.
+    standard_extranonce2: Vec<u8>,
     connected_ms: u64,
     last_frame_ms: u64,
     next_retarget_ms: u64,
@@ -133,6 +136,7 @@ impl PoolSession {
             Ok(responder) => (Phase::Handshake(Some(responder)), None),
             Err(e) => (Phase::Handshake(None), Some(e.to_string())),
         };
+        let standard_extranonce2 = vec![0; config.extranonce2_len];
         PoolSession {
             config,
             sv2,
@@ -144,6 +148,7 @@ impl PoolSession {
             next_job_id: 1,
             template: None,
             tip: Tip::new(now_ms),
+            standard_extranonce2,
             connected_ms: now_ms,
             last_frame_ms: now_ms,
             next_retarget_ms: now_ms,
@@ -597,12 +602,8 @@ impl PoolSession {
             .channels
             .get(&share.channel_id)
             .ok_or("invalid-channel-id")?;
-        let standard_en2;
         let extranonce2: &[u8] = match (channel.kind, &share.extranonce) {
-            (ChannelKind::Standard, None) => {
-                standard_en2 = vec![0u8; self.config.extranonce2_len];
-                &standard_en2
-            }
+            (ChannelKind::Standard, None) => &self.standard_extranonce2,
             (ChannelKind::Extended, Some(extranonce)) => extranonce,
             _ => return Err("invalid-channel-id"),
         };
@@ -743,8 +744,9 @@ impl PoolSession {
         let min_ntime = (!new_tip).then_some(ntime);
         let message = match channel.kind {
             ChannelKind::Standard => {
-                let en2 = vec![0u8; self.config.extranonce2_len];
-                let leaf = job.coinbase.txid(&channel.extranonce1, &en2);
+                let leaf = job
+                    .coinbase
+                    .txid(&channel.extranonce1, &self.standard_extranonce2);
                 Message::NewMiningJob {
                     channel_id,
                     job_id,
