@@ -337,13 +337,15 @@ impl Server {
     /// Reads until the first bytes tell the protocol apart.
     async fn sniff(&self, stream: &mut TcpStream, buf: &mut [u8]) -> Option<(Detected, Vec<u8>)> {
         let mut first = Vec::new();
-        let limit = Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
+        // One deadline for the whole sniff, so a client dripping bytes cannot stretch it.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
         loop {
             match detect(&first) {
                 Detected::NeedMore => {}
                 decided => return Some((decided, first)),
             }
-            match tokio::time::timeout(limit, stream.read(buf)).await {
+            match tokio::time::timeout_at(deadline, stream.read(buf)).await {
                 Ok(Ok(n)) if n > 0 => first.extend_from_slice(&buf[..n]),
                 _ => return None,
             }
