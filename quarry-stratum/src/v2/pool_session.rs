@@ -444,11 +444,20 @@ impl PoolSession {
             .unwrap_or(vardiff_config.start);
         let difficulty = start.min(self.network_difficulty()).max(floor);
         let extranonce1 = pool.allocate_extranonce1();
-        let channel_id = self.next_channel_id;
-        self.next_channel_id = self
-            .next_channel_id
-            .wrapping_add(1)
-            .max(GROUP_CHANNEL_ID + 1);
+        // Ids wrap after 2^32 opens on one connection; never reuse a live one (or 0xffffffff,
+        // which SRI treats as reserved).
+        let following = |id: u32| {
+            if id >= u32::MAX - 1 {
+                GROUP_CHANNEL_ID + 1
+            } else {
+                id + 1
+            }
+        };
+        let mut channel_id = self.next_channel_id;
+        while self.channels.contains_key(&channel_id) {
+            channel_id = following(channel_id);
+        }
+        self.next_channel_id = following(channel_id);
         let target = Target::from_difficulty(difficulty).to_le_bytes();
         let kind = if min_extranonce_size.is_some() {
             self.send(Message::OpenExtendedMiningChannelSuccess {
