@@ -33,6 +33,17 @@ if ! "$sri_root/bin/translator_sv2" --version 2>/dev/null | grep -qx 'translator
 fi
 export QUARRY_TRANSLATOR_SV2="$sri_root/bin/translator_sv2"
 
+# SRI's pool_sv2: the Template Provider interop test feeds it from `quarry tp`. Its build
+# compiles Cap'n Proto schemas (Bitcoin Core IPC), so it needs the capnp compiler from Debian.
+say "SRI pool_sv2 0.7.0 (crates.io) for the Template Provider interop test"
+if ! "$sri_root/bin/pool_sv2" --version 2>/dev/null | grep -q '0\.7\.0'; then
+    if ! command -v capnp >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq capnproto libcapnp-dev; else sudo apt-get update -qq && sudo apt-get install -y -qq capnproto libcapnp-dev; fi
+    fi
+    cargo install --locked --quiet pool_sv2 --version 0.7.0 --root "$sri_root"
+fi
+export QUARRY_POOL_SV2="$sri_root/bin/pool_sv2"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -28,6 +28,8 @@ pub enum Command {
     Payout(Box<ServeArgs>),
     /// Print a new Stratum V2 authority key pair (for `[sv2]`; miners pin the public key).
     Keygen,
+    /// Stratum V2 Template Provider: serves the nodes' templates to SV2 pools (`[tp]`).
+    Tp(Box<TpArgs>),
 }
 
 /// `quarry serve`.
@@ -138,6 +140,28 @@ impl ServeArgs {
         }
         if let Some(v) = &self.ledger_url {
             config.ledger.url = Some(v.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// `quarry tp`: the same configuration as `serve` (nodes, data_dir, `[sv2]` key, `[tp]`).
+#[derive(Debug, Args)]
+pub struct TpArgs {
+    /// Configuration and node overrides, as for `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Template Provider listen address, e.g. 127.0.0.1:8442.
+    #[arg(long, env = "QUARRY_TP_LISTEN")]
+    pub tp_listen: Option<SocketAddr>,
+}
+
+impl TpArgs {
+    /// The config file (or defaults) with overrides applied.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = self.serve.config()?;
+        if let Some(v) = self.tp_listen {
+            config.tp.listen = v;
         }
         Ok(config)
     }

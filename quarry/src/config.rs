@@ -41,6 +41,30 @@ pub struct Config {
     pub api: ApiConfig,
     /// Stratum V2 on the stratum port.
     pub sv2: Sv2Toml,
+    /// `quarry tp`: the SV2 Template Provider.
+    pub tp: TpToml,
+}
+
+/// The Template Provider as written in TOML. It signs with the `[sv2]` authority key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TpToml {
+    /// Where SV2 pools (SRI's `pool_sv2`, a job declarator) connect for templates.
+    pub listen: SocketAddr,
+    /// Block weight the node leaves for the coinbase (Bitcoin Core's `-blockreservedweight`).
+    pub reserved_weight: u32,
+    /// Sigop cost the node leaves for the coinbase (Bitcoin Core: 400).
+    pub reserved_sigops: u16,
+}
+
+impl Default for TpToml {
+    fn default() -> Self {
+        TpToml {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8442)),
+            reserved_weight: 4000,
+            reserved_sigops: 400,
+        }
+    }
 }
 
 /// Stratum V2 as written in TOML.
@@ -162,6 +186,7 @@ impl Default for Config {
             payout: PayoutConfig::default(),
             api: ApiConfig::default(),
             sv2: Sv2Toml::default(),
+            tp: TpToml::default(),
         }
     }
 }
@@ -507,10 +532,26 @@ impl Config {
     /// The SV2 settings: the configured authority key, or the one kept in `data_dir` (created on
     /// first start). `None` when SV2 is disabled.
     pub fn sv2(&self) -> Result<Option<quarry_stratum::v2::Sv2Config>> {
-        use quarry_stratum::v2::AuthorityKeypair;
         if !self.sv2.enabled {
             return Ok(None);
         }
+        let mut sv2 = quarry_stratum::v2::Sv2Config::new(self.authority()?);
+        sv2.certificate_validity_secs = self.sv2.certificate_validity_secs.max(60);
+        Ok(Some(sv2))
+    }
+
+    /// The Template Provider's settings, signed by the same authority key as `[sv2]`.
+    pub fn tp(&self) -> Result<quarry_stratum::v2::template_provider::TpConfig> {
+        let mut tp = quarry_stratum::v2::template_provider::TpConfig::new(self.authority()?);
+        tp.certificate_validity_secs = self.sv2.certificate_validity_secs.max(60);
+        tp.reserved_weight = self.tp.reserved_weight;
+        tp.reserved_sigops = self.tp.reserved_sigops;
+        Ok(tp)
+    }
+
+    /// The configured authority key, or the one kept in `data_dir` (created on first start).
+    fn authority(&self) -> Result<quarry_stratum::v2::AuthorityKeypair> {
+        use quarry_stratum::v2::AuthorityKeypair;
         let public = self.sv2.authority_public_key.as_deref();
         let authority = match &self.sv2.authority_secret_key {
             Some(secret) => AuthorityKeypair::from_text(secret, public)
@@ -534,9 +575,7 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             }
         };
-        let mut sv2 = quarry_stratum::v2::Sv2Config::new(authority);
-        sv2.certificate_validity_secs = self.sv2.certificate_validity_secs.max(60);
-        Ok(Some(sv2))
+        Ok(authority)
     }
 }
 

@@ -8,6 +8,7 @@ mod events;
 mod miner;
 mod node;
 mod server;
+mod tp;
 mod wallet;
 
 use std::sync::atomic::Ordering;
@@ -38,6 +39,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Mine(args) => runtime.block_on(miner::run(args)),
         Command::Payout(args) => runtime.block_on(payout(*args)),
+        Command::Tp(args) => runtime.block_on(tp::run(*args)),
         Command::Keygen => {
             let pair = quarry_stratum::v2::AuthorityKeypair::generate();
             println!("authority_secret_key = \"{}\"", pair.secret_text());

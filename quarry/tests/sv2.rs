@@ -252,3 +252,160 @@ user_identity = "{address}.tproxy"
         "credited to the translator's identity:\n{pool_log}"
     );
 }
+
+fn pool_sv2_binary() -> String {
+    std::env::var("QUARRY_POOL_SV2").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").expect("HOME");
+        format!("{home}/.cache/quarry/sri/bin/pool_sv2")
+    })
+}
+
+/// SRI's pool, fed templates by `quarry tp` (which gets them from the regtest node), with our
+/// SV2 miner mining on it: its blocks must reach the node, paying the pool's reward script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
+    let binary = pool_sv2_binary();
+    assert!(
+        std::path::Path::new(&binary).exists(),
+        "{binary} missing: scripts/test.sh installs SRI's pool_sv2 0.7.0 with cargo install"
+    );
+    let nodes = NodePair::start();
+    let dir = scratch_dir("sv2-tp");
+    let tp_port = free_port();
+    let tp_authority = AuthorityKeypair::generate();
+    let mut config = pool_config(&nodes, &dir, free_port(), "");
+    config.push_str(&sv2_section(&tp_authority));
+    config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
+    let config_path = dir.join("quarry.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let mut tp = Process::spawn(
+        &["tp", "--config", config_path.to_str().expect("utf-8")],
+        &dir.join("tp.log"),
+    );
+    let listening = wait_until(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", tp_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        listening && tp.is_running(),
+        "quarry tp listens:\n{}",
+        tp.log_text()
+    );
+
+    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let address = address.as_str().expect("address").to_string();
+    let before = height(&nodes).await;
+    let pool_port = free_port();
+    let pool_authority = AuthorityKeypair::generate();
+    let pool_config = format!(
+        r#"
+authority_public_key = "{pool_public}"
+authority_secret_key = "{pool_secret}"
+cert_validity_sec = 3600
+listen_address = "127.0.0.1:{pool_port}"
+coinbase_reward_script = "addr({address})"
+server_id = 1
+pool_signature = "quarry-interop"
+shares_per_minute = 60.0
+share_batch_size = 1
+
+[template_provider_type.Sv2Tp]
+address = "127.0.0.1:{tp_port}"
+public_key = "{tp_public}"
+"#,
+        pool_public = pool_authority.public_text(),
+        pool_secret = pool_authority.secret_text(),
+        tp_public = tp_authority.public_text(),
+    );
+    let pool_config_path = dir.join("pool_sv2.toml");
+    std::fs::write(&pool_config_path, pool_config).expect("write pool config");
+    let log_path = dir.join("pool_sv2.log");
+    let log_file = std::fs::File::create(&log_path).expect("log");
+    let mut sri_pool = std::process::Command::new(&binary)
+        .arg("--config")
+        .arg(&pool_config_path)
+        .env("RUST_LOG", "info")
+        .stdout(log_file.try_clone().expect("clone"))
+        .stderr(log_file)
+        .spawn()
+        .expect("start pool_sv2");
+    let pool_log = || plain(&std::fs::read_to_string(&log_path).unwrap_or_default());
+    let listening = wait_until(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", pool_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        listening,
+        "pool_sv2 listens:\n{}\ntp:\n{}",
+        pool_log(),
+        tp.log_text()
+    );
+
+    let url = format!(
+        "stratum2+tcp://127.0.0.1:{pool_port}/{}",
+        pool_authority.public_text()
+    );
+    let mut miner = Process::spawn(
+        &[
+            "mine",
+            &url,
+            "--user",
+            &format!("{address}.onsri"),
+            "--threads",
+            "1",
+            "--duration",
+            "6",
+        ],
+        &dir.join("mine.log"),
+    );
+    assert!(miner.wait(Duration::from_secs(60)), "miner stops");
+    let mined = wait_until(Duration::from_secs(20), || async {
+        height(&nodes).await > before
+    })
+    .await;
+    let _ = sri_pool.kill();
+    let _ = sri_pool.wait();
+    let miner_log = miner.log_text();
+    let tp_log = plain(&tp.log_text());
+    assert!(
+        mined,
+        "blocks from pool_sv2 via quarry tp reached the node.\nminer:\n{miner_log}\npool_sv2:\n{}\ntp:\n{tp_log}",
+        pool_log()
+    );
+    assert!(tally(&miner_log, "accepted") > 0, "{miner_log}");
+    assert!(tp_log.contains("coinbase output constraints"), "{tp_log}");
+    assert!(tp_log.contains("outcome=Accepted"), "{tp_log}");
+
+    // The new tip is pool_sv2's block: its coinbase pays the pool's reward script and carries
+    // its signature.
+    let tip = nodes.rpc_ok('A', "getbestblockhash", json!([])).await;
+    let block = nodes.rpc_ok('A', "getblock", json!([tip, 2])).await;
+    let coinbase = &block["tx"][0];
+    let paid = coinbase["vout"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .any(|out| {
+            out["scriptPubKey"]["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(out["scriptPubKey"].get("address"))
+                .any(|a| a.as_str() == Some(address.as_str()))
+        });
+    assert!(
+        paid,
+        "the block pays pool_sv2's coinbase_reward_script: {coinbase}"
+    );
+    let script_sig = coinbase["vin"][0]["coinbase"]
+        .as_str()
+        .expect("coinbase hex");
+    assert!(
+        script_sig.contains(&hex::encode("quarry-interop")),
+        "pool_sv2's signature is in the coinbase: {script_sig}"
+    );
+}

@@ -19,6 +19,7 @@ use crate::v1::{CloseReason, Event, Session, SessionConfig};
 
 mod session;
 mod sv2;
+mod tp;
 
 /// A regtest P2PKH address (the kind the registry node hands out).
 pub const ADDRESS: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";

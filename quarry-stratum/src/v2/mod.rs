@@ -10,6 +10,7 @@ pub mod keys;
 pub mod message;
 pub mod noise;
 pub mod pool_session;
+pub mod template_provider;
 pub mod wire;
 
 pub use keys::AuthorityKeypair;
