@@ -9,6 +9,7 @@
 pub mod detect;
 pub mod event;
 pub mod pool;
+pub mod proxy;
 mod tip;
 pub mod v1;
 pub mod v2;

@@ -30,6 +30,8 @@ pub enum Command {
     Keygen,
     /// Stratum V2 Template Provider: serves the nodes' templates to SV2 pools (`[tp]`).
     Tp(Box<TpArgs>),
+    /// Stratum V1 miners in, one Stratum V2 pool out (extended channels, failover).
+    Proxy(Box<crate::proxy::ProxyArgs>),
 }
 
 /// `quarry serve`.

@@ -7,6 +7,7 @@ mod config;
 mod events;
 mod miner;
 mod node;
+mod proxy;
 mod server;
 mod tp;
 mod wallet;
@@ -40,6 +41,7 @@ fn main() -> Result<()> {
         Command::Mine(args) => runtime.block_on(miner::run(args)),
         Command::Payout(args) => runtime.block_on(payout(*args)),
         Command::Tp(args) => runtime.block_on(tp::run(*args)),
+        Command::Proxy(args) => runtime.block_on(proxy::run(*args)),
         Command::Keygen => {
             let pair = quarry_stratum::v2::AuthorityKeypair::generate();
             println!("authority_secret_key = \"{}\"", pair.secret_text());

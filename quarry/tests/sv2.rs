@@ -409,3 +409,92 @@ public_key = "{tp_public}"
         "pool_sv2's signature is in the coinbase: {script_sig}"
     );
 }
+
+/// `quarry mine` (SV1) → `quarry proxy` → Quarry's SV2 pool, with a dead first upstream the
+/// proxy must fail over from. Blocks found through the proxy reach the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("sv2-proxy");
+    let port = free_port();
+    let authority = AuthorityKeypair::generate();
+    let mut config = pool_config(&nodes, &dir, port, "");
+    config.push_str(&sv2_section(&authority));
+    let pool = start_pool(&dir, &config, port).await;
+    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let address = address.as_str().expect("address").to_string();
+    let before = height(&nodes).await;
+
+    let dead = format!(
+        "stratum2+tcp://127.0.0.1:{}/{}",
+        free_port(),
+        authority.public_text()
+    );
+    let live = format!(
+        "stratum2+tcp://127.0.0.1:{port}/{}",
+        authority.public_text()
+    );
+    let proxy_port = free_port();
+    let proxy = Process::spawn(
+        &[
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--upstream",
+            &dead,
+            "--upstream",
+            &live,
+            "--user",
+            &format!("{address}.viaproxy"),
+        ],
+        &dir.join("proxy.log"),
+    );
+    let listening = wait_until(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(listening, "proxy listens:\n{}", proxy.log_text());
+
+    let mut miner = Process::spawn(
+        &[
+            "mine",
+            &format!("stratum+tcp://127.0.0.1:{proxy_port}"),
+            "--user",
+            "rig1",
+            "--threads",
+            "1",
+            "--duration",
+            "6",
+        ],
+        &dir.join("mine.log"),
+    );
+    assert!(miner.wait(Duration::from_secs(60)), "miner stops");
+    let mined = wait_until(Duration::from_secs(20), || async {
+        height(&nodes).await > before
+    })
+    .await;
+    let miner_log = miner.log_text();
+    let proxy_log = plain(&proxy.log_text());
+    let pool_log = plain(&pool.log_text());
+    assert!(
+        mined,
+        "blocks through the proxy reached the node.\nminer:\n{miner_log}\nproxy:\n{proxy_log}\npool:\n{pool_log}"
+    );
+    assert!(
+        tally(&miner_log, "accepted") > 0,
+        "{miner_log}\n{proxy_log}"
+    );
+    assert_eq!(tally(&miner_log, "rejected"), 0, "{miner_log}\n{proxy_log}");
+    assert!(
+        proxy_log.contains("upstream unreachable"),
+        "the dead upstream was tried first:\n{proxy_log}"
+    );
+    assert!(proxy_log.contains("upstream ready"), "{proxy_log}");
+    assert!(pool_log.contains("outcome=Accepted"), "{pool_log}");
+    assert!(
+        pool_log.contains(&format!("{address}.viaproxy")),
+        "the pool credits the proxy's identity:\n{pool_log}"
+    );
+}

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::pool::Pool;
 use crate::v1::{CloseReason, Event, Session, SessionConfig};
 
+mod proxy;
 mod session;
 mod sv2;
 mod tp;
