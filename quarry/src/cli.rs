@@ -195,4 +195,8 @@ pub struct MineArgs {
     /// The pool's SV2 authority public key (or put it in the URL's path).
     #[arg(long)]
     pub authority_pubkey: Option<String>,
+    /// Hash rate announced to an SV2 pool, H/s (its first share target); default 5 MH/s per
+    /// thread.
+    #[arg(long)]
+    pub hashrate: Option<f32>,
 }

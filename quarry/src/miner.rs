@@ -370,7 +370,7 @@ async fn connect_and_mine_sv2(
     let peer = stream.peer_addr()?;
     let (mut read, mut write) = stream.into_split();
     // A nominal hashrate lets the pool pick a sensible first target; SHA-NI cores do ~5 MH/s.
-    let nominal = threads as f32 * 5e6;
+    let nominal = args.hashrate.unwrap_or(threads as f32 * 5e6);
     let mut client = MinerClient::new(
         authority,
         &args.user,
@@ -670,6 +670,7 @@ mod tests {
             no_version_rolling: true,
             sv2: false,
             authority_pubkey: None,
+            hashrate: None,
         }
     }
 

@@ -357,6 +357,9 @@ public_key = "{tp_public}"
             &format!("{address}.onsri"),
             "--threads",
             "1",
+            // pool_sv2 sets the first target from this: a share every few ms, not seconds.
+            "--hashrate",
+            "10000",
             "--duration",
             "6",
         ],
