@@ -32,6 +32,8 @@ pub enum Command {
     Tp(Box<TpArgs>),
     /// Stratum V1 miners in, one Stratum V2 pool out (extended channels, failover).
     Proxy(Box<crate::proxy::ProxyArgs>),
+    /// Simulate many Stratum V1 miners against a pool and report throughput and latency.
+    Loadgen(Box<crate::loadgen::LoadgenArgs>),
 }
 
 /// `quarry serve`.

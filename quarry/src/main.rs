@@ -5,6 +5,7 @@ mod blocks;
 mod cli;
 mod config;
 mod events;
+mod loadgen;
 mod miner;
 mod node;
 mod proxy;
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         Command::Payout(args) => runtime.block_on(payout(*args)),
         Command::Tp(args) => runtime.block_on(tp::run(*args)),
         Command::Proxy(args) => runtime.block_on(proxy::run(*args)),
+        Command::Loadgen(args) => runtime.block_on(loadgen::run(*args)),
         Command::Keygen => {
             let pair = quarry_stratum::v2::AuthorityKeypair::generate();
             println!("authority_secret_key = \"{}\"", pair.secret_text());

@@ -1,0 +1,64 @@
+//! `quarry loadgen` against `quarry serve` on the regtest node pair: 1,000 miners for 10 s.
+//! Every share sent gets an answer, and no valid share is rejected (stale answers after a block
+//! moved the tip are counted apart). No timing assertions: the numbers are for BENCHMARKS.md.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_simulated_miners_get_every_share_answered() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("loadgen");
+    let port = free_port();
+    let config = pool_config(&nodes, &dir, port, "");
+    let pool = start_pool(&dir, &config, port).await;
+    let pid = pool.child.id().to_string();
+    let mut loadgen = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--miners",
+            "1000",
+            "--user",
+            "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
+            "--rate",
+            "0.2",
+            "--duration",
+            "10",
+            "--pool-pid",
+            &pid,
+            "--json",
+        ],
+        &dir.join("loadgen.log"),
+    );
+    assert!(
+        loadgen.wait(Duration::from_secs(120)),
+        "loadgen stops by itself"
+    );
+    let log = loadgen.log_text();
+    let report: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{log}\npool:\n{}", pool.log_text()));
+    let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("connections_established"), 1000, "{report}");
+    assert_eq!(n("connect_failures"), 0, "{report}");
+    assert!(n("shares_sent") > 0, "{report}");
+    assert_eq!(n("unanswered"), 0, "every share got an answer: {report}");
+    assert_eq!(n("rejected"), 0, "no valid share rejected: {report}");
+    assert_eq!(
+        n("accepted") + n("stale"),
+        n("shares_sent"),
+        "answers add up: {report}"
+    );
+    assert!(n("accepted") > 0, "{report}");
+    assert!(
+        report["pool_rss_bytes_per_connection"].is_number(),
+        "{report}"
+    );
+}
