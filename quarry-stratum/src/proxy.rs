@@ -182,11 +182,13 @@ struct Downstream {
     invalid_lines: u32,
     /// The subscribe request waiting for a channel.
     pending_subscribe: Option<Value>,
-    subscribed: bool,
     worker: Option<String>,
+    /// Set once the subscribe is answered.
     channel: Option<u32>,
-    /// This miner's bytes after the channel prefix (aggregated channels only).
-    local_extranonce: Vec<u8>,
+    /// Channel prefix plus this miner's own bytes, built once at subscribe.
+    extranonce1: Vec<u8>,
+    /// How many trailing bytes of `extranonce1` are this miner's (aggregated channels only).
+    local_len: usize,
     version_mask: u32,
     sent_difficulty: Option<f64>,
     /// V1 job id → upstream job id, newest last.
@@ -310,7 +312,7 @@ impl Proxy {
             let Some(downstream) = self.downstreams.get_mut(&id) else {
                 continue;
             };
-            if downstream.subscribed || downstream.pending_subscribe.is_some() {
+            if downstream.channel.is_some() || downstream.pending_subscribe.is_some() {
                 downstream.outbox.extend_from_slice(
                     message::notification_line("client.reconnect", json!([])).as_bytes(),
                 );
@@ -665,10 +667,10 @@ impl Proxy {
         let Some(request) = downstream.pending_subscribe.take() else {
             return;
         };
-        downstream.subscribed = true;
         downstream.channel = Some(channel_id);
-        downstream.local_extranonce = local;
+        downstream.local_len = local.len();
         let session = hex::encode(&extranonce1);
+        downstream.extranonce1 = extranonce1;
         let result = json!([
             [
                 ["mining.set_difficulty", session],
@@ -791,10 +793,10 @@ impl Proxy {
                 outbox: Vec::new(),
                 invalid_lines: 0,
                 pending_subscribe: None,
-                subscribed: false,
                 worker: None,
                 channel: None,
-                local_extranonce: Vec::new(),
+                extranonce1: Vec::new(),
+                local_len: 0,
                 version_mask: 0,
                 sent_difficulty: None,
                 jobs: VecDeque::new(),
@@ -894,7 +896,7 @@ impl Proxy {
                 let Some(d) = self.downstreams.get_mut(&id) else {
                     return;
                 };
-                if d.subscribed || d.pending_subscribe.is_some() {
+                if d.channel.is_some() || d.pending_subscribe.is_some() {
                     return self.answer_invalid(
                         id,
                         &rid,
@@ -993,8 +995,7 @@ impl Proxy {
             Some(bits) => (active.job.template.version & !version_mask) | (bits & version_mask),
             None => active.job.template.version,
         };
-        let mut extranonce1 = channel.extranonce_prefix.clone();
-        extranonce1.extend_from_slice(&d.local_extranonce);
+        let local = &d.extranonce1[d.extranonce1.len() - d.local_len..];
         // The easier of the current and the previous target: shares in flight at a SetTarget.
         let target = match channel.previous_target {
             Some(previous) if previous.difficulty() < channel.target.difficulty() => previous,
@@ -1003,11 +1004,11 @@ impl Proxy {
         let rules = ShareRules {
             target,
             version_mask,
-            extranonce2_len: channel.extranonce_size - d.local_extranonce.len(),
+            extranonce2_len: channel.extranonce_size - d.local_len,
             now_unix: now_secs,
         };
         let submission = Submission {
-            extranonce1: &extranonce1,
+            extranonce1: &d.extranonce1,
             extranonce2: &submit.extranonce2,
             version,
             ntime: submit.ntime,
@@ -1016,7 +1017,8 @@ impl Proxy {
         if let Err(reason) = validate_share(&active.job, &submission, &rules) {
             return reject(self, reason);
         }
-        let mut extranonce = d.local_extranonce.clone();
+        let mut extranonce = Vec::with_capacity(local.len() + submit.extranonce2.len());
+        extranonce.extend_from_slice(local);
         extranonce.extend_from_slice(&submit.extranonce2);
         let difficulty = channel.target.difficulty();
         let Some(channel) = self.channels.get_mut(&channel_id) else {
