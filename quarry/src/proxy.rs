@@ -323,7 +323,7 @@ async fn upstream_io(
     generation: u64,
 ) {
     let (mut reader, mut writer) = stream.into_split();
-    let write = tokio::spawn(async move {
+    let mut write = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if writer.write_all(&bytes).await.is_err() {
                 return;
@@ -342,9 +342,8 @@ async fn upstream_io(
                 }
                 Err(e) => break e.to_string(),
             },
-            _ = async { while !write.is_finished() { tokio::time::sleep(Duration::from_millis(200)).await } } => {
-                break "upstream write failed or the proxy replaced it".to_string();
-            }
+            // The writer ends when a write fails or the proxy drops this upstream.
+            _ = &mut write => break "upstream write failed or the proxy replaced it".to_string(),
         }
     };
     write.abort();
