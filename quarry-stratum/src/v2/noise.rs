@@ -217,6 +217,84 @@ impl ResponderHandshake {
     }
 }
 
+/// The server end of a connection: gathers act 1, answers with act 2, then carries frames.
+/// Shared by every SV2 role Quarry serves (pool, Template Provider).
+#[derive(Debug)]
+pub struct ResponderLink {
+    handshake: Option<ResponderHandshake>,
+    act1: Vec<u8>,
+    transport: Option<Transport>,
+}
+
+impl ResponderLink {
+    /// A link waiting for act 1.
+    pub fn new(handshake: ResponderHandshake) -> Self {
+        ResponderLink {
+            handshake: Some(handshake),
+            act1: Vec::with_capacity(ACT1_LEN),
+            transport: None,
+        }
+    }
+
+    /// Whether the handshake is done and frames flow.
+    pub fn is_open(&self) -> bool {
+        self.transport.is_some()
+    }
+
+    /// Bytes from the initiator. Completing act 1 appends act 2 to `out`; bytes after it are
+    /// kept for [`ResponderLink::next_frame`].
+    ///
+    /// # Errors
+    /// A handshake that fails.
+    pub fn push(
+        &mut self,
+        mut data: &[u8],
+        now_secs: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), NoiseError> {
+        if self.transport.is_none() {
+            let take = (ACT1_LEN - self.act1.len()).min(data.len());
+            self.act1.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.act1.len() < ACT1_LEN {
+                return Ok(());
+            }
+            let mut act1 = [0u8; ACT1_LEN];
+            act1.copy_from_slice(&self.act1);
+            let handshake = self
+                .handshake
+                .take()
+                .ok_or_else(|| NoiseError::Handshake("handshake already failed".into()))?;
+            let (act2, transport) = handshake.respond(&act1, now_secs)?;
+            out.extend_from_slice(&act2);
+            self.act1 = Vec::new();
+            self.transport = Some(transport);
+        }
+        if let Some(transport) = &mut self.transport {
+            transport.push(data);
+        }
+        Ok(())
+    }
+
+    /// The next complete frame, if any (none during the handshake).
+    ///
+    /// # Errors
+    /// See [`Transport::next_frame`].
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, NoiseError> {
+        match &mut self.transport {
+            Some(transport) => transport.next_frame(),
+            None => Ok(None),
+        }
+    }
+
+    /// Encrypts one plaintext frame into `out`; nothing before the handshake is done.
+    pub fn encrypt(&mut self, frame_bytes: &[u8], out: &mut Vec<u8>) {
+        if let Some(transport) = &mut self.transport {
+            transport.encrypt(frame_bytes, out);
+        }
+    }
+}
+
 /// The client side of the handshake.
 pub struct InitiatorHandshake {
     initiator: Box<Initiator>,

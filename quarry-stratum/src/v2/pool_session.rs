@@ -20,7 +20,7 @@ use quarry_work::{Difficulty, Target};
 
 use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
-use super::noise::{ResponderHandshake, Transport, ACT1_LEN};
+use super::noise::{ResponderHandshake, ResponderLink};
 use crate::event::{AcceptedShare, Event, FoundBlock};
 use crate::pool::Pool;
 use crate::tip::Tip;
@@ -85,7 +85,7 @@ struct Channel {
 }
 
 enum Phase {
-    Handshake(Option<ResponderHandshake>),
+    Handshake,
     Setup,
     Ready,
 }
@@ -95,8 +95,8 @@ pub struct PoolSession {
     config: Arc<SessionConfig>,
     sv2: Arc<Sv2Config>,
     phase: Phase,
-    act1: Vec<u8>,
-    transport: Option<Transport>,
+    /// `None` only when the responder could not be built (the session is closed then).
+    link: Option<ResponderLink>,
     channels: BTreeMap<u32, Channel>,
     next_channel_id: u32,
     next_job_id: u32,
@@ -128,21 +128,20 @@ const TARGET_GRACE_MS: u64 = 5_000;
 impl PoolSession {
     /// A connection whose first bytes will be the Noise act 1.
     pub fn new(config: Arc<SessionConfig>, sv2: Arc<Sv2Config>, now_ms: u64) -> Self {
-        let (phase, closed) = match ResponderHandshake::new(
+        let (link, closed) = match ResponderHandshake::new(
             &sv2.authority,
             sv2.certificate_validity_secs,
             sv2.max_frame,
         ) {
-            Ok(responder) => (Phase::Handshake(Some(responder)), None),
-            Err(e) => (Phase::Handshake(None), Some(e.to_string())),
+            Ok(responder) => (Some(ResponderLink::new(responder)), None),
+            Err(e) => (None, Some(e.to_string())),
         };
         let standard_extranonce2 = vec![0; config.extranonce2_len];
         PoolSession {
             config,
             sv2,
-            phase,
-            act1: Vec::with_capacity(ACT1_LEN),
-            transport: None,
+            phase: Phase::Handshake,
+            link,
             channels: BTreeMap::new(),
             next_channel_id: GROUP_CHANNEL_ID + 1,
             next_job_id: 1,
@@ -206,39 +205,22 @@ impl PoolSession {
     }
 
     /// Bytes from the miner.
-    pub fn handle_bytes(&mut self, mut data: &[u8], now_ms: u64, pool: &dyn Pool) {
+    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
-        if let Phase::Handshake(responder) = &mut self.phase {
-            let take = (ACT1_LEN - self.act1.len()).min(data.len());
-            self.act1.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.act1.len() < ACT1_LEN {
-                return;
-            }
-            let mut act1 = [0u8; ACT1_LEN];
-            act1.copy_from_slice(&self.act1);
-            let Some(responder) = responder.take() else {
-                return self.close("handshake already failed".into());
-            };
-            match responder.respond(&act1, (now_ms / 1000) as u32) {
-                Ok((act2, transport)) => {
-                    self.outbox.extend_from_slice(&act2);
-                    self.transport = Some(transport);
-                    self.phase = Phase::Setup;
-                    self.act1 = Vec::new();
-                }
-                Err(e) => return self.close(e.to_string()),
-            }
-        }
-        let Some(transport) = &mut self.transport else {
+        let Some(link) = &mut self.link else {
             return;
         };
-        transport.push(data);
+        if let Err(e) = link.push(data, (now_ms / 1000) as u32, &mut self.outbox) {
+            return self.close(e.to_string());
+        }
+        if matches!(self.phase, Phase::Handshake) && link.is_open() {
+            self.phase = Phase::Setup;
+        }
         while self.closed.is_none() {
-            let next = match &mut self.transport {
-                Some(transport) => transport.next_frame(),
+            let next = match &mut self.link {
+                Some(link) => link.next_frame(),
                 None => Ok(None),
             };
             match next {
@@ -259,8 +241,8 @@ impl PoolSession {
     }
 
     fn send(&mut self, message: Message) {
-        if let Some(transport) = &mut self.transport {
-            transport.encrypt(&message.to_frame_bytes(), &mut self.outbox);
+        if let Some(link) = &mut self.link {
+            link.encrypt(&message.to_frame_bytes(), &mut self.outbox);
         }
     }
 

@@ -27,7 +27,7 @@ use quarry_work::template::WorkTemplate;
 
 use super::keys::AuthorityKeypair;
 use super::message::{DecodeError, Message, Protocol, SetupConnection};
-use super::noise::{ResponderHandshake, Transport, ACT1_LEN};
+use super::noise::{ResponderHandshake, ResponderLink};
 use crate::event::FoundBlock;
 
 /// Templates remembered for `RequestTransactionData` and late `SubmitSolution`s.
@@ -93,7 +93,7 @@ pub enum TpEvent {
 }
 
 enum Phase {
-    Handshake(Option<ResponderHandshake>),
+    Handshake,
     Setup,
     /// Set up; waiting for CoinbaseOutputConstraints before sending any template.
     Constraints,
@@ -104,8 +104,8 @@ enum Phase {
 pub struct TpSession {
     config: Arc<TpConfig>,
     phase: Phase,
-    act1: Vec<u8>,
-    transport: Option<Transport>,
+    /// `None` only when the responder could not be built (the session is closed then).
+    link: Option<ResponderLink>,
     client: String,
     /// Newest last.
     templates: VecDeque<Arc<WorkTemplate>>,
@@ -132,19 +132,18 @@ impl std::fmt::Debug for TpSession {
 impl TpSession {
     /// A connection whose first bytes will be the Noise act 1.
     pub fn new(config: Arc<TpConfig>, now_ms: u64) -> Self {
-        let (phase, closed) = match ResponderHandshake::new(
+        let (link, closed) = match ResponderHandshake::new(
             &config.authority,
             config.certificate_validity_secs,
             config.max_frame,
         ) {
-            Ok(responder) => (Phase::Handshake(Some(responder)), None),
-            Err(e) => (Phase::Handshake(None), Some(e.to_string())),
+            Ok(responder) => (Some(ResponderLink::new(responder)), None),
+            Err(e) => (None, Some(e.to_string())),
         };
         TpSession {
             config,
-            phase,
-            act1: Vec::with_capacity(ACT1_LEN),
-            transport: None,
+            phase: Phase::Handshake,
+            link,
             client: String::new(),
             templates: VecDeque::new(),
             announced_tip: None,
@@ -174,7 +173,7 @@ impl TpSession {
     /// When [`TpSession::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
-            Phase::Handshake(_) | Phase::Setup if self.closed.is_none() => {
+            Phase::Handshake | Phase::Setup if self.closed.is_none() => {
                 Some(self.connected_ms + self.config.setup_timeout_ms)
             }
             _ => None,
@@ -195,8 +194,8 @@ impl TpSession {
     }
 
     fn send(&mut self, message: &Message) {
-        if let Some(transport) = &mut self.transport {
-            transport.encrypt(&message.to_frame_bytes(), &mut self.outbox);
+        if let Some(link) = &mut self.link {
+            link.encrypt(&message.to_frame_bytes(), &mut self.outbox);
         }
     }
 
@@ -237,39 +236,22 @@ impl TpSession {
     }
 
     /// Bytes from the client.
-    pub fn handle_bytes(&mut self, mut data: &[u8], now_ms: u64) {
+    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64) {
         if self.closed.is_some() {
             return;
         }
-        if let Phase::Handshake(responder) = &mut self.phase {
-            let take = (ACT1_LEN - self.act1.len()).min(data.len());
-            self.act1.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.act1.len() < ACT1_LEN {
-                return;
-            }
-            let mut act1 = [0u8; ACT1_LEN];
-            act1.copy_from_slice(&self.act1);
-            let Some(responder) = responder.take() else {
-                return self.close("handshake already failed".into());
-            };
-            match responder.respond(&act1, (now_ms / 1000) as u32) {
-                Ok((act2, transport)) => {
-                    self.outbox.extend_from_slice(&act2);
-                    self.transport = Some(transport);
-                    self.phase = Phase::Setup;
-                    self.act1 = Vec::new();
-                }
-                Err(e) => return self.close(e.to_string()),
-            }
-        }
-        let Some(transport) = &mut self.transport else {
+        let Some(link) = &mut self.link else {
             return;
         };
-        transport.push(data);
+        if let Err(e) = link.push(data, (now_ms / 1000) as u32, &mut self.outbox) {
+            return self.close(e.to_string());
+        }
+        if matches!(self.phase, Phase::Handshake) && link.is_open() {
+            self.phase = Phase::Setup;
+        }
         while self.closed.is_none() {
-            let next = match &mut self.transport {
-                Some(transport) => transport.next_frame(),
+            let next = match &mut self.link {
+                Some(link) => link.next_frame(),
                 None => Ok(None),
             };
             match next {
