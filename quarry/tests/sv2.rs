@@ -48,6 +48,29 @@ fn tally(log: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether something accepts connections on `port` within `limit`.
+async fn listens(port: u16, limit: Duration) -> bool {
+    wait_until(limit, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
+}
+
+/// Starts one of SRI's binaries on `config`, logging to `log`.
+fn spawn_sri(binary: &str, config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log_file = std::fs::File::create(log).expect("log");
+    std::process::Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(log_file.try_clone().expect("clone"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"))
+}
+
 async fn height(nodes: &NodePair) -> u64 {
     nodes
         .rpc_ok('A', "getblockcount", json!([]))
@@ -193,22 +216,9 @@ user_identity = "{address}.tproxy"
     let config_path = dir.join("translator.toml");
     std::fs::write(&config_path, translator_config).expect("write translator config");
     let log_path = dir.join("translator.log");
-    let log_file = std::fs::File::create(&log_path).expect("log");
-    let mut translator = std::process::Command::new(&binary)
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdout(log_file.try_clone().expect("clone"))
-        .stderr(log_file)
-        .spawn()
-        .expect("start translator_sv2");
+    let mut translator = spawn_sri(&binary, &config_path, &log_path);
     let translator_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let listening = wait_until(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let listening = listens(proxy_port, Duration::from_secs(30)).await;
     assert!(
         listening,
         "translator listens:\n{}\n{}",
@@ -282,12 +292,7 @@ async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
         &["tp", "--config", config_path.to_str().expect("utf-8")],
         &dir.join("tp.log"),
     );
-    let listening = wait_until(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", tp_port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let listening = listens(tp_port, Duration::from_secs(20)).await;
     assert!(
         listening && tp.is_running(),
         "quarry tp listens:\n{}",
@@ -322,22 +327,9 @@ public_key = "{tp_public}"
     let pool_config_path = dir.join("pool_sv2.toml");
     std::fs::write(&pool_config_path, pool_config).expect("write pool config");
     let log_path = dir.join("pool_sv2.log");
-    let log_file = std::fs::File::create(&log_path).expect("log");
-    let mut sri_pool = std::process::Command::new(&binary)
-        .arg("--config")
-        .arg(&pool_config_path)
-        .env("RUST_LOG", "info")
-        .stdout(log_file.try_clone().expect("clone"))
-        .stderr(log_file)
-        .spawn()
-        .expect("start pool_sv2");
+    let mut sri_pool = spawn_sri(&binary, &pool_config_path, &log_path);
     let pool_log = || plain(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    let listening = wait_until(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", pool_port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let listening = listens(pool_port, Duration::from_secs(30)).await;
     assert!(
         listening,
         "pool_sv2 listens:\n{}\ntp:\n{}",
@@ -452,12 +444,7 @@ async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
         ],
         &dir.join("proxy.log"),
     );
-    let listening = wait_until(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let listening = listens(proxy_port, Duration::from_secs(20)).await;
     assert!(listening, "proxy listens:\n{}", proxy.log_text());
 
     let mut miner = Process::spawn(
