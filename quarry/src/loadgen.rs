@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use quarry_stratum::v1::codec::LineReader;
 use quarry_stratum::v1::Notify;
 use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
+
+/// Largest extranonce2 a pool may ask for (Stratum firmware handles up to 8).
+const MAX_EXTRANONCE2: usize = 32;
 
 /// `quarry loadgen`.
 #[derive(Debug, Args)]
@@ -125,6 +129,74 @@ struct Pending {
     sent: Instant,
 }
 
+/// What one simulated miner knows from the pool.
+struct Work {
+    extranonce1: Vec<u8>,
+    extranonce2_len: usize,
+    job: Option<Notify>,
+    share_target: Target,
+    /// Submits not answered yet.
+    pending: Vec<Pending>,
+}
+
+impl Work {
+    /// One message from the pool: a job, a difficulty, or an answer.
+    fn on_message(&mut self, value: &Value, stats: &Stats) -> Result<()> {
+        match value["method"].as_str() {
+            Some("mining.notify") => {
+                if let Ok(notify) = Notify::from_params(&value["params"]) {
+                    stats.notifies.fetch_add(1, Ordering::Relaxed);
+                    self.job = Some(notify);
+                }
+            }
+            Some("mining.set_difficulty") => {
+                if let Some(d) = value["params"][0].as_f64().and_then(Difficulty::new) {
+                    self.share_target = Target::from_difficulty(d);
+                }
+            }
+            Some(_) => {}
+            None => self.on_answer(value, stats)?,
+        }
+        Ok(())
+    }
+
+    fn on_answer(&mut self, value: &Value, stats: &Stats) -> Result<()> {
+        let id = value["id"].as_u64().unwrap_or(0);
+        if id == 1 {
+            self.extranonce1 = value["result"][1]
+                .as_str()
+                .and_then(|s| hex::decode(s).ok())
+                .unwrap_or_default();
+            self.extranonce2_len = value["result"][2].as_u64().unwrap_or(4) as usize;
+            if self.extranonce2_len > MAX_EXTRANONCE2 {
+                anyhow::bail!("pool asks for a {}-byte extranonce2", self.extranonce2_len);
+            }
+            return Ok(());
+        }
+        let Some(at) = self.pending.iter().position(|p| p.id == id) else {
+            return Ok(());
+        };
+        let sent = self.pending.swap_remove(at).sent;
+        let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        if let Ok(mut latencies) = stats.latencies_us.lock() {
+            latencies.push(micros);
+        }
+        if value["result"] == json!(true) {
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+        } else if value["error"][0] == json!(21) {
+            stats.stale.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut reasons) = stats.reject_reasons.lock() {
+                if reasons.len() < 20 {
+                    reasons.push(value["error"].to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn miner(
     index: usize,
     target: SocketAddr,
@@ -145,8 +217,10 @@ async fn miner(
     };
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::with_capacity(4096, read).lines();
+    let (mut read, mut write) = stream.into_split();
+    // Bounded like the pool's own reader: a peer cannot make us buffer without end.
+    let mut lines = LineReader::default();
+    let mut buf = vec![0u8; 4096];
     let user = format!("{}.{index}", args.user);
     let hello = format!(
         "{}\n{}\n",
@@ -158,11 +232,13 @@ async fn miner(
         .bytes_out
         .fetch_add(hello.len() as u64, Ordering::Relaxed);
 
-    let mut extranonce1 = Vec::new();
-    let mut extranonce2_len = 4;
-    let mut job: Option<Notify> = None;
-    let mut share_target = Target::from_difficulty(Difficulty::ONE);
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut work = Work {
+        extranonce1: Vec::new(),
+        extranonce2_len: 4,
+        job: None,
+        share_target: Target::from_difficulty(Difficulty::ONE),
+        pending: Vec::new(),
+    };
     let mut next_id = 10u64;
     let mut counter = index as u64 * 1_000_003;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
@@ -173,7 +249,7 @@ async fn miner(
     let answer_until = submit_until + Duration::from_secs(5);
     loop {
         let now = tokio::time::Instant::now();
-        if now >= submit_until && pending.is_empty() {
+        if now >= submit_until && work.pending.is_empty() {
             break;
         }
         if now >= answer_until {
@@ -185,43 +261,17 @@ async fn miner(
             answer_until
         };
         tokio::select! {
-            line = lines.next_line() => {
-                let Some(line) = line? else { break };
-                stats.bytes_in.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-                let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
-                match value["method"].as_str() {
-                    Some("mining.notify") => {
-                        if let Ok(notify) = Notify::from_params(&value["params"]) {
-                            stats.notifies.fetch_add(1, Ordering::Relaxed);
-                            job = Some(notify);
-                        }
-                    }
-                    Some("mining.set_difficulty") => {
-                        if let Some(d) = value["params"][0].as_f64().and_then(Difficulty::new) {
-                            share_target = Target::from_difficulty(d);
-                        }
-                    }
-                    Some(_) => {}
-                    None => {
-                        let id = value["id"].as_u64().unwrap_or(0);
-                        if id == 1 {
-                            extranonce1 = value["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
-                            extranonce2_len = value["result"][2].as_u64().unwrap_or(4) as usize;
-                        } else if let Some(at) = pending.iter().position(|p| p.id == id) {
-                            let p = pending.swap_remove(at);
-                            let micros = p.sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                            if let Ok(mut l) = stats.latencies_us.lock() { l.push(micros); }
-                            if value["result"] == json!(true) {
-                                stats.accepted.fetch_add(1, Ordering::Relaxed);
-                            } else if value["error"][0] == json!(21) {
-                                stats.stale.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                stats.rejected.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(mut r) = stats.reject_reasons.lock() {
-                                    if r.len() < 20 { r.push(value["error"].to_string()); }
-                                }
-                            }
-                        }
+            read_result = read.read(&mut buf) => {
+                let n = read_result?;
+                if n == 0 {
+                    break;
+                }
+                stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                lines.push(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                while let Some(line) = lines.next_line() {
+                    let line = line.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if let Ok(value) = serde_json::from_slice::<Value>(line) {
+                        work.on_message(&value, stats)?;
                     }
                 }
             }
@@ -230,28 +280,27 @@ async fn miner(
                     continue;
                 }
                 next_submit += interval;
-                let Some(job) = &job else { continue };
+                let Some(job) = &work.job else { continue };
                 if args.max_shares > 0 && stats.sent.load(Ordering::Relaxed) >= args.max_shares {
                     continue;
                 }
                 counter += 1;
-                let extranonce2 = counter.to_le_bytes()[..extranonce2_len.min(8)].to_vec();
-                let mut extranonce2 = extranonce2;
-                extranonce2.resize(extranonce2_len, 0);
+                let mut extranonce2 = counter.to_le_bytes()[..work.extranonce2_len.min(8)].to_vec();
+                extranonce2.resize(work.extranonce2_len, 0);
                 let network = Target::from_compact(job.bits);
                 // Skip block-level hashes where the share target allows it, so the chain stays
                 // still; on regtest the pool caps shares at the network target and every share
                 // is a block candidate.
-                let avoid_blocks = network.difficulty() > share_target.difficulty();
+                let avoid_blocks = network.difficulty() > work.share_target.difficulty();
                 let Some(nonce) = (0u32..4_000_000).find(|n| {
-                    let hash = job.hash(&extranonce1, &extranonce2, job.version, job.ntime, *n);
-                    share_target.is_met_by(&hash) && !(avoid_blocks && network.is_met_by(&hash))
+                    let hash = job.hash(&work.extranonce1, &extranonce2, job.version, job.ntime, *n);
+                    work.share_target.is_met_by(&hash) && !(avoid_blocks && network.is_met_by(&hash))
                 }) else { continue };
                 let id = next_id;
                 next_id += 1;
                 let line = format!("{}\n", json!({"id": id, "method": "mining.submit", "params": [
                     user, job.job_id, hex::encode(&extranonce2), format!("{:08x}", job.ntime), format!("{nonce:08x}")]}));
-                pending.push(Pending { id, sent: Instant::now() });
+                work.pending.push(Pending { id, sent: Instant::now() });
                 write.write_all(line.as_bytes()).await?;
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 stats.bytes_out.fetch_add(line.len() as u64, Ordering::Relaxed);
@@ -260,7 +309,7 @@ async fn miner(
     }
     stats
         .unanswered
-        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        .fetch_add(work.pending.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 
