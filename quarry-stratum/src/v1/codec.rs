@@ -9,7 +9,8 @@ pub const MAX_LINE_LEN: usize = 16 * 1024;
 #[error("line longer than {MAX_LINE_LEN} bytes")]
 pub struct LineTooLong;
 
-/// Buffers bytes and yields complete lines. The buffer grows only as far as the longest line.
+/// Buffers bytes and yields complete lines. The buffer grows only as far as the longest line and
+/// is released once drained, so an idle connection holds no buffer at all.
 #[derive(Debug, Default)]
 pub struct LineReader {
     buf: Vec<u8>,
@@ -43,6 +44,10 @@ impl LineReader {
     /// # Errors
     /// A complete line longer than [`MAX_LINE_LEN`].
     pub fn next_line(&mut self) -> Option<Result<&[u8], LineTooLong>> {
+        if self.start == self.buf.len() {
+            self.release();
+            return None;
+        }
         let rest = &self.buf[self.start..];
         let newline = rest.iter().position(|&b| b == b'\n')?;
         let line_start = self.start;
@@ -55,6 +60,12 @@ impl LineReader {
             line = stripped;
         }
         Some(Ok(line))
+    }
+
+    /// Drops a drained buffer: an idle connection holds none.
+    fn release(&mut self) {
+        self.start = 0;
+        self.buf = Vec::new();
     }
 
     /// Bytes buffered and not yet returned.
@@ -76,6 +87,19 @@ mod tests {
         reader.push(b":2}\n").expect("short");
         assert_eq!(reader.next_line(), Some(Ok(&b"{\"b\":2}"[..])));
         assert_eq!(reader.buffered(), 0);
+    }
+
+    #[test]
+    fn a_drained_reader_gives_back_a_large_buffer() {
+        let mut reader = LineReader::default();
+        let mut line = vec![b'x'; 4000];
+        line.push(b'\n');
+        reader.push(&line).expect("short");
+        assert!(matches!(reader.next_line(), Some(Ok(l)) if l.len() == 4000));
+        assert_eq!(reader.next_line(), None);
+        assert_eq!(reader.buf.capacity(), 0, "idle connections hold no buffer");
+        reader.push(b"{}\n").expect("short");
+        assert_eq!(reader.next_line(), Some(Ok(&b"{}"[..])));
     }
 
     #[test]
