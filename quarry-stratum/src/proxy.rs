@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::v1::codec::LineReader;
 use crate::v1::message::{self, Incoming, Request};
-use crate::v1::notify::stratum_prev_hash;
+use crate::v1::notify;
 use crate::v1::RequestError;
 use crate::v2::message::{DecodeError, Message, Protocol, SetupConnection};
 use crate::v2::noise::{InitiatorHandshake, NoiseError, Transport, ACT2_LEN};
@@ -159,15 +159,15 @@ impl Channel {
             fees: 0,
             longpoll_id: None,
         };
-        let job = Job {
-            template: Arc::new(template),
-            coinbase: CoinbaseParts {
+        let job = Job::from_parts(
+            Arc::new(template),
+            CoinbaseParts {
                 coinb1: future.prefix.clone(),
                 coinb2: future.suffix.clone(),
                 segwit: false,
             },
-            payout_script: Vec::new(),
-        };
+            Vec::new(),
+        );
         Some(ActiveJob {
             upstream_id: future.job_id,
             job: Arc::new(job),
@@ -755,24 +755,11 @@ impl Proxy {
         let template = &active.job.template;
         let job_id = format!("{:x}", downstream.next_job);
         downstream.next_job = downstream.next_job.wrapping_add(1);
-        let params = json!([
-            job_id,
-            stratum_prev_hash(&template.prev_hash),
-            hex::encode(&active.job.coinbase.coinb1),
-            hex::encode(&active.job.coinbase.coinb2),
-            template
-                .merkle_branch
-                .iter()
-                .map(hex::encode)
-                .collect::<Vec<_>>(),
-            format!("{:08x}", template.version),
-            format!("{:08x}", template.bits),
-            format!("{:08x}", template.curtime),
-            clean,
-        ]);
-        downstream
-            .outbox
-            .extend_from_slice(message::notification_line("mining.notify", params).as_bytes());
+        // The job's text is built once for every miner on the channel.
+        let fields = active.job.encoded(notify::job_fields);
+        downstream.outbox.extend_from_slice(
+            notify::notify_line(&job_id, fields, template.curtime, clean).as_bytes(),
+        );
         if clean {
             downstream.jobs.clear();
         }

@@ -1,7 +1,7 @@
 //! A job: a template plus the coinbase for one payout. Shared by every miner it is sent to.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::coinbase::{write_compact_size, CoinbaseError, CoinbaseLayout, CoinbaseParts};
 use crate::hash::Hash32;
@@ -20,6 +20,9 @@ pub struct Job {
     pub coinbase: CoinbaseParts,
     /// The payout script the coinbase pays.
     pub payout_script: Vec<u8>,
+    /// Text a protocol layer derives from the job once for every miner it goes to (Stratum
+    /// V1's notify fields): thousands of miners share one job, so it is encoded once.
+    encoded: OnceLock<String>,
 }
 
 impl Job {
@@ -33,11 +36,26 @@ impl Job {
         layout: &CoinbaseLayout,
     ) -> Result<Self, CoinbaseError> {
         let coinbase = CoinbaseParts::build(&template, payout_script, layout)?;
-        Ok(Job {
+        Ok(Job::from_parts(template, coinbase, payout_script.to_vec()))
+    }
+
+    /// A job from a coinbase built elsewhere (an upstream pool's, for a proxy).
+    pub fn from_parts(
+        template: Arc<WorkTemplate>,
+        coinbase: CoinbaseParts,
+        payout_script: Vec<u8>,
+    ) -> Self {
+        Job {
             template,
             coinbase,
-            payout_script: payout_script.to_vec(),
-        })
+            payout_script,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The job's encoding, built by `encode` on first use and shared from then on.
+    pub fn encoded(&self, encode: impl FnOnce(&Job) -> String) -> &str {
+        self.encoded.get_or_init(|| encode(self))
     }
 
     /// The 80-byte header for a submission.

@@ -487,3 +487,41 @@ fn pool_mode_coinbase_pays_the_pool_not_the_miner() {
         .script_pubkey();
     assert!(!contains(&job.coinb2, miner_script.as_bytes()));
 }
+
+#[test]
+fn notify_text_shared_per_job_is_the_same_json_as_built_per_miner() {
+    use crate::v1::notify::{job_fields, notify_line, stratum_prev_hash};
+    use quarry_work::coinbase::CoinbaseLayout;
+    use quarry_work::job::Job;
+
+    let mut template = (*template(1, 7, HARD_BITS)).clone();
+    template.merkle_branch = vec![[0xab; 32], [0x01; 32]];
+    let layout = CoinbaseLayout {
+        extranonce1_len: 4,
+        extranonce2_len: 4,
+        tag: b"/t/".to_vec(),
+    };
+    let job = Job::new(Arc::new(template), &[0x51], &layout).expect("job");
+    let fields = job.encoded(job_fields);
+    let line = notify_line("1f", fields, 0x6000_0001, true);
+    let generic = crate::v1::message::notification_line(
+        "mining.notify",
+        json!([
+            "1f",
+            stratum_prev_hash(&job.template.prev_hash),
+            hex::encode(&job.coinbase.coinb1),
+            hex::encode(&job.coinbase.coinb2),
+            [hex::encode([0xab; 32]), hex::encode([0x01; 32])],
+            format!("{:08x}", job.template.version),
+            format!("{:08x}", job.template.bits),
+            "60000001",
+            true,
+        ]),
+    );
+    assert_eq!(line, generic);
+    let parsed: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+    let notify = crate::v1::Notify::from_params(&parsed["params"]).expect("decodes");
+    assert_eq!(notify.merkle_branch, vec![[0xab; 32], [0x01; 32]]);
+    // Built once: a second miner gets the very same text.
+    assert!(std::ptr::eq(fields, job.encoded(|_| unreachable!())));
+}

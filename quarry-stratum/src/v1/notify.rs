@@ -1,7 +1,8 @@
-//! `mining.notify` as the miner side reads it: for `quarry mine` and for tests that play miner.
+//! `mining.notify`: the pool writes it ([`job_fields`], [`notify_line`]) and the miner side reads
+//! it ([`Notify`], for `quarry mine`, the load generator and tests that play miner).
 
 use quarry_work::hash::{sha256d, sha256d_80, Hash32};
-use quarry_work::job::{header_bytes, HEADER_LEN};
+use quarry_work::job::{header_bytes, Job, HEADER_LEN};
 use quarry_work::merkle;
 use serde_json::Value;
 
@@ -98,6 +99,44 @@ impl Notify {
     ) -> Hash32 {
         sha256d_80(&self.header(extranonce1, extranonce2, version, ntime, nonce))
     }
+}
+
+/// The fields of `mining.notify` that depend only on the job (previous hash, coinbase halves,
+/// merkle branch, version, bits), as JSON text. Built once per job and shared by every miner.
+pub fn job_fields(job: &Job) -> String {
+    let template = &job.template;
+    let mut out = String::with_capacity(
+        100 + 2 * (job.coinbase.coinb1.len() + job.coinbase.coinb2.len())
+            + 67 * template.merkle_branch.len(),
+    );
+    out.push('"');
+    out.push_str(&stratum_prev_hash(&template.prev_hash));
+    out.push_str("\",\"");
+    out.push_str(&hex::encode(&job.coinbase.coinb1));
+    out.push_str("\",\"");
+    out.push_str(&hex::encode(&job.coinbase.coinb2));
+    out.push_str("\",[");
+    for (i, node) in template.merkle_branch.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(&hex::encode(node));
+        out.push('"');
+    }
+    out.push_str(&format!(
+        "],\"{:08x}\",\"{:08x}\"",
+        template.version, template.bits
+    ));
+    out
+}
+
+/// A `mining.notify` line from a job's [`job_fields`] and what is per miner: the job id (hex
+/// digits), the header time and whether older jobs are void.
+pub fn notify_line(job_id: &str, fields: &str, ntime: u32, clean: bool) -> String {
+    format!(
+        "{{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"{job_id}\",{fields},\"{ntime:08x}\",{clean}]}}\n"
+    )
 }
 
 /// The previous block hash as `mining.notify` carries it: internal byte order with each 4-byte

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::codec::{LineReader, LineTooLong};
 use super::error::{CloseReason, RequestError};
 use super::message::{self, Incoming, Request, Submit};
-use super::notify::stratum_prev_hash;
+use super::notify;
 use crate::event::{AcceptedShare, Event, FoundBlock};
 use crate::pool::{Pool, PoolMode};
 use crate::tip::Tip;
@@ -77,7 +77,8 @@ impl Default for SessionConfig {
 /// A job as this connection received it: the difficulty is fixed when the job is sent.
 #[derive(Debug)]
 struct SentJob {
-    id: String,
+    /// Sent as lowercase hex.
+    id: u64,
     job: Arc<Job>,
     difficulty: Difficulty,
     target: Target,
@@ -176,12 +177,20 @@ impl Session {
 
     /// The next line to write.
     pub fn poll_transmit(&mut self) -> Option<String> {
-        self.outbox.pop_front()
+        let line = self.outbox.pop_front();
+        if line.is_none() {
+            release(&mut self.outbox);
+        }
+        line
     }
 
     /// The next event for the pool.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            release(&mut self.events);
+        }
+        event
     }
 
     /// When [`Session::handle_timeout`] must be called next (Unix ms).
@@ -213,25 +222,23 @@ impl Session {
             self.close(CloseReason::LineTooLong);
             return;
         }
-        loop {
-            let line = match self.reader.next_line() {
-                None => break,
-                Some(Err(LineTooLong)) => {
-                    self.close(CloseReason::LineTooLong);
-                    return;
-                }
-                // Copied out so the reader is free while the line is handled.
-                Some(Ok(line)) => line.to_vec(),
+        // Taken out for the loop so lines are handled in place, without a copy each.
+        let mut reader = std::mem::take(&mut self.reader);
+        while let Some(line) = reader.next_line() {
+            let Ok(line) = line else {
+                self.close(CloseReason::LineTooLong);
+                break;
             };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             self.last_line_ms = now_ms;
-            self.handle_line(&line, now_ms, pool);
+            self.handle_line(line, now_ms, pool);
             if self.closed.is_some() {
-                return;
+                break;
             }
         }
+        self.reader = reader;
     }
 
     fn handle_line(&mut self, line: &[u8], now_ms: u64, pool: &dyn Pool) {
@@ -437,10 +444,11 @@ impl Session {
             .iter()
             .find(|w| w.name == submit.worker)
             .ok_or(RequestError::Unauthorized)?;
+        let wanted = u64::from_str_radix(&submit.job_id, 16).ok();
         let sent = self
             .jobs
             .iter()
-            .find(|j| j.id == submit.job_id)
+            .find(|j| Some(j.id) == wanted)
             .ok_or(RequestError::Share(ShareReject::JobNotFound))?;
         let template = &sent.job.template;
         let version = match submit.version_bits {
@@ -608,28 +616,18 @@ impl Session {
             ));
             self.sent_difficulty = Some(difficulty);
         }
-        let id = format!("{:x}", self.next_job_id);
+        let id = self.next_job_id;
         self.next_job_id += 1;
         let ntime = template
             .curtime
             .max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
-        let params = json!([
-            id,
-            stratum_prev_hash(&template.prev_hash),
-            hex::encode(&job.coinbase.coinb1),
-            hex::encode(&job.coinbase.coinb2),
-            template
-                .merkle_branch
-                .iter()
-                .map(hex::encode)
-                .collect::<Vec<_>>(),
-            format!("{:08x}", template.version),
-            format!("{:08x}", template.bits),
-            format!("{ntime:08x}"),
+        let fields = job.encoded(notify::job_fields);
+        self.outbox.push_back(notify::notify_line(
+            &format!("{id:x}"),
+            fields,
+            ntime,
             clean,
-        ]);
-        self.outbox
-            .push_back(message::notification_line("mining.notify", params));
+        ));
         if clean {
             let tip = &self.tip;
             self.jobs.retain(|j| tip.keeps(&j.job.template.prev_hash));
@@ -657,6 +655,14 @@ impl Session {
 }
 
 /// `d=<difficulty>` in a comma-separated password.
+/// Frees a drained queue's memory: most connections sit idle between messages, and a few
+/// hundred bytes each is what decides how many fit in RAM.
+fn release<T>(queue: &mut VecDeque<T>) {
+    if queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+}
+
 fn password_difficulty(password: &str) -> Option<Difficulty> {
     password
         .split(',')
