@@ -100,6 +100,27 @@ impl ShareLog {
         Ok(Receipt(wait))
     }
 
+    /// Queues a share when the queue has room now, with no future to await: the common case,
+    /// and one that keeps a connection's task small. Gives the share back when the queue is
+    /// full, for [`ShareLog::enqueue`] to wait.
+    ///
+    /// # Errors
+    /// The inner error when the writer has stopped.
+    #[allow(clippy::result_large_err)]
+    pub fn try_enqueue(
+        &self,
+        share: ShareRecord,
+    ) -> Result<Result<Receipt, RecordError>, ShareRecord> {
+        let (done, wait) = oneshot::channel();
+        match self.queue.try_send(Pending { share, done }) {
+            Ok(()) => Ok(Ok(Receipt(wait))),
+            Err(mpsc::error::TrySendError::Full(pending)) => Err(pending.share),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Ok(Err(RecordError("share log stopped".into())))
+            }
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Arc<ShareLogStats> {
         &self.stats

@@ -26,6 +26,9 @@ use tracing::{debug, error, info, warn};
 use crate::events::{EventBus, Metrics};
 use crate::node::Nodes;
 
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Unix time in milliseconds: the one clock read per event.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -335,7 +338,8 @@ impl Server {
     }
 
     /// Reads until the first bytes tell the protocol apart.
-    async fn sniff(&self, stream: &mut TcpStream, buf: &mut [u8]) -> Option<(Detected, Vec<u8>)> {
+    async fn sniff(&self, stream: &mut TcpStream) -> Option<(Detected, Vec<u8>)> {
+        let mut buf = vec![0u8; 512];
         let mut first = Vec::new();
         // One deadline for the whole sniff, so a client dripping bytes cannot stretch it.
         let deadline = tokio::time::Instant::now()
@@ -345,7 +349,7 @@ impl Server {
                 Detected::NeedMore => {}
                 decided => return Some((decided, first)),
             }
-            match tokio::time::timeout_at(deadline, stream.read(buf)).await {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => first.extend_from_slice(&buf[..n]),
                 _ => return None,
             }
@@ -361,17 +365,16 @@ impl Server {
     ) {
         let _ = stream.set_nodelay(true);
         let pool: &SharedPool = &self.pool;
-        let mut buf = vec![0u8; 4096];
-        let Some((protocol, first)) = self.sniff(&mut stream, &mut buf).await else {
+        let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
             debug!(%peer, "closed before speaking");
             return;
         };
         let mut conn = match (protocol, &self.sv2) {
-            (Detected::V2, Some(sv2)) => Conn::V2(PoolSession::new(
+            (Detected::V2, Some(sv2)) => Conn::V2(Box::new(PoolSession::new(
                 Arc::clone(&self.session_config),
                 Arc::clone(sv2),
                 now_ms(),
-            )),
+            ))),
             (Detected::V2, None) => {
                 debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
                 return;
@@ -388,13 +391,19 @@ impl Server {
             conn.handle_template(template, now_ms(), pool);
         }
         conn.handle_bytes(&first, now_ms(), pool);
-        let mut out = Vec::new();
+        drop(first);
         loop {
             // Shares first: a share is acknowledged only after the ledger has it durably.
             let mut receipts = Vec::new();
             while let Some(event) = conn.poll_event() {
                 if let Event::ShareAccepted(share) = &event {
-                    match self.out.ledger.enqueue(self.share_record(share)).await {
+                    // Boxed only when the queue is full: the await's state would otherwise sit
+                    // in every connection's task, idle or not.
+                    let queued = match self.out.ledger.try_enqueue(self.share_record(share)) {
+                        Ok(queued) => queued,
+                        Err(record) => Box::pin(self.out.ledger.enqueue(record)).await,
+                    };
+                    match queued {
                         Ok(receipt) => receipts.push(receipt),
                         Err(e) => {
                             error!(%peer, error = %e, "share log unavailable");
@@ -414,11 +423,22 @@ impl Server {
             if !durable {
                 break;
             }
+            // Allocated only when there is something to send: an idle connection keeps no buffer.
+            let mut out = Vec::new();
             conn.transmit(&mut out);
-            if !out.is_empty() {
-                let write = stream.write_all(&out);
-                match tokio::time::timeout(self.limits.write_timeout, write).await {
-                    Ok(Ok(())) => out.clear(),
+            // Most writes fit the socket buffer at once; only the rest waits, boxed like above.
+            let written = match out.is_empty() {
+                true => 0,
+                false => match stream.try_write(&out) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(_) => break,
+                },
+            };
+            if written < out.len() {
+                let write = stream.write_all(&out[written..]);
+                match Box::pin(tokio::time::timeout(self.limits.write_timeout, write)).await {
+                    Ok(Ok(())) => {}
                     _ => {
                         debug!(%peer, "write failed or timed out");
                         break;
@@ -439,10 +459,22 @@ impl Server {
                 }
             };
             tokio::select! {
-                read = stream.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => conn.handle_bytes(&buf[..n], now_ms(), pool),
-                },
+                // Wait for readability, then read into the stack: no read buffer is held per
+                // connection while it waits, which is most of an idle connection's life.
+                // poll_fn rather than readable(): the waker sits in the socket's own slot, so
+                // the pending future is a pointer instead of a 150-byte waiter.
+                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                    if ready.is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; READ_CHUNK];
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => conn.handle_bytes(&buf[..n], now_ms(), pool),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
+                }
                 changed = templates.changed() => {
                     if changed.is_err() {
                         break;
@@ -533,9 +565,12 @@ impl Server {
 }
 
 /// A connection's session, whichever protocol it speaks.
+// Unboxed V1 on purpose: it is the common case, and the whole enum lives in the task anyway.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     V1(Session),
-    V2(PoolSession),
+    // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
+    V2(Box<PoolSession>),
 }
 
 impl Conn {
