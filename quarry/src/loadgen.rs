@@ -1,14 +1,21 @@
-//! `quarry loadgen`: N simulated Stratum V1 miners against any stratum endpoint.
+//! `quarry loadgen`: N simulated miners, Stratum V1 or V2, against any stratum endpoint.
 //!
 //! Each miner is one small task (a few hundred bytes of state and a 4 KiB read buffer, no
 //! thread), bound to its own source address in 127.0.0.0/8 so that more than 64k connections
 //! fit on loopback. Miners really hash: they submit shares that meet the share target and,
 //! where the share target is easier than the network's, stay under the network target so that
 //! the chain does not move under the measurement. Every share's answer is matched to its
-//! request, timed, and counted; stale answers (code 21, a block moved the tip while the share
-//! was in flight) are counted apart from rejections.
+//! request, timed, and counted; stale answers (V1 code 21, SV2 `stale-share`: a block moved
+//! the tip while the share was in flight) are counted apart from rejections.
+//!
+//! New-block fan-out: with `--node-zmq` the load generator hears the node announce each new tip
+//! (`hashblock`, the same feed the pool follows) and times how long until the last miner has
+//! work on it (`mining.notify` / SetNewPrevHash). `--blocks` mines those blocks through the
+//! node's RPC during the run.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +24,17 @@ use anyhow::{Context, Result};
 use clap::Args;
 use quarry_stratum::v1::codec::LineReader;
 use quarry_stratum::v1::Notify;
+use quarry_stratum::v2::client::{ClientEvent, HeaderWork, MinerClient};
+use quarry_work::hash::{sha256d_80, Hash32};
+use quarry_work::job::header_bytes;
 use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::warn;
+
+use crate::config::NodeConfig;
+use crate::node::Rpc;
 
 /// Largest extranonce2 a pool may ask for (Stratum firmware handles up to 8).
 const MAX_EXTRANONCE2: usize = 32;
@@ -36,7 +50,7 @@ pub struct LoadgenArgs {
     /// Username each miner authorizes with (`.N` is appended).
     #[arg(short, long)]
     pub user: String,
-    /// Shares per second per miner.
+    /// Shares per second per miner (0: connect, subscribe and stay idle).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
     /// Stop after this many seconds of submitting.
@@ -57,6 +71,36 @@ pub struct LoadgenArgs {
     /// Bind each miner to its own source address in 127.0.0.0/8 (loopback targets only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub spread_sources: bool,
+    /// Speak Stratum V2 (the URL may also be stratum2+tcp://host:port/<authority key>).
+    #[arg(long)]
+    pub sv2: bool,
+    /// The SV2 pool's authority public key.
+    #[arg(long)]
+    pub authority_pubkey: Option<String>,
+    /// Nominal hashrate each SV2 miner announces, H/s.
+    #[arg(long, default_value_t = 1e6)]
+    pub hashrate: f32,
+    /// The node's ZMQ `hashblock` endpoint: times new block → last miner notified.
+    #[arg(long)]
+    pub node_zmq: Option<String>,
+    /// The node's JSON-RPC URL, to mine `--blocks` during the run.
+    #[arg(long)]
+    pub node_rpc: Option<String>,
+    /// RPC cookie file.
+    #[arg(long)]
+    pub node_cookie: Option<PathBuf>,
+    /// RPC user (with --node-password).
+    #[arg(long)]
+    pub node_user: Option<String>,
+    /// RPC password.
+    #[arg(long)]
+    pub node_password: Option<String>,
+    /// Blocks to mine through the node's RPC, spread over the run (regtest).
+    #[arg(long, default_value_t = 0)]
+    pub blocks: u32,
+    /// Address the `--blocks` pay to.
+    #[arg(long)]
+    pub block_address: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,21 +117,51 @@ struct Stats {
     notifies: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     reject_reasons: Mutex<Vec<String>>,
+    /// New tips as the node announced them.
+    tips: Mutex<Vec<(Hash32, Instant)>>,
+    /// When each miner first got work on each tip.
+    arrivals: Mutex<HashMap<Hash32, Vec<Instant>>>,
+}
+
+impl Stats {
+    fn answered(&self, sent: Instant) {
+        let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        if let Ok(mut latencies) = self.latencies_us.lock() {
+            latencies.push(micros);
+        }
+    }
+
+    fn rejected(&self, reason: String) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut reasons) = self.reject_reasons.lock() {
+            if reasons.len() < 20 {
+                reasons.push(reason);
+            }
+        }
+    }
+
+    /// A miner has its first work on `prev_hash`.
+    fn work_on(&self, prev_hash: Hash32) {
+        let now = Instant::now();
+        if let Ok(mut arrivals) = self.arrivals.lock() {
+            arrivals.entry(prev_hash).or_default().push(now);
+        }
+    }
 }
 
 /// Runs the load and prints the report.
 pub async fn run(args: LoadgenArgs) -> Result<()> {
-    let address = args
-        .url
-        .trim_start_matches("stratum+tcp://")
-        .trim_end_matches('/')
-        .to_string();
+    let (address, authority) = endpoint(&args)?;
     let target: SocketAddr = tokio::net::lookup_host(&address)
         .await
         .with_context(|| format!("resolving {address}"))?
         .next()
         .with_context(|| format!("{address} resolves to nothing"))?;
+    let miner_blocks = block_miner(&args)?;
     let stats = Arc::new(Stats::default());
+    if let Some(endpoint) = &args.node_zmq {
+        tokio::spawn(follow_tips(endpoint.clone(), Arc::clone(&stats)));
+    }
     let rss_before = args.pool_pid.and_then(rss_kib);
     let started = Instant::now();
     let submit_until = started + Duration::from_secs(args.duration);
@@ -97,14 +171,29 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
     for index in 0..args.miners {
         let (stats, args) = (Arc::clone(&stats), Arc::clone(&args));
         handles.push(tokio::spawn(async move {
-            if let Err(e) = miner(index, target, &args, &stats, submit_until).await {
+            let result = match authority {
+                Some(key) => miner_v2(index, target, &args, &stats, &key, submit_until).await,
+                None => miner_v1(index, target, &args, &stats, submit_until).await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(index, error = %e, "miner ended");
             }
         }));
         tokio::time::sleep(pause).await;
     }
+    let ramped = Instant::now();
     let held = stats.connected.load(Ordering::Relaxed);
+    // The last miners' handshakes settle before the pool's memory is read.
+    if args.pool_pid.is_some() {
+        let settle = submit_until.saturating_duration_since(Instant::now()) / 2;
+        tokio::time::sleep(settle.min(Duration::from_secs(2))).await;
+    }
     let rss_during = args.pool_pid.and_then(rss_kib);
+    if let Some((rpc, address)) = miner_blocks {
+        let left = submit_until.saturating_duration_since(Instant::now());
+        let spacing = left / (args.blocks + 1);
+        tokio::spawn(mine_blocks(rpc, address, args.blocks, spacing));
+    }
     for handle in handles {
         let _ = handle.await;
     }
@@ -113,8 +202,101 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         .as_secs_f64()
         .min(args.duration as f64)
         .max(0.001);
-    report(&args, &stats, held, elapsed, rss_before, rss_during);
+    let fanout = fanout(&stats, ramped, held);
+    report(
+        &args,
+        &stats,
+        held,
+        elapsed,
+        (rss_before, rss_during),
+        fanout,
+    );
     Ok(())
+}
+
+/// The pool's address and, for SV2, its authority key.
+fn endpoint(args: &LoadgenArgs) -> Result<(String, Option<[u8; 32]>)> {
+    let url = args.url.trim_end_matches('/');
+    let (sv2, rest) = match url.strip_prefix("stratum2+tcp://") {
+        Some(rest) => (true, rest),
+        None => (args.sv2, url.strip_prefix("stratum+tcp://").unwrap_or(url)),
+    };
+    let (address, key_in_url) = match rest.split_once('/') {
+        Some((address, key)) => (address, Some(key)),
+        None => (rest, None),
+    };
+    if !sv2 {
+        return Ok((address.to_string(), None));
+    }
+    let key = args
+        .authority_pubkey
+        .as_deref()
+        .or(key_in_url)
+        .context("Stratum V2 needs the pool's authority public key: --authority-pubkey")?;
+    let key = quarry_stratum::v2::keys::decode_public(key)
+        .map_err(|e| anyhow::anyhow!("authority public key: {e}"))?;
+    Ok((address.to_string(), Some(key)))
+}
+
+/// The node client and payout address for `--blocks`, checked before any miner starts.
+fn block_miner(args: &LoadgenArgs) -> Result<Option<(Rpc, String)>> {
+    if args.blocks == 0 {
+        return Ok(None);
+    }
+    let url = args.node_rpc.clone().context("--blocks needs --node-rpc")?;
+    let address = args
+        .block_address
+        .clone()
+        .context("--blocks needs --block-address")?;
+    let rpc = Rpc::new(&NodeConfig {
+        url,
+        user: args.node_user.clone(),
+        password: args.node_password.clone(),
+        cookie_file: args.node_cookie.clone(),
+        ..NodeConfig::default()
+    })?;
+    Ok(Some((rpc, address)))
+}
+
+/// Records each new tip the node announces on ZMQ `hashblock`.
+async fn follow_tips(endpoint: String, stats: Arc<Stats>) {
+    use zeromq::{Socket, SocketRecv};
+    let mut socket = zeromq::SubSocket::new();
+    let connected = async {
+        socket.connect(&endpoint).await?;
+        socket.subscribe("hashblock").await
+    };
+    if let Err(e) = connected.await {
+        warn!(%endpoint, error = %e, "zmq connect failed: no fan-out timing");
+        return;
+    }
+    while let Ok(message) = socket.recv().await {
+        let at = Instant::now();
+        // The body is the hash in display order.
+        let Some(Ok(mut hash)) = message.get(1).map(|b| Hash32::try_from(&b[..])) else {
+            continue;
+        };
+        hash.reverse();
+        if let Ok(mut tips) = stats.tips.lock() {
+            tips.push((hash, at));
+        }
+    }
+}
+
+async fn mine_blocks(rpc: Rpc, address: String, count: u32, spacing: Duration) {
+    for _ in 0..count {
+        tokio::time::sleep(spacing).await;
+        let mined: Result<Vec<String>, _> = rpc
+            .call(
+                "generatetoaddress",
+                json!([1, address]),
+                Duration::from_secs(30),
+            )
+            .await;
+        if let Err(e) = mined {
+            warn!(error = %e, "generatetoaddress failed");
+        }
+    }
 }
 
 /// A source address in 127.0.0.0/8 for miner `index` (127.0.0.1 upward, skipping .0 and .255).
@@ -122,6 +304,99 @@ fn source_address(index: usize) -> IpAddr {
     let n = index as u32;
     let (a, b, c) = ((n / (254 * 256)) % 254, (n / 254) % 256, n % 254 + 1);
     IpAddr::V4(Ipv4Addr::new(127, a as u8, b as u8, c as u8))
+}
+
+async fn connect(
+    index: usize,
+    target: SocketAddr,
+    args: &LoadgenArgs,
+    stats: &Stats,
+) -> Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if args.spread_sources && target.ip().is_loopback() {
+        socket.bind(SocketAddr::new(source_address(index), 0))?;
+    }
+    let stream = match socket.connect(target).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            stats.failed_connects.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+    };
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// When a miner submits: `rate` per second, spread over the interval across miners, until the
+/// end of the run; then it waits up to 5 s for its last answers.
+struct Pacer {
+    interval: Option<Duration>,
+    next: tokio::time::Instant,
+    submit_until: tokio::time::Instant,
+    answer_until: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(index: usize, rate: f64, submit_until: Instant) -> Self {
+        let interval = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+        let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64((index % 997) as f64 / 997.0));
+        let submit_until = tokio::time::Instant::from_std(submit_until);
+        Pacer {
+            interval,
+            next: tokio::time::Instant::now() + offset,
+            submit_until,
+            answer_until: submit_until + Duration::from_secs(5),
+        }
+    }
+
+    /// Whether the miner is done, given whether answers are still outstanding.
+    fn done(&self, waiting: bool) -> bool {
+        let now = tokio::time::Instant::now();
+        (now >= self.submit_until && !waiting) || now >= self.answer_until
+    }
+
+    fn wake(&self) -> tokio::time::Instant {
+        if self.interval.is_some() && tokio::time::Instant::now() < self.submit_until {
+            self.next.min(self.submit_until)
+        } else if tokio::time::Instant::now() < self.submit_until {
+            self.submit_until
+        } else {
+            self.answer_until
+        }
+    }
+
+    /// Called on waking: whether a share is due now.
+    fn due(&mut self) -> bool {
+        let Some(interval) = self.interval else {
+            return false;
+        };
+        if tokio::time::Instant::now() >= self.submit_until {
+            return false;
+        }
+        self.next += interval;
+        true
+    }
+}
+
+/// Whether another share may go out under `--max-shares`.
+fn under_cap(args: &LoadgenArgs, stats: &Stats) -> bool {
+    args.max_shares == 0 || stats.sent.load(Ordering::Relaxed) < args.max_shares
+}
+
+/// A nonce from `start` whose header meets the share target, and not the network target
+/// when the share target is easier (so the chain stays still under the measurement).
+fn find_nonce(
+    start: u32,
+    share: &Target,
+    network: &Target,
+    hash: impl Fn(u32) -> Hash32,
+) -> Option<u32> {
+    let avoid_blocks = network.difficulty() > share.difficulty();
+    (start..start.saturating_add(4_000_000)).find(|n| {
+        let h = hash(*n);
+        share.is_met_by(&h) && !(avoid_blocks && network.is_met_by(&h))
+    })
 }
 
 struct Pending {
@@ -146,6 +421,9 @@ impl Work {
             Some("mining.notify") => {
                 if let Ok(notify) = Notify::from_params(&value["params"]) {
                     stats.notifies.fetch_add(1, Ordering::Relaxed);
+                    if self.job.as_ref().map(|j| j.prev_hash) != Some(notify.prev_hash) {
+                        stats.work_on(notify.prev_hash);
+                    }
                     self.job = Some(notify);
                 }
             }
@@ -176,47 +454,26 @@ impl Work {
         let Some(at) = self.pending.iter().position(|p| p.id == id) else {
             return Ok(());
         };
-        let sent = self.pending.swap_remove(at).sent;
-        let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-        if let Ok(mut latencies) = stats.latencies_us.lock() {
-            latencies.push(micros);
-        }
+        stats.answered(self.pending.swap_remove(at).sent);
         if value["result"] == json!(true) {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
         } else if value["error"][0] == json!(21) {
             stats.stale.fetch_add(1, Ordering::Relaxed);
         } else {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut reasons) = stats.reject_reasons.lock() {
-                if reasons.len() < 20 {
-                    reasons.push(value["error"].to_string());
-                }
-            }
+            stats.rejected(value["error"].to_string());
         }
         Ok(())
     }
 }
 
-async fn miner(
+async fn miner_v1(
     index: usize,
     target: SocketAddr,
     args: &LoadgenArgs,
     stats: &Stats,
     submit_until: Instant,
 ) -> Result<()> {
-    let socket = TcpSocket::new_v4()?;
-    if args.spread_sources && target.ip().is_loopback() {
-        socket.bind(SocketAddr::new(source_address(index), 0))?;
-    }
-    let stream = match socket.connect(target).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            stats.failed_connects.fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
-        }
-    };
-    stats.connected.fetch_add(1, Ordering::Relaxed);
-    stream.set_nodelay(true)?;
+    let stream = connect(index, target, args, stats).await?;
     let (mut read, mut write) = stream.into_split();
     // Bounded like the pool's own reader: a peer cannot make us buffer without end.
     let mut lines = LineReader::default();
@@ -241,25 +498,8 @@ async fn miner(
     };
     let mut next_id = 10u64;
     let mut counter = index as u64 * 1_000_003;
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
-    // Spread the miners' submissions over the interval.
-    let mut next_submit =
-        tokio::time::Instant::now() + interval.mul_f64((index % 997) as f64 / 997.0);
-    let submit_until = tokio::time::Instant::from_std(submit_until);
-    let answer_until = submit_until + Duration::from_secs(5);
-    loop {
-        let now = tokio::time::Instant::now();
-        if now >= submit_until && work.pending.is_empty() {
-            break;
-        }
-        if now >= answer_until {
-            break;
-        }
-        let wake = if now < submit_until {
-            next_submit.min(submit_until)
-        } else {
-            answer_until
-        };
+    let mut pacer = Pacer::new(index, args.rate, submit_until);
+    while !pacer.done(!work.pending.is_empty()) {
         tokio::select! {
             read_result = read.read(&mut buf) => {
                 let n = read_result?;
@@ -275,26 +515,17 @@ async fn miner(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(wake) => {
-                if tokio::time::Instant::now() >= submit_until {
+            _ = tokio::time::sleep_until(pacer.wake()) => {
+                if !pacer.due() || !under_cap(args, stats) {
                     continue;
                 }
-                next_submit += interval;
                 let Some(job) = &work.job else { continue };
-                if args.max_shares > 0 && stats.sent.load(Ordering::Relaxed) >= args.max_shares {
-                    continue;
-                }
                 counter += 1;
                 let mut extranonce2 = counter.to_le_bytes()[..work.extranonce2_len.min(8)].to_vec();
                 extranonce2.resize(work.extranonce2_len, 0);
-                let network = Target::from_compact(job.bits);
-                // Skip block-level hashes where the share target allows it, so the chain stays
-                // still; on regtest the pool caps shares at the network target and every share
-                // is a block candidate.
-                let avoid_blocks = network.difficulty() > work.share_target.difficulty();
-                let Some(nonce) = (0u32..4_000_000).find(|n| {
-                    let hash = job.hash(&work.extranonce1, &extranonce2, job.version, job.ntime, *n);
-                    work.share_target.is_met_by(&hash) && !(avoid_blocks && network.is_met_by(&hash))
+                let root = job.merkle_root(&work.extranonce1, &extranonce2);
+                let Some(nonce) = find_nonce(0, &work.share_target, &Target::from_compact(job.bits), |n| {
+                    sha256d_80(&header_bytes(job.version, &job.prev_hash, &root, job.ntime, job.bits, n))
                 }) else { continue };
                 let id = next_id;
                 next_id += 1;
@@ -310,6 +541,121 @@ async fn miner(
     stats
         .unanswered
         .fetch_add(work.pending.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// One SV2 miner: Noise handshake pinned to the authority key, a standard channel, shares.
+async fn miner_v2(
+    index: usize,
+    target: SocketAddr,
+    args: &LoadgenArgs,
+    stats: &Stats,
+    authority: &[u8; 32],
+    submit_until: Instant,
+) -> Result<()> {
+    let stream = connect(index, target, args, stats).await?;
+    let (mut read, mut write) = stream.into_split();
+    let user = format!("{}.{index}", args.user);
+    let mut client = MinerClient::new(
+        authority,
+        &user,
+        args.hashrate,
+        (target.ip().to_string(), target.port()),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut share_target = Target::MAX;
+    let mut work: Option<HeaderWork> = None;
+    let mut next_nonce = 0u32;
+    // Sequence number → when it was sent.
+    let mut pending: Vec<(u32, Instant)> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut pacer = Pacer::new(index, args.rate, submit_until);
+    loop {
+        if let Some(bytes) = client.poll_transmit() {
+            write.write_all(&bytes).await?;
+            stats
+                .bytes_out
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        while let Some(event) = client.poll_event() {
+            match event {
+                ClientEvent::ChannelOpened { target, .. } | ClientEvent::Target(target) => {
+                    share_target = Target::from_le_bytes(target);
+                }
+                ClientEvent::Work(new) => {
+                    stats.notifies.fetch_add(1, Ordering::Relaxed);
+                    if work.as_ref().map(|w| w.prev_hash) != Some(new.prev_hash) {
+                        stats.work_on(new.prev_hash);
+                    }
+                    next_nonce = 0;
+                    work = Some(new);
+                }
+                ClientEvent::Accepted {
+                    last_sequence_number,
+                    ..
+                } => pending.retain(|&(sequence, sent)| {
+                    if sequence > last_sequence_number {
+                        return true;
+                    }
+                    stats.answered(sent);
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    false
+                }),
+                ClientEvent::Rejected {
+                    sequence_number,
+                    code,
+                } => {
+                    if let Some(at) = pending.iter().position(|p| p.0 == sequence_number) {
+                        stats.answered(pending.swap_remove(at).1);
+                        if code == "stale-share" {
+                            stats.stale.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            stats.rejected(code);
+                        }
+                    }
+                }
+                ClientEvent::Reconnect { .. } => pacer.answer_until = tokio::time::Instant::now(),
+            }
+        }
+        if let Some(reason) = client.close_reason() {
+            stats
+                .unanswered
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            anyhow::bail!("{reason}");
+        }
+        if pacer.done(!pending.is_empty()) {
+            break;
+        }
+        tokio::select! {
+            read_result = read.read(&mut buf) => {
+                let n = read_result?;
+                if n == 0 {
+                    break;
+                }
+                stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                let now_secs = (crate::server::now_ms() / 1000).min(u64::from(u32::MAX)) as u32;
+                client.handle_bytes(&buf[..n], now_secs);
+            }
+            _ = tokio::time::sleep_until(pacer.wake()) => {
+                if !pacer.due() || !under_cap(args, stats) {
+                    continue;
+                }
+                let Some(job) = &work else { continue };
+                let Some(nonce) = find_nonce(next_nonce, &share_target, &Target::from_compact(job.nbits), |n| {
+                    sha256d_80(&header_bytes(job.version, &job.prev_hash, &job.merkle_root, job.ntime, job.nbits, n))
+                }) else { continue };
+                // Each header once: the next search starts past this nonce.
+                next_nonce = nonce.wrapping_add(1);
+                if let Some(sequence) = client.submit(job.job_id, nonce, job.ntime, job.version) {
+                    pending.push((sequence, Instant::now()));
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    stats
+        .unanswered
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 
@@ -331,13 +677,51 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[at]) / 1000.0
 }
 
+/// New block → work fan-out, over the tips the node announced after every miner connected.
+fn fanout(stats: &Stats, ramped: Instant, held: u64) -> Value {
+    let tips = stats.tips.lock().map(|t| t.clone()).unwrap_or_default();
+    let arrivals = stats.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut per_tip = Vec::new();
+    for (hash, announced) in tips.iter().filter(|(_, at)| *at > ramped) {
+        let mut delays: Vec<u32> = arrivals
+            .get(hash)
+            .map(|a| {
+                a.iter()
+                    .map(|at| {
+                        let delay = at.saturating_duration_since(*announced).as_micros();
+                        delay.min(u128::from(u32::MAX)) as u32
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        delays.sort_unstable();
+        per_tip.push(json!({
+            "block": quarry_work::hash::to_display_hex(hash),
+            "miners_notified": delays.len(),
+            "p50_ms": percentile(&delays, 0.5),
+            "last_ms": delays.last().map_or(0.0, |d| f64::from(*d) / 1000.0),
+        }));
+    }
+    let lasts: Vec<f64> = per_tip
+        .iter()
+        .filter_map(|t| t["last_ms"].as_f64())
+        .collect();
+    json!({
+        "blocks": per_tip.len(),
+        "miners_held": held,
+        "last_ms_max": lasts.iter().copied().fold(0.0, f64::max),
+        "last_ms_mean": if lasts.is_empty() { 0.0 } else { lasts.iter().sum::<f64>() / lasts.len() as f64 },
+        "per_block": per_tip,
+    })
+}
+
 fn report(
     args: &LoadgenArgs,
     stats: &Stats,
     held: u64,
     elapsed: f64,
-    rss_before: Option<u64>,
-    rss_during: Option<u64>,
+    (rss_before, rss_during): (Option<u64>, Option<u64>),
+    fanout: Value,
 ) {
     let mut latencies = stats
         .latencies_us
@@ -366,6 +750,7 @@ fn report(
         .map(|r| r.clone())
         .unwrap_or_default();
     let out = json!({
+        "protocol": if args.sv2 || args.url.starts_with("stratum2+tcp://") { "sv2" } else { "v1" },
         "miners": args.miners,
         "connections_established": load(&stats.connected),
         "connections_held_at_ramp_end": held,
@@ -390,6 +775,7 @@ fn report(
         "pool_rss_kib_during": rss_during,
         "pool_rss_bytes_per_connection": rss_per_connection,
         "reject_samples": reasons,
+        "fanout": fanout,
     });
     if args.json {
         println!("{out}");
@@ -419,5 +805,20 @@ fn report(
     );
     if let Some(rss) = rss_per_connection {
         println!("pool RSS per connection: {rss:.0} bytes");
+    }
+    let fanout = &out["fanout"];
+    if fanout["blocks"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "new block -> last miner notified: {} blocks, last after {:.1} ms on average, {:.1} ms at worst",
+            fanout["blocks"],
+            fanout["last_ms_mean"].as_f64().unwrap_or(0.0),
+            fanout["last_ms_max"].as_f64().unwrap_or(0.0)
+        );
+        for block in fanout["per_block"].as_array().into_iter().flatten() {
+            println!(
+                "  {}: {} miners notified, p50 {} ms, last {} ms",
+                block["block"], block["miners_notified"], block["p50_ms"], block["last_ms"]
+            );
+        }
     }
 }
