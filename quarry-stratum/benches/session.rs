@@ -1,0 +1,155 @@
+//! A Stratum V1 share end to end inside the pool: parse the `mining.submit` line, validate the
+//! share (coinbase, merkle branch, header, targets, duplicate check) and produce the answer
+//! line and the accounting event. `cargo bench -p quarry-stratum --bench session`
+//!
+//! Nonces are found outside the timed part, so every timed share is valid and accepted.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use quarry_stratum::pool::Pool;
+use quarry_stratum::v1::{Event, Notify, Session, SessionConfig};
+use quarry_work::coinbase::CoinbaseLayout;
+use quarry_work::job::{Job, JobFactory};
+use quarry_work::template::{GetBlockTemplate, WorkTemplate};
+use quarry_work::vardiff::VardiffConfig;
+use quarry_work::{Difficulty, Hash32, Target};
+use serde_json::{json, Value};
+
+const NOW_MS: u64 = 1_800_000_000_000;
+const ADDRESS: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";
+
+struct BenchPool {
+    factory: RefCell<JobFactory>,
+    seen: RefCell<HashSet<Hash32>>,
+}
+
+impl Pool for BenchPool {
+    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
+        self.factory
+            .borrow_mut()
+            .job_for(template, payout_script)
+            .ok()
+    }
+    fn first_seen(&self, header_hash: &Hash32) -> bool {
+        self.seen.borrow_mut().insert(*header_hash)
+    }
+    fn claim_block(&self, _prev_hash: &Hash32) -> bool {
+        true
+    }
+    fn allocate_extranonce1(&self) -> Vec<u8> {
+        vec![0, 0, 0, 1]
+    }
+    fn release_extranonce1(&self, _extranonce1: &[u8]) {}
+    fn resume_extranonce1(&self, _current: &[u8], _requested: &[u8]) -> bool {
+        false
+    }
+}
+
+/// A mainnet-difficulty template whose coinbase has a merkle branch of `levels` entries (a
+/// 3,000-transaction block has 12). The branch's values do not change the cost.
+fn template(levels: usize) -> Arc<WorkTemplate> {
+    let gbt: GetBlockTemplate = serde_json::from_value(json!({
+        "version": 0x2000_0000u32,
+        "previousblockhash": "11".repeat(32),
+        "transactions": [],
+        "coinbasevalue": 312_500_000u64,
+        "bits": "1d00ffff",
+        "curtime": NOW_MS / 1000,
+        "mintime": NOW_MS / 1000 - 600,
+        "height": 900_000,
+        "rules": ["csv", "!segwit"],
+    }))
+    .expect("template JSON");
+    let mut template = WorkTemplate::from_gbt(&gbt, 1).expect("consistent");
+    template.merkle_branch = (0..levels).map(|i| [i as u8; 32]).collect();
+    Arc::new(template)
+}
+
+fn bench_submit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("v1_submit");
+    group.throughput(Throughput::Elements(1));
+    for (name, levels) in [("empty", 0usize), ("3000_tx", 12)] {
+        let pool = BenchPool {
+            factory: RefCell::new(JobFactory::new(CoinbaseLayout {
+                extranonce1_len: 4,
+                extranonce2_len: 8,
+                tag: b"/quarry/".to_vec(),
+            })),
+            seen: RefCell::new(HashSet::new()),
+        };
+        // Fixed difficulty: vardiff must not move the target under the benchmark.
+        let difficulty = Difficulty::new(1e-6).expect("positive");
+        let config = SessionConfig {
+            network: bitcoin::Network::Regtest,
+            vardiff: VardiffConfig {
+                start: difficulty,
+                min: difficulty,
+                max: difficulty,
+                ..VardiffConfig::default()
+            },
+            ..SessionConfig::default()
+        };
+        let mut session = Session::new(Arc::new(config), vec![0, 0, 0, 1], NOW_MS);
+        session.handle_template(template(levels), NOW_MS, &pool);
+        let hello = format!(
+            "{}\n{}\n",
+            json!({"id": 1, "method": "mining.subscribe", "params": []}),
+            json!({"id": 2, "method": "mining.authorize", "params": [ADDRESS, "x"]})
+        );
+        session.handle_bytes(hello.as_bytes(), NOW_MS, &pool);
+        let mut notify = None;
+        while let Some(line) = session.poll_transmit() {
+            let value: Value = serde_json::from_str(&line).expect("JSON");
+            if value["method"] == "mining.notify" {
+                notify = Notify::from_params(&value["params"]).ok();
+            }
+        }
+        while session.poll_event().is_some() {}
+        let notify = notify.expect("a job after authorize");
+        let target = Target::from_difficulty(difficulty);
+        let extranonce1 = session.extranonce1().to_vec();
+        let mut counter = 0u64;
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    // A valid share with a fresh extranonce2, found outside the timing.
+                    counter += 1;
+                    let extranonce2 = counter.to_le_bytes();
+                    let nonce = (0u32..)
+                        .find(|n| {
+                            let hash = notify.hash(
+                                &extranonce1,
+                                &extranonce2,
+                                notify.version,
+                                notify.ntime,
+                                *n,
+                            );
+                            target.is_met_by(&hash)
+                        })
+                        .expect("a nonce");
+                    format!(
+                        "{}\n",
+                        json!({"id": 7, "method": "mining.submit", "params": [
+                            ADDRESS, notify.job_id, hex::encode(extranonce2),
+                            format!("{:08x}", notify.ntime), format!("{nonce:08x}")]})
+                    )
+                },
+                |line| {
+                    session.handle_bytes(line.as_bytes(), NOW_MS, &pool);
+                    let answer = session.poll_transmit().expect("an answer");
+                    let accepted = matches!(session.poll_event(), Some(Event::ShareAccepted(_)));
+                    assert!(accepted && answer.contains("true"), "{answer}");
+                    answer
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_submit);
+criterion_main!(benches);
