@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Reproduces the load-generator numbers in BENCHMARKS.md: release builds of `quarry serve` and
+# `quarry loadgen`, on the regtest node pair, all on this machine.
+#
+#   scripts/loadgen-bench.sh idle   [MINERS]           connections held; pool RSS per idle connection
+#   scripts/loadgen-bench.sh fanout [MINERS] [BLOCKS]  new block -> last miner notified (idle miners)
+#   scripts/loadgen-bench.sh shares [MINERS] [RATE]    accepted shares/s end to end, Stratum V1
+#   scripts/loadgen-bench.sh sv2    [MINERS] [RATE]    the same over Stratum V2 (Noise, standard channels)
+#
+# LOADGEN_SECONDS (default 30) is the run's length; extra arguments after the scenario's go to
+# `quarry loadgen`. Both processes need one descriptor per miner: MINERS is capped by
+# `ulimit -n`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd -P)
+SCENARIO=${1:-}
+case "$SCENARIO" in
+    idle) MINERS=${2:-10000}; RATE=0; shift $(( $# < 2 ? $# : 2 )) ;;
+    fanout) MINERS=${2:-10000}; BLOCKS=${3:-10}; RATE=0; shift $(( $# < 3 ? $# : 3 )) ;;
+    shares | sv2) MINERS=${2:-1000}; RATE=${3:-5}; shift $(( $# < 3 ? $# : 3 )) ;;
+    *) echo "usage: $0 idle|fanout|shares|sv2 [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
+esac
+SECONDS_RUN=${LOADGEN_SECONDS:-30}
+WORK=${LOADGEN_WORK:-$ROOT/target/loadgen-bench}
+LIMIT=$(ulimit -n)
+if [ "$LIMIT" != unlimited ] && [ "$MINERS" -gt $((LIMIT - 200)) ]; then
+    echo "loadgen-bench: $MINERS miners need more than ulimit -n = $LIMIT descriptors" >&2
+    exit 1
+fi
+
+cargo build --release --locked -p quarry >&2
+QUARRY="$ROOT/target/release/quarry"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+POOL_PID=
+cleanup() {
+    [ -n "$POOL_PID" ] && kill "$POOL_PID" 2>/dev/null && wait "$POOL_PID" 2>/dev/null
+    scripts/regtest-nodes.sh stop "$WORK/nodes" || true
+}
+trap cleanup EXIT
+
+scripts/regtest-nodes.sh start "$WORK/nodes" >&2
+# shellcheck disable=SC1091
+source "$WORK/nodes/nodes.env"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+KEYS=$("$QUARRY" keygen)
+SECRET=$(sed -n 's/^authority_secret_key = "\(.*\)"/\1/p' <<<"$KEYS")
+PUBLIC=$(sed -n 's/^authority_public_key = "\(.*\)"/\1/p' <<<"$KEYS")
+cat >"$WORK/quarry.toml" <<TOML
+network = "regtest"
+data_dir = "$WORK/data"
+
+[[node]]
+url = "http://127.0.0.1:$NODE_A_RPC_PORT"
+cookie_file = "$NODE_A_COOKIE"
+zmq_hashblock = "$NODE_A_ZMQ"
+
+[mining]
+mode = "solo"
+poll_interval_secs = 1
+
+[stratum]
+listen = "127.0.0.1:$PORT"
+max_connections = 200000
+
+# Shares far easier than regtest's network target, so they are shares and not blocks.
+[vardiff]
+start = 1e-12
+min = 1e-12
+max = 1e-12
+
+[sv2]
+enabled = true
+authority_secret_key = "$SECRET"
+TOML
+RUST_LOG=${RUST_LOG:-warn} "$QUARRY" serve --config "$WORK/quarry.toml" >"$WORK/serve.log" 2>&1 &
+POOL_PID=$!
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+
+ARGS=(loadgen "127.0.0.1:$PORT" --miners "$MINERS" --user "$MINING_ADDRESS" --rate "$RATE"
+    --duration "$SECONDS_RUN" --pool-pid "$POOL_PID" --connect-rate 4000 --node-zmq "$NODE_A_ZMQ")
+case "$SCENARIO" in
+    fanout) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
+        --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS") ;;
+    sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
+esac
+echo "loadgen-bench: $SCENARIO, $MINERS miners, ${SECONDS_RUN}s, pool pid $POOL_PID" >&2
+"$QUARRY" "${ARGS[@]}" "$@"
