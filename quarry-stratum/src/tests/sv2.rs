@@ -219,14 +219,21 @@ fn a_block_is_reported_whole_and_new_tips_arrive_as_future_jobs() {
         works[0].version,
     );
     client.submit(works[0].job_id, nonce, works[0].ntime, works[0].version);
+    // A share on the first job, two tips back: the session has forgotten that job, and it is
+    // still a stale share (the miner's work was real), not an invalid job id.
+    let (old_nonce, _) = solve(
+        &work,
+        &Target::from_difficulty(config().vardiff.start),
+        work.version,
+    );
+    client.submit(work.job_id, old_nonce, work.ntime, work.version);
     pump_at(&mut client, &mut session, &pool, START + 13_000);
     let after = client_events(&mut client);
-    assert!(
-        after
-            .iter()
-            .any(|e| matches!(e, ClientEvent::Rejected { code, .. } if code == "stale-share")),
-        "{after:?}"
-    );
+    let stale = after
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Rejected { code, .. } if code == "stale-share"))
+        .count();
+    assert_eq!(stale, 2, "{after:?}");
 }
 
 #[test]

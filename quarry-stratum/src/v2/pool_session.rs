@@ -598,11 +598,14 @@ impl PoolSession {
             (ChannelKind::Extended, Some(extranonce)) => extranonce,
             _ => return Err("invalid-channel-id"),
         };
-        let sent = channel
-            .jobs
-            .iter()
-            .find(|j| j.id == share.job_id)
-            .ok_or("invalid-job-id")?;
+        // A job this session sent and has since dropped (the tip moved on) makes the share
+        // stale, as V1's "job not found" does; only ids never sent are invalid.
+        let sent = channel.jobs.iter().find(|j| j.id == share.job_id).ok_or(
+            match share.job_id < self.next_job_id {
+                true => "stale-share",
+                false => "invalid-job-id",
+            },
+        )?;
         let template = &sent.job.template;
         // In-flight shares may still meet the target from before the last SetTarget.
         let easiest = match channel.previous {
