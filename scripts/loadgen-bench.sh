@@ -88,4 +88,4 @@ case "$SCENARIO" in
     sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
 esac
 echo "loadgen-bench: $SCENARIO, $MINERS miners, ${SECONDS_RUN}s, pool pid $POOL_PID" >&2
-"$QUARRY" "${ARGS[@]}" "$@"
+RUST_LOG=${LOADGEN_LOG:-warn} "$QUARRY" "${ARGS[@]}" "$@"

@@ -140,11 +140,10 @@ impl Stats {
         }
     }
 
-    /// A miner has its first work on `prev_hash`.
-    fn work_on(&self, prev_hash: Hash32) {
-        let now = Instant::now();
+    /// A miner has its first work on `prev_hash`, read from its socket `at`.
+    fn work_on(&self, prev_hash: Hash32, at: Instant) {
         if let Ok(mut arrivals) = self.arrivals.lock() {
-            arrivals.entry(prev_hash).or_default().push(now);
+            arrivals.entry(prev_hash).or_default().push(at);
         }
     }
 }
@@ -416,13 +415,13 @@ struct Work {
 
 impl Work {
     /// One message from the pool: a job, a difficulty, or an answer.
-    fn on_message(&mut self, value: &Value, stats: &Stats) -> Result<()> {
+    fn on_message(&mut self, value: &Value, stats: &Stats, read_at: Instant) -> Result<()> {
         match value["method"].as_str() {
             Some("mining.notify") => {
                 if let Ok(notify) = Notify::from_params(&value["params"]) {
                     stats.notifies.fetch_add(1, Ordering::Relaxed);
                     if self.job.as_ref().map(|j| j.prev_hash) != Some(notify.prev_hash) {
-                        stats.work_on(notify.prev_hash);
+                        stats.work_on(notify.prev_hash, read_at);
                     }
                     self.job = Some(notify);
                 }
@@ -506,12 +505,14 @@ async fn miner_v1(
                 if n == 0 {
                     break;
                 }
+                // Timestamped before parsing, so our own parsing does not count as fan-out.
+                let read_at = Instant::now();
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 lines.push(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
                 while let Some(line) = lines.next_line() {
                     let line = line.map_err(|e| anyhow::anyhow!("{e}"))?;
                     if let Ok(value) = serde_json::from_slice::<Value>(line) {
-                        work.on_message(&value, stats)?;
+                        work.on_message(&value, stats, read_at)?;
                     }
                 }
             }
@@ -569,6 +570,7 @@ async fn miner_v2(
     // Sequence number → when it was sent.
     let mut pending: Vec<(u32, Instant)> = Vec::new();
     let mut buf = vec![0u8; 4096];
+    let mut read_at = Instant::now();
     let mut pacer = Pacer::new(index, args.rate, submit_until);
     loop {
         if let Some(bytes) = client.poll_transmit() {
@@ -585,7 +587,7 @@ async fn miner_v2(
                 ClientEvent::Work(new) => {
                     stats.notifies.fetch_add(1, Ordering::Relaxed);
                     if work.as_ref().map(|w| w.prev_hash) != Some(new.prev_hash) {
-                        stats.work_on(new.prev_hash);
+                        stats.work_on(new.prev_hash, read_at);
                     }
                     next_nonce = 0;
                     work = Some(new);
@@ -632,6 +634,7 @@ async fn miner_v2(
                 if n == 0 {
                     break;
                 }
+                read_at = Instant::now();
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 let now_secs = (crate::server::now_ms() / 1000).min(u64::from(u32::MAX)) as u32;
                 client.handle_bytes(&buf[..n], now_secs);

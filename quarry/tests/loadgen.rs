@@ -62,3 +62,81 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
         "{report}"
     );
 }
+
+/// 300 Stratum V2 miners (Noise, standard channels) for 8 s while two blocks are mined through
+/// the node: every share answered, none rejected, and every miner gets work on each new block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("loadgen-sv2");
+    let port = free_port();
+    let authority = quarry_stratum::v2::AuthorityKeypair::generate();
+    let mut config = pool_config(&nodes, &dir, port, "");
+    config.push_str(&format!(
+        "\n[sv2]\nauthority_secret_key = \"{}\"\n",
+        authority.secret_text()
+    ));
+    let pool = start_pool(&dir, &config, port).await;
+    let address = nodes.var("MINING_ADDRESS");
+    let mut loadgen = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--sv2",
+            "--authority-pubkey",
+            &authority.public_text(),
+            "--miners",
+            "300",
+            "--user",
+            address,
+            "--rate",
+            "0.5",
+            "--duration",
+            "8",
+            "--node-zmq",
+            nodes.var("NODE_A_ZMQ"),
+            "--node-rpc",
+            &nodes.rpc_url('A'),
+            "--node-cookie",
+            nodes.var("NODE_A_COOKIE"),
+            "--blocks",
+            "2",
+            "--block-address",
+            address,
+            "--json",
+        ],
+        &dir.join("loadgen.log"),
+    );
+    assert!(
+        loadgen.wait(Duration::from_secs(120)),
+        "loadgen stops by itself"
+    );
+    let log = loadgen.log_text();
+    let report: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{log}\npool:\n{}", pool.log_text()));
+    let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(report["protocol"], "sv2", "{report}");
+    assert_eq!(n("connections_established"), 300, "{report}");
+    assert_eq!(n("connect_failures"), 0, "{report}");
+    assert!(n("shares_sent") > 0, "{report}");
+    assert_eq!(n("unanswered"), 0, "every share got an answer: {report}");
+    assert_eq!(n("rejected"), 0, "no valid share rejected: {report}");
+    assert_eq!(
+        n("accepted") + n("stale"),
+        n("shares_sent"),
+        "answers add up: {report}"
+    );
+    // The two mined blocks (and any the miners found) reached every miner as new work.
+    let blocks = report["fanout"]["per_block"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let everyone = blocks
+        .iter()
+        .filter(|b| b["miners_notified"].as_u64() == Some(300))
+        .count();
+    assert!(everyone >= 2, "new blocks reach all 300 miners: {report}");
+}
