@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use quarry_work::job::JobFactory;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, ServeArgs};
@@ -53,6 +53,21 @@ fn main() -> Result<()> {
     }
 }
 
+/// Each miner holds a descriptor, and the usual soft limit (1024) would cap a pool at about a
+/// thousand miners: raise it to the hard limit, and say so when even that is short.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => warn!(
+            limit,
+            max_connections,
+            "open-file limit is below stratum.max_connections; raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn)"
+        ),
+        Ok(limit) => info!(limit, "open-file limit"),
+        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = args.config()?;
     let resolved = config.resolve()?;
@@ -67,6 +82,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         JobFactory::new(resolved.layout.clone()),
         resolved.extranonce1_prefix.clone(),
     ));
+    raise_open_file_limit(config.stratum.max_connections);
     let limits = Limits {
         max_connections: config.stratum.max_connections,
         max_per_ip: config.stratum.max_connections_per_ip,
