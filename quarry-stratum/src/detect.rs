@@ -1,19 +1,22 @@
 //! One port for both protocols: a Stratum V1 miner opens with a JSON-RPC request line, an SV2
 //! miner with 64 bytes of ElligatorSwift key, which are uniformly random.
 //!
-//! V1 is decided only on evidence random bytes almost never show: after optional whitespace, a
-//! `{` followed by printable ASCII, either for [`V1_PROBE`] bytes or up to a newline no earlier
-//! than [`MIN_V1_LINE`] bytes in. Random bytes pass with odds of about
-//! 1/256 · (97/256)^15 ≈ 10^-9 per connection. (Deciding V1 on any early newline, as a first
-//! version did, misread about one SV2 handshake in 160.)
+//! V1 is decided only on evidence random bytes almost never show: after optional whitespace,
+//! printable ASCII either for [`V1_PROBE`] bytes or up to a newline at least [`MIN_JSON_LINE`]
+//! bytes in when the line opens with `{`, or [`MIN_TEXT_LINE`] bytes in otherwise (a broken
+//! client's text still gets V1 errors back). Random bytes pass with odds of about
+//! (97/256)^11 / 256² + (97/256)^16 / 256 ≈ 10^-9 per connection. (Deciding V1 on any early
+//! newline, as a first version did, misread about one SV2 handshake in 160.)
 
 use crate::v2::noise::ACT1_LEN;
 
 /// Bytes of a V1 opening checked before deciding: a request's first 32 bytes are ASCII
 /// (`{"id":1,"method":"mining.subscribe"…`).
 pub const V1_PROBE: usize = 32;
-/// The shortest request line accepted as V1 (`{"id":1,"method":"x"}` is 21 bytes).
-pub const MIN_V1_LINE: usize = 16;
+/// The shortest `{`-led line accepted as V1 (`{"id":1,"method":"x"}` is 21 bytes).
+pub const MIN_JSON_LINE: usize = 12;
+/// The shortest other text line accepted as V1.
+pub const MIN_TEXT_LINE: usize = 16;
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +42,13 @@ pub fn detect(prefix: &[u8]) -> Detected {
         };
     };
     let line = &prefix[start..];
-    if line[0] != b'{' {
-        return Detected::V2;
-    }
+    let min_line = match line[0] {
+        b'{' => MIN_JSON_LINE,
+        _ => MIN_TEXT_LINE,
+    };
     for (i, &byte) in line.iter().enumerate().take(V1_PROBE) {
         if byte == b'\n' {
-            return match i >= MIN_V1_LINE {
+            return match i >= min_line {
                 true => Detected::V1,
                 false => Detected::V2,
             };
@@ -77,6 +81,12 @@ mod tests {
             "leading blank lines"
         );
         assert_eq!(detect(&[b'{'; 64]), Detected::V1);
+        assert_eq!(
+            detect(b"this is not json\n"),
+            Detected::V1,
+            "a broken V1 client gets V1 errors"
+        );
+        assert_eq!(detect(b"GET / HTTP/1.1\r\nHost: pool\r\n"), Detected::V2);
         assert_eq!(detect(b"{\"id\x01"), Detected::V2);
         assert_eq!(detect(&[0x80, b'{']), Detected::V2);
         assert_eq!(detect(b""), Detected::NeedMore);
