@@ -150,7 +150,8 @@ impl Stats {
 
 /// Runs the load and prints the report.
 pub async fn run(args: LoadgenArgs) -> Result<()> {
-    let (address, authority) = endpoint(&args)?;
+    let (address, authority) =
+        crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
     let target: SocketAddr = tokio::net::lookup_host(&address)
         .await
         .with_context(|| format!("resolving {address}"))?
@@ -202,8 +203,10 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         .min(args.duration as f64)
         .max(0.001);
     let fanout = fanout(&stats, ramped, held);
+    let protocol = if authority.is_some() { "sv2" } else { "v1" };
     report(
         &args,
+        protocol,
         &stats,
         held,
         elapsed,
@@ -211,30 +214,6 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         fanout,
     );
     Ok(())
-}
-
-/// The pool's address and, for SV2, its authority key.
-fn endpoint(args: &LoadgenArgs) -> Result<(String, Option<[u8; 32]>)> {
-    let url = args.url.trim_end_matches('/');
-    let (sv2, rest) = match url.strip_prefix("stratum2+tcp://") {
-        Some(rest) => (true, rest),
-        None => (args.sv2, url.strip_prefix("stratum+tcp://").unwrap_or(url)),
-    };
-    let (address, key_in_url) = match rest.split_once('/') {
-        Some((address, key)) => (address, Some(key)),
-        None => (rest, None),
-    };
-    if !sv2 {
-        return Ok((address.to_string(), None));
-    }
-    let key = args
-        .authority_pubkey
-        .as_deref()
-        .or(key_in_url)
-        .context("Stratum V2 needs the pool's authority public key: --authority-pubkey")?;
-    let key = quarry_stratum::v2::keys::decode_public(key)
-        .map_err(|e| anyhow::anyhow!("authority public key: {e}"))?;
-    Ok((address.to_string(), Some(key)))
 }
 
 /// The node client and payout address for `--blocks`, checked before any miner starts.
@@ -356,12 +335,12 @@ impl Pacer {
     }
 
     fn wake(&self) -> tokio::time::Instant {
-        if self.interval.is_some() && tokio::time::Instant::now() < self.submit_until {
-            self.next.min(self.submit_until)
-        } else if tokio::time::Instant::now() < self.submit_until {
-            self.submit_until
-        } else {
-            self.answer_until
+        if tokio::time::Instant::now() >= self.submit_until {
+            return self.answer_until;
+        }
+        match self.interval {
+            Some(_) => self.next.min(self.submit_until),
+            None => self.submit_until,
         }
     }
 
@@ -636,8 +615,7 @@ async fn miner_v2(
                 }
                 read_at = Instant::now();
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                let now_secs = (crate::server::now_ms() / 1000).min(u64::from(u32::MAX)) as u32;
-                client.handle_bytes(&buf[..n], now_secs);
+                client.handle_bytes(&buf[..n], crate::miner::now_secs());
             }
             _ = tokio::time::sleep_until(pacer.wake()) => {
                 if !pacer.due() || !under_cap(args, stats) {
@@ -720,6 +698,7 @@ fn fanout(stats: &Stats, ramped: Instant, held: u64) -> Value {
 
 fn report(
     args: &LoadgenArgs,
+    protocol: &str,
     stats: &Stats,
     held: u64,
     elapsed: f64,
@@ -753,7 +732,7 @@ fn report(
         .map(|r| r.clone())
         .unwrap_or_default();
     let out = json!({
-        "protocol": if args.sv2 || args.url.starts_with("stratum2+tcp://") { "sv2" } else { "v1" },
+        "protocol": protocol,
         "miners": args.miners,
         "connections_established": load(&stats.connected),
         "connections_held_at_ramp_end": held,

@@ -69,7 +69,8 @@ struct Shared {
 
 /// Runs the miner until `--duration` passes (or forever), reconnecting on errors.
 pub async fn run(args: MineArgs) -> Result<()> {
-    let (address, authority) = parse_url(&args)?;
+    let (address, authority) =
+        parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -323,12 +324,17 @@ async fn connect_and_mine(
     }
 }
 
-/// `host:port` and, for SV2, the pinned authority key.
-fn parse_url(args: &MineArgs) -> Result<(String, Option<[u8; 32]>)> {
-    let url = args.url.trim_end_matches('/');
+/// `host:port` and, for SV2 (`sv2` or a `stratum2+tcp://` URL), the pinned authority key, from
+/// `authority_pubkey` or the URL's path. Shared by `quarry mine` and `quarry loadgen`.
+pub(crate) fn parse_endpoint(
+    url: &str,
+    sv2: bool,
+    authority_pubkey: Option<&str>,
+) -> Result<(String, Option<[u8; 32]>)> {
+    let url = url.trim_end_matches('/');
     let (sv2, rest) = match url.strip_prefix("stratum2+tcp://") {
         Some(rest) => (true, rest),
-        None => (args.sv2, url.strip_prefix("stratum+tcp://").unwrap_or(url)),
+        None => (sv2, url.strip_prefix("stratum+tcp://").unwrap_or(url)),
     };
     let (address, key_in_url) = match rest.split_once('/') {
         Some((address, key)) => (address, Some(key)),
@@ -337,9 +343,7 @@ fn parse_url(args: &MineArgs) -> Result<(String, Option<[u8; 32]>)> {
     if !sv2 {
         return Ok((address.to_string(), None));
     }
-    let key = args
-        .authority_pubkey
-        .as_deref()
+    let key = authority_pubkey
         .or(key_in_url)
         .context("Stratum V2 needs the pool's authority public key: stratum2+tcp://host:port/<key> or --authority-pubkey")?;
     let key = quarry_stratum::v2::keys::decode_public(key)
@@ -347,7 +351,7 @@ fn parse_url(args: &MineArgs) -> Result<(String, Option<[u8; 32]>)> {
     Ok((address.to_string(), Some(key)))
 }
 
-fn now_secs() -> u32 {
+pub(crate) fn now_secs() -> u32 {
     (crate::server::now_ms() / 1000).min(u64::from(u32::MAX)) as u32
 }
 
