@@ -32,7 +32,7 @@ pub enum Command {
     Tp(Box<TpArgs>),
     /// Stratum V1 miners in, one Stratum V2 pool out (extended channels, failover).
     Proxy(Box<crate::proxy::ProxyArgs>),
-    /// Simulate many Stratum V1 miners against a pool and report throughput and latency.
+    /// Simulate many Stratum V1 or V2 miners against any pool and report throughput and latency.
     Loadgen(Box<crate::loadgen::LoadgenArgs>),
 }
 

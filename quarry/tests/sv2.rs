@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quarry_stratum::v2::AuthorityKeypair;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::*;
 
 fn sv2_section(authority: &AuthorityKeypair) -> String {
@@ -270,46 +270,48 @@ fn pool_sv2_binary() -> String {
     })
 }
 
-/// SRI's pool, fed templates by `quarry tp` (which gets them from the regtest node), with our
-/// SV2 miner mining on it: its blocks must reach the node, paying the pool's reward script.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
-    let binary = pool_sv2_binary();
-    assert!(
-        std::path::Path::new(&binary).exists(),
-        "{binary} missing: scripts/test.sh installs SRI's pool_sv2 0.7.0 with cargo install"
-    );
-    let nodes = NodePair::start();
-    let dir = scratch_dir("sv2-tp");
-    let tp_port = free_port();
-    let tp_authority = AuthorityKeypair::generate();
-    let mut config = pool_config(&nodes, &dir, free_port(), "");
-    config.push_str(&sv2_section(&tp_authority));
-    config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
-    let config_path = dir.join("quarry.toml");
-    std::fs::write(&config_path, config).expect("write config");
-    let mut tp = Process::spawn(
-        &["tp", "--config", config_path.to_str().expect("utf-8")],
-        &dir.join("tp.log"),
-    );
-    let listening = listens(tp_port, Duration::from_secs(20)).await;
-    assert!(
-        listening && tp.is_running(),
-        "quarry tp listens:\n{}",
-        tp.log_text()
-    );
+/// SRI's `pool_sv2`, fed templates by `quarry tp` on the regtest node pair, paying `address`.
+struct SriPool {
+    tp: Process,
+    pool: std::process::Child,
+    port: u16,
+    authority: AuthorityKeypair,
+    log_path: std::path::PathBuf,
+}
 
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
-    let before = height(&nodes).await;
-    let pool_port = free_port();
-    let pool_authority = AuthorityKeypair::generate();
-    let pool_config = format!(
-        r#"
+impl SriPool {
+    async fn start(nodes: &NodePair, dir: &std::path::Path, address: &str) -> SriPool {
+        let binary = pool_sv2_binary();
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} missing: scripts/test.sh installs SRI's pool_sv2 0.7.0 with cargo install"
+        );
+        let tp_port = free_port();
+        let tp_authority = AuthorityKeypair::generate();
+        let mut config = pool_config(nodes, dir, free_port(), "");
+        config.push_str(&sv2_section(&tp_authority));
+        config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
+        let config_path = dir.join("quarry.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut tp = Process::spawn(
+            &["tp", "--config", config_path.to_str().expect("utf-8")],
+            &dir.join("tp.log"),
+        );
+        let listening = listens(tp_port, Duration::from_secs(20)).await;
+        assert!(
+            listening && tp.is_running(),
+            "quarry tp listens:\n{}",
+            tp.log_text()
+        );
+
+        let port = free_port();
+        let authority = AuthorityKeypair::generate();
+        let pool_config = format!(
+            r#"
 authority_public_key = "{pool_public}"
 authority_secret_key = "{pool_secret}"
 cert_validity_sec = 3600
-listen_address = "127.0.0.1:{pool_port}"
+listen_address = "127.0.0.1:{port}"
 coinbase_reward_script = "addr({address})"
 server_id = 1
 pool_signature = "quarry-interop"
@@ -320,22 +322,58 @@ share_batch_size = 1
 address = "127.0.0.1:{tp_port}"
 public_key = "{tp_public}"
 "#,
-        pool_public = pool_authority.public_text(),
-        pool_secret = pool_authority.secret_text(),
-        tp_public = tp_authority.public_text(),
-    );
-    let pool_config_path = dir.join("pool_sv2.toml");
-    std::fs::write(&pool_config_path, pool_config).expect("write pool config");
-    let log_path = dir.join("pool_sv2.log");
-    let mut sri_pool = spawn_sri(&binary, &pool_config_path, &log_path);
-    let pool_log = || plain(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    let listening = listens(pool_port, Duration::from_secs(30)).await;
-    assert!(
-        listening,
-        "pool_sv2 listens:\n{}\ntp:\n{}",
-        pool_log(),
-        tp.log_text()
-    );
+            pool_public = authority.public_text(),
+            pool_secret = authority.secret_text(),
+            tp_public = tp_authority.public_text(),
+        );
+        let pool_config_path = dir.join("pool_sv2.toml");
+        std::fs::write(&pool_config_path, pool_config).expect("write pool config");
+        let log_path = dir.join("pool_sv2.log");
+        let pool = spawn_sri(&binary, &pool_config_path, &log_path);
+        let sri = SriPool {
+            tp,
+            pool,
+            port,
+            authority,
+            log_path,
+        };
+        let listening = listens(port, Duration::from_secs(30)).await;
+        assert!(
+            listening,
+            "pool_sv2 listens:\n{}\ntp:\n{}",
+            sri.log(),
+            sri.tp.log_text()
+        );
+        sri
+    }
+
+    fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.pool.kill();
+        let _ = self.pool.wait();
+    }
+}
+
+impl Drop for SriPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// SRI's pool, fed templates by `quarry tp` (which gets them from the regtest node), with our
+/// SV2 miner mining on it: its blocks must reach the node, paying the pool's reward script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("sv2-tp");
+    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let address = address.as_str().expect("address").to_string();
+    let before = height(&nodes).await;
+    let mut sri = SriPool::start(&nodes, &dir, &address).await;
+    let (pool_port, pool_authority) = (sri.port, &sri.authority);
 
     let url = format!(
         "stratum2+tcp://127.0.0.1:{pool_port}/{}",
@@ -362,14 +400,13 @@ public_key = "{tp_public}"
         height(&nodes).await > before
     })
     .await;
-    let _ = sri_pool.kill();
-    let _ = sri_pool.wait();
+    sri.stop();
     let miner_log = miner.log_text();
-    let tp_log = plain(&tp.log_text());
+    let tp_log = plain(&sri.tp.log_text());
     assert!(
         mined,
         "blocks from pool_sv2 via quarry tp reached the node.\nminer:\n{miner_log}\npool_sv2:\n{}\ntp:\n{tp_log}",
-        pool_log()
+        sri.log()
     );
     assert!(tally(&miner_log, "accepted") > 0, "{miner_log}");
     assert!(tp_log.contains("coinbase output constraints"), "{tp_log}");
@@ -403,6 +440,142 @@ public_key = "{tp_public}"
         script_sig.contains(&hex::encode("quarry-interop")),
         "pool_sv2's signature is in the coinbase: {script_sig}"
     );
+}
+
+/// Runs `quarry loadgen` with `args` until it stops by itself, and returns its JSON report.
+fn loadgen_report(args: &[&str], log: &std::path::Path, context: impl Fn() -> String) -> Value {
+    let mut loadgen = Process::spawn(args, log);
+    assert!(
+        loadgen.wait(Duration::from_secs(120)),
+        "loadgen stops by itself:\n{}",
+        context()
+    );
+    let text = loadgen.log_text();
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{text}\n{}", context()))
+}
+
+/// The load generator's answer checks, for any pool: everyone connected, every share answered,
+/// none rejected (a share a new block made stale is counted apart).
+fn assert_every_share_answered(report: &Value, miners: u64, context: &str) {
+    let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("connections_established"), miners, "{report}\n{context}");
+    assert_eq!(n("connect_failures"), 0, "{report}\n{context}");
+    assert!(n("accepted") > 0, "{report}\n{context}");
+    assert_eq!(
+        n("unanswered"),
+        0,
+        "every share answered: {report}\n{context}"
+    );
+    assert_eq!(n("rejected"), 0, "none rejected: {report}\n{context}");
+    assert_eq!(
+        n("accepted") + n("stale"),
+        n("shares_sent"),
+        "answers add up: {report}\n{context}"
+    );
+}
+
+/// `quarry loadgen` is not tied to Quarry: it drives SRI's `pool_sv2` directly with SV2 miners,
+/// and SRI's `translator_sv2` in front of it with SV1 miners. Every share it sends gets an
+/// answer and none of them is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_drives_sri_pool_and_translator() {
+    let nodes = NodePair::start();
+    let dir = scratch_dir("loadgen-sri");
+    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let address = address.as_str().expect("address").to_string();
+    let sri = SriPool::start(&nodes, &dir, &address).await;
+
+    let url = format!(
+        "stratum2+tcp://127.0.0.1:{}/{}",
+        sri.port,
+        sri.authority.public_text()
+    );
+    let sv2 = loadgen_report(
+        &[
+            "loadgen",
+            &url,
+            "--miners",
+            "40",
+            "--user",
+            &address,
+            "--rate",
+            "0.25",
+            "--duration",
+            "6",
+            "--hashrate",
+            "10000",
+            "--json",
+        ],
+        &dir.join("loadgen-sv2.log"),
+        || format!("pool_sv2:\n{}", sri.log()),
+    );
+    assert_eq!(sv2["protocol"], "sv2", "{sv2}");
+    assert_every_share_answered(&sv2, 40, &sri.log());
+
+    let proxy_port = free_port();
+    let translator_config = format!(
+        r#"
+downstream_address = "127.0.0.1"
+downstream_port = {proxy_port}
+max_supported_version = 2
+min_supported_version = 2
+downstream_extranonce2_size = 4
+aggregate_channels = true
+supported_extensions = []
+required_extensions = []
+
+[downstream_difficulty_config]
+min_individual_miner_hashrate = 10_000.0
+shares_per_minute = 60.0
+enable_vardiff = false
+job_keepalive_interval_secs = 60
+
+[[upstreams]]
+address = "127.0.0.1"
+port = {port}
+authority_pubkey = "{key}"
+user_identity = "{address}.tproxy"
+"#,
+        port = sri.port,
+        key = sri.authority.public_text()
+    );
+    let config_path = dir.join("translator.toml");
+    std::fs::write(&config_path, translator_config).expect("write translator config");
+    let log_path = dir.join("translator.log");
+    let mut translator = spawn_sri(&translator_binary(), &config_path, &log_path);
+    let translator_log = || plain(&std::fs::read_to_string(&log_path).unwrap_or_default());
+    let listening = listens(proxy_port, Duration::from_secs(30)).await;
+    assert!(listening, "translator listens:\n{}", translator_log());
+    let v1 = loadgen_report(
+        &[
+            "loadgen",
+            &format!("stratum+tcp://127.0.0.1:{proxy_port}"),
+            "--miners",
+            "40",
+            "--user",
+            &format!("{address}.lg"),
+            "--rate",
+            "0.25",
+            "--duration",
+            "6",
+            "--json",
+        ],
+        &dir.join("loadgen-v1.log"),
+        || {
+            format!(
+                "translator:\n{}\npool_sv2:\n{}",
+                translator_log(),
+                sri.log()
+            )
+        },
+    );
+    let _ = translator.kill();
+    let _ = translator.wait();
+    assert_eq!(v1["protocol"], "v1", "{v1}");
+    assert_every_share_answered(&v1, 40, &translator_log());
 }
 
 /// `quarry mine` (SV1) → `quarry proxy` → Quarry's SV2 pool, with a dead first upstream the
