@@ -112,6 +112,11 @@ struct Stats {
     rejected: AtomicU64,
     stale: AtomicU64,
     unanswered: AtomicU64,
+    /// Miners whose `mining.authorize` was refused.
+    unauthorized: AtomicU64,
+    /// Miners whose connection ended before the run did (closed by the pool, an error, a
+    /// refused SV2 channel).
+    dropped: AtomicU64,
     bytes_out: AtomicU64,
     bytes_in: AtomicU64,
     notifies: AtomicU64,
@@ -133,6 +138,10 @@ impl Stats {
 
     fn rejected(&self, reason: String) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.rejected_sample(reason);
+    }
+
+    fn rejected_sample(&self, reason: String) {
         if let Ok(mut reasons) = self.reject_reasons.lock() {
             if reasons.len() < 20 {
                 reasons.push(reason);
@@ -177,6 +186,10 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
             };
             if let Err(e) = result {
                 tracing::debug!(index, error = %e, "miner ended");
+                if e.downcast_ref::<ConnectFailed>().is_none() {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    stats.rejected_sample(format!("miner {index} dropped: {e:#}"));
+                }
             }
         }));
         tokio::time::sleep(pause).await;
@@ -284,21 +297,31 @@ fn source_address(index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, a as u8, b as u8, c as u8))
 }
 
+/// The connection itself failed (counted in `connect_failures`), as opposed to a miner that
+/// connected and was dropped later.
+#[derive(Debug, thiserror::Error)]
+#[error("connect: {0}")]
+struct ConnectFailed(std::io::Error);
+
 async fn connect(
     index: usize,
     target: SocketAddr,
     args: &LoadgenArgs,
     stats: &Stats,
 ) -> Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    if args.spread_sources && target.ip().is_loopback() {
-        socket.bind(SocketAddr::new(source_address(index), 0))?;
-    }
-    let stream = match socket.connect(target).await {
+    let attempt = async {
+        // Out of descriptors shows up here, before any packet: still a failed connection.
+        let socket = TcpSocket::new_v4()?;
+        if args.spread_sources && target.ip().is_loopback() {
+            socket.bind(SocketAddr::new(source_address(index), 0))?;
+        }
+        socket.connect(target).await
+    };
+    let stream = match attempt.await {
         Ok(stream) => stream,
         Err(e) => {
             stats.failed_connects.fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
+            return Err(ConnectFailed(e).into());
         }
     };
     stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -418,6 +441,13 @@ impl Work {
 
     fn on_answer(&mut self, value: &Value, stats: &Stats) -> Result<()> {
         let id = value["id"].as_u64().unwrap_or(0);
+        if id == 2 {
+            if value["result"] != json!(true) {
+                stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                stats.rejected_sample(format!("authorize: {}", value["error"]));
+            }
+            return Ok(());
+        }
         if id == 1 {
             self.extranonce1 = value["result"][1]
                 .as_str()
@@ -433,15 +463,55 @@ impl Work {
             return Ok(());
         };
         stats.answered(self.pending.swap_remove(at).sent);
-        if value["result"] == json!(true) {
-            stats.accepted.fetch_add(1, Ordering::Relaxed);
-        } else if value["error"][0] == json!(21) {
-            stats.stale.fetch_add(1, Ordering::Relaxed);
-        } else {
-            stats.rejected(value["error"].to_string());
+        match classify_v1_answer(value) {
+            Answer::Accepted => {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Answer::Stale => {
+                stats.stale.fetch_add(1, Ordering::Relaxed);
+            }
+            Answer::Rejected(reason) => stats.rejected(reason),
         }
         Ok(())
     }
+}
+
+/// What a pool said to one `mining.submit`.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Accepted,
+    /// The job was gone: a new block moved the tip while the share was in flight.
+    Stale,
+    Rejected(String),
+}
+
+/// Pools word a stale share differently: code 21 (the common convention: Quarry, NOMP,
+/// Miningcore), or only in the text (ckpool's `reject-reason: "Stale"`, "job not found").
+fn classify_v1_answer(value: &Value) -> Answer {
+    if value["result"] == json!(true) {
+        return Answer::Accepted;
+    }
+    let error = &value["error"];
+    let text = [
+        &error[1],
+        &error["message"],
+        &value["reject-reason"],
+        &value["reject_reason"],
+    ]
+    .iter()
+    .filter_map(|v| v.as_str())
+    .collect::<Vec<_>>()
+    .join(" ")
+    .to_ascii_lowercase();
+    let code = error[0].as_i64().or_else(|| error["code"].as_i64());
+    if code == Some(21) || text.contains("stale") || text.contains("job not found") {
+        return Answer::Stale;
+    }
+    let reason = match (&value["reject-reason"], error) {
+        (Value::String(reason), Value::Null) => reason.clone(),
+        _ => error.to_string(),
+    };
+    Answer::Rejected(reason)
 }
 
 async fn miner_v1(
@@ -477,13 +547,21 @@ async fn miner_v1(
     let mut next_id = 10u64;
     let mut counter = index as u64 * 1_000_003;
     let mut pacer = Pacer::new(index, args.rate, submit_until);
+    let mut ended = None;
     while !pacer.done(!work.pending.is_empty()) {
         tokio::select! {
             read_result = read.read(&mut buf) => {
-                let n = read_result?;
-                if n == 0 {
-                    break;
-                }
+                let n = match read_result {
+                    Ok(0) => {
+                        ended = Some(anyhow::anyhow!("the pool closed the connection"));
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        ended = Some(e.into());
+                        break;
+                    }
+                };
                 // Timestamped before parsing, so our own parsing does not count as fan-out.
                 let read_at = Instant::now();
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -521,7 +599,7 @@ async fn miner_v1(
     stats
         .unanswered
         .fetch_add(work.pending.len() as u64, Ordering::Relaxed);
-    Ok(())
+    ended.map_or(Ok(()), Err)
 }
 
 /// One SV2 miner: Noise handshake pinned to the authority key, a standard channel, shares.
@@ -551,6 +629,7 @@ async fn miner_v2(
     let mut buf = vec![0u8; 4096];
     let mut read_at = Instant::now();
     let mut pacer = Pacer::new(index, args.rate, submit_until);
+    let mut ended = None;
     loop {
         if let Some(bytes) = client.poll_transmit() {
             write.write_all(&bytes).await?;
@@ -609,10 +688,17 @@ async fn miner_v2(
         }
         tokio::select! {
             read_result = read.read(&mut buf) => {
-                let n = read_result?;
-                if n == 0 {
-                    break;
-                }
+                let n = match read_result {
+                    Ok(0) => {
+                        ended = Some(anyhow::anyhow!("the pool closed the connection"));
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        ended = Some(e.into());
+                        break;
+                    }
+                };
                 read_at = Instant::now();
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 client.handle_bytes(&buf[..n], crate::miner::now_secs());
@@ -637,7 +723,7 @@ async fn miner_v2(
     stats
         .unanswered
         .fetch_add(pending.len() as u64, Ordering::Relaxed);
-    Ok(())
+    ended.map_or(Ok(()), Err)
 }
 
 /// VmRSS of a process, KiB.
@@ -743,6 +829,8 @@ fn report(
         "rejected": load(&stats.rejected),
         "stale": load(&stats.stale),
         "unanswered": load(&stats.unanswered),
+        "unauthorized": load(&stats.unauthorized),
+        "dropped": load(&stats.dropped),
         "accepted_per_sec": load(&stats.accepted) as f64 / elapsed,
         "rejected_per_sec": load(&stats.rejected) as f64 / elapsed,
         "latency_ms": {
@@ -776,6 +864,18 @@ fn report(
         out["stale"],
         out["unanswered"]
     );
+    if load(&stats.dropped) > 0 {
+        println!(
+            "{} miners dropped before the end of the run (see reject_samples in --json)",
+            out["dropped"]
+        );
+    }
+    if load(&stats.unauthorized) > 0 {
+        println!(
+            "authorization refused for {} miners (see reject_samples in --json)",
+            out["unauthorized"]
+        );
+    }
     println!(
         "submit latency ms: p50 {} p99 {} max {}",
         out["latency_ms"]["p50"], out["latency_ms"]["p99"], out["latency_ms"]["max"]
@@ -802,5 +902,47 @@ fn report(
                 block["block"], block["miners_notified"], block["p50_ms"], block["last_ms"]
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(text: &str) -> Answer {
+        classify_v1_answer(&serde_json::from_str(text).expect("json"))
+    }
+
+    #[test]
+    fn stale_answers_are_told_apart_from_rejections_in_each_pools_wording() {
+        assert_eq!(
+            answer(r#"{"id":9,"result":true,"error":null}"#),
+            Answer::Accepted
+        );
+        // Quarry, NOMP, Miningcore: code 21.
+        assert_eq!(
+            answer(r#"{"id":9,"result":null,"error":[21,"Job not found",null]}"#),
+            Answer::Stale
+        );
+        // ckpool: false with a reject-reason and no error.
+        assert_eq!(
+            answer(r#"{"id":9,"result":false,"error":null,"reject-reason":"Stale"}"#),
+            Answer::Stale
+        );
+        // Object-shaped errors.
+        assert_eq!(
+            answer(r#"{"id":9,"result":false,"error":{"code":21,"message":"stale share"}}"#),
+            Answer::Stale
+        );
+        assert_eq!(
+            answer(r#"{"id":9,"result":false,"error":null,"reject-reason":"Above target"}"#),
+            Answer::Rejected("Above target".into())
+        );
+        assert_eq!(
+            answer(r#"{"id":9,"result":null,"error":[23,"Low difficulty share",null]}"#),
+            Answer::Rejected(r#"[23,"Low difficulty share",null]"#.into())
+        );
+        // No answer at all is a rejection, never an acceptance.
+        assert!(matches!(answer(r#"{"id":9}"#), Answer::Rejected(_)));
     }
 }

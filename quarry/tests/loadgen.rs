@@ -57,10 +57,38 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
         "answers add up: {report}"
     );
     assert!(n("accepted") > 0, "{report}");
+    assert_eq!(n("unauthorized"), 0, "{report}");
+    assert_eq!(n("dropped"), 0, "no miner dropped: {report}");
     assert!(
         report["pool_rss_bytes_per_connection"].is_number(),
         "{report}"
     );
+
+    // A user the pool refuses (not an address, in solo mode) is reported, not hidden.
+    let mut refused = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--miners",
+            "5",
+            "--user",
+            "not-an-address",
+            "--rate",
+            "0",
+            "--duration",
+            "1",
+            "--json",
+        ],
+        &dir.join("loadgen-refused.log"),
+    );
+    assert!(refused.wait(Duration::from_secs(60)), "loadgen stops");
+    let log = refused.log_text();
+    let report: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{log}"));
+    assert_eq!(report["unauthorized"], 5, "{report}");
 }
 
 /// 300 Stratum V2 miners (Noise, standard channels) for 8 s while two blocks are mined through
@@ -124,6 +152,8 @@ async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
     assert!(n("shares_sent") > 0, "{report}");
     assert_eq!(n("unanswered"), 0, "every share got an answer: {report}");
     assert_eq!(n("rejected"), 0, "no valid share rejected: {report}");
+    assert_eq!(n("unauthorized"), 0, "{report}");
+    assert_eq!(n("dropped"), 0, "no miner dropped: {report}");
     assert_eq!(
         n("accepted") + n("stale"),
         n("shares_sent"),
@@ -139,4 +169,42 @@ async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
         .filter(|b| b["miners_notified"].as_u64() == Some(300))
         .count();
     assert!(everyone >= 2, "new blocks reach all 300 miners: {report}");
+}
+
+/// A "pool" that accepts and hangs up at once: every miner is counted as dropped, not as held
+/// and quiet.
+#[test]
+fn miners_a_pool_hangs_up_on_are_reported_dropped() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let dir = scratch_dir("loadgen-hangup");
+    let mut loadgen = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--miners",
+            "3",
+            "--user",
+            "anyone",
+            "--duration",
+            "2",
+            "--json",
+        ],
+        &dir.join("loadgen.log"),
+    );
+    assert!(loadgen.wait(Duration::from_secs(60)), "loadgen stops");
+    let log = loadgen.log_text();
+    let report: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{log}"));
+    assert_eq!(report["connections_established"], 3, "{report}");
+    assert_eq!(report["dropped"], 3, "{report}");
+    assert_eq!(report["shares_sent"], 0, "{report}");
 }

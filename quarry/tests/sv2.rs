@@ -470,6 +470,8 @@ fn assert_every_share_answered(report: &Value, miners: u64, context: &str) {
         "every share answered: {report}\n{context}"
     );
     assert_eq!(n("rejected"), 0, "none rejected: {report}\n{context}");
+    assert_eq!(n("unauthorized"), 0, "{report}\n{context}");
+    assert_eq!(n("dropped"), 0, "no miner dropped: {report}\n{context}");
     assert_eq!(
         n("accepted") + n("stale"),
         n("shares_sent"),
