@@ -112,6 +112,8 @@ struct Stats {
     rejected: AtomicU64,
     stale: AtomicU64,
     unanswered: AtomicU64,
+    /// Submit attempts that found no share within `HASH_BUDGET` hashes.
+    hash_budget_misses: AtomicU64,
     /// Miners whose `mining.authorize` was refused.
     unauthorized: AtomicU64,
     /// Miners whose connection ended before the run did (closed by the pool, an error, a
@@ -385,6 +387,11 @@ fn under_cap(args: &LoadgenArgs, stats: &Stats) -> bool {
     args.max_shares == 0 || stats.sent.load(Ordering::Relaxed) < args.max_shares
 }
 
+/// Headers hashed per submit attempt. The search runs on the runtime's threads, so it is kept
+/// short (about a quarter second in a release build): a pool whose share difficulty is too
+/// high for that shows up as `hash_budget_misses`, not as a stalled load generator.
+const HASH_BUDGET: u32 = 1 << 20;
+
 /// A nonce from `start` whose header meets the share target, and not the network target
 /// when the share target is easier (so the chain stays still under the measurement).
 fn find_nonce(
@@ -394,7 +401,7 @@ fn find_nonce(
     hash: impl Fn(u32) -> Hash32,
 ) -> Option<u32> {
     let avoid_blocks = network.difficulty() > share.difficulty();
-    (start..start.saturating_add(4_000_000)).find(|n| {
+    (start..start.saturating_add(HASH_BUDGET)).find(|n| {
         let h = hash(*n);
         share.is_met_by(&h) && !(avoid_blocks && network.is_met_by(&h))
     })
@@ -584,7 +591,10 @@ async fn miner_v1(
                 let root = job.merkle_root(&work.extranonce1, &extranonce2);
                 let Some(nonce) = find_nonce(0, &work.share_target, &Target::from_compact(job.bits), |n| {
                     sha256d_80(&header_bytes(job.version, &job.prev_hash, &root, job.ntime, job.bits, n))
-                }) else { continue };
+                }) else {
+                    stats.hash_budget_misses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let id = next_id;
                 next_id += 1;
                 let line = format!("{}\n", json!({"id": id, "method": "mining.submit", "params": [
@@ -710,7 +720,12 @@ async fn miner_v2(
                 let Some(job) = &work else { continue };
                 let Some(nonce) = find_nonce(next_nonce, &share_target, &Target::from_compact(job.nbits), |n| {
                     sha256d_80(&header_bytes(job.version, &job.prev_hash, &job.merkle_root, job.ntime, job.nbits, n))
-                }) else { continue };
+                }) else {
+                    // The next attempt searches on from here.
+                    next_nonce = next_nonce.wrapping_add(HASH_BUDGET);
+                    stats.hash_budget_misses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 // Each header once: the next search starts past this nonce.
                 next_nonce = nonce.wrapping_add(1);
                 if let Some(sequence) = client.submit(job.job_id, nonce, job.ntime, job.version) {
@@ -831,6 +846,7 @@ fn report(
         "unanswered": load(&stats.unanswered),
         "unauthorized": load(&stats.unauthorized),
         "dropped": load(&stats.dropped),
+        "hash_budget_misses": load(&stats.hash_budget_misses),
         "accepted_per_sec": load(&stats.accepted) as f64 / elapsed,
         "rejected_per_sec": load(&stats.rejected) as f64 / elapsed,
         "latency_ms": {
@@ -864,6 +880,13 @@ fn report(
         out["stale"],
         out["unanswered"]
     );
+    let misses = load(&stats.hash_budget_misses);
+    if misses > 0 {
+        println!(
+            "{misses} submit attempts found no share within {HASH_BUDGET} hashes: the pool's share \
+             difficulty is too high for simulated miners; lower its minimum difficulty"
+        );
+    }
     if load(&stats.dropped) > 0 {
         println!(
             "{} miners dropped before the end of the run (see reject_samples in --json)",

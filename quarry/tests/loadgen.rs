@@ -208,3 +208,71 @@ fn miners_a_pool_hangs_up_on_are_reported_dropped() {
     assert_eq!(report["dropped"], 3, "{report}");
     assert_eq!(report["shares_sent"], 0, "{report}");
 }
+
+/// A scripted V1 pool whose share difficulty (1,000) no simulated miner can meet: the load
+/// generator says so (`hash_budget_misses`) instead of stalling or sending bad shares.
+#[test]
+fn a_share_difficulty_too_high_to_hash_is_reported() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().expect("clone");
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    let Ok(request) = serde_json::from_str::<Value>(&line) else {
+                        return;
+                    };
+                    let id = &request["id"];
+                    let reply = match request["method"].as_str() {
+                        Some("mining.subscribe") => format!(
+                            "{{\"id\":{id},\"result\":[[],\"00000001\",4],\"error\":null}}\n"
+                        ),
+                        Some("mining.authorize") => format!(
+                            "{{\"id\":{id},\"result\":true,\"error\":null}}\n\
+                             {{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[1000]}}\n\
+                             {{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"1\",\"{prev}\",\"01\",\"02\",[],\"20000000\",\"207fffff\",\"6553f100\",true]}}\n",
+                            prev = "00".repeat(32)
+                        ),
+                        _ => format!("{{\"id\":{id},\"result\":false,\"error\":[20,\"unexpected\",null]}}\n"),
+                    };
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = scratch_dir("loadgen-too-hard");
+    let mut loadgen = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--miners",
+            "2",
+            "--user",
+            "anyone",
+            "--rate",
+            "2",
+            "--duration",
+            "2",
+            "--json",
+        ],
+        &dir.join("loadgen.log"),
+    );
+    assert!(loadgen.wait(Duration::from_secs(60)), "loadgen stops");
+    let log = loadgen.log_text();
+    let report: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{log}"));
+    assert_eq!(report["shares_sent"], 0, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert!(
+        report["hash_budget_misses"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+}
