@@ -7,6 +7,7 @@
 #   scripts/loadgen-bench.sh shares [MINERS] [RATE]    accepted shares/s end to end, Stratum V1
 #   scripts/loadgen-bench.sh sv2    [MINERS] [RATE]    the same over Stratum V2 (Noise, standard channels)
 #
+# POOL_CPUS and LOADGEN_CPUS (taskset lists, e.g. 0 and 1) pin each process to its own cores.
 # LOADGEN_SECONDS (default 30) is the run's length; extra arguments after the scenario's go to
 # `quarry loadgen`. Both processes need one descriptor per miner: MINERS is capped by
 # `ulimit -n`.
@@ -73,7 +74,9 @@ max = 1e-12
 enabled = true
 authority_secret_key = "$SECRET"
 TOML
-RUST_LOG=${RUST_LOG:-warn} "$QUARRY" serve --config "$WORK/quarry.toml" >"$WORK/serve.log" 2>&1 &
+pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
+# shellcheck disable=SC2046
+RUST_LOG=${RUST_LOG:-warn} $(pin "${POOL_CPUS:-}") "$QUARRY" serve --config "$WORK/quarry.toml" >"$WORK/serve.log" 2>&1 &
 POOL_PID=$!
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
@@ -88,4 +91,5 @@ case "$SCENARIO" in
     sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
 esac
 echo "loadgen-bench: $SCENARIO, $MINERS miners, ${SECONDS_RUN}s, pool pid $POOL_PID" >&2
-RUST_LOG=${LOADGEN_LOG:-warn} "$QUARRY" "${ARGS[@]}" "$@"
+# shellcheck disable=SC2046
+RUST_LOG=${LOADGEN_LOG:-warn} $(pin "${LOADGEN_CPUS:-}") "$QUARRY" "${ARGS[@]}" "$@"

@@ -110,14 +110,20 @@ impl Vardiff {
         }
     }
 
+    /// When [`Vardiff::retarget`] next has a period to judge, even with no shares in it.
+    pub fn next_retarget_ms(&self) -> u64 {
+        let period = (self.config.retarget_secs * 1000.0).ceil().max(1000.0) as u64;
+        self.last_retarget_ms.saturating_add(period)
+    }
+
     /// Decides whether the difficulty should change now; `network` caps it.
     pub fn retarget(&mut self, now_ms: u64, network: Difficulty) -> Option<Difficulty> {
         let cap = self.config.max.min(network);
-        let elapsed = now_ms.saturating_sub(self.last_retarget_ms) as f64 / 1000.0;
         let expected_shares = self.config.retarget_secs / self.config.target_interval_secs;
         let burst =
             f64::from(self.shares_since_retarget) >= BURST_FACTOR * expected_shares.max(1.0);
-        if elapsed < self.config.retarget_secs && !burst {
+        // The same clock as `next_retarget_ms`, so a deadline it gave always finds a period.
+        if now_ms < self.next_retarget_ms() && !burst {
             return self.cap_only(cap, now_ms);
         }
         let wanted = if self.shares_since_retarget == 0 {

@@ -376,6 +376,31 @@ fn unauthenticated_and_idle_connections_time_out() {
     assert_eq!(miner.closed(), Some(&CloseReason::Idle));
 }
 
+/// A quiet miner's retarget deadline passes; once handled, the next deadline must lie ahead, or
+/// the connection's task would wake in a loop until the miner speaks again.
+#[test]
+fn a_handled_timeout_moves_the_deadline_ahead() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    for _ in 0..20 {
+        let due = miner
+            .session
+            .poll_timeout()
+            .expect("a deadline while mining");
+        miner.now = miner.now.max(due);
+        miner.session.handle_timeout(miner.now, &miner.pool);
+        miner.drain();
+        if miner.closed().is_some() {
+            break;
+        }
+        let next = miner
+            .session
+            .poll_timeout()
+            .expect("a deadline while mining");
+        assert!(next > miner.now, "deadline {next} not after {}", miner.now);
+    }
+    assert_eq!(miner.closed(), Some(&CloseReason::Idle));
+}
+
 #[test]
 fn vardiff_raises_difficulty_for_a_fast_miner() {
     let mut fast = config();

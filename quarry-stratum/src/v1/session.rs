@@ -207,10 +207,9 @@ impl Session {
                 .saturating_add(self.config.auth_timeout_ms);
             return Some(auth.min(idle));
         }
-        let retarget = self
-            .last_line_ms
-            .saturating_add((self.config.vardiff.retarget_secs * 1000.0).max(1000.0) as u64);
-        Some(idle.min(retarget))
+        // From the last retarget, not the last line: a quiet miner's deadline must move on once
+        // handled, or its task would wake in a loop until the miner speaks.
+        Some(idle.min(self.vardiff.next_retarget_ms()))
     }
 
     /// Bytes received from the miner.
