@@ -5,8 +5,9 @@
 //! fit on loopback. Miners really hash: they submit shares that meet the share target and,
 //! where the share target is easier than the network's, stay under the network target so that
 //! the chain does not move under the measurement. Every share's answer is matched to its
-//! request, timed, and counted; stale answers (V1 code 21, SV2 `stale-share`: a block moved
-//! the tip while the share was in flight) are counted apart from rejections.
+//! request, timed, and counted; stale answers (a block moved the tip while the share was in
+//! flight: V1 code 21 or "stale", SV2 `stale-share`, or a job-id error for a job a new tip had
+//! replaced) are counted apart from rejections.
 //!
 //! New-block fan-out: with `--node-zmq` the load generator hears the node announce each new tip
 //! (`hashblock`, the same feed the pool follows) and times how long until the last miner has
@@ -410,6 +411,8 @@ fn find_nonce(
 struct Pending {
     id: u64,
     sent: Instant,
+    /// The tip the share's job built on.
+    prev_hash: Hash32,
 }
 
 /// What one simulated miner knows from the pool.
@@ -469,8 +472,10 @@ impl Work {
         let Some(at) = self.pending.iter().position(|p| p.id == id) else {
             return Ok(());
         };
-        stats.answered(self.pending.swap_remove(at).sent);
-        match classify_v1_answer(value) {
+        let share = self.pending.swap_remove(at);
+        stats.answered(share.sent);
+        let tip = self.job.as_ref().map(|j| j.prev_hash);
+        match classify_v1_answer(value).superseded(tip != Some(share.prev_hash)) {
             Answer::Accepted => {
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
             }
@@ -490,6 +495,22 @@ enum Answer {
     /// The job was gone: a new block moved the tip while the share was in flight.
     Stale,
     Rejected(String),
+}
+
+impl Answer {
+    /// A rejection naming the job, for a share whose job a new tip replaced before the answer
+    /// came: the job was gone, so the share was stale. Pools that drop old jobs outright
+    /// (SRI's `pool_sv2` answers `invalid-job-id`) say it this way.
+    fn superseded(self, tip_moved: bool) -> Answer {
+        match self {
+            Answer::Rejected(reason)
+                if tip_moved && reason.to_ascii_lowercase().contains("job") =>
+            {
+                Answer::Stale
+            }
+            other => other,
+        }
+    }
 }
 
 /// Pools word a stale share differently: code 21 (the common convention: Quarry, NOMP,
@@ -599,7 +620,7 @@ async fn miner_v1(
                 next_id += 1;
                 let line = format!("{}\n", json!({"id": id, "method": "mining.submit", "params": [
                     user, job.job_id, hex::encode(&extranonce2), format!("{:08x}", job.ntime), format!("{nonce:08x}")]}));
-                work.pending.push(Pending { id, sent: Instant::now() });
+                work.pending.push(Pending { id, sent: Instant::now(), prev_hash: job.prev_hash });
                 write.write_all(line.as_bytes()).await?;
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 stats.bytes_out.fetch_add(line.len() as u64, Ordering::Relaxed);
@@ -635,7 +656,8 @@ async fn miner_v2(
     let mut work: Option<HeaderWork> = None;
     let mut next_nonce = 0u32;
     // Sequence number → when it was sent.
-    let mut pending: Vec<(u32, Instant)> = Vec::new();
+    // Sequence number, when it was sent, the tip its job built on.
+    let mut pending: Vec<(u32, Instant, Hash32)> = Vec::new();
     let mut buf = vec![0u8; 4096];
     let mut read_at = Instant::now();
     let mut pacer = Pacer::new(index, args.rate, submit_until);
@@ -663,7 +685,7 @@ async fn miner_v2(
                 ClientEvent::Accepted {
                     last_sequence_number,
                     ..
-                } => pending.retain(|&(sequence, sent)| {
+                } => pending.retain(|&(sequence, sent, _)| {
                     if sequence > last_sequence_number {
                         return true;
                     }
@@ -676,11 +698,19 @@ async fn miner_v2(
                     code,
                 } => {
                     if let Some(at) = pending.iter().position(|p| p.0 == sequence_number) {
-                        stats.answered(pending.swap_remove(at).1);
-                        if code == "stale-share" {
-                            stats.stale.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            stats.rejected(code);
+                        let (_, sent, prev_hash) = pending.swap_remove(at);
+                        stats.answered(sent);
+                        let answer = match code == "stale-share" {
+                            true => Answer::Stale,
+                            false => Answer::Rejected(code),
+                        };
+                        let tip = work.as_ref().map(|w| w.prev_hash);
+                        match answer.superseded(tip != Some(prev_hash)) {
+                            Answer::Stale => {
+                                stats.stale.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Answer::Rejected(code) => stats.rejected(code),
+                            Answer::Accepted => {}
                         }
                     }
                 }
@@ -729,7 +759,7 @@ async fn miner_v2(
                 // Each header once: the next search starts past this nonce.
                 next_nonce = nonce.wrapping_add(1);
                 if let Some(sequence) = client.submit(job.job_id, nonce, job.ntime, job.version) {
-                    pending.push((sequence, Instant::now()));
+                    pending.push((sequence, Instant::now(), job.prev_hash));
                     stats.sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -967,5 +997,19 @@ mod tests {
         );
         // No answer at all is a rejection, never an acceptance.
         assert!(matches!(answer(r#"{"id":9}"#), Answer::Rejected(_)));
+    }
+
+    #[test]
+    fn a_job_error_after_the_tip_moved_is_stale_and_otherwise_a_rejection() {
+        let invalid_job = || Answer::Rejected("invalid-job-id".into());
+        assert_eq!(invalid_job().superseded(true), Answer::Stale);
+        assert_eq!(invalid_job().superseded(false), invalid_job());
+        // Only job errors: a bad share stays bad even if a block came meanwhile.
+        let low = Answer::Rejected("difficulty-too-low".into());
+        assert_eq!(
+            low.superseded(true),
+            Answer::Rejected("difficulty-too-low".into())
+        );
+        assert_eq!(Answer::Accepted.superseded(true), Answer::Accepted);
     }
 }

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
 use support::*;
 
@@ -17,7 +15,7 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
     let config = pool_config(&nodes, &dir, port, "");
     let pool = start_pool(&dir, &config, port).await;
     let pid = pool.child.id().to_string();
-    let mut loadgen = Process::spawn(
+    let report = loadgen_report(
         &[
             "loadgen",
             &format!("127.0.0.1:{port}"),
@@ -34,17 +32,8 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
             "--json",
         ],
         &dir.join("loadgen.log"),
+        || pool.log_text(),
     );
-    assert!(
-        loadgen.wait(Duration::from_secs(120)),
-        "loadgen stops by itself"
-    );
-    let log = loadgen.log_text();
-    let report: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{log}\npool:\n{}", pool.log_text()));
     let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
     assert_eq!(n("connections_established"), 1000, "{report}");
     assert_eq!(n("connect_failures"), 0, "{report}");
@@ -65,7 +54,7 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
     );
 
     // A user the pool refuses (not an address, in solo mode) is reported, not hidden.
-    let mut refused = Process::spawn(
+    let report = loadgen_report(
         &[
             "loadgen",
             &format!("127.0.0.1:{port}"),
@@ -80,14 +69,8 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
             "--json",
         ],
         &dir.join("loadgen-refused.log"),
+        String::new,
     );
-    assert!(refused.wait(Duration::from_secs(60)), "loadgen stops");
-    let log = refused.log_text();
-    let report: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{log}"));
     assert_eq!(report["unauthorized"], 5, "{report}");
 }
 
@@ -106,7 +89,7 @@ async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
     ));
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.var("MINING_ADDRESS");
-    let mut loadgen = Process::spawn(
+    let report = loadgen_report(
         &[
             "loadgen",
             &format!("127.0.0.1:{port}"),
@@ -134,17 +117,8 @@ async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
             "--json",
         ],
         &dir.join("loadgen.log"),
+        || pool.log_text(),
     );
-    assert!(
-        loadgen.wait(Duration::from_secs(120)),
-        "loadgen stops by itself"
-    );
-    let log = loadgen.log_text();
-    let report: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{log}\npool:\n{}", pool.log_text()));
     let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
     assert_eq!(report["protocol"], "sv2", "{report}");
     assert_eq!(n("connections_established"), 300, "{report}");
@@ -183,7 +157,7 @@ fn miners_a_pool_hangs_up_on_are_reported_dropped() {
         }
     });
     let dir = scratch_dir("loadgen-hangup");
-    let mut loadgen = Process::spawn(
+    let report = loadgen_report(
         &[
             "loadgen",
             &format!("127.0.0.1:{port}"),
@@ -196,14 +170,8 @@ fn miners_a_pool_hangs_up_on_are_reported_dropped() {
             "--json",
         ],
         &dir.join("loadgen.log"),
+        String::new,
     );
-    assert!(loadgen.wait(Duration::from_secs(60)), "loadgen stops");
-    let log = loadgen.log_text();
-    let report: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{log}"));
     assert_eq!(report["connections_established"], 3, "{report}");
     assert_eq!(report["dropped"], 3, "{report}");
     assert_eq!(report["shares_sent"], 0, "{report}");
@@ -246,7 +214,7 @@ fn a_share_difficulty_too_high_to_hash_is_reported() {
         }
     });
     let dir = scratch_dir("loadgen-too-hard");
-    let mut loadgen = Process::spawn(
+    let report = loadgen_report(
         &[
             "loadgen",
             &format!("127.0.0.1:{port}"),
@@ -261,14 +229,8 @@ fn a_share_difficulty_too_high_to_hash_is_reported() {
             "--json",
         ],
         &dir.join("loadgen.log"),
+        String::new,
     );
-    assert!(loadgen.wait(Duration::from_secs(60)), "loadgen stops");
-    let log = loadgen.log_text();
-    let report: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{log}"));
     assert_eq!(report["shares_sent"], 0, "{report}");
     assert_eq!(report["dropped"], 0, "{report}");
     assert!(

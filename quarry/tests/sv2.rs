@@ -442,21 +442,6 @@ async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
     );
 }
 
-/// Runs `quarry loadgen` with `args` until it stops by itself, and returns its JSON report.
-fn loadgen_report(args: &[&str], log: &std::path::Path, context: impl Fn() -> String) -> Value {
-    let mut loadgen = Process::spawn(args, log);
-    assert!(
-        loadgen.wait(Duration::from_secs(120)),
-        "loadgen stops by itself:\n{}",
-        context()
-    );
-    let text = loadgen.log_text();
-    text.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{text}\n{}", context()))
-}
-
 /// The load generator's answer checks, for any pool: everyone connected, every share answered,
 /// none rejected (a share a new block made stale is counted apart).
 fn assert_every_share_answered(report: &Value, miners: u64, context: &str) {

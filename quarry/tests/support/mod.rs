@@ -248,6 +248,21 @@ impl Drop for Process {
     }
 }
 
+/// Runs `quarry loadgen` with `args` until it stops by itself, and returns its JSON report.
+pub fn loadgen_report(args: &[&str], log: &Path, context: impl Fn() -> String) -> Value {
+    let mut loadgen = Process::spawn(args, log);
+    assert!(
+        loadgen.wait(Duration::from_secs(120)),
+        "loadgen stops by itself:\n{}",
+        context()
+    );
+    let text = loadgen.log_text();
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{text}\n{}", context()))
+}
+
 /// Starts `quarry serve` with `config` (TOML) and waits until it listens on `port`.
 pub async fn start_pool(dir: &Path, config: &str, port: u16) -> Process {
     let path = dir.join("quarry.toml");
