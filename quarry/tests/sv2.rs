@@ -169,13 +169,86 @@ fn translator_binary() -> String {
     })
 }
 
+/// SRI's `translator_sv2`: SV1 miners on `port`, one aggregated channel to an SV2 upstream.
+struct Translator {
+    child: std::process::Child,
+    port: u16,
+    log_path: std::path::PathBuf,
+}
+
+impl Translator {
+    /// Starts it in `dir` against the SV2 pool on `upstream_port` (pinned to `key`), as
+    /// `identity`, with a downstream difficulty set by `miner_hashrate`, and waits until it
+    /// listens.
+    async fn start(
+        dir: &std::path::Path,
+        upstream_port: u16,
+        key: &str,
+        identity: &str,
+        miner_hashrate: f64,
+    ) -> Translator {
+        let binary = translator_binary();
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} missing: scripts/test.sh installs SRI's translator_sv2 0.6.0 with cargo install"
+        );
+        let port = free_port();
+        let config = format!(
+            r#"
+downstream_address = "127.0.0.1"
+downstream_port = {port}
+max_supported_version = 2
+min_supported_version = 2
+downstream_extranonce2_size = 4
+aggregate_channels = true
+supported_extensions = []
+required_extensions = []
+
+[downstream_difficulty_config]
+min_individual_miner_hashrate = {miner_hashrate:?}
+shares_per_minute = 60.0
+enable_vardiff = false
+job_keepalive_interval_secs = 60
+
+[[upstreams]]
+address = "127.0.0.1"
+port = {upstream_port}
+authority_pubkey = "{key}"
+user_identity = "{identity}"
+"#
+        );
+        let config_path = dir.join("translator.toml");
+        std::fs::write(&config_path, config).expect("write translator config");
+        let log_path = dir.join("translator.log");
+        let child = spawn_sri(&binary, &config_path, &log_path);
+        let translator = Translator {
+            child,
+            port,
+            log_path,
+        };
+        let listening = listens(port, Duration::from_secs(30)).await;
+        assert!(listening, "translator listens:\n{}", translator.log());
+        translator
+    }
+
+    fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Translator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
-    let binary = translator_binary();
-    assert!(
-        std::path::Path::new(&binary).exists(),
-        "{binary} missing: scripts/test.sh installs SRI's translator_sv2 0.6.0 with cargo install"
-    );
     let nodes = NodePair::start();
     let dir = scratch_dir("sv2-translator");
     let port = free_port();
@@ -187,44 +260,15 @@ async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
     let address = address.as_str().expect("address").to_string();
     let before = height(&nodes).await;
 
-    let proxy_port = free_port();
-    let translator_config = format!(
-        r#"
-downstream_address = "127.0.0.1"
-downstream_port = {proxy_port}
-max_supported_version = 2
-min_supported_version = 2
-downstream_extranonce2_size = 4
-aggregate_channels = true
-supported_extensions = []
-required_extensions = []
-
-[downstream_difficulty_config]
-min_individual_miner_hashrate = 100_000.0
-shares_per_minute = 60.0
-enable_vardiff = false
-job_keepalive_interval_secs = 60
-
-[[upstreams]]
-address = "127.0.0.1"
-port = {port}
-authority_pubkey = "{key}"
-user_identity = "{address}.tproxy"
-"#,
-        key = authority.public_text()
-    );
-    let config_path = dir.join("translator.toml");
-    std::fs::write(&config_path, translator_config).expect("write translator config");
-    let log_path = dir.join("translator.log");
-    let mut translator = spawn_sri(&binary, &config_path, &log_path);
-    let translator_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let listening = listens(proxy_port, Duration::from_secs(30)).await;
-    assert!(
-        listening,
-        "translator listens:\n{}\n{}",
-        translator_log(),
-        pool.log_text()
-    );
+    let mut translator = Translator::start(
+        &dir,
+        port,
+        &authority.public_text(),
+        &format!("{address}.tproxy"),
+        100_000.0,
+    )
+    .await;
+    let proxy_port = translator.port;
 
     let mut miner = Process::spawn(
         &[
@@ -244,14 +288,13 @@ user_identity = "{address}.tproxy"
         height(&nodes).await > before
     })
     .await;
-    let _ = translator.kill();
-    let _ = translator.wait();
+    translator.stop();
     let miner_log = miner.log_text();
     let pool_log = plain(&pool.log_text());
     assert!(
         mined,
         "blocks through the translator reached the node.\nminer:\n{miner_log}\ntranslator:\n{}\npool:\n{pool_log}",
-        translator_log()
+        translator.log()
     );
     assert!(tally(&miner_log, "accepted") > 0, "{miner_log}");
     assert!(pool_log.contains("share accepted"), "{pool_log}");
@@ -502,40 +545,15 @@ async fn loadgen_drives_sri_pool_and_translator() {
     assert_eq!(sv2["protocol"], "sv2", "{sv2}");
     assert_every_share_answered(&sv2, 40, &sri.log());
 
-    let proxy_port = free_port();
-    let translator_config = format!(
-        r#"
-downstream_address = "127.0.0.1"
-downstream_port = {proxy_port}
-max_supported_version = 2
-min_supported_version = 2
-downstream_extranonce2_size = 4
-aggregate_channels = true
-supported_extensions = []
-required_extensions = []
-
-[downstream_difficulty_config]
-min_individual_miner_hashrate = 10_000.0
-shares_per_minute = 60.0
-enable_vardiff = false
-job_keepalive_interval_secs = 60
-
-[[upstreams]]
-address = "127.0.0.1"
-port = {port}
-authority_pubkey = "{key}"
-user_identity = "{address}.tproxy"
-"#,
-        port = sri.port,
-        key = sri.authority.public_text()
-    );
-    let config_path = dir.join("translator.toml");
-    std::fs::write(&config_path, translator_config).expect("write translator config");
-    let log_path = dir.join("translator.log");
-    let mut translator = spawn_sri(&translator_binary(), &config_path, &log_path);
-    let translator_log = || plain(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    let listening = listens(proxy_port, Duration::from_secs(30)).await;
-    assert!(listening, "translator listens:\n{}", translator_log());
+    let mut translator = Translator::start(
+        &dir,
+        sri.port,
+        &sri.authority.public_text(),
+        &format!("{address}.tproxy"),
+        10_000.0,
+    )
+    .await;
+    let proxy_port = translator.port;
     let v1 = loadgen_report(
         &[
             "loadgen",
@@ -554,15 +572,14 @@ user_identity = "{address}.tproxy"
         || {
             format!(
                 "translator:\n{}\npool_sv2:\n{}",
-                translator_log(),
+                translator.log(),
                 sri.log()
             )
         },
     );
-    let _ = translator.kill();
-    let _ = translator.wait();
+    translator.stop();
     assert_eq!(v1["protocol"], "v1", "{v1}");
-    assert_every_share_answered(&v1, 40, &translator_log());
+    assert_every_share_answered(&v1, 40, &translator.log());
 }
 
 /// `quarry mine` (SV1) → `quarry proxy` → Quarry's SV2 pool, with a dead first upstream the
