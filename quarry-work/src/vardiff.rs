@@ -28,6 +28,13 @@ pub struct VardiffConfig {
     pub variance: f64,
 }
 
+impl VardiffConfig {
+    /// The retarget period in whole milliseconds, at least one second: a deadline clock.
+    pub fn retarget_period_ms(&self) -> u64 {
+        (self.retarget_secs * 1000.0).ceil().max(1000.0) as u64
+    }
+}
+
 impl Default for VardiffConfig {
     fn default() -> Self {
         VardiffConfig {
@@ -112,8 +119,8 @@ impl Vardiff {
 
     /// When [`Vardiff::retarget`] next has a period to judge, even with no shares in it.
     pub fn next_retarget_ms(&self) -> u64 {
-        let period = (self.config.retarget_secs * 1000.0).ceil().max(1000.0) as u64;
-        self.last_retarget_ms.saturating_add(period)
+        self.last_retarget_ms
+            .saturating_add(self.config.retarget_period_ms())
     }
 
     /// Decides whether the difficulty should change now; `network` caps it.

@@ -481,7 +481,7 @@ impl PoolSession {
                 pending_success: None,
             },
         );
-        self.next_retarget_ms = now_ms + (vardiff_config.retarget_secs * 1000.0).max(1000.0) as u64;
+        self.next_retarget_ms = now_ms + vardiff_config.retarget_period_ms();
         if self.template.is_some() {
             self.send_job(channel_id, true, now_ms, pool);
         }
@@ -798,8 +798,7 @@ impl PoolSession {
             return self.close("no channel opened in time".into());
         }
         if now_ms >= self.next_retarget_ms {
-            self.next_retarget_ms =
-                now_ms + (self.config.vardiff.retarget_secs * 1000.0).max(1000.0) as u64;
+            self.next_retarget_ms = now_ms + self.config.vardiff.retarget_period_ms();
             let network = self.network_difficulty();
             let changes: Vec<(u32, Difficulty)> = self
                 .channels
