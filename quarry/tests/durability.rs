@@ -8,7 +8,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_shares_survive_kill_9() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("kill9");
     let port = free_port();
     let mut pool = start_pool(&dir, &pool_config(&nodes, &dir, port, ""), port).await;

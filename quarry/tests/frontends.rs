@@ -27,7 +27,7 @@ struct Frontend<'a> {
 }
 
 fn frontend_config(
-    nodes: &NodePair,
+    nodes: &Regtest,
     dir: &Path,
     pg: &str,
     pool_address: &str,
@@ -68,7 +68,7 @@ fn summary(log: &str, key: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_frontends_share_one_postgres() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::with_wallet();
     let pg = Postgres::start();
     let pool_address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
     let pool_address = pool_address.as_str().expect("address").to_string();

@@ -9,7 +9,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_simulated_miners_get_every_share_answered() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("loadgen");
     let port = free_port();
     let config = pool_config(&nodes, &dir, port, "");
@@ -78,7 +78,7 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
 /// the node: every share answered, none rejected, and every miner gets work on each new block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("loadgen-sv2");
     let port = free_port();
     let authority = quarry_stratum::v2::AuthorityKeypair::generate();

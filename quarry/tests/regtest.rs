@@ -9,7 +9,7 @@ use bitcoin::{Address, Network};
 use serde_json::{json, Value};
 use support::*;
 
-async fn height(nodes: &NodePair, node: char) -> u64 {
+async fn height(nodes: &Regtest, node: char) -> u64 {
     nodes
         .rpc_ok(node, "getblockcount", json!([]))
         .await
@@ -17,7 +17,7 @@ async fn height(nodes: &NodePair, node: char) -> u64 {
         .expect("height")
 }
 
-async fn block_at(nodes: &NodePair, node: char, height: u64) -> (String, bitcoin::Block) {
+async fn block_at(nodes: &Regtest, node: char, height: u64) -> (String, bitcoin::Block) {
     let hash = nodes.rpc_ok(node, "getblockhash", json!([height])).await;
     let hash = hash.as_str().expect("hash").to_string();
     let raw = nodes.rpc_ok(node, "getblock", json!([hash, 0])).await;
@@ -30,7 +30,7 @@ async fn block_at(nodes: &NodePair, node: char, height: u64) -> (String, bitcoin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_miner_finds_blocks_the_nodes_accept() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::start();
     let dir = scratch_dir("mine");
     let port = free_port();
     // The first node is dead: templates must come from the second (failover).
@@ -41,9 +41,8 @@ async fn cpu_miner_finds_blocks_the_nodes_accept() {
         1,
     );
     let pool = start_pool(&dir, &config, port).await;
-    // The payout address comes from node B's wallet: the coinbase must pay it, not the node.
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
+    // The payout address is a fresh key of the test: the coinbase must pay it, not the node.
+    let address = nodes.new_address().await;
     let start_height = height(&nodes, 'A').await;
 
     let mut miner = Process::spawn(
@@ -110,7 +109,7 @@ async fn cpu_miner_finds_blocks_the_nodes_accept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::start();
     let dir = scratch_dir("codes");
     let port = free_port();
     let pool = start_pool(
@@ -192,7 +191,7 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
         .await;
     assert_eq!(answer["result"], true);
     // The chain moves on without A.
-    let b_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let b_address = nodes.new_address().await;
     let mined: Value = nodes
         .rpc_ok('B', "generatetoaddress", json!([1, b_address]))
         .await;

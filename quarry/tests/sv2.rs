@@ -7,71 +7,10 @@ use std::time::Duration;
 
 use quarry_stratum::v2::AuthorityKeypair;
 use serde_json::{json, Value};
+use support::sri::*;
 use support::*;
 
-fn sv2_section(authority: &AuthorityKeypair) -> String {
-    format!(
-        "\n[sv2]\nauthority_secret_key = \"{}\"\nauthority_public_key = \"{}\"\n",
-        authority.secret_text(),
-        authority.public_text()
-    )
-}
-
-/// A log without its ANSI colours.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The `accepted=.. rejected=.. blocks=..` line `quarry mine` prints last.
-fn tally(log: &str, key: &str) -> u64 {
-    log.lines()
-        .rev()
-        .find(|l| l.starts_with("accepted="))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Whether something accepts connections on `port` within `limit`.
-async fn listens(port: u16, limit: Duration) -> bool {
-    wait_until(limit, || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await
-}
-
-/// Starts one of SRI's binaries on `config`, logging to `log`.
-fn spawn_sri(binary: &str, config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    let log_file = std::fs::File::create(log).expect("log");
-    std::process::Command::new(binary)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(log_file.try_clone().expect("clone"))
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {binary}: {e}"))
-}
-
-async fn height(nodes: &NodePair) -> u64 {
+async fn height(nodes: &Regtest) -> u64 {
     nodes
         .rpc_ok('A', "getblockcount", json!([]))
         .await
@@ -81,15 +20,14 @@ async fn height(nodes: &NodePair) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("sv2-direct");
     let port = free_port();
     let authority = AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&sv2_section(&authority));
     let pool = start_pool(&dir, &config, port).await;
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
+    let address = nodes.new_address().await;
     let before = height(&nodes).await;
 
     let url = format!(
@@ -162,102 +100,16 @@ async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
     assert!(!job.job_id.is_empty());
 }
 
-fn translator_binary() -> String {
-    std::env::var("QUARRY_TRANSLATOR_SV2").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").expect("HOME");
-        format!("{home}/.cache/quarry/sri/bin/translator_sv2")
-    })
-}
-
-/// SRI's `translator_sv2`: SV1 miners on `port`, one aggregated channel to an SV2 upstream.
-struct Translator {
-    child: std::process::Child,
-    port: u16,
-    log_path: std::path::PathBuf,
-}
-
-impl Translator {
-    /// Starts it in `dir` against the SV2 pool on `upstream_port` (pinned to `key`), as
-    /// `identity`, with a downstream difficulty set by `miner_hashrate`, and waits until it
-    /// listens.
-    async fn start(
-        dir: &std::path::Path,
-        upstream_port: u16,
-        key: &str,
-        identity: &str,
-        miner_hashrate: f64,
-    ) -> Translator {
-        let binary = translator_binary();
-        assert!(
-            std::path::Path::new(&binary).exists(),
-            "{binary} missing: scripts/test.sh installs SRI's translator_sv2 0.6.0 with cargo install"
-        );
-        let port = free_port();
-        let config = format!(
-            r#"
-downstream_address = "127.0.0.1"
-downstream_port = {port}
-max_supported_version = 2
-min_supported_version = 2
-downstream_extranonce2_size = 4
-aggregate_channels = true
-supported_extensions = []
-required_extensions = []
-
-[downstream_difficulty_config]
-min_individual_miner_hashrate = {miner_hashrate:?}
-shares_per_minute = 60.0
-enable_vardiff = false
-job_keepalive_interval_secs = 60
-
-[[upstreams]]
-address = "127.0.0.1"
-port = {upstream_port}
-authority_pubkey = "{key}"
-user_identity = "{identity}"
-"#
-        );
-        let config_path = dir.join("translator.toml");
-        std::fs::write(&config_path, config).expect("write translator config");
-        let log_path = dir.join("translator.log");
-        let child = spawn_sri(&binary, &config_path, &log_path);
-        let translator = Translator {
-            child,
-            port,
-            log_path,
-        };
-        let listening = listens(port, Duration::from_secs(30)).await;
-        assert!(listening, "translator listens:\n{}", translator.log());
-        translator
-    }
-
-    fn log(&self) -> String {
-        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Translator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("sv2-translator");
     let port = free_port();
     let authority = AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&sv2_section(&authority));
     let pool = start_pool(&dir, &config, port).await;
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
+    let address = nodes.new_address().await;
     let before = height(&nodes).await;
 
     let mut translator = Translator::start(
@@ -306,114 +158,13 @@ async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
     );
 }
 
-fn pool_sv2_binary() -> String {
-    std::env::var("QUARRY_POOL_SV2").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").expect("HOME");
-        format!("{home}/.cache/quarry/sri/bin/pool_sv2")
-    })
-}
-
-/// SRI's `pool_sv2`, fed templates by `quarry tp` on the regtest node pair, paying `address`.
-struct SriPool {
-    tp: Process,
-    pool: std::process::Child,
-    port: u16,
-    authority: AuthorityKeypair,
-    log_path: std::path::PathBuf,
-}
-
-impl SriPool {
-    async fn start(nodes: &NodePair, dir: &std::path::Path, address: &str) -> SriPool {
-        let binary = pool_sv2_binary();
-        assert!(
-            std::path::Path::new(&binary).exists(),
-            "{binary} missing: scripts/test.sh installs SRI's pool_sv2 0.7.0 with cargo install"
-        );
-        let tp_port = free_port();
-        let tp_authority = AuthorityKeypair::generate();
-        let mut config = pool_config(nodes, dir, free_port(), "");
-        config.push_str(&sv2_section(&tp_authority));
-        config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
-        let config_path = dir.join("quarry.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut tp = Process::spawn(
-            &["tp", "--config", config_path.to_str().expect("utf-8")],
-            &dir.join("tp.log"),
-        );
-        let listening = listens(tp_port, Duration::from_secs(20)).await;
-        assert!(
-            listening && tp.is_running(),
-            "quarry tp listens:\n{}",
-            tp.log_text()
-        );
-
-        let port = free_port();
-        let authority = AuthorityKeypair::generate();
-        let pool_config = format!(
-            r#"
-authority_public_key = "{pool_public}"
-authority_secret_key = "{pool_secret}"
-cert_validity_sec = 3600
-listen_address = "127.0.0.1:{port}"
-coinbase_reward_script = "addr({address})"
-server_id = 1
-pool_signature = "quarry-interop"
-shares_per_minute = 60.0
-share_batch_size = 1
-
-[template_provider_type.Sv2Tp]
-address = "127.0.0.1:{tp_port}"
-public_key = "{tp_public}"
-"#,
-            pool_public = authority.public_text(),
-            pool_secret = authority.secret_text(),
-            tp_public = tp_authority.public_text(),
-        );
-        let pool_config_path = dir.join("pool_sv2.toml");
-        std::fs::write(&pool_config_path, pool_config).expect("write pool config");
-        let log_path = dir.join("pool_sv2.log");
-        let pool = spawn_sri(&binary, &pool_config_path, &log_path);
-        let sri = SriPool {
-            tp,
-            pool,
-            port,
-            authority,
-            log_path,
-        };
-        let listening = listens(port, Duration::from_secs(30)).await;
-        assert!(
-            listening,
-            "pool_sv2 listens:\n{}\ntp:\n{}",
-            sri.log(),
-            sri.tp.log_text()
-        );
-        sri
-    }
-
-    fn log(&self) -> String {
-        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
-    }
-
-    fn stop(&mut self) {
-        let _ = self.pool.kill();
-        let _ = self.pool.wait();
-    }
-}
-
-impl Drop for SriPool {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// SRI's pool, fed templates by `quarry tp` (which gets them from the regtest node), with our
 /// SV2 miner mining on it: its blocks must reach the node, paying the pool's reward script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("sv2-tp");
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
+    let address = nodes.new_address().await;
     let before = height(&nodes).await;
     let mut sri = SriPool::start(&nodes, &dir, &address).await;
     let (pool_port, pool_authority) = (sri.port, &sri.authority);
@@ -512,10 +263,9 @@ fn assert_every_share_answered(report: &Value, miners: u64, context: &str) {
 /// answer and none of them is rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_drives_sri_pool_and_translator() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("loadgen-sri");
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
+    let address = nodes.new_address().await;
     let sri = SriPool::start(&nodes, &dir, &address).await;
 
     let url = format!(
@@ -586,15 +336,14 @@ async fn loadgen_drives_sri_pool_and_translator() {
 /// proxy must fail over from. Blocks found through the proxy reach the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
-    let nodes = NodePair::start();
+    let nodes = Regtest::single();
     let dir = scratch_dir("sv2-proxy");
     let port = free_port();
     let authority = AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&sv2_section(&authority));
     let pool = start_pool(&dir, &config, port).await;
-    let address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let address = address.as_str().expect("address").to_string();
+    let address = nodes.new_address().await;
     let before = height(&nodes).await;
 
     let dead = format!(

