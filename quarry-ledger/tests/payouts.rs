@@ -91,6 +91,7 @@ async fn ledger(name: &str) -> Store {
         found_ms: 1,
         network_difficulty: 1.0,
         instance: "t".into(),
+        reject_reason: None,
     };
     store.insert_block(&block).await.expect("block");
     let credit = |address: &str, sat: u64| Credit {

@@ -226,6 +226,7 @@ mod blocks {
             found_ms,
             network_difficulty: 10.0,
             instance: "test".into(),
+            reject_reason: None,
         }
     }
 
@@ -361,6 +362,29 @@ mod blocks {
             statuses,
             vec![BlockStatus::Orphaned, BlockStatus::Confirmed]
         );
+
+        // A block every node refused keeps the node's reason; only a submitted block moves.
+        store.insert_block(&block("refused", 9)).await.expect("insert");
+        assert!(store
+            .reject_block("refused", "bad-cb-amount")
+            .await
+            .expect("reject"));
+        assert!(!store
+            .reject_block("refused", "again")
+            .await
+            .expect("reject twice"));
+        let refused = store
+            .blocks(Some(BlockStatus::Rejected), 10)
+            .await
+            .expect("blocks");
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].hash, "refused");
+        assert_eq!(refused[0].reject_reason.as_deref(), Some("bad-cb-amount"));
+        let others = store.blocks(None, 10).await.expect("blocks");
+        assert!(others
+            .iter()
+            .filter(|b| b.hash != "refused")
+            .all(|b| b.reject_reason.is_none()));
     }
 }
 
@@ -477,6 +501,7 @@ mod accrual_and_retention {
                 found_ms: 10,
                 network_difficulty: 2.0,
                 instance: "t".into(),
+                reject_reason: None,
             })
             .await
             .expect("block");

@@ -88,6 +88,7 @@ impl BlockKeeper {
             found_ms: i64::try_from(block.time_ms).unwrap_or(i64::MAX),
             network_difficulty: block.network_difficulty,
             instance: self.instance.clone(),
+            reject_reason: None,
         };
         if let Err(e) = self.store.insert_block(&record).await {
             // The block goes to the node regardless; the tracker can't see it, so say so loudly.
@@ -110,19 +111,13 @@ impl BlockKeeper {
         );
         if accepted {
             self.credit(&record).await;
-        } else if outcomes
-            .iter()
-            .all(|o| matches!(o, SubmitOutcome::Rejected(_)))
-        {
-            let _ = self
-                .store
-                .transition_block(
-                    &record.hash,
-                    BlockStatus::Submitted,
-                    BlockStatus::Rejected,
-                    None,
-                )
-                .await;
+        } else if let Some(reason) = rejection(&outcomes) {
+            // Every node refused it: keep the node's words (Core's "bad-cb-amount", …) where the
+            // operator looks, next to the block.
+            error!(hash = %record.hash, height = record.height, %reason, "block rejected by every node");
+            if let Err(e) = self.store.reject_block(&record.hash, &reason).await {
+                warn!(error = %e, hash = %record.hash, "could not record the block's rejection");
+            }
         }
         accepted
     }
@@ -207,5 +202,46 @@ impl BlockKeeper {
             }
         }
         Ok(())
+    }
+}
+
+/// The nodes' reasons when every node refused a block (`None` when one took it or could not
+/// be asked); distinct reasons joined with "; ".
+fn rejection(outcomes: &[SubmitOutcome]) -> Option<String> {
+    let mut reasons: Vec<&str> = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        match outcome {
+            SubmitOutcome::Rejected(reason) => {
+                if !reasons.contains(&reason.as_str()) {
+                    reasons.push(reason);
+                }
+            }
+            _ => return None,
+        }
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_rejected_only_when_every_node_refused_it() {
+        let refused = |r: &str| SubmitOutcome::Rejected(r.to_string());
+        assert_eq!(
+            rejection(&[refused("bad-cb-amount"), refused("bad-cb-amount")]).as_deref(),
+            Some("bad-cb-amount")
+        );
+        assert_eq!(
+            rejection(&[refused("bad-cb-amount"), refused("high-hash")]).as_deref(),
+            Some("bad-cb-amount; high-hash")
+        );
+        assert_eq!(rejection(&[refused("x"), SubmitOutcome::Accepted]), None);
+        assert_eq!(
+            rejection(&[refused("x"), SubmitOutcome::Failed("timeout".into())]),
+            None
+        );
+        assert_eq!(rejection(&[]), None);
     }
 }

@@ -349,8 +349,14 @@ pub async fn start_pool(dir: &Path, config: &str, port: u16) -> Process {
     }
 }
 
-/// The TOML for a solo pool on node A of `nodes`.
+/// The TOML for a solo pool on node A of `nodes`; `extra_mining` goes into `[mining]` (and may
+/// set `template_refresh_secs`, 30 otherwise).
 pub fn pool_config(nodes: &Regtest, dir: &Path, port: u16, extra_mining: &str) -> String {
+    let refresh = if extra_mining.contains("template_refresh_secs") {
+        ""
+    } else {
+        "template_refresh_secs = 30"
+    };
     format!(
         r#"
 network = "regtest"
@@ -364,7 +370,7 @@ zmq_hashblock = "{zmq}"
 [mining]
 mode = "solo"
 coinbase_tag = "/quarry-test/"
-template_refresh_secs = 30
+{refresh}
 poll_interval_secs = 1
 {extra_mining}
 

@@ -173,6 +173,16 @@ pub struct SriPool {
 
 impl SriPool {
     pub async fn start(nodes: &Regtest, dir: &std::path::Path, address: &str) -> SriPool {
+        SriPool::start_with(nodes, dir, address, "").await
+    }
+
+    /// As `start`, with `extra_mining` in `quarry tp`'s `[mining]` section.
+    pub async fn start_with(
+        nodes: &Regtest,
+        dir: &std::path::Path,
+        address: &str,
+        extra_mining: &str,
+    ) -> SriPool {
         let binary = pool_sv2_binary();
         assert!(
             std::path::Path::new(&binary).exists(),
@@ -180,7 +190,7 @@ impl SriPool {
         );
         let tp_port = free_port();
         let tp_authority = AuthorityKeypair::generate();
-        let mut config = pool_config(nodes, dir, free_port(), "");
+        let mut config = pool_config(nodes, dir, free_port(), extra_mining);
         config.push_str(&sv2_section(&tp_authority));
         config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
         let config_path = dir.join("quarry.toml");
