@@ -155,11 +155,19 @@ async fn two_frontends_share_one_postgres() {
     nodes
         .rpc_ok('B', "generatetoaddress", json!([101, b_address]))
         .await;
+    // Blocks mature one tracker pass at a time, so a balance can take more than one payout
+    // round (every second here): wait until a payment is sent and no paid address is owed more.
     let paid = wait_until(Duration::from_secs(60), || async {
         let payments = get(&format!("http://127.0.0.1:{}/api/payments", frontends[0].3)).await;
-        payments
+        let sent = payments
             .as_array()
-            .is_some_and(|p| p.iter().any(|x| x["status"] == "sent"))
+            .is_some_and(|p| p.iter().any(|x| x["status"] == "sent"));
+        let (Ok(paid), Ok(payable)) = (store.paid().await, store.payable().await) else {
+            return false;
+        };
+        sent && paid
+            .keys()
+            .all(|a| payable.get(a).copied().unwrap_or(0) < 100_000)
     })
     .await;
     assert!(

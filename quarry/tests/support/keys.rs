@@ -102,7 +102,7 @@ impl TestKey {
                     let message = Message::from_digest(sighash.to_byte_array());
                     let tweaked = self.keypair.tap_tweak(&self.secp, None);
                     let signature = bitcoin::taproot::Signature {
-                        signature: self.secp.sign_schnorr(&message, &tweaked.to_inner()),
+                        signature: self.secp.sign_schnorr(&message, &tweaked.to_keypair()),
                         sighash_type: TapSighashType::Default,
                     };
                     Witness::p2tr_key_spend(&signature)
