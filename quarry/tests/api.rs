@@ -18,16 +18,31 @@ async fn get(url: &str) -> (u16, Value) {
     )
 }
 
+/// On Bitcoin Core: everything up to mature balances (Core here has no wallet to pay from).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_metrics_and_events_describe_the_pool() {
-    let nodes = Regtest::with_wallet();
+    describe_the_pool(Regtest::start()).await;
+}
+
+/// On the wallet node: the same, then a payout run from the admin endpoint and its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_admin_payout_run_pays_and_is_announced() {
+    describe_the_pool(Regtest::with_wallet()).await;
+}
+
+async fn describe_the_pool(nodes: Regtest) {
+    let pays = nodes.kind == NodeKind::Wallet;
     let dir = scratch_dir("api");
     let port = free_port();
     let api_port = free_port();
-    let pool_address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
-    let pool_address = pool_address.as_str().expect("address").to_string();
-    let miner_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
-    let miner_address = miner_address.as_str().expect("address").to_string();
+    // The wallet node must own the pool's address to pay from it.
+    let pool_address = if pays {
+        let address = nodes.rpc_ok('A', "getnewaddress", json!([])).await;
+        address.as_str().expect("address").to_string()
+    } else {
+        nodes.new_address().await
+    };
+    let miner_address = nodes.new_address().await;
     let mut config = pool_config(&nodes, &dir, port, "").replace(
         "mode = \"solo\"",
         &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
@@ -170,7 +185,7 @@ async fn api_metrics_and_events_describe_the_pool() {
     );
 
     // Mature the blocks, pay out, and watch the stream say so.
-    let b_address = nodes.rpc_ok('B', "getnewaddress", json!([])).await;
+    let b_address = nodes.new_address().await;
     nodes
         .rpc_ok('B', "generatetoaddress", json!([101, b_address]))
         .await;
@@ -182,8 +197,36 @@ async fn api_metrics_and_events_describe_the_pool() {
         .await,
         "credits mature"
     );
+    let mut expected = vec![
+        "MiningJobCreated",
+        "ShareSubmitted",
+        "BlockFound",
+        "BlockConfirmed",
+        "MinerConnected",
+        "MinerDisconnected",
+    ];
+    if pays {
+        pay_from_the_admin_endpoint(&client, &admin, &base).await;
+        expected.push("PayoutSent");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let names = seen.lock().expect("lock").clone();
+            expected.iter().all(|n| names.iter().any(|s| s == n))
+        })
+        .await,
+        "events seen: {:?}",
+        {
+            let mut names = seen.lock().expect("lock").clone();
+            names.dedup();
+            names
+        }
+    );
+}
+
+async fn pay_from_the_admin_endpoint(client: &reqwest::Client, admin: &str, base: &str) {
     let response = client
-        .post(&admin)
+        .post(admin)
         .bearer_auth("s3cret")
         .send()
         .await
@@ -196,27 +239,4 @@ async fn api_metrics_and_events_describe_the_pool() {
     );
     let (_, payments) = get(&format!("{base}/api/payments")).await;
     assert_eq!(payments[0]["status"], "sent", "{payments}");
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            let names = seen.lock().expect("lock").clone();
-            [
-                "MiningJobCreated",
-                "ShareSubmitted",
-                "BlockFound",
-                "BlockConfirmed",
-                "PayoutSent",
-                "MinerConnected",
-                "MinerDisconnected",
-            ]
-            .iter()
-            .all(|n| names.iter().any(|s| s == n))
-        })
-        .await,
-        "events seen: {:?}",
-        {
-            let mut names = seen.lock().expect("lock").clone();
-            names.dedup();
-            names
-        }
-    );
 }
