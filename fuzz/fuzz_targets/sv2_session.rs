@@ -3,53 +3,28 @@
 //! with a reason. `cargo fuzz run sv2_session`
 #![no_main]
 
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use quarry_stratum::v1::SessionConfig;
 use quarry_stratum::v2::noise::InitiatorHandshake;
 use quarry_stratum::v2::{AuthorityKeypair, PoolSession, Sv2Config};
-use quarry_stratum::Pool;
+use quarry_stratum::SharedPool;
 use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::job::{Job, JobFactory};
+use quarry_work::job::JobFactory;
 use quarry_work::template::WorkTemplate;
-use quarry_work::Hash32;
-
-struct FuzzPool {
-    factory: RefCell<JobFactory>,
-    seen: RefCell<HashSet<Hash32>>,
-}
-
-impl Pool for FuzzPool {
-    fn job_for(&self, template: &Arc<WorkTemplate>, payout: &[u8]) -> Option<Arc<Job>> {
-        self.factory.borrow_mut().job_for(template, payout).ok()
-    }
-    fn first_seen(&self, hash: &Hash32) -> bool {
-        self.seen.borrow_mut().insert(*hash)
-    }
-    fn claim_block(&self, _prev_hash: &Hash32) -> bool {
-        true
-    }
-    fn allocate_extranonce1(&self) -> Vec<u8> {
-        vec![0, 0, 0, 3]
-    }
-    fn release_extranonce1(&self, _extranonce1: &[u8]) {}
-    fn resume_extranonce1(&self, _current: &[u8], _requested: &[u8]) -> bool {
-        false
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
-    let pool = FuzzPool {
-        factory: RefCell::new(JobFactory::new(CoinbaseLayout {
+    // The server's own pool state; a 3-byte prefix leaves one byte of ids (256), so a long
+    // input can also run the extranonce space out.
+    let pool = SharedPool::new(
+        JobFactory::new(CoinbaseLayout {
             extranonce1_len: 4,
             extranonce2_len: 8,
             tag: b"/fuzz/".to_vec(),
-        })),
-        seen: RefCell::new(HashSet::new()),
-    };
+        }),
+        vec![0, 0, 0],
+    );
     let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
     let config = Arc::new(SessionConfig::default());
     let sv2 = Arc::new(Sv2Config::new(authority.clone()));

@@ -4,49 +4,20 @@
 //!
 //! Nonces are found outside the timed part, so every timed share is valid and accepted.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use quarry_stratum::pool::Pool;
+use quarry_stratum::SharedPool;
 use quarry_stratum::v1::{Event, Notify, Session, SessionConfig};
 use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::job::{Job, JobFactory};
+use quarry_work::job::JobFactory;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 use quarry_work::vardiff::VardiffConfig;
-use quarry_work::{Difficulty, Hash32, Target};
+use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 
 const NOW_MS: u64 = 1_800_000_000_000;
 const ADDRESS: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";
-
-struct BenchPool {
-    factory: RefCell<JobFactory>,
-    seen: RefCell<HashSet<Hash32>>,
-}
-
-impl Pool for BenchPool {
-    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
-        self.factory
-            .borrow_mut()
-            .job_for(template, payout_script)
-            .ok()
-    }
-    fn first_seen(&self, header_hash: &Hash32) -> bool {
-        self.seen.borrow_mut().insert(*header_hash)
-    }
-    fn claim_block(&self, _prev_hash: &Hash32) -> bool {
-        true
-    }
-    fn allocate_extranonce1(&self) -> Vec<u8> {
-        vec![0, 0, 0, 1]
-    }
-    fn release_extranonce1(&self, _extranonce1: &[u8]) {}
-    fn resume_extranonce1(&self, _current: &[u8], _requested: &[u8]) -> bool {
-        false
-    }
-}
 
 /// A mainnet-difficulty template whose coinbase has a merkle branch of `levels` entries (a
 /// 3,000-transaction block has 12). The branch's values do not change the cost.
@@ -72,14 +43,15 @@ fn bench_submit(c: &mut Criterion) {
     let mut group = c.benchmark_group("v1_submit");
     group.throughput(Throughput::Elements(1));
     for (name, levels) in [("empty", 0usize), ("3000_tx", 12)] {
-        let pool = BenchPool {
-            factory: RefCell::new(JobFactory::new(CoinbaseLayout {
+        // The server's own pool state: the duplicate check takes its real lock.
+        let pool = SharedPool::new(
+            JobFactory::new(CoinbaseLayout {
                 extranonce1_len: 4,
                 extranonce2_len: 8,
                 tag: b"/quarry/".to_vec(),
-            })),
-            seen: RefCell::new(HashSet::new()),
-        };
+            }),
+            Vec::new(),
+        );
         // Fixed difficulty: vardiff must not move the target under the benchmark.
         let difficulty = Difficulty::new(1e-6).expect("positive");
         let config = SessionConfig {
@@ -92,7 +64,7 @@ fn bench_submit(c: &mut Criterion) {
             },
             ..SessionConfig::default()
         };
-        let mut session = Session::new(Arc::new(config), vec![0, 0, 0, 1], NOW_MS);
+        let mut session = Session::new(Arc::new(config), NOW_MS);
         session.handle_template(template(levels), NOW_MS, &pool);
         let hello = format!(
             "{}\n{}\n",
@@ -110,7 +82,7 @@ fn bench_submit(c: &mut Criterion) {
         while session.poll_event().is_some() {}
         let notify = notify.expect("a job after authorize");
         let target = Target::from_difficulty(difficulty);
-        let extranonce1 = session.extranonce1().to_vec();
+        let extranonce1 = session.extranonce1().expect("subscribed").to_vec();
         let mut counter = 0u64;
         group.bench_function(name, |b| {
             b.iter_batched(

@@ -19,5 +19,5 @@ pub mod worker;
 mod tests;
 
 pub use event::{AcceptedShare, Event, FoundBlock};
-pub use pool::{Pool, PoolMode};
+pub use pool::{Pool, PoolMode, SharedPool};
 pub use worker::Worker;

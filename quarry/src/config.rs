@@ -370,6 +370,18 @@ impl Config {
         if prefix.len() >= mining.extranonce1_size {
             bail!("stratum.extranonce1_prefix must be shorter than mining.extranonce1_size");
         }
+        // Every live connection holds one extranonce1: the limit must fit the id space.
+        let ids = quarry_stratum::pool::extranonce_space(mining.extranonce1_size - prefix.len());
+        if self.stratum.max_connections as u64 > ids {
+            bail!(
+                "stratum.max_connections = {} exceeds the {ids} extranonce1 values that \
+                 mining.extranonce1_size = {} leaves after stratum.extranonce1_prefix ({} bytes); \
+                 raise the size, shorten the prefix or lower the limit",
+                self.stratum.max_connections,
+                mining.extranonce1_size,
+                prefix.len()
+            );
+        }
         let version_mask = u32::from_str_radix(&mining.version_mask, 16)
             .context("mining.version_mask must be hex")?;
         let mode = match mining.mode.as_str() {
@@ -611,6 +623,33 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../quarry.example.toml");
         let config = Config::load(&path).expect("example parses");
         config.resolve().expect("example is valid");
+    }
+
+    /// quarry.example.toml says its values are the defaults: an operator who leaves a key out
+    /// gets exactly what the example shows. Only what it marks "example, not a default" differs.
+    #[test]
+    fn the_example_shows_the_real_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../quarry.example.toml");
+        let mut example = Config::load(&path).expect("example parses");
+        let defaults = Config::default();
+        example.nodes.clone_from(&defaults.nodes);
+        example.payout.split.clone_from(&defaults.payout.split);
+        example.api.listen = defaults.api.listen;
+        assert_eq!(format!("{example:#?}"), format!("{defaults:#?}"));
+    }
+
+    #[test]
+    fn max_connections_must_fit_the_extranonce_space() {
+        let mut config = Config::default();
+        config.nodes[0].user = Some("u".into());
+        config.nodes[0].password = Some("p".into());
+        config.mining.extranonce1_size = 2;
+        config.stratum.extranonce1_prefix = "01".into();
+        config.stratum.max_connections = 257;
+        let error = format!("{:#}", config.resolve().expect_err("257 > 256 ids"));
+        assert!(error.contains("stratum.max_connections"), "{error}");
+        config.stratum.max_connections = 256;
+        config.resolve().expect("256 fit in one byte");
     }
 
     #[test]

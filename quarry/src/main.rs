@@ -26,7 +26,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, ServeArgs};
 use crate::node::Nodes;
-use crate::server::{Limits, Server, SharedPool};
+use crate::server::{Limits, Server};
+use quarry_stratum::SharedPool;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

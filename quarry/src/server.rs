@@ -2,7 +2,7 @@
 //! [`Session`] or an SV2 [`PoolSession`], told apart by the first bytes on the one port. No
 //! protocol decisions are made here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,11 +12,9 @@ use quarry_ledger::{ShareLog, ShareRecord};
 use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::v2::{PoolSession, Sv2Config};
-use quarry_stratum::Pool;
-use quarry_work::job::{Job, JobFactory};
+use quarry_stratum::{Pool, SharedPool};
 use quarry_work::share::ShareReject;
 use quarry_work::template::WorkTemplate;
-use quarry_work::Hash32;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,175 +35,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Pool-wide state shared by sessions: jobs, seen shares, extranonce1 allocation.
-///
-/// Std mutexes: each is held for a map lookup, never across an await.
-pub struct SharedPool {
-    factory: Mutex<JobFactory>,
-    seen: Mutex<SeenShares>,
-    /// Parents of the blocks found lately, newest last.
-    solved: Mutex<VecDeque<Hash32>>,
-    extranonces: Mutex<Extranonces>,
-}
-
-/// Parents remembered by [`Pool::claim_block`]: far more than the blocks found while one
-/// template refresh is under way.
-const MAX_SOLVED_PARENTS: usize = 64;
-
-/// Share hashes remembered per generation (16 bytes each in the set: ~320 MB at most for two).
-const MAX_SEEN_PER_GENERATION: usize = 10_000_000;
-
-/// Header hashes of shares on the current and previous tip (a duplicate has the same
-/// prevhash as its original, so older generations can go).
-#[derive(Default)]
-struct SeenShares {
-    tip: Option<Hash32>,
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
-}
-
-struct Extranonces {
-    /// Fixed leading bytes: frontends sharing one database use different prefixes so their
-    /// miners never search the same space.
-    prefix: Vec<u8>,
-    /// Bytes allocated per connection after the prefix.
-    size: usize,
-    next: u64,
-    in_use: HashSet<u64>,
-}
-
-impl SharedPool {
-    /// A pool building jobs with `factory`; every extranonce1 starts with `prefix` (shorter
-    /// than the layout's extranonce1).
-    pub fn new(factory: JobFactory, prefix: Vec<u8>) -> Self {
-        let size = factory
-            .layout()
-            .extranonce1_len
-            .saturating_sub(prefix.len())
-            .max(1);
-        SharedPool {
-            factory: Mutex::new(factory),
-            seen: Mutex::new(SeenShares::default()),
-            solved: Mutex::new(VecDeque::new()),
-            extranonces: Mutex::new(Extranonces {
-                prefix,
-                size,
-                next: 1,
-                in_use: HashSet::new(),
-            }),
-        }
-    }
-
-    /// Starts a new duplicate generation when the tip changes.
-    pub fn on_template(&self, template: &WorkTemplate) {
-        let mut seen = lock(&self.seen);
-        if seen.tip != Some(template.prev_hash) {
-            seen.tip = Some(template.prev_hash);
-            seen.previous = std::mem::take(&mut seen.current);
-        }
-    }
-}
-
-impl Pool for SharedPool {
-    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
-        match lock(&self.factory).job_for(template, payout_script) {
-            Ok(job) => Some(job),
-            Err(e) => {
-                warn!(error = %e, "cannot build job");
-                None
-            }
-        }
-    }
-
-    fn first_seen(&self, header_hash: &Hash32) -> bool {
-        // The low 8 bytes of a share hash are uniformly random; 64 bits are plenty.
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&header_hash[..8]);
-        let key = u64::from_le_bytes(key);
-        let mut seen = lock(&self.seen);
-        if seen.previous.contains(&key) {
-            return false;
-        }
-        if seen.current.len() >= MAX_SEEN_PER_GENERATION {
-            // Bounded memory on a long block interval: shares older than two generations can
-            // no longer be told apart, a few minutes of shares at the busiest pools.
-            seen.previous = std::mem::take(&mut seen.current);
-        }
-        seen.current.insert(key)
-    }
-
-    fn claim_block(&self, prev_hash: &Hash32) -> bool {
-        let mut solved = lock(&self.solved);
-        if solved.contains(prev_hash) {
-            return false;
-        }
-        if solved.len() >= MAX_SOLVED_PARENTS {
-            solved.pop_front();
-        }
-        solved.push_back(*prev_hash);
-        true
-    }
-
-    /// A fresh extranonce1, unique among live connections.
-    fn allocate_extranonce1(&self) -> Vec<u8> {
-        let mut state = lock(&self.extranonces);
-        let space = if state.size >= 8 {
-            u64::MAX
-        } else {
-            1u64 << (8 * state.size)
-        };
-        loop {
-            let candidate = state.next % space;
-            state.next = state.next.wrapping_add(1);
-            if state.in_use.insert(candidate) {
-                let mut extranonce1 = state.prefix.clone();
-                extranonce1.extend(encode_extranonce(candidate, state.size));
-                return extranonce1;
-            }
-        }
-    }
-
-    /// Frees an extranonce1 when its connection ends.
-    fn release_extranonce1(&self, extranonce1: &[u8]) {
-        let mut state = lock(&self.extranonces);
-        if let Some(own) = extranonce1.strip_prefix(state.prefix.as_slice()) {
-            let id = decode_extranonce(own);
-            state.in_use.remove(&id);
-        }
-    }
-
-    fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {
-        let mut state = lock(&self.extranonces);
-        let (Some(current), Some(requested)) = (
-            current.strip_prefix(state.prefix.as_slice()),
-            requested.strip_prefix(state.prefix.as_slice()),
-        ) else {
-            return false;
-        };
-        let (current, requested) = (current.to_vec(), decode_extranonce(requested));
-        // Only ids this process handed out before, and not in use now.
-        if requested == 0 || requested >= state.next || state.in_use.contains(&requested) {
-            return false;
-        }
-        state.in_use.remove(&decode_extranonce(&current));
-        state.in_use.insert(requested);
-        true
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (single inserts).
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn encode_extranonce(value: u64, size: usize) -> Vec<u8> {
-    value.to_be_bytes()[8 - size..].to_vec()
-}
-
-fn decode_extranonce(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
 }
 
 /// Where a connection's results go: the share log, block submission, metrics and events.
@@ -379,11 +213,7 @@ impl Server {
                 debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
                 return;
             }
-            _ => Conn::V1(Session::new(
-                Arc::clone(&self.session_config),
-                pool.allocate_extranonce1(),
-                now_ms(),
-            )),
+            _ => Conn::V1(Session::new(Arc::clone(&self.session_config), now_ms())),
         };
         debug!(%peer, protocol = conn.name(), "connected");
         let mut templates = self.nodes.subscribe();
@@ -395,6 +225,9 @@ impl Server {
         loop {
             // Shares first: a share is acknowledged only after the ledger has it durably.
             let mut receipts = Vec::new();
+            // False once a share of this batch is not in the share log: then nothing of the
+            // batch is answered, and the connection closes (the miner resubmits elsewhere).
+            let mut durable = true;
             while let Some(event) = conn.poll_event() {
                 if let Event::ShareAccepted(share) = &event {
                     // Boxed only when the queue is full: the await's state would otherwise sit
@@ -406,14 +239,14 @@ impl Server {
                     match queued {
                         Ok(receipt) => receipts.push(receipt),
                         Err(e) => {
-                            error!(%peer, error = %e, "share log unavailable");
+                            error!(%peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
+                            durable = false;
                             break;
                         }
                     }
                 }
                 self.on_event(event, peer);
             }
-            let mut durable = true;
             for receipt in receipts {
                 if let Err(e) = receipt.durable().await {
                     error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
@@ -655,7 +488,11 @@ impl Conn {
 
     fn release(&mut self, pool: &dyn Pool) {
         match self {
-            Conn::V1(s) => pool.release_extranonce1(s.extranonce1()),
+            Conn::V1(s) => {
+                if let Some(extranonce1) = s.extranonce1() {
+                    pool.release_extranonce1(extranonce1);
+                }
+            }
             Conn::V2(s) => s.release(pool),
         }
     }
@@ -712,61 +549,6 @@ pub fn format_hashrate(hashes_per_sec: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quarry_work::coinbase::CoinbaseLayout;
-
-    fn pool() -> SharedPool {
-        pool_with_prefix(Vec::new())
-    }
-
-    fn pool_with_prefix(prefix: Vec<u8>) -> SharedPool {
-        SharedPool::new(
-            JobFactory::new(CoinbaseLayout {
-                extranonce1_len: 4,
-                extranonce2_len: 8,
-                tag: b"/q/".to_vec(),
-            }),
-            prefix,
-        )
-    }
-
-    #[test]
-    fn prefixed_extranonces_keep_their_prefix() {
-        let pool = pool_with_prefix(vec![0xee]);
-        let a = pool.allocate_extranonce1();
-        assert_eq!(a, vec![0xee, 0, 0, 1]);
-        pool.release_extranonce1(&a);
-        let b = pool.allocate_extranonce1();
-        assert!(pool.resume_extranonce1(&b, &a));
-        assert!(
-            !pool.resume_extranonce1(&a, &[0xdd, 0, 0, 1]),
-            "another frontend's prefix"
-        );
-    }
-
-    #[test]
-    fn extranonces_are_unique_and_resumable() {
-        let pool = pool();
-        let a = pool.allocate_extranonce1();
-        let b = pool.allocate_extranonce1();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 4);
-        assert!(!pool.resume_extranonce1(&b, &a), "a is in use");
-        pool.release_extranonce1(&a);
-        let c = pool.allocate_extranonce1();
-        assert!(pool.resume_extranonce1(&c, &a), "a was issued and is free");
-        assert!(
-            !pool.resume_extranonce1(&c, &[0, 0, 0x10, 0]),
-            "never issued"
-        );
-    }
-
-    #[test]
-    fn duplicates_survive_one_tip_change() {
-        let pool = pool();
-        let hash = [7u8; 32];
-        assert!(pool.first_seen(&hash));
-        assert!(!pool.first_seen(&hash));
-    }
 
     #[test]
     fn hashrate_formatting() {

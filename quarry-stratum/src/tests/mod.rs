@@ -3,18 +3,16 @@
 //! The miner side rebuilds headers from what it receives on the wire (`mining.notify`), the
 //! way real firmware does, so these tests also check the encoding of every field.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::job::{Job, JobFactory};
+use quarry_work::job::JobFactory;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 use quarry_work::vardiff::VardiffConfig;
-use quarry_work::{Difficulty, Hash32, Target};
+use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 
-use crate::pool::Pool;
+use crate::pool::{Pool, SharedPool};
 use crate::v1::{CloseReason, Event, Session, SessionConfig};
 
 mod proxy;
@@ -31,66 +29,19 @@ pub const MAINNET_ADDRESS: &str = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa";
 
 pub const START: u64 = 1_800_000_000_000;
 
-pub struct TestPool {
-    factory: RefCell<JobFactory>,
-    seen: RefCell<HashSet<Hash32>>,
-    solved: RefCell<HashSet<Hash32>>,
-    next_extranonce: std::cell::Cell<u32>,
-    pub free_extranonces: RefCell<HashSet<Vec<u8>>>,
-}
+/// The pool the tests run against: the server's own [`SharedPool`], not a stand-in.
+pub type TestPool = SharedPool;
 
-impl TestPool {
-    pub fn new() -> Self {
-        TestPool {
-            factory: RefCell::new(JobFactory::new(CoinbaseLayout {
-                extranonce1_len: 4,
-                extranonce2_len: 8,
-                tag: b"/quarry-test/".to_vec(),
-            })),
-            seen: RefCell::new(HashSet::new()),
-            solved: RefCell::new(HashSet::new()),
-            next_extranonce: std::cell::Cell::new(0x1000),
-            free_extranonces: RefCell::new(HashSet::new()),
-        }
-    }
-}
-
-impl Pool for TestPool {
-    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
-        self.factory
-            .borrow_mut()
-            .job_for(template, payout_script)
-            .ok()
-    }
-
-    fn first_seen(&self, header_hash: &Hash32) -> bool {
-        self.seen.borrow_mut().insert(*header_hash)
-    }
-
-    fn claim_block(&self, prev_hash: &Hash32) -> bool {
-        self.solved.borrow_mut().insert(*prev_hash)
-    }
-
-    fn allocate_extranonce1(&self) -> Vec<u8> {
-        let next = self.next_extranonce.get() + 1;
-        self.next_extranonce.set(next);
-        next.to_be_bytes().to_vec()
-    }
-
-    fn release_extranonce1(&self, extranonce1: &[u8]) {
-        self.free_extranonces
-            .borrow_mut()
-            .insert(extranonce1.to_vec());
-    }
-
-    fn resume_extranonce1(&self, current: &[u8], requested: &[u8]) -> bool {
-        let mut free = self.free_extranonces.borrow_mut();
-        if free.remove(requested) {
-            free.insert(current.to_vec());
-            return true;
-        }
-        false
-    }
+/// A pool with the tests' coinbase layout (4-byte extranonce1, 8-byte extranonce2).
+pub fn test_pool() -> SharedPool {
+    SharedPool::new(
+        JobFactory::new(CoinbaseLayout {
+            extranonce1_len: 4,
+            extranonce2_len: 8,
+            tag: b"/quarry-test/".to_vec(),
+        }),
+        Vec::new(),
+    )
 }
 
 /// A template with no transactions on `prev` with compact target `bits`.
@@ -145,14 +96,14 @@ pub struct Miner {
 impl Miner {
     pub fn new(config: SessionConfig) -> Miner {
         Miner {
-            session: Session::new(Arc::new(config), vec![0, 0, 0, 1], START),
-            pool: TestPool::new(),
+            session: Session::new(Arc::new(config), START),
+            pool: test_pool(),
             now: START,
             next_id: 1,
             jobs: Vec::new(),
             difficulty: 0.0,
             notifications: Vec::new(),
-            extranonce1: vec![0, 0, 0, 1],
+            extranonce1: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use quarry_work::Target;
 use serde_json::{json, Value};
 
-use super::{config, template, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
+use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
 use crate::event::Event;
 use crate::proxy::{DownstreamId, Proxy, ProxyConfig, ProxyEvent};
 use crate::v1::Notify;
@@ -23,7 +23,7 @@ struct Rig {
 impl Rig {
     fn new(aggregate: bool, bits: u32) -> Rig {
         let authority = AuthorityKeypair::generate();
-        let backend = TestPool::new();
+        let backend = test_pool();
         let mut pool = PoolSession::new(
             Arc::new(config()),
             Arc::new(Sv2Config::new(authority.clone())),
@@ -298,7 +298,7 @@ fn a_miner_that_subscribes_before_the_upstream_is_up_waits_for_it() {
     proxy
         .upstream_connected(&AuthorityKeypair::generate().public, ("h".into(), 1))
         .expect("initiator");
-    let backend = TestPool::new();
+    let backend = test_pool();
     let mut pool = PoolSession::new(
         Arc::new(config()),
         Arc::new(Sv2Config::new(authority)),

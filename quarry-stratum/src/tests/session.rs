@@ -322,20 +322,68 @@ fn bad_addresses_are_refused_at_authorize() {
 
 #[test]
 fn session_resume_reuses_extranonce1() {
-    let mut miner = Miner::new(config());
-    miner
-        .pool
-        .free_extranonces
-        .borrow_mut()
-        .insert(vec![9, 9, 9, 9]);
-    let answer = miner.call("mining.subscribe", json!(["x", "09090909"]));
-    assert_eq!(answer["result"][1], "09090909");
+    let mut first = Miner::new(config());
+    let answer = first.call("mining.subscribe", json!([]));
+    let issued = answer["result"][1].as_str().expect("session id").to_string();
+    assert_eq!(issued, "00000001");
+    // The connection ends: the driver gives its extranonce1 back to the pool.
+    let extranonce1 = first.session.extranonce1().expect("subscribed").to_vec();
+    first.pool.release_extranonce1(&extranonce1);
+    let mut second = Miner::new(config());
+    second.pool = std::mem::replace(&mut first.pool, test_pool());
+    let answer = second.call("mining.subscribe", json!(["x", issued]));
+    assert_eq!(answer["result"][1], issued.as_str(), "resumed");
+    let mut third = Miner::new(config());
+    third.pool = std::mem::replace(&mut second.pool, test_pool());
+    let answer = third.call("mining.subscribe", json!(["x", issued]));
+    assert_eq!(answer["result"][1], "00000002", "in use: a fresh extranonce");
     let mut other = Miner::new(config());
     let answer = other.call("mining.subscribe", json!(["x", "0a0a0a0a"]));
     assert_eq!(
         answer["result"][1], "00000001",
         "unknown session id: fresh extranonce"
     );
+}
+
+#[test]
+fn a_full_server_refuses_subscribe_and_closes() {
+    use quarry_work::coinbase::CoinbaseLayout;
+    use quarry_work::job::JobFactory;
+    // A 3-byte prefix of a 4-byte extranonce1 leaves 256 ids.
+    let pool = SharedPool::new(
+        JobFactory::new(CoinbaseLayout {
+            extranonce1_len: 4,
+            extranonce2_len: 8,
+            tag: b"/q/".to_vec(),
+        }),
+        vec![0xaa, 0, 0],
+    );
+    let config = Arc::new(config());
+    let subscribe = "{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n";
+    let sessions: Vec<Session> = (0..256)
+        .map(|_| {
+            let mut session = Session::new(Arc::clone(&config), START);
+            session.handle_bytes(subscribe.as_bytes(), START, &pool);
+            session
+        })
+        .collect();
+    assert!(sessions
+        .iter()
+        .all(|s| s.extranonce1().is_some() && s.close_reason().is_none()));
+    let mut full = Session::new(config, START);
+    full.handle_bytes(subscribe.as_bytes(), START, &pool);
+    let answer: Value =
+        serde_json::from_str(&full.poll_transmit().expect("an answer")).expect("JSON");
+    assert_eq!(answer["id"], 1);
+    assert_eq!(code(&answer), Some(20), "{answer}");
+    assert!(
+        answer["error"][1]
+            .as_str()
+            .is_some_and(|m| m.contains("server full")),
+        "{answer}"
+    );
+    assert_eq!(full.close_reason(), Some(&CloseReason::ServerFull));
+    assert_eq!(full.extranonce1(), None);
 }
 
 #[test]

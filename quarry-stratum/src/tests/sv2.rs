@@ -8,7 +8,7 @@ use quarry_work::hash::sha256d_80;
 use quarry_work::job::header_bytes;
 use quarry_work::Target;
 
-use super::{config, template, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
+use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
 use crate::event::Event;
 use crate::v2::client::{ClientEvent, HeaderWork, MinerClient};
 use crate::v2::message::{flags, Message, Protocol, SetupConnection};
@@ -55,7 +55,7 @@ fn client_events(client: &mut MinerClient) -> Vec<ClientEvent> {
 
 fn connected(bits: u32) -> (MinerClient, PoolSession, TestPool, HeaderWork, Target) {
     let authority = AuthorityKeypair::generate();
-    let pool = TestPool::new();
+    let pool = test_pool();
     let mut session = pool_session(&authority);
     session.handle_template(template(1, 7, bits), START, &pool);
     let mut client = MinerClient::new(
@@ -240,7 +240,7 @@ fn a_block_is_reported_whole_and_new_tips_arrive_as_future_jobs() {
 fn wrong_authority_key_is_refused_by_the_client() {
     let authority = AuthorityKeypair::generate();
     let impostor = AuthorityKeypair::generate();
-    let pool = TestPool::new();
+    let pool = test_pool();
     let mut session = pool_session(&impostor);
     let mut client =
         MinerClient::new(&authority.public, ADDRESS, 0.0, ("h".into(), 1)).expect("client");
@@ -261,7 +261,7 @@ struct Raw {
 impl Raw {
     fn connect() -> Raw {
         let authority = AuthorityKeypair::generate();
-        let pool = TestPool::new();
+        let pool = test_pool();
         let mut session = pool_session(&authority);
         session.handle_template(template(1, 7, HARD_BITS), START, &pool);
         let mut handshake = InitiatorHandshake::new(&authority.public, 1 << 20).expect("init");
@@ -451,7 +451,7 @@ fn garbage_and_protocol_violations_close_the_connection() {
     // 64 bytes of garbage pass as act 1 (every string is an ElligatorSwift encoding); the next
     // frame then fails its MAC.
     let authority = AuthorityKeypair::generate();
-    let pool = TestPool::new();
+    let pool = test_pool();
     let mut session = pool_session(&authority);
     session.handle_bytes(&[0x42; 64], START, &pool);
     assert!(session.close_reason().is_none());

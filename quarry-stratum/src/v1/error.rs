@@ -67,6 +67,9 @@ pub enum RequestError {
     /// The pool has no work yet (no template from the node).
     #[error("no work available yet")]
     NoWork,
+    /// Every extranonce1 is in use: the server is full; try another.
+    #[error("server full: no extranonce1 left")]
+    ServerFull,
     /// A share was rejected.
     #[error("{0}")]
     Share(ShareReject),
@@ -110,4 +113,7 @@ pub enum CloseReason {
     /// The pool asked the miner to reconnect.
     #[error("sent client.reconnect")]
     Reconnect,
+    /// No extranonce1 was left to give this connection.
+    #[error("server full: no extranonce1 left")]
+    ServerFull,
 }

@@ -99,6 +99,7 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Session {
     config: Arc<SessionConfig>,
+    /// Allocated from the pool at `mining.subscribe`; empty before.
     extranonce1: Vec<u8>,
     reader: LineReader,
     subscribed: bool,
@@ -120,13 +121,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new connection with `extranonce1` (unique among live connections).
-    pub fn new(config: Arc<SessionConfig>, extranonce1: Vec<u8>, now_ms: u64) -> Self {
+    /// A new connection. Its extranonce1 comes from the pool at `mining.subscribe`, so a
+    /// connection that never subscribes holds none.
+    pub fn new(config: Arc<SessionConfig>, now_ms: u64) -> Self {
         let vardiff = Vardiff::new(config.vardiff, config.vardiff.start, now_ms);
         Session {
             min_difficulty: config.vardiff.min,
             config,
-            extranonce1,
+            extranonce1: Vec::new(),
             reader: LineReader::default(),
             subscribed: false,
             workers: Vec::new(),
@@ -146,9 +148,10 @@ impl Session {
         }
     }
 
-    /// The connection's extranonce1.
-    pub fn extranonce1(&self) -> &[u8] {
-        &self.extranonce1
+    /// The connection's extranonce1, once subscribed: the driver releases it to the pool when
+    /// the connection ends.
+    pub fn extranonce1(&self) -> Option<&[u8]> {
+        (!self.extranonce1.is_empty()).then_some(self.extranonce1.as_slice())
     }
 
     /// Where the handshake stands.
@@ -302,13 +305,25 @@ impl Session {
     }
 
     fn on_subscribe(&mut self, id: &Value, session_id: Option<String>, pool: &dyn Pool) {
-        if let Some(requested) = session_id.and_then(|s| hex::decode(s).ok()) {
-            if requested.len() == self.extranonce1.len()
-                && requested != self.extranonce1
-                && pool.resume_extranonce1(&self.extranonce1, &requested)
+        // A session id is an extranonce1 handed out before: take it back when it is free.
+        let requested = session_id.and_then(|s| hex::decode(s).ok());
+        match requested {
+            Some(requested)
+                if requested != self.extranonce1 && pool.resume_extranonce1(&requested) =>
             {
+                if !self.extranonce1.is_empty() {
+                    pool.release_extranonce1(&self.extranonce1);
+                }
                 self.extranonce1 = requested;
             }
+            _ if self.extranonce1.is_empty() => match pool.allocate_extranonce1() {
+                Some(extranonce1) => self.extranonce1 = extranonce1,
+                None => {
+                    self.answer_error(id, &RequestError::ServerFull);
+                    return self.close(CloseReason::ServerFull);
+                }
+            },
+            _ => {}
         }
         self.subscribed = true;
         let session_id = hex::encode(&self.extranonce1);

@@ -425,7 +425,10 @@ impl PoolSession {
             .map(|d| d.clamp(vardiff_config.min, vardiff_config.max))
             .unwrap_or(vardiff_config.start);
         let difficulty = start.min(self.network_difficulty()).max(floor);
-        let extranonce1 = pool.allocate_extranonce1();
+        // Every extranonce1 of the server in use: the channel is refused, the connection stays.
+        let Some(extranonce1) = pool.allocate_extranonce1() else {
+            return self.send(refuse("extranonce-space-exhausted"));
+        };
         // Ids wrap after 2^32 opens on one connection; never reuse a live one (or 0xffffffff,
         // which SRI treats as reserved).
         let following = |id: u32| {
