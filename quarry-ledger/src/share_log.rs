@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::store::{ShareRecord, Store};
 
@@ -138,6 +138,13 @@ async fn writer(
     // timeouts per batch) and a probe task watches for the database to come back.
     let db_up = Arc::new(AtomicBool::new(true));
     let mut batch: Vec<Pending> = Vec::with_capacity(256);
+    // An earlier run's spool goes in at start, not only when the first share arrives.
+    if spool.has_data() {
+        if let Err(e) = spool.replay(&store).await {
+            warn!(error = %e, "spool replay failed");
+            mark_down(&store, &db_up);
+        }
+    }
     loop {
         let Some(first) = receiver.recv().await else {
             return;
@@ -286,11 +293,22 @@ impl Spool {
             let text = tokio::fs::read_to_string(&file)
                 .await
                 .map_err(|e| e.to_string())?;
-            // A torn last line (crash mid-append) was never acknowledged: skip it.
-            let shares: Vec<ShareRecord> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let parsed = parse_spool(&text);
+            if let Some(torn) = &parsed.torn {
+                warn!(file = %file.display(), bytes = torn.len(), "spool file ends in a torn line (a crash mid-append; that share was never acknowledged): skipped");
+            }
+            if !parsed.corrupt.is_empty() {
+                // Acknowledged shares that no longer parse: never dropped silently. They go
+                // aside, next to the spool, for the operator to inspect and re-enter.
+                let aside = self.keep_aside(&name, &parsed.corrupt).await?;
+                error!(
+                    file = %file.display(),
+                    lines = parsed.corrupt.len(),
+                    kept_in = %aside.display(),
+                    "corrupt lines in a spool file: acknowledged shares that cannot be read were kept aside, not replayed"
+                );
+            }
+            let shares = parsed.shares;
             let inserted = store
                 .insert_spooled(&name, &shares)
                 .await
@@ -305,6 +323,72 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Writes `lines` (line number, text) to `<spool>/corrupt/<file>.corrupt`, fsynced, and
+    /// returns its path.
+    async fn keep_aside(&self, file: &str, lines: &[(usize, String)]) -> Result<PathBuf, String> {
+        let dir = self.dir.join("corrupt");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let path = dir.join(format!("{file}.corrupt"));
+        let mut text = String::new();
+        for (number, line) in lines {
+            text.push_str(&format!("{number}\t{line}\n"));
+        }
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        out.write_all(text.as_bytes())
+            .await
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        out.sync_all()
+            .await
+            .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// What a spool file holds.
+#[derive(Debug, Default, PartialEq)]
+struct ParsedSpool {
+    shares: Vec<ShareRecord>,
+    /// Complete lines (newline-terminated, so fsynced and acknowledged) that do not parse,
+    /// with their 1-based line numbers.
+    corrupt: Vec<(usize, String)>,
+    /// An unterminated last line that does not parse: a crash mid-append, never acknowledged.
+    torn: Option<String>,
+}
+
+/// Splits a spool file into shares, corrupt lines and a torn tail. Every append ends its lines
+/// with a newline before the fsync that acknowledges them, so only an unterminated last line
+/// can be a torn write; anything else that fails to parse is damage to acknowledged shares.
+fn parse_spool(text: &str) -> ParsedSpool {
+    let mut parsed = ParsedSpool::default();
+    let mut rest = text;
+    let mut number = 0;
+    while !rest.is_empty() {
+        number += 1;
+        let (line, terminated, next) = match rest.find('\n') {
+            Some(end) => (&rest[..end], true, &rest[end + 1..]),
+            None => (rest, false, ""),
+        };
+        rest = next;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<ShareRecord>(line) {
+            Ok(share) => parsed.shares.push(share),
+            Err(_) if !terminated => parsed.torn = Some(line.to_string()),
+            Err(_) => parsed.corrupt.push((number, line.to_string())),
+        }
+    }
+    parsed
+}
+
 fn spool_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     match std::fs::read_dir(dir) {
         Ok(entries) => Ok(entries
@@ -314,5 +398,48 @@ fn spool_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(i: i64) -> ShareRecord {
+        ShareRecord {
+            created_ms: i,
+            address: "a".into(),
+            worker: "a.w".into(),
+            difficulty: 1.0,
+            network_difficulty: 2.0,
+            block_reward: 3,
+            height: 4,
+            template_id: 5,
+            is_block: false,
+            instance: "t".into(),
+        }
+    }
+
+    fn line(i: i64) -> String {
+        serde_json::to_string(&share(i)).expect("serializes")
+    }
+
+    #[test]
+    fn only_an_unterminated_last_line_counts_as_torn() {
+        let text = format!("{}\n{{\"created_ms\":\n{}\n{}", line(1), line(2), &line(3)[..20]);
+        let parsed = parse_spool(&text);
+        assert_eq!(parsed.shares, vec![share(1), share(2)]);
+        assert_eq!(parsed.corrupt, vec![(2, "{\"created_ms\":".to_string())]);
+        assert_eq!(parsed.torn.as_deref(), Some(&line(3)[..20]));
+    }
+
+    #[test]
+    fn a_clean_file_has_no_damage() {
+        let text = format!("{}\n{}\n", line(1), line(2));
+        let parsed = parse_spool(&text);
+        assert_eq!(parsed.shares.len(), 2);
+        assert!(parsed.corrupt.is_empty() && parsed.torn.is_none());
+        // A complete last line without its newline (cut just before it) still parses.
+        assert_eq!(parse_spool(&line(7)).shares, vec![share(7)]);
     }
 }

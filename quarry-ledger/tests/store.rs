@@ -170,6 +170,37 @@ async fn share_log_commits_in_groups_and_acknowledges_each_share() {
     );
 }
 
+/// A spool left by an earlier run, with one damaged acknowledged line in the middle and a torn
+/// last line: every readable share is replayed, the damaged line is kept aside (not lost), and
+/// the torn one (never acknowledged) is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_replay_keeps_corrupt_lines_aside() {
+    let dir = scratch("spool-corrupt");
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
+    let line = |i: i64| serde_json::to_string(&share(i)).expect("serializes");
+    let damaged = format!("{}#", &line(2)[..30]);
+    let torn = &line(4)[..25];
+    std::fs::write(
+        spool.join("shares-1-1.spool"),
+        format!("{}\n{damaged}\n{}\n{torn}", line(1), line(3)),
+    )
+    .expect("write spool");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    let _log = ShareLog::spawn(store.clone(), spool.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while spool.join("shares-1-1.spool").exists() {
+        assert!(std::time::Instant::now() < deadline, "spool replayed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.share_count().await.expect("count"), 2, "shares 1 and 3");
+    let aside = std::fs::read_to_string(spool.join("corrupt/shares-1-1.spool.corrupt"))
+        .expect("the damaged line is kept aside");
+    assert_eq!(aside, format!("2\t{damaged}\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_spools_shares_and_loses_none() {
     let pg = Postgres::start("outage");
