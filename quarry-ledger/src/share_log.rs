@@ -426,7 +426,12 @@ mod tests {
 
     #[test]
     fn only_an_unterminated_last_line_counts_as_torn() {
-        let text = format!("{}\n{{\"created_ms\":\n{}\n{}", line(1), line(2), &line(3)[..20]);
+        let text = format!(
+            "{}\n{{\"created_ms\":\n{}\n{}",
+            line(1),
+            line(2),
+            &line(3)[..20]
+        );
         let parsed = parse_spool(&text);
         assert_eq!(parsed.shares, vec![share(1), share(2)]);
         assert_eq!(parsed.corrupt, vec![(2, "{\"created_ms\":".to_string())]);

@@ -195,7 +195,11 @@ async fn spool_replay_keeps_corrupt_lines_aside() {
         assert!(std::time::Instant::now() < deadline, "spool replayed");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(store.share_count().await.expect("count"), 2, "shares 1 and 3");
+    assert_eq!(
+        store.share_count().await.expect("count"),
+        2,
+        "shares 1 and 3"
+    );
     let aside = std::fs::read_to_string(spool.join("corrupt/shares-1-1.spool.corrupt"))
         .expect("the damaged line is kept aside");
     assert_eq!(aside, format!("2\t{damaged}\n"));
@@ -395,7 +399,10 @@ mod blocks {
         );
 
         // A block every node refused keeps the node's reason; only a submitted block moves.
-        store.insert_block(&block("refused", 9)).await.expect("insert");
+        store
+            .insert_block(&block("refused", 9))
+            .await
+            .expect("insert");
         assert!(store
             .reject_block("refused", "bad-cb-amount")
             .await

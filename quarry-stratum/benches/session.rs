@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use quarry_stratum::SharedPool;
 use quarry_stratum::v1::{Event, Notify, Session, SessionConfig};
+use quarry_stratum::SharedPool;
 use quarry_work::coinbase::CoinbaseLayout;
 use quarry_work::job::JobFactory;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};

@@ -521,6 +521,10 @@ fn publish(shared: &Shared, work: Work) {
 
 fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
     let mut counter = 0u64;
+    // Passes over the current work: ntime rolls from the job's own time, not from the
+    // thread's lifetime (blocks carrying the miner's ntime move the chain's median time, so
+    // a roll that kept growing across jobs ran block times hours ahead on regtest).
+    let mut passes = (u64::MAX, 0u32);
     let mut paused_since: Option<Instant> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let generation = shared.generation.load(Ordering::SeqCst);
@@ -544,6 +548,11 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
         }
         paused_since = None;
         counter += 1;
+        if passes.0 != generation {
+            passes = (generation, 0);
+        }
+        let pass = passes.1;
+        passes.1 = passes.1.saturating_add(1);
         let (job_id, root, prev_hash, ntime, bits, base_version, extranonce2) = match &work.job {
             WorkJob::V1 {
                 job,
@@ -570,7 +579,7 @@ fn hash_loop(thread: u8, shared: &Shared, found: &mpsc::Sender<Found>) {
             WorkJob::Header(work) => {
                 // No extranonce on a standard channel: threads take disjoint version bits
                 // (below) and each pass moves ntime on by a second.
-                let ntime = work.ntime.wrapping_add((counter - 1) as u32);
+                let ntime = work.ntime.wrapping_add(pass);
                 (
                     work.job_id.to_string(),
                     work.merkle_root,

@@ -61,7 +61,13 @@ async fn mine_until_mempool_empty(nodes: &Regtest, dir: &std::path::Path, args: 
 /// Every block above `from` is in Core's chain with a coinbase that carries `tag`; together
 /// they hold every txid of `sent`, and each block with transactions commits to its witnesses.
 /// Returns how many blocks there were.
-async fn assert_blocks_hold(nodes: &Regtest, from: u64, sent: &[Txid], tag: &str, context: &str) -> u64 {
+async fn assert_blocks_hold(
+    nodes: &Regtest,
+    from: u64,
+    sent: &[Txid],
+    tag: &str,
+    context: &str,
+) -> u64 {
     let tip = height(nodes).await;
     assert!(tip > from, "blocks were mined\n{context}");
     let mut mined: HashSet<String> = HashSet::new();
@@ -131,7 +137,12 @@ async fn assert_blocks_hold(nodes: &Regtest, from: u64, sent: &[Txid], tag: &str
 }
 
 /// The config of a pool that refreshes its template every second, with SV2 on the same port.
-fn segwit_pool_config(nodes: &Regtest, dir: &std::path::Path, port: u16, authority: &AuthorityKeypair) -> String {
+fn segwit_pool_config(
+    nodes: &Regtest,
+    dir: &std::path::Path,
+    port: u16,
+    authority: &AuthorityKeypair,
+) -> String {
     let mut config = pool_config(nodes, dir, port, "template_refresh_secs = 1");
     config.push_str(&sv2_section(authority));
     config
@@ -168,10 +179,18 @@ async fn segwit_blocks_mined_over_v1_sv2_and_the_template_provider_are_accepted_
         );
         let before = height(&nodes).await;
         let port = free_port();
-        let pool = start_pool(&dir, &segwit_pool_config(&nodes, &dir, port, &authority), port).await;
+        let pool = start_pool(
+            &dir,
+            &segwit_pool_config(&nodes, &dir, port, &authority),
+            port,
+        )
+        .await;
         let url = match *protocol {
             "v1" => format!("stratum+tcp://127.0.0.1:{port}"),
-            _ => format!("stratum2+tcp://127.0.0.1:{port}/{}", authority.public_text()),
+            _ => format!(
+                "stratum2+tcp://127.0.0.1:{port}/{}",
+                authority.public_text()
+            ),
         };
         let user = format!("{address}.{protocol}");
         let emptied = mine_until_mempool_empty(&nodes, &dir, &[&url, "--user", &user]).await;
@@ -196,11 +215,18 @@ async fn segwit_blocks_mined_over_v1_sv2_and_the_template_provider_are_accepted_
         sri.authority.public_text()
     );
     let user = format!("{address}.onsri");
-    let emptied =
-        mine_until_mempool_empty(&nodes, &dir, &[&url, "--user", &user, "--hashrate", "10000"])
-            .await;
+    let emptied = mine_until_mempool_empty(
+        &nodes,
+        &dir,
+        &[&url, "--user", &user, "--hashrate", "10000"],
+    )
+    .await;
     sri.stop();
-    let context = format!("pool_sv2:\n{}\ntp:\n{}", sri.log(), plain(&sri.tp.log_text()));
+    let context = format!(
+        "pool_sv2:\n{}\ntp:\n{}",
+        sri.log(),
+        plain(&sri.tp.log_text())
+    );
     assert!(emptied, "tp: every transaction mined\n{context}");
     assert_blocks_hold(&nodes, before, &sent, "quarry-interop", &context).await;
     assert!(!context.contains("block rejected"), "{context}");

@@ -324,7 +324,10 @@ fn bad_addresses_are_refused_at_authorize() {
 fn session_resume_reuses_extranonce1() {
     let mut first = Miner::new(config());
     let answer = first.call("mining.subscribe", json!([]));
-    let issued = answer["result"][1].as_str().expect("session id").to_string();
+    let issued = answer["result"][1]
+        .as_str()
+        .expect("session id")
+        .to_string();
     assert_eq!(issued, "00000001");
     // The connection ends: the driver gives its extranonce1 back to the pool.
     let extranonce1 = first.session.extranonce1().expect("subscribed").to_vec();
@@ -336,7 +339,10 @@ fn session_resume_reuses_extranonce1() {
     let mut third = Miner::new(config());
     third.pool = std::mem::replace(&mut second.pool, test_pool());
     let answer = third.call("mining.subscribe", json!(["x", issued]));
-    assert_eq!(answer["result"][1], "00000002", "in use: a fresh extranonce");
+    assert_eq!(
+        answer["result"][1], "00000002",
+        "in use: a fresh extranonce"
+    );
     let mut other = Miner::new(config());
     let answer = other.call("mining.subscribe", json!(["x", "0a0a0a0a"]));
     assert_eq!(

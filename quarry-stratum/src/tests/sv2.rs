@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bitcoin::hashes::Hash;
 use quarry_work::hash::sha256d_80;
 use quarry_work::job::header_bytes;
+use quarry_work::share::ShareReject;
 use quarry_work::Target;
 
 use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
@@ -500,4 +501,94 @@ fn garbage_and_protocol_violations_close_the_connection() {
         .close_reason()
         .expect("closed")
         .contains("exceeds"));
+}
+
+/// Each refusal keeps its own reason: in the event the pool counts, and on the wire.
+#[test]
+fn refusals_are_labelled_by_what_went_wrong() {
+    let (mut client, mut session, pool, work, _) = connected(HARD_BITS);
+    events(&mut session);
+    // ntime before the template's mintime: invalid-timestamp, counted as NtimeTooOld (it was
+    // once counted as low difficulty).
+    client.submit(work.job_id, 1, work.ntime - 3600, work.version);
+    pump(&mut client, &mut session, &pool);
+    assert!(matches!(
+        &client_events(&mut client)[..],
+        [ClientEvent::Rejected { code, .. }] if code == "invalid-timestamp"
+    ));
+    assert!(matches!(
+        &events(&mut session)[..],
+        [Event::ShareRejected {
+            reason: ShareReject::NtimeTooOld,
+            ..
+        }]
+    ));
+
+    // Two extended channels: a job id sent on one is invalid on the other (not stale), and a
+    // standard submit on an extended channel is a channel error, not a rejected share.
+    let mut raw = Raw::connect();
+    raw.setup(flags::REQUIRES_VERSION_ROLLING);
+    let open = |raw: &mut Raw, request_id: u32| {
+        let opened = raw.send(Message::OpenExtendedMiningChannel {
+            request_id,
+            user_identity: format!("{ADDRESS}.ext{request_id}"),
+            nominal_hash_rate: 0.0,
+            max_target: [0xff; 32],
+            min_extranonce_size: 4,
+        });
+        match &opened[..] {
+            [Message::OpenExtendedMiningChannelSuccess { channel_id, .. }, Message::NewExtendedMiningJob { job_id, .. }, ..] => {
+                (*channel_id, *job_id)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let (first, first_job) = open(&mut raw, 1);
+    let (second, second_job) = open(&mut raw, 2);
+    assert_ne!(first_job, second_job);
+    std::iter::from_fn(|| raw.session.poll_event()).for_each(drop);
+    let answer = raw.send(Message::SubmitSharesExtended {
+        channel_id: second,
+        sequence_number: 1,
+        job_id: first_job,
+        nonce: 0,
+        ntime: work.ntime,
+        version: work.version,
+        extranonce: vec![0; 8],
+    });
+    assert_eq!(
+        answer,
+        vec![Message::SubmitSharesError {
+            channel_id: second,
+            sequence_number: 1,
+            error_code: "invalid-job-id".into()
+        }]
+    );
+    let answer = raw.send(Message::SubmitSharesStandard {
+        channel_id: first,
+        sequence_number: 2,
+        job_id: first_job,
+        nonce: 0,
+        ntime: work.ntime,
+        version: work.version,
+    });
+    assert_eq!(
+        answer,
+        vec![Message::SubmitSharesError {
+            channel_id: first,
+            sequence_number: 2,
+            error_code: "invalid-channel-id".into()
+        }]
+    );
+    let counted: Vec<Event> = std::iter::from_fn(|| raw.session.poll_event()).collect();
+    assert!(
+        matches!(
+            &counted[..],
+            [Event::ShareRejected {
+                reason: ShareReject::JobNotFound,
+                ..
+            }]
+        ),
+        "only the share on an unknown job counts as rejected: {counted:?}"
+    );
 }

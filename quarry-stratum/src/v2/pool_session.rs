@@ -80,8 +80,50 @@ struct Channel {
     /// The target before the last SetTarget, honoured for shares in flight until the deadline.
     previous: Option<(Difficulty, u64)>,
     jobs: VecDeque<ChannelJob>,
+    /// Ids of jobs this channel was sent and has dropped since (the tip moved on, or too many
+    /// jobs), newest last: a share on one is stale, while an id never sent here is invalid.
+    dropped: VecDeque<u32>,
     /// Accepted shares not acknowledged yet: (last sequence number, count, difficulty sum).
     pending_success: Option<(u32, u32, f64)>,
+}
+
+/// Dropped job ids remembered per channel, to tell a stale share from an invalid job id.
+const MAX_DROPPED_JOBS: usize = 256;
+
+/// Why a submitted share was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// A share rule, the same as V1's.
+    Share(ShareReject),
+    /// No open channel has that id.
+    UnknownChannel,
+    /// SubmitSharesStandard on an extended channel, or the other way round.
+    WrongChannelKind,
+}
+
+impl Refusal {
+    /// The error code on the wire.
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::Share(reject) => share_error_code(reject),
+            Refusal::UnknownChannel | Refusal::WrongChannelKind => "invalid-channel-id",
+        }
+    }
+}
+
+/// The one mapping from a share rule to SubmitShares.Error's code (the spec's names where it
+/// has one), as `v1::error` is for V1's numbers.
+pub fn share_error_code(reject: &ShareReject) -> &'static str {
+    match reject {
+        ShareReject::JobNotFound => "invalid-job-id",
+        ShareReject::Stale => "stale-share",
+        ShareReject::Duplicate => "duplicate-share",
+        ShareReject::LowDifficulty => "difficulty-too-low",
+        ShareReject::Extranonce2Size { .. } => "bad-extranonce-size",
+        ShareReject::VersionOutsideMask => "invalid-non-rollable-version-bit",
+        ShareReject::NtimeTooOld | ShareReject::NtimeTooNew => "invalid-timestamp",
+        _ => "invalid-share",
+    }
 }
 
 enum Phase {
@@ -481,6 +523,7 @@ impl PoolSession {
                 max_target,
                 previous: None,
                 jobs: VecDeque::new(),
+                dropped: VecDeque::new(),
                 pending_success: None,
             },
         );
@@ -556,22 +599,15 @@ impl PoolSession {
                     }
                 }
             }
-            Err(code) => {
-                if let Some(channel) = self.channels.get(&channel_id) {
-                    let reason = match code {
-                        "stale-share" => ShareReject::Stale,
-                        "duplicate-share" => ShareReject::Duplicate,
-                        "invalid-job-id" => ShareReject::JobNotFound,
-                        "bad-extranonce-size" => ShareReject::Extranonce2Size {
-                            expected: self.config.extranonce2_len,
-                            got: share.extranonce.as_ref().map_or(0, Vec::len),
-                        },
-                        "invalid-non-rollable-version-bit" => ShareReject::VersionOutsideMask,
-                        _ => ShareReject::LowDifficulty,
-                    };
+            Err(refusal) => {
+                // Only a share that broke a share rule counts as a rejected share; a channel
+                // mistake is the client's protocol error.
+                if let (Some(channel), Refusal::Share(reason)) =
+                    (self.channels.get(&channel_id), &refusal)
+                {
                     self.events.push_back(Event::ShareRejected {
                         worker: channel.worker.name.clone(),
-                        reason,
+                        reason: *reason,
                     });
                 }
                 // Earlier acceptances first, so the miner's counts stay in order.
@@ -579,36 +615,40 @@ impl PoolSession {
                 self.send(Message::SubmitSharesError {
                     channel_id,
                     sequence_number,
-                    error_code: code.to_string(),
+                    error_code: refusal.code().to_string(),
                 });
             }
         }
     }
 
-    /// Validates a share; the credited difficulty, or the spec's error code.
+    /// Validates a share; the credited difficulty, or why not.
     fn check_share(
         &mut self,
         share: &Share,
         now_ms: u64,
         pool: &dyn Pool,
-    ) -> Result<Difficulty, &'static str> {
+    ) -> Result<Difficulty, Refusal> {
         let channel = self
             .channels
             .get(&share.channel_id)
-            .ok_or("invalid-channel-id")?;
+            .ok_or(Refusal::UnknownChannel)?;
         let extranonce2: &[u8] = match (channel.kind, &share.extranonce) {
             (ChannelKind::Standard, None) => &self.standard_extranonce2,
             (ChannelKind::Extended, Some(extranonce)) => extranonce,
-            _ => return Err("invalid-channel-id"),
+            _ => return Err(Refusal::WrongChannelKind),
         };
-        // A job this session sent and has since dropped (the tip moved on) makes the share
-        // stale, as V1's "job not found" does; only ids never sent are invalid.
-        let sent = channel.jobs.iter().find(|j| j.id == share.job_id).ok_or(
-            match share.job_id < self.next_job_id {
-                true => "stale-share",
-                false => "invalid-job-id",
-            },
-        )?;
+        // A job this channel was sent and has since dropped (the tip moved on) makes the share
+        // stale, as V1's "job not found" does; an id never sent on this channel is invalid.
+        let sent = channel
+            .jobs
+            .iter()
+            .find(|j| j.id == share.job_id)
+            .ok_or(Refusal::Share(
+                match channel.dropped.contains(&share.job_id) {
+                    true => ShareReject::Stale,
+                    false => ShareReject::JobNotFound,
+                },
+            ))?;
         let template = &sent.job.template;
         // In-flight shares may still meet the target from before the last SetTarget.
         let easiest = match channel.previous {
@@ -628,14 +668,9 @@ impl PoolSession {
             ntime: share.ntime,
             nonce: share.nonce,
         };
-        let valid = validate_share(&sent.job, &submission, &rules).map_err(|e| match e {
-            ShareReject::LowDifficulty => "difficulty-too-low",
-            ShareReject::Extranonce2Size { .. } => "bad-extranonce-size",
-            ShareReject::VersionOutsideMask => "invalid-non-rollable-version-bit",
-            _ => "invalid-share",
-        })?;
+        let valid = validate_share(&sent.job, &submission, &rules).map_err(Refusal::Share)?;
         if !pool.first_seen(valid.hash()) {
-            return Err("duplicate-share");
+            return Err(Refusal::Share(ShareReject::Duplicate));
         }
         let is_block = valid.is_block() && pool.claim_block(&template.prev_hash);
         if is_block {
@@ -652,7 +687,7 @@ impl PoolSession {
             .tip
             .is_stale(&template.prev_hash, now_ms, self.config.stale_grace_ms)
         {
-            return Err("stale-share");
+            return Err(Refusal::Share(ShareReject::Stale));
         }
         let credited = if Target::from_difficulty(channel.difficulty).is_met_by(valid.hash()) {
             channel.difficulty
@@ -778,13 +813,21 @@ impl PoolSession {
         if let Some(channel) = self.channels.get_mut(&channel_id) {
             if new_tip {
                 let tip = &self.tip;
-                channel
+                let (kept, gone): (VecDeque<ChannelJob>, VecDeque<ChannelJob>) = channel
                     .jobs
-                    .retain(|j| tip.keeps(&j.job.template.prev_hash));
+                    .drain(..)
+                    .partition(|j| tip.keeps(&j.job.template.prev_hash));
+                channel.jobs = kept;
+                channel.dropped.extend(gone.iter().map(|j| j.id));
             }
             channel.jobs.push_back(ChannelJob { id: job_id, job });
             while channel.jobs.len() > max_jobs {
-                channel.jobs.pop_front();
+                if let Some(old) = channel.jobs.pop_front() {
+                    channel.dropped.push_back(old.id);
+                }
+            }
+            while channel.dropped.len() > MAX_DROPPED_JOBS {
+                channel.dropped.pop_front();
             }
         }
     }

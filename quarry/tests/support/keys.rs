@@ -169,7 +169,12 @@ fn btc(value: &Value) -> Amount {
 /// alternately P2WPKH and P2TR, and each of those is spent again on its own (key-path spends for
 /// the P2TR ones), so the mempool holds parents and children with witness data. Returns every
 /// txid sent, `coins.len() * (fanout + 1)` of them.
-pub async fn fill_mempool(nodes: &Regtest, key: &TestKey, coins: &[Coin], fanout: u64) -> Vec<Txid> {
+pub async fn fill_mempool(
+    nodes: &Regtest,
+    key: &TestKey,
+    coins: &[Coin],
+    fanout: u64,
+) -> Vec<Txid> {
     const FEE: Amount = Amount::from_sat(2_000);
     let mut sent = Vec::new();
     for coin in coins {
@@ -227,9 +232,7 @@ async fn spend(nodes: &Regtest, key: &TestKey, coins: &[Coin], output: Vec<TxOut
     };
     key.sign(&mut tx, coins);
     let hex = bitcoin::consensus::encode::serialize_hex(&tx);
-    let txid = nodes
-        .rpc_ok('A', "sendrawtransaction", json!([hex]))
-        .await;
+    let txid = nodes.rpc_ok('A', "sendrawtransaction", json!([hex])).await;
     assert_eq!(
         txid.as_str(),
         Some(tx.compute_txid().to_string().as_str()),

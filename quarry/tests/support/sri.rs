@@ -57,7 +57,11 @@ pub async fn listens(port: u16, limit: Duration) -> bool {
 }
 
 /// Starts one of SRI's binaries on `config`, logging to `log`.
-pub fn spawn_sri(binary: &str, config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+pub fn spawn_sri(
+    binary: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
     let log_file = std::fs::File::create(log).expect("log");
     std::process::Command::new(binary)
         .arg("--config")
@@ -68,7 +72,6 @@ pub fn spawn_sri(binary: &str, config: &std::path::Path, log: &std::path::Path) 
         .spawn()
         .unwrap_or_else(|e| panic!("start {binary}: {e}"))
 }
-
 
 pub fn translator_binary() -> String {
     std::env::var("QUARRY_TRANSLATOR_SV2").unwrap_or_else(|_| {
@@ -264,4 +267,3 @@ impl Drop for SriPool {
         self.stop();
     }
 }
-
