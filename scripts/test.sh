@@ -21,9 +21,10 @@ done
 # Each set-up step's wall time, printed at the end (the cold run's budget is in BENCHMARKS.md).
 TIMES=()
 timed() { # timed <label> <command...>
-    local started=$SECONDS
+    local label=$1 started=$SECONDS
+    shift
     "$@"
-    TIMES+=("$1: $((SECONDS - started)) s")
+    TIMES+=("$label: $((SECONDS - started)) s")
 }
 
 # Bitcoin Core 30.99, built from the source that the crates.io package libbitcoinkernel-sys 0.2.0

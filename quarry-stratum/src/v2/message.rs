@@ -305,6 +305,15 @@ pub enum DecodeError {
     /// The payload is malformed.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// Bytes left over after the message's last field: a framing or encoding error on the
+    /// sender's side, never silently ignored.
+    #[error("{extra} trailing bytes after message type 0x{msg_type:02x}")]
+    TrailingBytes {
+        /// The message type.
+        msg_type: u8,
+        /// How many bytes were left.
+        extra: usize,
+    },
 }
 
 impl Message {
@@ -888,6 +897,12 @@ impl Message {
         if header.is_channel_msg() != Self::is_channel_msg(t) {
             return Err(DecodeError::ChannelBit(t));
         }
+        if r.remaining() > 0 {
+            return Err(DecodeError::TrailingBytes {
+                msg_type: t,
+                extra: r.remaining(),
+            });
+        }
         Ok(message)
     }
 }
@@ -903,6 +918,29 @@ mod tests {
         reader.push(&bytes);
         let frame = reader.next_frame().expect("bounded").expect("complete");
         assert_eq!(Message::decode(&frame), Ok(message));
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let message = Message::SetupConnectionSuccess {
+            used_version: 2,
+            flags: 0,
+        };
+        let mut bytes = message.to_frame_bytes();
+        bytes.push(0xee);
+        // The 24-bit little-endian payload length at bytes 3..6 grows by one.
+        let len = u32::from_le_bytes([bytes[3], bytes[4], bytes[5], 0]) + 1;
+        bytes[3..6].copy_from_slice(&len.to_le_bytes()[..3]);
+        let mut reader = PlainFrameReader::new(1 << 20);
+        reader.push(&bytes);
+        let frame = reader.next_frame().expect("bounded").expect("complete");
+        assert_eq!(
+            Message::decode(&frame),
+            Err(DecodeError::TrailingBytes {
+                msg_type: types::SETUP_CONNECTION_SUCCESS,
+                extra: 1
+            })
+        );
     }
 
     #[test]
