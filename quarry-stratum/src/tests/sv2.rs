@@ -592,3 +592,18 @@ fn refusals_are_labelled_by_what_went_wrong() {
         "only the share on an unknown job counts as rejected: {counted:?}"
     );
 }
+
+/// Timeouts as long as the clock allows saturate instead of overflowing.
+#[test]
+fn endless_timeouts_never_overflow() {
+    let authority = AuthorityKeypair::generate();
+    let mut config = config();
+    config.idle_timeout_ms = u64::MAX;
+    config.auth_timeout_ms = u64::MAX;
+    let pool = test_pool();
+    let mut session =
+        PoolSession::new(Arc::new(config), Arc::new(Sv2Config::new(authority)), START);
+    assert_eq!(session.poll_timeout(), Some(u64::MAX));
+    session.handle_timeout(u64::MAX - 1, &pool);
+    assert!(session.close_reason().is_none());
+}

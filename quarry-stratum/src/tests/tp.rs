@@ -480,3 +480,15 @@ fn a_mining_client_is_refused_and_garbage_closes() {
     tp.handle_timeout(due);
     assert!(tp.close_reason().is_some());
 }
+
+/// A timeout as long as the clock allows saturates instead of overflowing.
+#[test]
+fn an_endless_setup_timeout_never_overflows() {
+    let authority = AuthorityKeypair::generate();
+    let mut config = TpConfig::new(authority);
+    config.setup_timeout_ms = u64::MAX;
+    let mut tp = TpSession::new(Arc::new(config), START);
+    assert_eq!(tp.poll_timeout(), Some(u64::MAX));
+    tp.handle_timeout(u64::MAX - 1);
+    assert!(tp.close_reason().is_none());
+}

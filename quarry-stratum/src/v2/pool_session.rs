@@ -232,9 +232,16 @@ impl PoolSession {
         if self.closed.is_some() {
             return None;
         }
-        let idle = self.last_frame_ms + self.config.idle_timeout_ms;
+        let idle = self
+            .last_frame_ms
+            .saturating_add(self.config.idle_timeout_ms);
         if self.channels.is_empty() {
-            return Some(idle.min(self.connected_ms + self.config.auth_timeout_ms));
+            return Some(
+                idle.min(
+                    self.connected_ms
+                        .saturating_add(self.config.auth_timeout_ms),
+                ),
+            );
         }
         Some(idle.min(self.next_retarget_ms))
     }
@@ -527,7 +534,7 @@ impl PoolSession {
                 pending_success: None,
             },
         );
-        self.next_retarget_ms = now_ms + vardiff_config.retarget_period_ms();
+        self.next_retarget_ms = now_ms.saturating_add(vardiff_config.retarget_period_ms());
         if self.template.is_some() {
             self.send_job(channel_id, true, now_ms, pool);
         }
@@ -560,7 +567,7 @@ impl PoolSession {
         if channel.difficulty == difficulty {
             return;
         }
-        channel.previous = Some((channel.difficulty, now_ms + TARGET_GRACE_MS));
+        channel.previous = Some((channel.difficulty, now_ms.saturating_add(TARGET_GRACE_MS)));
         channel.difficulty = difficulty;
         channel.vardiff.set(difficulty, now_ms);
         let maximum_target = Target::from_difficulty(difficulty).to_le_bytes();
@@ -837,14 +844,23 @@ impl PoolSession {
         if self.closed.is_some() {
             return;
         }
-        if now_ms >= self.last_frame_ms + self.config.idle_timeout_ms {
+        if now_ms
+            >= self
+                .last_frame_ms
+                .saturating_add(self.config.idle_timeout_ms)
+        {
             return self.close("idle timeout".into());
         }
-        if self.channels.is_empty() && now_ms >= self.connected_ms + self.config.auth_timeout_ms {
+        if self.channels.is_empty()
+            && now_ms
+                >= self
+                    .connected_ms
+                    .saturating_add(self.config.auth_timeout_ms)
+        {
             return self.close("no channel opened in time".into());
         }
         if now_ms >= self.next_retarget_ms {
-            self.next_retarget_ms = now_ms + self.config.vardiff.retarget_period_ms();
+            self.next_retarget_ms = now_ms.saturating_add(self.config.vardiff.retarget_period_ms());
             let network = self.network_difficulty();
             let changes: Vec<(u32, Difficulty)> = self
                 .channels

@@ -173,9 +173,10 @@ impl TpSession {
     /// When [`TpSession::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
-            Phase::Handshake | Phase::Setup if self.closed.is_none() => {
-                Some(self.connected_ms + self.config.setup_timeout_ms)
-            }
+            Phase::Handshake | Phase::Setup if self.closed.is_none() => Some(
+                self.connected_ms
+                    .saturating_add(self.config.setup_timeout_ms),
+            ),
             _ => None,
         }
     }
