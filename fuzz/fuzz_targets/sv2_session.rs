@@ -12,7 +12,6 @@ use quarry_stratum::v2::{AuthorityKeypair, PoolSession, Sv2Config};
 use quarry_stratum::SharedPool;
 use quarry_work::coinbase::CoinbaseLayout;
 use quarry_work::job::JobFactory;
-use quarry_work::template::WorkTemplate;
 
 fuzz_target!(|data: &[u8]| {
     // The server's own pool state; a 3-byte prefix leaves one byte of ids (256), so a long
