@@ -4,7 +4,7 @@
 # and cache them. The source is fetched by cargo as an ordinary crates.io download and is never
 # copied into this repository.
 #
-#   scripts/bitcoin-core.sh install   build once (20-35 min on 2 cores), print the bin directory
+#   scripts/bitcoin-core.sh install   build once (about 10 min on 2 cores), print the bin directory
 #   scripts/bitcoin-core.sh path      print the bin directory if the build is cached, else fail
 #
 # Environment:
@@ -93,7 +93,7 @@ public:
 #endif
 EOF
     started=$(date +%s)
-    log "building bitcoind and bitcoin-cli from $src with $jobs jobs (cold: 20-35 min on 2 cores)"
+    log "building bitcoind and bitcoin-cli from $src with $jobs jobs (cold: about 10 min on 2 cores)"
     cmake -S "$src" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release \
         -DENABLE_WALLET=OFF -DWITH_ZMQ=ON -DENABLE_IPC=OFF -DBUILD_TESTS=OFF -DBUILD_BENCH=OFF \
         -DBUILD_GUI=OFF -DBUILD_FUZZ_BINARY=OFF -DBUILD_KERNEL_LIB=OFF -DBUILD_UTIL=OFF \

@@ -28,7 +28,7 @@ timed() { # timed <label> <command...>
 }
 
 # Bitcoin Core 30.99, built from the source that the crates.io package libbitcoinkernel-sys 0.2.0
-# vendors (20-35 min cold on 2 cores, then cached): the node of every test but the payout ones.
+# vendors (about 10 min cold on 2 cores, then cached): the node of every test but the payout ones.
 say "Bitcoin Core (libbitcoinkernel-sys 0.2.0 source, CMake) for the integration tests"
 started=$SECONDS
 core_bin=$(scripts/bitcoin-core.sh install | tail -n1)

@@ -54,6 +54,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     session.handle_bytes(&wire, now, &pool);
+    while session.awaiting_record() > 0 {
+        session.share_recorded(data.first().is_none_or(|b| b % 7 != 0));
+    }
     while session.poll_transmit().is_some() {}
     while session.poll_event().is_some() {}
 });

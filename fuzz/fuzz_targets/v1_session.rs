@@ -34,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
     // Feed in chunks so that line splitting across reads is exercised too.
     for (i, chunk) in data.chunks(97).enumerate() {
         session.handle_bytes(chunk, 1_800_000_000_000 + i as u64 * 1000, &pool);
+        // The share log's word: recorded, except now and then, which must close cleanly.
+        while session.awaiting_record() > 0 {
+            session.share_recorded(chunk.first().is_none_or(|b| b % 7 != 0));
+        }
         while let Some(line) = session.poll_transmit() {
             assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok());
         }

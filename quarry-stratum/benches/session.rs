@@ -111,6 +111,8 @@ fn bench_submit(c: &mut Criterion) {
                 },
                 |line| {
                     session.handle_bytes(line.as_bytes(), NOW_MS, &pool);
+                    // The share log's word, as the driver gives it once the share is durable.
+                    session.share_recorded(true);
                     let answer = session.poll_transmit().expect("an answer");
                     let accepted = matches!(session.poll_event(), Some(Event::ShareAccepted(_)));
                     assert!(accepted && answer.contains("true"), "{answer}");

@@ -6,6 +6,8 @@
 //! drive it with arbitrary bytes.
 #![warn(missing_docs)]
 
+mod accept;
+mod ack;
 pub mod detect;
 pub mod event;
 pub mod pool;

@@ -223,11 +223,10 @@ impl Server {
         conn.handle_bytes(&first, now_ms(), pool);
         drop(first);
         loop {
-            // Shares first: a share is acknowledged only after the ledger has it durably.
+            // Shares first. The session holds each accepted share's answer until it hears here
+            // that the share log has the share durably; a share the log cannot take closes
+            // the connection unanswered.
             let mut receipts = Vec::new();
-            // False once a share of this batch is not in the share log: then nothing of the
-            // batch is answered, and the connection closes (the miner resubmits elsewhere).
-            let mut durable = true;
             while let Some(event) = conn.poll_event() {
                 if let Event::ShareAccepted(share) = &event {
                     // Boxed only when the queue is full: the await's state would otherwise sit
@@ -237,24 +236,27 @@ impl Server {
                         Err(record) => Box::pin(self.out.ledger.enqueue(record)).await,
                     };
                     match queued {
-                        Ok(receipt) => receipts.push(receipt),
+                        Ok(receipt) => receipts.push(Some(receipt)),
                         Err(e) => {
                             error!(%peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
-                            durable = false;
-                            break;
+                            receipts.push(None);
                         }
                     }
                 }
                 self.on_event(event, peer);
             }
             for receipt in receipts {
-                if let Err(e) = receipt.durable().await {
-                    error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
-                    durable = false;
-                }
-            }
-            if !durable {
-                break;
+                let durable = match receipt {
+                    Some(receipt) => match receipt.durable().await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
+                            false
+                        }
+                    },
+                    None => false,
+                };
+                conn.share_recorded(durable);
             }
             // Allocated only when there is something to send: an idle connection keeps no buffer.
             let mut out = Vec::new();
@@ -446,6 +448,14 @@ impl Conn {
         match self {
             Conn::V1(s) => s.poll_event(),
             Conn::V2(s) => s.poll_event(),
+        }
+    }
+
+    /// Reports the oldest unreported accepted share recorded (or not).
+    fn share_recorded(&mut self, durable: bool) {
+        match self {
+            Conn::V1(s) => s.share_recorded(durable),
+            Conn::V2(s) => s.share_recorded(durable),
         }
     }
 

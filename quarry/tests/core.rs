@@ -37,20 +37,17 @@ async fn mempool_size(nodes: &Regtest) -> u64 {
         .expect("mempool size")
 }
 
-/// Runs `quarry mine` on `url` in short rounds until the mempool is empty (every transaction
-/// is in a block), at most `rounds` times.
-async fn mine_until_mempool_empty(nodes: &Regtest, dir: &std::path::Path, args: &[&str]) -> bool {
+/// Runs `quarry mine` on `url` as `user` in 3-second rounds until the mempool is empty (every
+/// transaction is in a block), at most 15 times.
+async fn mine_until_mempool_empty(
+    nodes: &Regtest,
+    dir: &std::path::Path,
+    url: &str,
+    user: &str,
+    extra: &[&str],
+) -> bool {
     for round in 0..15 {
-        let log = dir.join(format!("mine-{round}.log"));
-        let mut command = vec!["mine"];
-        command.extend_from_slice(args);
-        command.extend_from_slice(&["--threads", "1", "--duration", "3"]);
-        let mut miner = Process::spawn(&command, &log);
-        assert!(
-            miner.wait(Duration::from_secs(60)),
-            "miner stops:\n{}",
-            miner.log_text()
-        );
+        run_miner(url, user, 3, extra, &dir.join(format!("mine-{round}.log")));
         if mempool_size(nodes).await == 0 {
             return true;
         }
@@ -193,7 +190,7 @@ async fn segwit_blocks_mined_over_v1_sv2_and_the_template_provider_are_accepted_
             ),
         };
         let user = format!("{address}.{protocol}");
-        let emptied = mine_until_mempool_empty(&nodes, &dir, &[&url, "--user", &user]).await;
+        let emptied = mine_until_mempool_empty(&nodes, &dir, &url, &user, &[]).await;
         let pool_log = plain(&pool.log_text());
         assert!(emptied, "{protocol}: every transaction mined\n{pool_log}");
         let blocks = assert_blocks_hold(&nodes, before, &sent, "/quarry-test/", &pool_log).await;
@@ -215,12 +212,8 @@ async fn segwit_blocks_mined_over_v1_sv2_and_the_template_provider_are_accepted_
         sri.authority.public_text()
     );
     let user = format!("{address}.onsri");
-    let emptied = mine_until_mempool_empty(
-        &nodes,
-        &dir,
-        &[&url, "--user", &user, "--hashrate", "10000"],
-    )
-    .await;
+    let emptied =
+        mine_until_mempool_empty(&nodes, &dir, &url, &user, &["--hashrate", "10000"]).await;
     sri.stop();
     let context = format!(
         "pool_sv2:\n{}\ntp:\n{}",
@@ -295,20 +288,13 @@ async fn a_block_core_refuses_shows_cores_reason_in_the_log_and_the_api() {
     let before = height(&nodes).await;
     let address = nodes.new_address().await;
 
-    let mut miner = Process::spawn(
-        &[
-            "mine",
-            &format!("stratum+tcp://127.0.0.1:{port}"),
-            "--user",
-            &format!("{address}.tampered"),
-            "--threads",
-            "1",
-            "--duration",
-            "3",
-        ],
+    run_miner(
+        &format!("stratum+tcp://127.0.0.1:{port}"),
+        &format!("{address}.tampered"),
+        3,
+        &[],
         &dir.join("mine.log"),
     );
-    assert!(miner.wait(Duration::from_secs(40)), "miner stops");
     let refused = wait_until(Duration::from_secs(20), || async {
         plain(&pool.log_text()).contains("block rejected by every node")
     })

@@ -111,6 +111,7 @@ impl Miner {
     pub fn send_raw(&mut self, line: &str) -> Vec<Value> {
         self.session
             .handle_bytes(format!("{line}\n").as_bytes(), self.now, &self.pool);
+        record_all(&mut self.session);
         self.drain()
     }
 
@@ -226,6 +227,13 @@ impl Miner {
 
     pub fn closed(&self) -> Option<&CloseReason> {
         self.session.close_reason()
+    }
+}
+
+/// What the driver does once the share log has every accepted share: report them recorded.
+pub fn record_all(session: &mut Session) {
+    while session.awaiting_record() > 0 {
+        session.share_recorded(true);
     }
 }
 

@@ -55,6 +55,10 @@ impl Rig {
             let mut moved = false;
             while let Some(bytes) = self.proxy.poll_upstream_transmit() {
                 self.pool.handle_bytes(&bytes, START, &self.backend);
+                // The share log has every accepted share at once here.
+                while self.pool.awaiting_record() > 0 {
+                    self.pool.share_recorded(true);
+                }
                 moved = true;
             }
             while let Some(bytes) = self.pool.poll_transmit() {
@@ -306,6 +310,9 @@ fn a_miner_that_subscribes_before_the_upstream_is_up_waits_for_it() {
     );
     while let Some(bytes) = proxy.poll_upstream_transmit() {
         pool.handle_bytes(&bytes, START, &backend);
+        while pool.awaiting_record() > 0 {
+            pool.share_recorded(true);
+        }
     }
     while let Some(bytes) = pool.poll_transmit() {
         proxy.upstream_bytes(&bytes, (START / 1000) as u32);

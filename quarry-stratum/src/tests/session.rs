@@ -604,3 +604,59 @@ fn notify_text_shared_per_job_is_the_same_json_as_built_per_miner() {
     // Built once: a second miner gets the very same text.
     assert!(std::ptr::eq(fields, job.encoded(|_| unreachable!())));
 }
+
+/// The acknowledgement rule lives in the session: no `true` leaves before the driver reports
+/// the share in the share log, and a share the log could not take closes the connection with
+/// no answer at all.
+#[test]
+fn an_accepted_share_is_answered_only_once_it_is_recorded() {
+    for durable in [true, false] {
+        let mut miner = Miner::handshake(config(), HARD_BITS);
+        let job = miner.last_job();
+        let t = ntime(&miner);
+        let (en2, nonce) = miner.find(&job, job.version, t, true);
+        let line = json!({"id": 9, "method": "mining.submit", "params": [
+            format!("{ADDRESS}.rig1"), job.job_id, hex::encode(&en2),
+            format!("{t:08x}"), format!("{nonce:08x}")]});
+        // Straight into the session, as the driver does: nothing is answered yet.
+        miner
+            .session
+            .handle_bytes(format!("{line}\n").as_bytes(), miner.now, &miner.pool);
+        assert_eq!(miner.session.awaiting_record(), 1);
+        assert_eq!(
+            miner.session.poll_transmit(),
+            None,
+            "held for the share log"
+        );
+        assert!(miner
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::ShareAccepted(_))));
+        // A request behind the share waits too, so answers keep their order.
+        miner.session.handle_bytes(
+            b"{\"id\":10,\"method\":\"mining.extranonce.subscribe\",\"params\":[]}\n",
+            miner.now,
+            &miner.pool,
+        );
+        assert_eq!(miner.session.poll_transmit(), None);
+        miner.session.share_recorded(durable);
+        let answers: Vec<Value> = std::iter::from_fn(|| miner.session.poll_transmit())
+            .map(|l| serde_json::from_str(&l).expect("JSON"))
+            .collect();
+        if durable {
+            assert_eq!(answers.len(), 2, "{answers:?}");
+            assert_eq!(
+                (answers[0]["id"].clone(), answers[0]["result"].clone()),
+                (json!(9), json!(true))
+            );
+            assert_eq!(answers[1]["id"], 10);
+            assert!(miner.closed().is_none());
+        } else {
+            assert!(
+                answers.is_empty(),
+                "nothing after an unrecorded share: {answers:?}"
+            );
+            assert_eq!(miner.closed(), Some(&CloseReason::ShareNotRecorded));
+        }
+    }
+}

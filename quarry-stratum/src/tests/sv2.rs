@@ -34,6 +34,7 @@ fn pump_at(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool,
         let mut moved = false;
         while let Some(bytes) = client.poll_transmit() {
             session.handle_bytes(&bytes, now, pool);
+            record_all(session);
             moved = true;
         }
         while let Some(bytes) = session.poll_transmit() {
@@ -43,6 +44,13 @@ fn pump_at(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool,
         if !moved {
             return;
         }
+    }
+}
+
+/// What the driver does once the share log has every accepted share: report them recorded.
+fn record_all(session: &mut PoolSession) {
+    while session.awaiting_record() > 0 {
+        session.share_recorded(true);
     }
 }
 
@@ -285,6 +293,7 @@ impl Raw {
         let mut wire = Vec::new();
         self.transport.encrypt(&message.to_frame_bytes(), &mut wire);
         self.session.handle_bytes(&wire, START, &self.pool);
+        record_all(&mut self.session);
         let mut out = Vec::new();
         while let Some(bytes) = self.session.poll_transmit() {
             self.transport.push(&bytes);
@@ -606,4 +615,40 @@ fn endless_timeouts_never_overflow() {
     assert_eq!(session.poll_timeout(), Some(u64::MAX));
     session.handle_timeout(u64::MAX - 1, &pool);
     assert!(session.close_reason().is_none());
+}
+
+/// SV2 holds SubmitShares.Success until the driver reports the shares recorded; an
+/// unrecorded share closes the session without it.
+#[test]
+fn success_waits_for_the_share_log() {
+    for durable in [true, false] {
+        let (mut client, mut session, pool, work, target) = connected(HARD_BITS);
+        events(&mut session);
+        let (nonce, _) = solve(&work, &target, work.version);
+        client.submit(work.job_id, nonce, work.ntime, work.version);
+        let bytes = client.poll_transmit().expect("a submit");
+        session.handle_bytes(&bytes, START, &pool);
+        assert_eq!(session.awaiting_record(), 1);
+        assert_eq!(session.poll_transmit(), None, "held for the share log");
+        assert!(events(&mut session)
+            .iter()
+            .any(|e| matches!(e, Event::ShareAccepted(_))));
+        session.share_recorded(durable);
+        if durable {
+            let bytes = session.poll_transmit().expect("the success");
+            client.handle_bytes(&bytes, (START / 1000) as u32);
+            assert_eq!(
+                client_events(&mut client),
+                vec![ClientEvent::Accepted {
+                    count: 1,
+                    last_sequence_number: 0
+                }]
+            );
+        } else {
+            assert_eq!(session.poll_transmit(), None);
+            assert!(session
+                .close_reason()
+                .is_some_and(|r| r.contains("not recorded")));
+        }
+    }
 }

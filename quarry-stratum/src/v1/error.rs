@@ -116,4 +116,7 @@ pub enum CloseReason {
     /// No extranonce1 was left to give this connection.
     #[error("server full: no extranonce1 left")]
     ServerFull,
+    /// An accepted share could not be made durable, so it is not acknowledged.
+    #[error("share log unavailable: share not recorded")]
+    ShareNotRecorded,
 }

@@ -24,7 +24,9 @@ use super::codec::{LineReader, LineTooLong};
 use super::error::{CloseReason, RequestError};
 use super::message::{self, Incoming, Request, Submit};
 use super::notify;
-use crate::event::{AcceptedShare, Event, FoundBlock};
+use crate::accept::{accept, Validated};
+use crate::ack::AckHold;
+use crate::event::Event;
 use crate::pool::{Pool, PoolMode};
 use crate::tip::Tip;
 use crate::worker::Worker;
@@ -116,6 +118,8 @@ pub struct Session {
     last_line_ms: u64,
     invalid_lines: u32,
     outbox: VecDeque<String>,
+    /// Lines of `outbox` that wait for the share log ([`Session::share_recorded`]).
+    hold: AckHold,
     events: VecDeque<Event>,
     closed: Option<CloseReason>,
 }
@@ -143,6 +147,7 @@ impl Session {
             last_line_ms: now_ms,
             invalid_lines: 0,
             outbox: VecDeque::new(),
+            hold: AckHold::default(),
             events: VecDeque::new(),
             closed: None,
         }
@@ -178,13 +183,34 @@ impl Session {
         self.closed.as_ref()
     }
 
-    /// The next line to write.
+    /// The next line to write. An accepted share's answer, and whatever follows it, waits until
+    /// the driver reports the share recorded.
     pub fn poll_transmit(&mut self) -> Option<String> {
-        let line = self.outbox.pop_front();
-        if line.is_none() {
-            release(&mut self.outbox);
+        if self.hold.releasable(self.outbox.len()) == 0 {
+            // Held lines stay; only a drained queue gives its memory back.
+            if self.outbox.is_empty() {
+                release(&mut self.outbox);
+            }
+            return None;
         }
-        line
+        self.hold.sent(1);
+        self.outbox.pop_front()
+    }
+
+    /// Accepted shares waiting for [`Session::share_recorded`].
+    pub fn awaiting_record(&self) -> u32 {
+        self.hold.awaiting()
+    }
+
+    /// The driver's word on the oldest unreported [`Event::ShareAccepted`], once per such
+    /// event and in order: `true` once the share log has it durably. Answers go out only when
+    /// every share before them is recorded. `false` closes the session; the unrecorded share's
+    /// answer, and everything after it, is never sent.
+    pub fn share_recorded(&mut self, durable: bool) {
+        if let Some(keep) = self.hold.recorded(durable) {
+            self.outbox.truncate(keep);
+            self.close(CloseReason::ShareNotRecorded);
+        }
     }
 
     /// The next event for the pool.
@@ -486,40 +512,25 @@ impl Session {
             nonce: submit.nonce,
         };
         let share = validate_share(&sent.job, &submission, &rules).map_err(RequestError::Share)?;
-        if !pool.first_seen(share.hash()) {
-            return Err(RequestError::Share(ShareReject::Duplicate));
-        }
-        // Even a stale share goes to the node (it may still win a race for the tip), unless
-        // the pool already found a block on the same parent.
-        let is_block = share.is_block() && pool.claim_block(&template.prev_hash);
-        if is_block {
-            self.events.push_back(Event::BlockFound(FoundBlock::new(
-                &sent.job,
-                &share,
-                &self.extranonce1,
-                &submit.extranonce2,
-                worker,
-                now_ms,
-            )));
-        }
-        if self
-            .tip
-            .is_stale(&template.prev_hash, now_ms, self.config.stale_grace_ms)
-        {
-            return Err(RequestError::Share(ShareReject::Stale));
-        }
-        self.events.push_back(Event::ShareAccepted(AcceptedShare {
-            worker: worker.name.clone(),
-            address: worker.address.clone(),
-            difficulty: sent.difficulty,
-            achieved: share.achieved_difficulty(),
-            network_difficulty: template.network_target.difficulty(),
-            template_id: template.id,
-            height: template.height,
-            is_block,
-            block_reward: template.coinbase_value,
-            time_ms: now_ms,
-        }));
+        let validated = Validated {
+            job: &sent.job,
+            share: &share,
+            extranonce1: &self.extranonce1,
+            extranonce2: &submit.extranonce2,
+            worker,
+            credit: sent.difficulty,
+        };
+        accept(
+            validated,
+            &self.tip,
+            self.config.stale_grace_ms,
+            now_ms,
+            pool,
+            &mut self.events,
+        )
+        .map_err(RequestError::Share)?;
+        // Its answer (queued next) waits for the share log.
+        self.hold.accepted(self.outbox.len());
         let credited = sent.difficulty;
         self.vardiff.record_share(credited, now_ms);
         Ok(())

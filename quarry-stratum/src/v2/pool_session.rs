@@ -21,7 +21,9 @@ use quarry_work::{Difficulty, Target};
 use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use super::noise::{ResponderHandshake, ResponderLink};
-use crate::event::{AcceptedShare, Event, FoundBlock};
+use crate::accept::{accept, Validated};
+use crate::ack::AckHold;
+use crate::event::Event;
 use crate::pool::Pool;
 use crate::tip::Tip;
 use crate::v1::SessionConfig;
@@ -151,6 +153,8 @@ pub struct PoolSession {
     last_frame_ms: u64,
     next_retarget_ms: u64,
     outbox: Vec<u8>,
+    /// Bytes of `outbox` that wait for the share log ([`PoolSession::share_recorded`]).
+    hold: AckHold,
     events: VecDeque<Event>,
     closed: Option<String>,
 }
@@ -194,14 +198,39 @@ impl PoolSession {
             last_frame_ms: now_ms,
             next_retarget_ms: now_ms,
             outbox: Vec::new(),
+            hold: AckHold::default(),
             events: VecDeque::new(),
             closed,
         }
     }
 
-    /// Bytes to write, in order.
+    /// Bytes to write, in order. A SubmitShares.Success, and whatever follows it, waits until
+    /// the driver reports its shares recorded.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        (!self.outbox.is_empty()).then(|| std::mem::take(&mut self.outbox))
+        let ready = self.hold.releasable(self.outbox.len());
+        if ready == 0 {
+            return None;
+        }
+        self.hold.sent(ready);
+        if ready == self.outbox.len() {
+            return Some(std::mem::take(&mut self.outbox));
+        }
+        Some(self.outbox.drain(..ready).collect())
+    }
+
+    /// Accepted shares waiting for [`PoolSession::share_recorded`].
+    pub fn awaiting_record(&self) -> u32 {
+        self.hold.awaiting()
+    }
+
+    /// The driver's word on the oldest unreported [`Event::ShareAccepted`], once per such
+    /// event and in order: `true` once the share log has it durably. `false` closes the
+    /// session without the acknowledgement, or anything queued after it.
+    pub fn share_recorded(&mut self, durable: bool) {
+        if let Some(keep) = self.hold.recorded(durable) {
+            self.outbox.truncate(keep);
+            self.close("share log unavailable: share not recorded".into());
+        }
     }
 
     /// The next event for the pool.
@@ -656,7 +685,6 @@ impl PoolSession {
                     false => ShareReject::JobNotFound,
                 },
             ))?;
-        let template = &sent.job.template;
         // In-flight shares may still meet the target from before the last SetTarget.
         let easiest = match channel.previous {
             Some((previous, until)) if now_ms <= until => previous.min(channel.difficulty),
@@ -676,43 +704,31 @@ impl PoolSession {
             nonce: share.nonce,
         };
         let valid = validate_share(&sent.job, &submission, &rules).map_err(Refusal::Share)?;
-        if !pool.first_seen(valid.hash()) {
-            return Err(Refusal::Share(ShareReject::Duplicate));
-        }
-        let is_block = valid.is_block() && pool.claim_block(&template.prev_hash);
-        if is_block {
-            self.events.push_back(Event::BlockFound(FoundBlock::new(
-                &sent.job,
-                &valid,
-                &channel.extranonce1,
-                extranonce2,
-                &channel.worker,
-                now_ms,
-            )));
-        }
-        if self
-            .tip
-            .is_stale(&template.prev_hash, now_ms, self.config.stale_grace_ms)
-        {
-            return Err(Refusal::Share(ShareReject::Stale));
-        }
+        // Credited at the current target when the hash meets it, else at the one in flight.
         let credited = if Target::from_difficulty(channel.difficulty).is_met_by(valid.hash()) {
             channel.difficulty
         } else {
             easiest
         };
-        self.events.push_back(Event::ShareAccepted(AcceptedShare {
-            worker: channel.worker.name.clone(),
-            address: channel.worker.address.clone(),
-            difficulty: credited,
-            achieved: valid.achieved_difficulty(),
-            network_difficulty: template.network_target.difficulty(),
-            template_id: template.id,
-            height: template.height,
-            is_block,
-            block_reward: template.coinbase_value,
-            time_ms: now_ms,
-        }));
+        let validated = Validated {
+            job: &sent.job,
+            share: &valid,
+            extranonce1: &channel.extranonce1,
+            extranonce2,
+            worker: &channel.worker,
+            credit: credited,
+        };
+        accept(
+            validated,
+            &self.tip,
+            self.config.stale_grace_ms,
+            now_ms,
+            pool,
+            &mut self.events,
+        )
+        .map_err(Refusal::Share)?;
+        // Its SubmitShares.Success (sent after this read) waits for the share log.
+        self.hold.accepted(self.outbox.len());
         Ok(credited)
     }
 

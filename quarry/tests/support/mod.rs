@@ -308,6 +308,30 @@ impl Drop for Process {
     }
 }
 
+/// Runs `quarry mine <url> --user <user> --threads 1 --duration <secs> <extra…>` until it stops
+/// by itself, logging to `log`.
+pub fn run_miner(url: &str, user: &str, secs: u64, extra: &[&str], log: &Path) -> Process {
+    let duration = secs.to_string();
+    let mut args = vec![
+        "mine",
+        url,
+        "--user",
+        user,
+        "--threads",
+        "1",
+        "--duration",
+        &duration,
+    ];
+    args.extend_from_slice(extra);
+    let mut miner = Process::spawn(&args, log);
+    assert!(
+        miner.wait(Duration::from_secs(secs + 60)),
+        "quarry mine stops:\n{}",
+        miner.log_text()
+    );
+    miner
+}
+
 /// Runs `quarry loadgen` with `args` until it stops by itself, and returns its JSON report.
 pub fn loadgen_report(args: &[&str], log: &Path, context: impl Fn() -> String) -> Value {
     let mut loadgen = Process::spawn(args, log);
