@@ -23,14 +23,6 @@ const FANOUT: u64 = 15;
 /// aa21a9ed, then the commitment.
 const WITNESS_COMMITMENT_PREFIX: &str = "6a24aa21a9ed";
 
-async fn height(nodes: &Regtest) -> u64 {
-    nodes
-        .rpc_ok('A', "getblockcount", json!([]))
-        .await
-        .as_u64()
-        .expect("height")
-}
-
 async fn mempool_size(nodes: &Regtest) -> u64 {
     nodes.rpc_ok('A', "getmempoolinfo", json!([])).await["size"]
         .as_u64()
@@ -65,7 +57,7 @@ async fn assert_blocks_hold(
     tag: &str,
     context: &str,
 ) -> u64 {
-    let tip = height(nodes).await;
+    let tip = nodes.height().await;
     assert!(tip > from, "blocks were mined\n{context}");
     let mut mined: HashSet<String> = HashSet::new();
     let mut witness_kinds = HashSet::new();
@@ -174,7 +166,7 @@ async fn segwit_blocks_mined_over_v1_sv2_and_the_template_provider_are_accepted_
             template["default_witness_commitment"].is_string(),
             "Core's template commits to witnesses"
         );
-        let before = height(&nodes).await;
+        let before = nodes.height().await;
         let port = free_port();
         let pool = start_pool(
             &dir,
@@ -204,7 +196,7 @@ async fn segwit_blocks_mined_over_v1_sv2_and_the_template_provider_are_accepted_
     // the block with the template's transactions and submits it.
     let dir = scratch_dir("segwit-tp");
     let sent = fill_mempool(&nodes, &key, rounds[2], FANOUT).await;
-    let before = height(&nodes).await;
+    let before = nodes.height().await;
     let mut sri = SriPool::start_with(&nodes, &dir, &address, "template_refresh_secs = 1").await;
     let url = format!(
         "stratum2+tcp://127.0.0.1:{}/{}",
@@ -285,7 +277,7 @@ async fn a_block_core_refuses_shows_cores_reason_in_the_log_and_the_api() {
     );
     config.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n"));
     let pool = start_pool(&dir, &config, port).await;
-    let before = height(&nodes).await;
+    let before = nodes.height().await;
     let address = nodes.new_address().await;
 
     run_miner(
@@ -305,7 +297,7 @@ async fn a_block_core_refuses_shows_cores_reason_in_the_log_and_the_api() {
         log.contains("reason=bad-cb-amount"),
         "with Core's reason:\n{log}"
     );
-    assert_eq!(height(&nodes).await, before, "Core took none of them");
+    assert_eq!(nodes.height().await, before, "Core took none of them");
 
     let blocks: Value = reqwest::get(format!("http://127.0.0.1:{api_port}/api/blocks"))
         .await

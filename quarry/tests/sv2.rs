@@ -10,14 +10,6 @@ use serde_json::{json, Value};
 use support::sri::*;
 use support::*;
 
-async fn height(nodes: &Regtest) -> u64 {
-    nodes
-        .rpc_ok('A', "getblockcount", json!([]))
-        .await
-        .as_u64()
-        .expect("height")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
     let nodes = Regtest::single();
@@ -28,7 +20,7 @@ async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
     config.push_str(&sv2_section(&authority));
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.new_address().await;
-    let before = height(&nodes).await;
+    let before = nodes.height().await;
 
     let url = format!(
         "stratum2+tcp://127.0.0.1:{port}/{}",
@@ -59,7 +51,7 @@ async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
     assert!(tally(&log, "blocks") > 0, "blocks found over SV2:\n{log}");
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            height(&nodes).await > before
+            nodes.height().await > before
         })
         .await,
         "the node accepted the SV2 blocks:\n{}",
@@ -110,7 +102,7 @@ async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
     config.push_str(&sv2_section(&authority));
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.new_address().await;
-    let before = height(&nodes).await;
+    let before = nodes.height().await;
 
     let mut translator = Translator::start(
         &dir,
@@ -137,7 +129,7 @@ async fn sri_translator_proxies_sv1_miners_to_quarry_sv2() {
     );
     assert!(miner.wait(Duration::from_secs(60)), "miner stops");
     let mined = wait_until(Duration::from_secs(20), || async {
-        height(&nodes).await > before
+        nodes.height().await > before
     })
     .await;
     translator.stop();
@@ -165,7 +157,7 @@ async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
     let nodes = Regtest::single();
     let dir = scratch_dir("sv2-tp");
     let address = nodes.new_address().await;
-    let before = height(&nodes).await;
+    let before = nodes.height().await;
     let mut sri = SriPool::start(&nodes, &dir, &address).await;
     let (pool_port, pool_authority) = (sri.port, &sri.authority);
 
@@ -191,7 +183,7 @@ async fn sri_pool_on_quarry_template_provider_gets_blocks_accepted() {
     );
     assert!(miner.wait(Duration::from_secs(60)), "miner stops");
     let mined = wait_until(Duration::from_secs(20), || async {
-        height(&nodes).await > before
+        nodes.height().await > before
     })
     .await;
     sri.stop();
@@ -344,7 +336,7 @@ async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
     config.push_str(&sv2_section(&authority));
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.new_address().await;
-    let before = height(&nodes).await;
+    let before = nodes.height().await;
 
     let dead = format!(
         "stratum2+tcp://127.0.0.1:{}/{}",
@@ -388,7 +380,7 @@ async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
     );
     assert!(miner.wait(Duration::from_secs(60)), "miner stops");
     let mined = wait_until(Duration::from_secs(20), || async {
-        height(&nodes).await > before
+        nodes.height().await > before
     })
     .await;
     let miner_log = miner.log_text();

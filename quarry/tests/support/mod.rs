@@ -144,6 +144,14 @@ impl Regtest {
         )
     }
 
+    /// Node A's block count.
+    pub async fn height(&self) -> u64 {
+        self.rpc_ok('A', "getblockcount", json!([]))
+            .await
+            .as_u64()
+            .expect("height")
+    }
+
     pub async fn rpc(&self, node: char, method: &str, params: Value) -> Result<Value, String> {
         rpc_call(&self.rpc_url(node), method, params).await
     }
