@@ -836,12 +836,14 @@ impl PoolSession {
         if let Some(channel) = self.channels.get_mut(&channel_id) {
             if new_tip {
                 let tip = &self.tip;
-                let (kept, gone): (VecDeque<ChannelJob>, VecDeque<ChannelJob>) = channel
-                    .jobs
-                    .drain(..)
-                    .partition(|j| tip.keeps(&j.job.template.prev_hash));
-                channel.jobs = kept;
-                channel.dropped.extend(gone.iter().map(|j| j.id));
+                let dropped = &mut channel.dropped;
+                channel.jobs.retain(|j| {
+                    let keep = tip.keeps(&j.job.template.prev_hash);
+                    if !keep {
+                        dropped.push_back(j.id);
+                    }
+                    keep
+                });
             }
             channel.jobs.push_back(ChannelJob { id: job_id, job });
             while channel.jobs.len() > max_jobs {
