@@ -89,8 +89,11 @@ struct Channel {
     pending_success: Option<(u32, u32, f64)>,
 }
 
-/// Dropped job ids remembered per channel, to tell a stale share from an invalid job id.
-const MAX_DROPPED_JOBS: usize = 256;
+/// Dropped job ids remembered per channel, to tell a stale share from an invalid job id: four
+/// times the 16 live jobs a channel keeps by default, which covers any share still in flight,
+/// in 256 bytes per channel (an idle connection's whole budget is 4 KiB). An older id is
+/// answered `invalid-job-id`.
+const MAX_DROPPED_JOBS: usize = 64;
 
 /// Why a submitted share was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
