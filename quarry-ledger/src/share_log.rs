@@ -321,9 +321,7 @@ impl Spool {
         self.pending = false;
         Ok(())
     }
-}
 
-impl Spool {
     /// Writes `lines` (line number, text) to `<spool>/corrupt/<file>.corrupt`, fsynced, and
     /// returns its path.
     async fn keep_aside(&self, file: &str, lines: &[(usize, String)]) -> Result<PathBuf, String> {
