@@ -27,14 +27,14 @@ fuzz_target!(|data: &[u8]| {
     let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
     let config = Arc::new(SessionConfig::default());
     let sv2 = Arc::new(Sv2Config::new(authority.clone()));
-    let now = 1_800_000_000_000;
+    let now = quarry_stratum::Now::synced(1_800_000_000_000);
 
     // Raw bytes from the first byte on.
     let mut raw = PoolSession::new(Arc::clone(&config), Arc::clone(&sv2), now);
     for chunk in data.chunks(97) {
         raw.handle_bytes(chunk, now, &pool);
     }
-    raw.handle_timeout(now + 3_600_000, &pool);
+    raw.handle_timeout(now.plus_ms(3_600_000), &pool);
 
     // The same bytes as plaintext frames inside a real session.
     let mut session = PoolSession::new(config, sv2, now);
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     session.handle_bytes(&act1, now, &pool);
     let act2 = session.poll_transmit().expect("act2");
     let Ok(act2) = act2.try_into() else { return };
-    let mut transport = initiator.finish(&act2, (now / 1000) as u32).expect("trusted");
+    let mut transport = initiator.finish(&act2, now.unix_secs() as u32).expect("trusted");
     let mut wire = Vec::new();
     for frame in data.split(|b| *b == 0xff) {
         if frame.len() >= 6 {

@@ -13,7 +13,7 @@ use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 fuzz_target!(|data: &[u8]| {
     let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
     let config = Arc::new(TpConfig::new(authority.clone()));
-    let now = 1_800_000_000_000;
+    let now = quarry_stratum::Now::synced(1_800_000_000_000);
     let gbt: GetBlockTemplate = serde_json::from_str(
         r#"{"version":536870912,"previousblockhash":"0707070707070707070707070707070707070707070707070707070707070707",
             "transactions":[],"coinbasevalue":5000000000,"bits":"207fffff","curtime":1800000000,
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(97) {
         raw.handle_bytes(chunk, now);
     }
-    raw.handle_timeout(now + 3_600_000);
+    raw.handle_timeout(now.plus_ms(3_600_000));
 
     let mut session = TpSession::new(config, now);
     session.handle_template(Arc::clone(&template));
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     session.handle_bytes(&initiator.start().expect("act1"), now);
     let Some(act2) = session.poll_transmit() else { return };
     let Ok(act2) = act2.try_into() else { return };
-    let mut transport = initiator.finish(&act2, (now / 1000) as u32).expect("trusted");
+    let mut transport = initiator.finish(&act2, now.unix_secs() as u32).expect("trusted");
     let mut wire = Vec::new();
     for frame in data.split(|b| *b == 0xff) {
         if frame.len() >= 6 {

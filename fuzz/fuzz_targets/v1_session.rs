@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use quarry_stratum::v1::{Session, SessionConfig};
-use quarry_stratum::SharedPool;
+use quarry_stratum::{Now, SharedPool};
 use quarry_work::coinbase::CoinbaseLayout;
 use quarry_work::job::JobFactory;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
+
+const START: Now = Now::synced(1_800_000_000_000);
 
 fuzz_target!(|data: &[u8]| {
     // The server's own pool state; a 3-byte prefix leaves one byte of ids (256), so a long
@@ -29,11 +31,11 @@ fuzz_target!(|data: &[u8]| {
     )
     .expect("static template");
     let template = Arc::new(WorkTemplate::from_gbt(&gbt, 1).expect("static template"));
-    let mut session = Session::new(Arc::new(SessionConfig::default()), 1_800_000_000_000);
-    session.handle_template(template, 1_800_000_000_000, &pool);
+    let mut session = Session::new(Arc::new(SessionConfig::default()), START);
+    session.handle_template(template, START, &pool);
     // Feed in chunks so that line splitting across reads is exercised too.
     for (i, chunk) in data.chunks(97).enumerate() {
-        session.handle_bytes(chunk, 1_800_000_000_000 + i as u64 * 1000, &pool);
+        session.handle_bytes(chunk, START.plus_ms(i as u64 * 1000), &pool);
         // The share log's word: recorded, except now and then, which must close cleanly.
         while session.awaiting_record() > 0 {
             session.share_recorded(chunk.first().is_none_or(|b| b % 7 != 0));

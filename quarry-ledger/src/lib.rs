@@ -13,7 +13,7 @@ pub mod store;
 
 pub use accounting::{Rewards, Scheme};
 pub use schemes::{Msat, Sat};
-pub use share_log::{RecordError, ShareLog};
+pub use share_log::{Receipt, RecordError, ShareLog};
 pub use store::{
     Backend, Balance, BlockRecord, BlockStatus, Credit, CreditStatus, ShareRecord, Store,
     StoreError,

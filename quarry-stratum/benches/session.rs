@@ -7,34 +7,17 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use quarry_stratum::testkit::{template, test_pool, ADDRESS, HARD_BITS, START};
 use quarry_stratum::v1::{Event, Notify, Session, SessionConfig};
-use quarry_stratum::SharedPool;
-use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::job::JobFactory;
-use quarry_work::template::{GetBlockTemplate, WorkTemplate};
+use quarry_work::template::WorkTemplate;
 use quarry_work::vardiff::VardiffConfig;
 use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 
-const NOW_MS: u64 = 1_800_000_000_000;
-const ADDRESS: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";
-
 /// A mainnet-difficulty template whose coinbase has a merkle branch of `levels` entries (a
 /// 3,000-transaction block has 12). The branch's values do not change the cost.
-fn template(levels: usize) -> Arc<WorkTemplate> {
-    let gbt: GetBlockTemplate = serde_json::from_value(json!({
-        "version": 0x2000_0000u32,
-        "previousblockhash": "11".repeat(32),
-        "transactions": [],
-        "coinbasevalue": 312_500_000u64,
-        "bits": "1d00ffff",
-        "curtime": NOW_MS / 1000,
-        "mintime": NOW_MS / 1000 - 600,
-        "height": 900_000,
-        "rules": ["csv", "!segwit"],
-    }))
-    .expect("template JSON");
-    let mut template = WorkTemplate::from_gbt(&gbt, 1).expect("consistent");
+fn branched_template(levels: usize) -> Arc<WorkTemplate> {
+    let mut template = (*template(1, 0x11, HARD_BITS)).clone();
     template.merkle_branch = (0..levels).map(|i| [i as u8; 32]).collect();
     Arc::new(template)
 }
@@ -44,14 +27,7 @@ fn bench_submit(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (name, levels) in [("empty", 0usize), ("3000_tx", 12)] {
         // The server's own pool state: the duplicate check takes its real lock.
-        let pool = SharedPool::new(
-            JobFactory::new(CoinbaseLayout {
-                extranonce1_len: 4,
-                extranonce2_len: 8,
-                tag: b"/quarry/".to_vec(),
-            }),
-            Vec::new(),
-        );
+        let pool = test_pool();
         // Fixed difficulty: vardiff must not move the target under the benchmark.
         let difficulty = Difficulty::new(1e-6).expect("positive");
         let config = SessionConfig {
@@ -64,14 +40,14 @@ fn bench_submit(c: &mut Criterion) {
             },
             ..SessionConfig::default()
         };
-        let mut session = Session::new(Arc::new(config), NOW_MS);
-        session.handle_template(template(levels), NOW_MS, &pool);
+        let mut session = Session::new(Arc::new(config), START);
+        session.handle_template(branched_template(levels), START, &pool);
         let hello = format!(
             "{}\n{}\n",
             json!({"id": 1, "method": "mining.subscribe", "params": []}),
             json!({"id": 2, "method": "mining.authorize", "params": [ADDRESS, "x"]})
         );
-        session.handle_bytes(hello.as_bytes(), NOW_MS, &pool);
+        session.handle_bytes(hello.as_bytes(), START, &pool);
         let mut notify = None;
         while let Some(line) = session.poll_transmit() {
             let value: Value = serde_json::from_str(&line).expect("JSON");
@@ -110,7 +86,7 @@ fn bench_submit(c: &mut Criterion) {
                     )
                 },
                 |line| {
-                    session.handle_bytes(line.as_bytes(), NOW_MS, &pool);
+                    session.handle_bytes(line.as_bytes(), START, &pool);
                     // The share log's word, as the driver gives it once the share is durable.
                     session.share_recorded(true);
                     let answer = session.poll_transmit().expect("an answer");

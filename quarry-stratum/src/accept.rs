@@ -3,6 +3,7 @@
 //! for V1 and SV2 (and for the chains still to come), so it is written once, here: the duplicate
 //! check, the block claim, the stale rule and the events the pool acts on.
 
+use crate::clock::Now;
 use std::collections::VecDeque;
 
 use quarry_work::job::Job;
@@ -45,7 +46,7 @@ pub(crate) fn accept(
     share: Validated<'_>,
     tip: &Tip,
     stale_grace_ms: u64,
-    now_ms: u64,
+    now: Now,
     pool: &dyn Pool,
     events: &mut VecDeque<Event>,
 ) -> Result<bool, ShareReject> {
@@ -61,10 +62,10 @@ pub(crate) fn accept(
             share.extranonce1,
             share.extranonce2,
             share.worker,
-            now_ms,
+            now.unix_ms,
         )));
     }
-    if tip.is_stale(&template.prev_hash, now_ms, stale_grace_ms) {
+    if tip.is_stale(&template.prev_hash, now.mono_ms, stale_grace_ms) {
         return Err(ShareReject::Stale);
     }
     events.push_back(Event::ShareAccepted(AcceptedShare {
@@ -77,7 +78,7 @@ pub(crate) fn accept(
         height: template.height,
         is_block,
         block_reward: template.coinbase_value,
-        time_ms: now_ms,
+        time_ms: now.unix_ms,
     }));
     Ok(is_block)
 }

@@ -8,6 +8,8 @@
 
 mod accept;
 mod ack;
+pub mod clock;
+pub mod connection;
 pub mod detect;
 pub mod event;
 pub mod pool;
@@ -17,9 +19,14 @@ pub mod v1;
 pub mod v2;
 pub mod worker;
 
+#[cfg(any(test, feature = "testkit"))]
+#[allow(missing_docs)]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 
+pub use clock::Now;
+pub use connection::Connection;
 pub use event::{AcceptedShare, Event, FoundBlock};
 pub use pool::{Pool, PoolMode, SharedPool};
 pub use worker::Worker;

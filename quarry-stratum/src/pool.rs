@@ -24,7 +24,7 @@ pub enum PoolMode {
 /// Pool-wide services a session consults. The runtime implements it over shared state; tests
 /// implement it with plain collections. Methods take `&self`: the implementor decides how to
 /// share (a lock, a sharded map) without the session knowing.
-pub trait Pool {
+pub trait Pool: Send + Sync {
     /// The job for `template` paying `payout_script`, built once and shared.
     fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>>;
 

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
+use crate::driver::unix_ms;
 use crate::events::{EventBus, Metrics};
 use crate::node::Nodes;
-use crate::server::now_ms;
 
 /// Window for hashrates and active miners.
 const WINDOW_MS: i64 = 10 * 60 * 1000;
@@ -89,7 +89,7 @@ fn hashrate(difficulty: f64, window_ms: i64) -> f64 {
 }
 
 async fn pool(State(state): Shared) -> Result<Json<Value>, ApiError> {
-    let now = now_ms() as i64;
+    let now = unix_ms() as i64;
     let workers = state.store.worker_stats(now - WINDOW_MS).await?;
     let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
     let shares: i64 = workers.iter().map(|w| w.shares).sum();
@@ -133,7 +133,7 @@ async fn network(State(state): Shared) -> Json<Value> {
     Json(json!({
         "height": state.metrics.height.load(Ordering::Relaxed),
         "difficulty": state.metrics.network_difficulty(),
-        "template_age_secs": (template_ms > 0).then(|| now_ms().saturating_sub(template_ms) as f64 / 1000.0),
+        "template_age_secs": (template_ms > 0).then(|| unix_ms().saturating_sub(template_ms) as f64 / 1000.0),
     }))
 }
 
@@ -141,7 +141,7 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
     if address.is_empty() || address.len() > 128 {
         return Err(ApiError(StatusCode::BAD_REQUEST, "invalid address".into()));
     }
-    let now = now_ms() as i64;
+    let now = unix_ms() as i64;
     let workers: Vec<_> = state
         .store
         .worker_stats(now - WINDOW_MS)
@@ -187,7 +187,7 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
 }
 
 async fn workers(State(state): Shared) -> Result<Json<Value>, ApiError> {
-    let now = now_ms() as i64;
+    let now = unix_ms() as i64;
     let workers = state.store.worker_stats(now - WINDOW_MS).await?;
     Ok(Json(json!(workers
         .iter()
@@ -302,7 +302,7 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
         if template_ms == 0 {
             "NaN".into()
         } else {
-            (now_ms().saturating_sub(template_ms) as f64 / 1000.0).to_string()
+            (unix_ms().saturating_sub(template_ms) as f64 / 1000.0).to_string()
         },
     );
     metric(
@@ -323,7 +323,7 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
         "Height of the block being mined.",
         m.height.load(Ordering::Relaxed).to_string(),
     );
-    if let Ok(workers) = state.store.worker_stats(now_ms() as i64 - WINDOW_MS).await {
+    if let Ok(workers) = state.store.worker_stats(unix_ms() as i64 - WINDOW_MS).await {
         let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
         metric(
             "quarry_hashrate",

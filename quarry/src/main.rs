@@ -4,6 +4,7 @@ mod api;
 mod blocks;
 mod cli;
 mod config;
+mod driver;
 mod events;
 mod loadgen;
 mod miner;
@@ -185,7 +186,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 duplicate_pool.on_template(&template);
                 template_metrics
                     .template_ms
-                    .store(server::now_ms(), Ordering::Relaxed);
+                    .store(driver::unix_ms(), Ordering::Relaxed);
                 template_metrics
                     .height
                     .store(template.height, Ordering::Relaxed);
@@ -260,7 +261,7 @@ async fn ledger_upkeep(
     let mut last_prune = std::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = i64::try_from(server::now_ms()).unwrap_or(i64::MAX);
+        let now = i64::try_from(driver::unix_ms()).unwrap_or(i64::MAX);
         if rewards.scheme == quarry_ledger::Scheme::Pps {
             // Shares settle for 10 s so that commits in flight are not skipped.
             match store

@@ -352,7 +352,7 @@ pub(crate) fn parse_endpoint(
 }
 
 pub(crate) fn now_secs() -> u32 {
-    (crate::server::now_ms() / 1000).min(u64::from(u32::MAX)) as u32
+    (crate::driver::unix_ms() / 1000).min(u64::from(u32::MAX)) as u32
 }
 
 /// One SV2 connection: handshake (refusing an unverified pool), a standard channel, shares.

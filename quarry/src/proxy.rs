@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::server::now_ms;
+use crate::driver::unix_ms;
 
 /// `quarry proxy`.
 #[derive(Debug, Args)]
@@ -208,13 +208,13 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
                         writers.insert(id, writer);
                         proxy.downstream_connected(id);
                     }
-                    Input::Bytes(id, bytes) => proxy.downstream_bytes(id, &bytes, now_ms() / 1000),
+                    Input::Bytes(id, bytes) => proxy.downstream_bytes(id, &bytes, unix_ms() / 1000),
                     Input::Closed(id) => {
                         writers.remove(&id);
                         proxy.downstream_closed(id);
                     }
                     Input::UpstreamBytes(g, bytes) if g == generation => {
-                        proxy.upstream_bytes(&bytes, (now_ms() / 1000) as u32)
+                        proxy.upstream_bytes(&bytes, (unix_ms() / 1000) as u32)
                     }
                     Input::UpstreamClosed(g, reason) if g == generation && upstream_writer.is_some() => {
                         warn!(%reason, "upstream connection lost; failing over");

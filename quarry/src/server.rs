@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use quarry_ledger::{ShareLog, ShareRecord};
 use quarry_stratum::detect::{detect, Detected};
@@ -14,26 +14,15 @@ use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::v2::{PoolSession, Sv2Config};
 use quarry_stratum::{Pool, SharedPool};
 use quarry_work::share::ShareReject;
-use quarry_work::template::WorkTemplate;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use crate::driver::{self, drive, Environment, Recording, Sink};
 use crate::events::{EventBus, Metrics};
 use crate::node::Nodes;
-
-/// Bytes read from a connection at a time.
-const READ_CHUNK: usize = 8 * 1024;
-
-/// Unix time in milliseconds: the one clock read per event.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (single inserts).
@@ -190,146 +179,47 @@ impl Server {
         }
     }
 
-    /// One connection: socket ↔ session, until either side ends.
+    /// One connection: the protocol is sniffed, then the one driver runs its session.
     async fn drive(
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
-        let pool: &SharedPool = &self.pool;
         let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
             debug!(%peer, "closed before speaking");
             return;
         };
-        let mut conn = match (protocol, &self.sv2) {
-            (Detected::V2, Some(sv2)) => Conn::V2(Box::new(PoolSession::new(
-                Arc::clone(&self.session_config),
-                Arc::clone(sv2),
-                now_ms(),
-            ))),
+        let env = || Environment {
+            shared: &*self.pool as &dyn Pool,
+            templates: self.nodes.subscribe(),
+            shutdown: shutdown.clone(),
+            write_timeout: self.limits.write_timeout,
+            peer,
+        };
+        let sink = PoolSink { server: self, peer };
+        let worker = match (protocol, &self.sv2) {
+            (Detected::V2, Some(sv2)) => {
+                // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
+                let session = Box::new(PoolSession::new(
+                    Arc::clone(&self.session_config),
+                    Arc::clone(sv2),
+                    driver::now(),
+                ));
+                let session = drive(session, stream, &first, env(), &sink).await;
+                session.worker().map(str::to_string)
+            }
             (Detected::V2, None) => {
                 debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
                 return;
             }
-            _ => Conn::V1(Session::new(Arc::clone(&self.session_config), now_ms())),
+            _ => {
+                let session = Session::new(Arc::clone(&self.session_config), driver::now());
+                let session = drive(session, stream, &first, env(), &sink).await;
+                session.worker().map(str::to_string)
+            }
         };
-        debug!(%peer, protocol = conn.name(), "connected");
-        let mut templates = self.nodes.subscribe();
-        if let Some(template) = templates.borrow_and_update().clone() {
-            conn.handle_template(template, now_ms(), pool);
-        }
-        conn.handle_bytes(&first, now_ms(), pool);
-        drop(first);
-        loop {
-            // Shares first. The session holds each accepted share's answer until it hears here
-            // that the share log has the share durably; a share the log cannot take closes
-            // the connection unanswered.
-            let mut receipts = Vec::new();
-            while let Some(event) = conn.poll_event() {
-                if let Event::ShareAccepted(share) = &event {
-                    // Boxed only when the queue is full: the await's state would otherwise sit
-                    // in every connection's task, idle or not.
-                    let queued = match self.out.ledger.try_enqueue(self.share_record(share)) {
-                        Ok(queued) => queued,
-                        Err(record) => Box::pin(self.out.ledger.enqueue(record)).await,
-                    };
-                    match queued {
-                        Ok(receipt) => receipts.push(Some(receipt)),
-                        Err(e) => {
-                            error!(%peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
-                            receipts.push(None);
-                        }
-                    }
-                }
-                self.on_event(event, peer);
-            }
-            for receipt in receipts {
-                let durable = match receipt {
-                    Some(receipt) => match receipt.durable().await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
-                            false
-                        }
-                    },
-                    None => false,
-                };
-                conn.share_recorded(durable);
-            }
-            // Allocated only when there is something to send: an idle connection keeps no buffer.
-            let mut out = Vec::new();
-            conn.transmit(&mut out);
-            // Most writes fit the socket buffer at once; only the rest waits, boxed like above.
-            let written = match out.is_empty() {
-                true => 0,
-                false => match stream.try_write(&out) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                    Err(_) => break,
-                },
-            };
-            if written < out.len() {
-                let write = stream.write_all(&out[written..]);
-                match Box::pin(tokio::time::timeout(self.limits.write_timeout, write)).await {
-                    Ok(Ok(())) => {}
-                    _ => {
-                        debug!(%peer, "write failed or timed out");
-                        break;
-                    }
-                }
-            }
-            if let Some(reason) = conn.close_reason() {
-                debug!(%peer, %reason, "closing");
-                break;
-            }
-            let deadline = conn.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(at) => {
-                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                // Wait for readability, then read into the stack: no read buffer is held per
-                // connection while it waits, which is most of an idle connection's life.
-                // poll_fn rather than readable(): the waker sits in the socket's own slot, so
-                // the pending future is a pointer instead of a 150-byte waiter.
-                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
-                    if ready.is_err() {
-                        break;
-                    }
-                    let mut buf = [0u8; READ_CHUNK];
-                    match stream.try_read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => conn.handle_bytes(&buf[..n], now_ms(), pool),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => break,
-                    }
-                }
-                changed = templates.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let template = templates.borrow_and_update().clone();
-                    if let Some(template) = template {
-                        conn.handle_template(template, now_ms(), pool);
-                    }
-                }
-                _ = sleep => conn.handle_timeout(now_ms(), pool),
-                _ = shutdown.changed() => {
-                    // Graceful restart: miners come back to the same address after a pause.
-                    if let Ok(local) = stream.local_addr() {
-                        conn.handle_reconnect(&local.ip().to_string(), local.port());
-                    }
-                }
-            }
-        }
-        let worker = conn.worker().map(str::to_string);
-        conn.release(pool);
         if let Some(worker) = worker {
             self.out.events.publish(
                 "MinerDisconnected",
@@ -399,112 +289,34 @@ impl Server {
     }
 }
 
-/// A connection's session, whichever protocol it speaks.
-// Unboxed V1 on purpose: it is the common case, and the whole enum lives in the task anyway.
-#[allow(clippy::large_enum_variant)]
-enum Conn {
-    V1(Session),
-    // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
-    V2(Box<PoolSession>),
+/// A pool connection's events: accepted shares to the share log, then metrics, events and
+/// found blocks.
+struct PoolSink<'a> {
+    server: &'a Server,
+    peer: SocketAddr,
 }
 
-impl Conn {
-    fn name(&self) -> &'static str {
-        match self {
-            Conn::V1(_) => "stratum-v1",
-            Conn::V2(_) => "stratum-v2",
-        }
-    }
-
-    fn handle_bytes(&mut self, data: &[u8], now_ms: u64, pool: &dyn Pool) {
-        match self {
-            Conn::V1(s) => s.handle_bytes(data, now_ms, pool),
-            Conn::V2(s) => s.handle_bytes(data, now_ms, pool),
-        }
-    }
-
-    fn handle_template(&mut self, template: Arc<WorkTemplate>, now_ms: u64, pool: &dyn Pool) {
-        match self {
-            Conn::V1(s) => s.handle_template(template, now_ms, pool),
-            Conn::V2(s) => s.handle_template(template, now_ms, pool),
-        }
-    }
-
-    fn handle_timeout(&mut self, now_ms: u64, pool: &dyn Pool) {
-        match self {
-            Conn::V1(s) => s.handle_timeout(now_ms, pool),
-            Conn::V2(s) => s.handle_timeout(now_ms, pool),
-        }
-    }
-
-    fn handle_reconnect(&mut self, host: &str, port: u16) {
-        match self {
-            Conn::V1(s) => s.handle_reconnect(host, port, 5),
-            Conn::V2(s) => s.handle_reconnect(host, port),
-        }
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        match self {
-            Conn::V1(s) => s.poll_event(),
-            Conn::V2(s) => s.poll_event(),
-        }
-    }
-
-    /// Reports the oldest unreported accepted share recorded (or not).
-    fn share_recorded(&mut self, durable: bool) {
-        match self {
-            Conn::V1(s) => s.share_recorded(durable),
-            Conn::V2(s) => s.share_recorded(durable),
-        }
-    }
-
-    /// Appends everything there is to send.
-    fn transmit(&mut self, out: &mut Vec<u8>) {
-        match self {
-            Conn::V1(s) => {
-                while let Some(line) = s.poll_transmit() {
-                    out.extend_from_slice(line.as_bytes());
+impl Sink<Event> for PoolSink<'_> {
+    async fn handle(&self, event: Event) -> Recording {
+        let server = self.server;
+        let mut recording = Recording::Nothing;
+        if let Event::ShareAccepted(share) = &event {
+            // Boxed only when the queue is full: the await's state would otherwise sit in
+            // every connection's task, idle or not.
+            let queued = match server.out.ledger.try_enqueue(server.share_record(share)) {
+                Ok(queued) => queued,
+                Err(record) => Box::pin(server.out.ledger.enqueue(record)).await,
+            };
+            recording = match queued {
+                Ok(receipt) => Recording::Queued(receipt),
+                Err(e) => {
+                    error!(peer = %self.peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
+                    Recording::Refused
                 }
-            }
-            Conn::V2(s) => {
-                while let Some(bytes) = s.poll_transmit() {
-                    out.extend_from_slice(&bytes);
-                }
-            }
+            };
         }
-    }
-
-    fn close_reason(&self) -> Option<String> {
-        match self {
-            Conn::V1(s) => s.close_reason().map(ToString::to_string),
-            Conn::V2(s) => s.close_reason().map(ToString::to_string),
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<u64> {
-        match self {
-            Conn::V1(s) => s.poll_timeout(),
-            Conn::V2(s) => s.poll_timeout(),
-        }
-    }
-
-    fn worker(&self) -> Option<&str> {
-        match self {
-            Conn::V1(s) => s.worker(),
-            Conn::V2(s) => s.worker(),
-        }
-    }
-
-    fn release(&mut self, pool: &dyn Pool) {
-        match self {
-            Conn::V1(s) => {
-                if let Some(extranonce1) = s.extranonce1() {
-                    pool.release_extranonce1(extranonce1);
-                }
-            }
-            Conn::V2(s) => s.release(pool),
-        }
+        server.on_event(event, self.peer);
+        recording
     }
 }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quarry_stratum::v2::template_provider::{TpConfig, TpEvent, TpSession};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, error, info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use crate::cli::TpArgs;
+use crate::driver::{self, drive, Environment, Recording, Sink};
 use crate::node::{Nodes, SubmitOutcome};
-use crate::server::now_ms;
 
 /// Runs the Template Provider until interrupted.
 pub async fn run(args: TpArgs) -> Result<()> {
@@ -36,12 +36,13 @@ pub async fn run(args: TpArgs) -> Result<()> {
         "template provider listening (pools pin this key)"
     );
     tokio::spawn(Arc::clone(&nodes).run());
+    let (stop, shutdown) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let (tp, nodes) = (Arc::clone(&tp), Arc::clone(&nodes));
-                    tokio::spawn(async move { serve(stream, peer, tp, nodes).await });
+                    let (tp, nodes, shutdown) = (Arc::clone(&tp), Arc::clone(&nodes), shutdown.clone());
+                    tokio::spawn(async move { serve(stream, peer, tp, nodes, shutdown).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -50,63 +51,60 @@ pub async fn run(args: TpArgs) -> Result<()> {
             },
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down");
+                let _ = stop.send(true);
                 return Ok(());
             }
         }
     }
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, tp: Arc<TpConfig>, nodes: Arc<Nodes>) {
+/// One pool connection, on the same driver as the pool's miners.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tp: Arc<TpConfig>,
+    nodes: Arc<Nodes>,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     info!(%peer, "template client connected");
-    let mut session = TpSession::new(tp, now_ms());
-    let mut templates = nodes.subscribe();
-    if let Some(template) = templates.borrow_and_update().clone() {
-        session.handle_template(template);
+    let session = TpSession::new(tp, driver::now());
+    let env = Environment {
+        shared: &(),
+        templates: nodes.subscribe(),
+        shutdown,
+        write_timeout: WRITE_TIMEOUT,
+        peer,
+    };
+    let session = drive(
+        session,
+        stream,
+        &[],
+        env,
+        &TpSink {
+            peer,
+            nodes: &nodes,
+        },
+    )
+    .await;
+    match session.close_reason() {
+        Some(reason) => warn!(%peer, %reason, "template client closed"),
+        None => info!(%peer, "template client disconnected"),
     }
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        while let Some(event) = session.poll_event() {
-            on_event(event, peer, &nodes);
-        }
-        while let Some(bytes) = session.poll_transmit() {
-            if let Err(e) = stream.write_all(&bytes).await {
-                debug!(%peer, error = %e, "write failed");
-                return;
-            }
-        }
-        if let Some(reason) = session.close_reason() {
-            warn!(%peer, %reason, "closing template client");
-            return;
-        }
-        let deadline = session.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(at) => {
-                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    info!(%peer, "template client disconnected");
-                    return;
-                }
-                Ok(n) => session.handle_bytes(&buf[..n], now_ms()),
-            },
-            changed = templates.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let template = templates.borrow_and_update().clone();
-                if let Some(template) = template {
-                    session.handle_template(template);
-                }
-            }
-            _ = sleep => session.handle_timeout(now_ms()),
-        }
+}
+
+/// A pool that stops reading for this long is dropped: templates must not queue behind it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct TpSink<'a> {
+    peer: SocketAddr,
+    nodes: &'a Arc<Nodes>,
+}
+
+impl Sink<TpEvent> for TpSink<'_> {
+    async fn handle(&self, event: TpEvent) -> Recording {
+        on_event(event, self.peer, self.nodes);
+        Recording::Nothing
     }
 }
 

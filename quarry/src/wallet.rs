@@ -93,7 +93,7 @@ pub async fn payout_once(
         .ok()
         .and_then(|s| Step::parse(&s));
     let wallet = NodeWallet { nodes };
-    let now_ms = i64::try_from(crate::server::now_ms()).unwrap_or(i64::MAX);
+    let now_ms = i64::try_from(crate::driver::unix_ms()).unwrap_or(i64::MAX);
     let report = run_payouts(store, &wallet, threshold_sat, now_ms, |step| {
         if Some(step) == crash_at {
             error!(?step, "QUARRY_PAYOUT_CRASH_AT: aborting");

@@ -62,7 +62,7 @@ impl Rig {
                 moved = true;
             }
             while let Some(bytes) = self.pool.poll_transmit() {
-                self.proxy.upstream_bytes(&bytes, (START / 1000) as u32);
+                self.proxy.upstream_bytes(&bytes, START.unix_secs() as u32);
                 moved = true;
             }
             for id in self.proxy.downstreams_with_output() {
@@ -83,7 +83,7 @@ impl Rig {
     fn send(&mut self, id: DownstreamId, request: Value) {
         let line = format!("{request}\n");
         self.proxy
-            .downstream_bytes(id, line.as_bytes(), START / 1000);
+            .downstream_bytes(id, line.as_bytes(), START.unix_secs());
         self.pump();
     }
 
@@ -286,7 +286,7 @@ fn a_miner_that_subscribes_before_the_upstream_is_up_waits_for_it() {
     proxy.downstream_bytes(
         7,
         b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n",
-        START / 1000,
+        START.unix_secs(),
     );
     assert!(
         proxy.poll_downstream_transmit(7).is_none(),
@@ -294,7 +294,7 @@ fn a_miner_that_subscribes_before_the_upstream_is_up_waits_for_it() {
     );
     // Garbage five times closes the miner.
     for _ in 0..5 {
-        proxy.downstream_bytes(7, b"garbage\n", START / 1000);
+        proxy.downstream_bytes(7, b"garbage\n", START.unix_secs());
     }
     assert!(std::iter::from_fn(|| proxy.poll_event())
         .any(|e| matches!(e, ProxyEvent::CloseDownstream(7, _))));
@@ -315,7 +315,7 @@ fn a_miner_that_subscribes_before_the_upstream_is_up_waits_for_it() {
         }
     }
     while let Some(bytes) = pool.poll_transmit() {
-        proxy.upstream_bytes(&bytes, (START / 1000) as u32);
+        proxy.upstream_bytes(&bytes, START.unix_secs() as u32);
     }
     assert!(std::iter::from_fn(|| proxy.poll_event()).any(
         |e| matches!(e, ProxyEvent::UpstreamFailed(reason) if reason.contains("certificate"))

@@ -3,10 +3,11 @@ use std::str::FromStr;
 use serde_json::json;
 
 use super::*;
+use crate::clock::Now;
 use crate::v1::codec::MAX_LINE_LEN;
 
 fn ntime(miner: &Miner) -> u32 {
-    (miner.now / 1000) as u32
+    miner.now.unix_secs() as u32
 }
 
 #[test]
@@ -90,7 +91,7 @@ fn rejections_carry_ecosystem_codes() {
         Some(20),
         "ntime future"
     );
-    let too_old = (START / 1000 - 601) as u32;
+    let too_old = (START.unix_secs() - 601) as u32;
     assert_eq!(
         code(&miner.submit(&job, &en2, too_old, nonce, None)),
         Some(20),
@@ -440,7 +441,7 @@ fn a_handled_timeout_moves_the_deadline_ahead() {
             .session
             .poll_timeout()
             .expect("a deadline while mining");
-        miner.now = miner.now.max(due);
+        miner.now = Now::synced(miner.now.mono_ms.max(due));
         miner.session.handle_timeout(miner.now, &miner.pool);
         miner.drain();
         if miner.closed().is_some() {
@@ -450,7 +451,11 @@ fn a_handled_timeout_moves_the_deadline_ahead() {
             .session
             .poll_timeout()
             .expect("a deadline while mining");
-        assert!(next > miner.now, "deadline {next} not after {}", miner.now);
+        assert!(
+            next > miner.now.mono_ms,
+            "deadline {next} not after {}",
+            miner.now.mono_ms
+        );
     }
     assert_eq!(miner.closed(), Some(&CloseReason::Idle));
 }
@@ -659,4 +664,42 @@ fn an_accepted_share_is_answered_only_once_it_is_recorded() {
             assert_eq!(miner.closed(), Some(&CloseReason::ShareNotRecorded));
         }
     }
+}
+
+/// Deadlines run on the monotonic clock and ntime on the wall clock, so an NTP step or a
+/// resumed VM moves ntime and nothing else: no session times out because the calendar jumped.
+#[test]
+fn a_wall_clock_step_closes_nothing_and_moves_only_ntime() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let idle = config().idle_timeout_ms;
+    // Ten idle timeouts' worth forward on the wall clock, one second on the monotonic one.
+    miner.now = Now {
+        mono_ms: miner.now.mono_ms + 1000,
+        unix_ms: miner.now.unix_ms + 10 * idle,
+    };
+    miner.session.handle_timeout(miner.now, &miner.pool);
+    miner.drain();
+    assert!(miner.closed().is_none(), "{:?}", miner.closed());
+    let due = miner.session.poll_timeout().expect("a deadline");
+    assert!(
+        due <= START.mono_ms + idle,
+        "deadline {due} follows the wall clock"
+    );
+
+    // New work is stamped with the new wall-clock time, and a share at that ntime is good.
+    miner.template(template(2, 8, HARD_BITS));
+    let job = miner.last_job();
+    assert_eq!(job.ntime, miner.now.unix_secs() as u32);
+    let t = ntime(&miner);
+    let (en2, nonce) = miner.find(&job, job.version, t, true);
+    let answer = miner.submit(&job, &en2, t, nonce, None);
+    assert_eq!(answer["result"], true, "{answer}");
+
+    // The real idle timeout still fires, on the monotonic clock.
+    miner.now = Now {
+        mono_ms: START.mono_ms + 1000 + idle + 1,
+        unix_ms: miner.now.unix_ms,
+    };
+    miner.session.handle_timeout(miner.now, &miner.pool);
+    assert!(matches!(miner.closed(), Some(CloseReason::Idle)));
 }

@@ -10,6 +10,7 @@ use quarry_work::share::ShareReject;
 use quarry_work::Target;
 
 use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
+use crate::clock::Now;
 use crate::event::Event;
 use crate::v2::client::{ClientEvent, HeaderWork, MinerClient};
 use crate::v2::message::{flags, Message, Protocol, SetupConnection};
@@ -29,7 +30,7 @@ fn pump(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool) {
     pump_at(client, session, pool, START)
 }
 
-fn pump_at(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool, now: u64) {
+fn pump_at(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool, now: Now) {
     loop {
         let mut moved = false;
         while let Some(bytes) = client.poll_transmit() {
@@ -38,7 +39,7 @@ fn pump_at(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool,
             moved = true;
         }
         while let Some(bytes) = session.poll_transmit() {
-            client.handle_bytes(&bytes, (START / 1000) as u32);
+            client.handle_bytes(&bytes, START.unix_secs() as u32);
             moved = true;
         }
         if !moved {
@@ -207,7 +208,7 @@ fn a_block_is_reported_whole_and_new_tips_arrive_as_future_jobs() {
     assert_eq!(decoded.header.merkle_root.to_byte_array(), work.merkle_root);
 
     // New tip: the client switches to the new job only through SetNewPrevHash.
-    session.handle_template(template(2, 8, REGTEST_BITS), START + 1000, &pool);
+    session.handle_template(template(2, 8, REGTEST_BITS), START.plus_ms(1000), &pool);
     pump(&mut client, &mut session, &pool);
     let works: Vec<_> = client_events(&mut client)
         .into_iter()
@@ -219,7 +220,7 @@ fn a_block_is_reported_whole_and_new_tips_arrive_as_future_jobs() {
     assert_eq!(works.len(), 1);
     assert_eq!(works[0].prev_hash, [8; 32]);
     // A share on the old tip after the grace period is stale.
-    session.handle_template(template(3, 9, REGTEST_BITS), START + 10_000, &pool);
+    session.handle_template(template(3, 9, REGTEST_BITS), START.plus_ms(10_000), &pool);
     pump(&mut client, &mut session, &pool);
     client_events(&mut client);
     let (nonce, _) = solve(
@@ -236,7 +237,7 @@ fn a_block_is_reported_whole_and_new_tips_arrive_as_future_jobs() {
         work.version,
     );
     client.submit(work.job_id, old_nonce, work.ntime, work.version);
-    pump_at(&mut client, &mut session, &pool, START + 13_000);
+    pump_at(&mut client, &mut session, &pool, START.plus_ms(13_000));
     let after = client_events(&mut client);
     let stale = after
         .iter()
@@ -280,7 +281,7 @@ impl Raw {
         assert_eq!(act2.len(), ACT2_LEN);
         let act2: [u8; ACT2_LEN] = act2.try_into().expect("length");
         let transport = handshake
-            .finish(&act2, (START / 1000) as u32)
+            .finish(&act2, START.unix_secs() as u32)
             .expect("trusted");
         Raw {
             transport,
@@ -613,7 +614,7 @@ fn endless_timeouts_never_overflow() {
     let mut session =
         PoolSession::new(Arc::new(config), Arc::new(Sv2Config::new(authority)), START);
     assert_eq!(session.poll_timeout(), Some(u64::MAX));
-    session.handle_timeout(u64::MAX - 1, &pool);
+    session.handle_timeout(Now::synced(u64::MAX - 1), &pool);
     assert!(session.close_reason().is_none());
 }
 
@@ -636,7 +637,7 @@ fn success_waits_for_the_share_log() {
         session.share_recorded(durable);
         if durable {
             let bytes = session.poll_transmit().expect("the success");
-            client.handle_bytes(&bytes, (START / 1000) as u32);
+            client.handle_bytes(&bytes, START.unix_secs() as u32);
             assert_eq!(
                 client_events(&mut client),
                 vec![ClientEvent::Accepted {

@@ -16,6 +16,7 @@ use quarry_work::Target;
 use serde_json::Value;
 
 use super::{template, HARD_BITS, REGTEST_BITS, START};
+use crate::clock::Now;
 use crate::v2::message::{Message, Protocol, SetupConnection};
 use crate::v2::noise::{InitiatorHandshake, Transport, ACT2_LEN};
 use crate::v2::template_provider::{TpConfig, TpEvent, TpSession};
@@ -38,7 +39,7 @@ impl Pool {
             .try_into()
             .expect("act2 length");
         let transport = handshake
-            .finish(&act2, (START / 1000) as u32)
+            .finish(&act2, START.unix_secs() as u32)
             .expect("certificate verifies");
         Pool { transport, tp }
     }
@@ -268,7 +269,7 @@ fn a_chain_without_segwit_gets_the_coinbase_without_its_witness() {
         "transactions": [],
         "coinbasevalue": 5_000_000_000u64,
         "bits": format!("{REGTEST_BITS:08x}"),
-        "curtime": START / 1000,
+        "curtime": START.unix_secs(),
         "height": 203,
     }))
     .expect("valid template");
@@ -475,9 +476,9 @@ fn a_mining_client_is_refused_and_garbage_closes() {
     let mut tp = TpSession::new(Arc::new(TpConfig::new(authority)), START);
     tp.handle_bytes(&[1, 2, 3], START);
     let due = tp.poll_timeout().expect("a deadline");
-    tp.handle_timeout(due - 1);
+    tp.handle_timeout(Now::synced(due - 1));
     assert!(tp.close_reason().is_none());
-    tp.handle_timeout(due);
+    tp.handle_timeout(Now::synced(due));
     assert!(tp.close_reason().is_some());
 }
 
@@ -489,6 +490,6 @@ fn an_endless_setup_timeout_never_overflows() {
     config.setup_timeout_ms = u64::MAX;
     let mut tp = TpSession::new(Arc::new(config), START);
     assert_eq!(tp.poll_timeout(), Some(u64::MAX));
-    tp.handle_timeout(u64::MAX - 1);
+    tp.handle_timeout(Now::synced(u64::MAX - 1));
     assert!(tp.close_reason().is_none());
 }

@@ -9,6 +9,7 @@
 //! A miner goes through `AwaitingSubscribe` → `AwaitingAuthorize` → `Mining`. Authorize is also
 //! accepted before subscribe (some proxies do that); work starts once both happened.
 
+use crate::clock::Now;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -127,8 +128,8 @@ pub struct Session {
 impl Session {
     /// A new connection. Its extranonce1 comes from the pool at `mining.subscribe`, so a
     /// connection that never subscribes holds none.
-    pub fn new(config: Arc<SessionConfig>, now_ms: u64) -> Self {
-        let vardiff = Vardiff::new(config.vardiff, config.vardiff.start, now_ms);
+    pub fn new(config: Arc<SessionConfig>, now: Now) -> Self {
+        let vardiff = Vardiff::new(config.vardiff, config.vardiff.start, now.mono_ms);
         Session {
             min_difficulty: config.vardiff.min,
             config,
@@ -142,9 +143,9 @@ impl Session {
             jobs: VecDeque::new(),
             next_job_id: 1,
             template: None,
-            tip: Tip::new(now_ms),
-            connected_ms: now_ms,
-            last_line_ms: now_ms,
+            tip: Tip::new(now.mono_ms),
+            connected_ms: now.mono_ms,
+            last_line_ms: now.mono_ms,
             invalid_lines: 0,
             outbox: VecDeque::new(),
             hold: AckHold::default(),
@@ -242,7 +243,7 @@ impl Session {
     }
 
     /// Bytes received from the miner.
-    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64, pool: &dyn Pool) {
+    pub fn handle_bytes(&mut self, data: &[u8], now: Now, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
@@ -260,8 +261,8 @@ impl Session {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            self.last_line_ms = now_ms;
-            self.handle_line(line, now_ms, pool);
+            self.last_line_ms = now.mono_ms;
+            self.handle_line(line, now, pool);
             if self.closed.is_some() {
                 break;
             }
@@ -269,7 +270,7 @@ impl Session {
         self.reader = reader;
     }
 
-    fn handle_line(&mut self, line: &[u8], now_ms: u64, pool: &dyn Pool) {
+    fn handle_line(&mut self, line: &[u8], now: Now, pool: &dyn Pool) {
         let (id, request) = match message::parse_line(line) {
             Ok(Incoming::Response) => return,
             Ok(Incoming::Request { id, request }) => (id, request),
@@ -297,25 +298,25 @@ impl Session {
         match request {
             Request::Subscribe { session_id, .. } => self.on_subscribe(&id, session_id, pool),
             Request::Authorize { username, password } => {
-                self.on_authorize(&id, &username, &password, now_ms, pool)
+                self.on_authorize(&id, &username, &password, now, pool)
             }
             Request::Configure { extensions, params } => {
-                self.on_configure(&id, &extensions, &params, now_ms)
+                self.on_configure(&id, &extensions, &params, now)
             }
             Request::SuggestDifficulty(difficulty) => {
                 self.outbox
                     .push_back(message::result_line(&id, json!(true)));
-                self.on_suggest_difficulty(difficulty, now_ms, pool);
+                self.on_suggest_difficulty(difficulty, now, pool);
             }
             Request::ExtranonceSubscribe => {
                 self.outbox
                     .push_back(message::result_line(&id, json!(true)));
             }
-            Request::Submit(submit) => match self.on_submit(&submit, now_ms, pool) {
+            Request::Submit(submit) => match self.on_submit(&submit, now, pool) {
                 Ok(()) => {
                     self.outbox
                         .push_back(message::result_line(&id, json!(true)));
-                    self.after_accepted_share(now_ms, pool);
+                    self.after_accepted_share(now, pool);
                 }
                 Err(error) => {
                     if let RequestError::Share(reason) = error {
@@ -369,7 +370,7 @@ impl Session {
         id: &Value,
         username: &str,
         password: &str,
-        now_ms: u64,
+        now: Now,
         pool: &dyn Pool,
     ) {
         if self.workers.iter().any(|w| w.name == username) {
@@ -402,9 +403,10 @@ impl Session {
         self.outbox.push_back(message::result_line(id, json!(true)));
         if first {
             if let Some(requested) = password_difficulty(password) {
-                self.vardiff.set(requested.max(self.min_difficulty), now_ms);
+                self.vardiff
+                    .set(requested.max(self.min_difficulty), now.mono_ms);
             }
-            self.send_current_job(true, now_ms, pool);
+            self.send_current_job(true, now, pool);
         }
     }
 
@@ -413,7 +415,7 @@ impl Session {
         id: &Value,
         extensions: &[String],
         params: &serde_json::Map<String, Value>,
-        now_ms: u64,
+        now: Now,
     ) {
         let mut result = serde_json::Map::new();
         for extension in extensions {
@@ -441,7 +443,7 @@ impl Session {
                             .max(self.config.vardiff.min)
                             .min(self.config.vardiff.max);
                         if self.vardiff.current() < self.min_difficulty {
-                            self.vardiff.set(self.min_difficulty, now_ms);
+                            self.vardiff.set(self.min_difficulty, now.mono_ms);
                         }
                     }
                     result.insert("minimum-difficulty".into(), json!(value.is_some()));
@@ -460,20 +462,21 @@ impl Session {
             .push_back(message::result_line(id, Value::Object(result)));
     }
 
-    fn on_suggest_difficulty(&mut self, difficulty: f64, now_ms: u64, pool: &dyn Pool) {
+    fn on_suggest_difficulty(&mut self, difficulty: f64, now: Now, pool: &dyn Pool) {
         let Some(wanted) = Difficulty::new(difficulty) else {
             return;
         };
-        self.vardiff.set(wanted.max(self.min_difficulty), now_ms);
+        self.vardiff
+            .set(wanted.max(self.min_difficulty), now.mono_ms);
         if self.phase() == Phase::Mining && Some(self.vardiff.current()) != self.sent_difficulty {
-            self.send_current_job(false, now_ms, pool);
+            self.send_current_job(false, now, pool);
         }
     }
 
     fn on_submit(
         &mut self,
         submit: &Submit,
-        now_ms: u64,
+        now: Now,
         pool: &dyn Pool,
     ) -> Result<(), RequestError> {
         if !self.subscribed {
@@ -502,7 +505,7 @@ impl Session {
             target: sent.target,
             version_mask: self.version_mask,
             extranonce2_len: self.config.extranonce2_len,
-            now_unix: now_ms / 1000,
+            now_unix: now.unix_secs(),
         };
         let submission = Submission {
             extranonce1: &self.extranonce1,
@@ -524,7 +527,7 @@ impl Session {
             validated,
             &self.tip,
             self.config.stale_grace_ms,
-            now_ms,
+            now,
             pool,
             &mut self.events,
         )
@@ -532,14 +535,14 @@ impl Session {
         // Its answer (queued next) waits for the share log.
         self.hold.accepted(self.outbox.len());
         let credited = sent.difficulty;
-        self.vardiff.record_share(credited, now_ms);
+        self.vardiff.record_share(credited, now.mono_ms);
         Ok(())
     }
 
-    fn after_accepted_share(&mut self, now_ms: u64, pool: &dyn Pool) {
+    fn after_accepted_share(&mut self, now: Now, pool: &dyn Pool) {
         let network = self.network_difficulty();
-        if self.vardiff.retarget(now_ms, network).is_some() {
-            self.send_current_job(false, now_ms, pool);
+        if self.vardiff.retarget(now.mono_ms, network).is_some() {
+            self.send_current_job(false, now, pool);
         }
     }
 
@@ -552,7 +555,7 @@ impl Session {
 
     /// New work from the node. `clean` is derived here: a new previous block hash means every
     /// older job is stale.
-    pub fn handle_template(&mut self, template: Arc<WorkTemplate>, now_ms: u64, pool: &dyn Pool) {
+    pub fn handle_template(&mut self, template: Arc<WorkTemplate>, now: Now, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
@@ -563,20 +566,20 @@ impl Session {
         {
             return;
         }
-        let new_tip = self.tip.advance(template.prev_hash, now_ms);
+        let new_tip = self.tip.advance(template.prev_hash, now.mono_ms);
         self.template = Some(template);
         if self.phase() == Phase::Mining {
-            self.send_current_job(new_tip, now_ms, pool);
+            self.send_current_job(new_tip, now, pool);
         }
     }
 
     /// Time passed: timeouts and vardiff for a miner that stopped sending shares.
-    pub fn handle_timeout(&mut self, now_ms: u64, pool: &dyn Pool) {
+    pub fn handle_timeout(&mut self, now: Now, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
         if self.phase() != Phase::Mining
-            && now_ms
+            && now.mono_ms
                 >= self
                     .connected_ms
                     .saturating_add(self.config.auth_timeout_ms)
@@ -584,7 +587,7 @@ impl Session {
             self.close(CloseReason::AuthTimeout);
             return;
         }
-        if now_ms
+        if now.mono_ms
             >= self
                 .last_line_ms
                 .saturating_add(self.config.idle_timeout_ms)
@@ -594,8 +597,8 @@ impl Session {
         }
         if self.phase() == Phase::Mining {
             let network = self.network_difficulty();
-            if self.vardiff.retarget(now_ms, network).is_some() {
-                self.send_current_job(false, now_ms, pool);
+            if self.vardiff.retarget(now.mono_ms, network).is_some() {
+                self.send_current_job(false, now, pool);
             }
         }
     }
@@ -622,7 +625,7 @@ impl Session {
     }
 
     /// Sends the latest template as a new job, preceded by `set_difficulty` when it changed.
-    fn send_current_job(&mut self, clean: bool, now_ms: u64, pool: &dyn Pool) {
+    fn send_current_job(&mut self, clean: bool, now: Now, pool: &dyn Pool) {
         let Some(template) = self.template.clone() else {
             return;
         };
@@ -645,7 +648,7 @@ impl Session {
         self.next_job_id += 1;
         let ntime = template
             .curtime
-            .max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
+            .max(now.unix_secs().min(u64::from(u32::MAX)) as u32);
         let fields = job.encoded(notify::job_fields);
         self.outbox.push_back(notify::notify_line(
             &format!("{id:x}"),

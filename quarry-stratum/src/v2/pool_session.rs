@@ -8,6 +8,7 @@
 //! root, an extended channel `NewExtendedMiningJob` with the coinbase split around its
 //! extranonce. A new tip is announced as a future job followed by `SetNewPrevHash`.
 
+use crate::clock::Now;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -176,7 +177,7 @@ const TARGET_GRACE_MS: u64 = 5_000;
 
 impl PoolSession {
     /// A connection whose first bytes will be the Noise act 1.
-    pub fn new(config: Arc<SessionConfig>, sv2: Arc<Sv2Config>, now_ms: u64) -> Self {
+    pub fn new(config: Arc<SessionConfig>, sv2: Arc<Sv2Config>, now: Now) -> Self {
         let (link, closed) = match ResponderHandshake::new(
             &sv2.authority,
             sv2.certificate_validity_secs,
@@ -195,11 +196,11 @@ impl PoolSession {
             next_channel_id: GROUP_CHANNEL_ID + 1,
             next_job_id: 1,
             template: None,
-            tip: Tip::new(now_ms),
+            tip: Tip::new(now.mono_ms),
             standard_extranonce2,
-            connected_ms: now_ms,
-            last_frame_ms: now_ms,
-            next_retarget_ms: now_ms,
+            connected_ms: now.mono_ms,
+            last_frame_ms: now.mono_ms,
+            next_retarget_ms: now.mono_ms,
             outbox: Vec::new(),
             hold: AckHold::default(),
             events: VecDeque::new(),
@@ -286,14 +287,14 @@ impl PoolSession {
     }
 
     /// Bytes from the miner.
-    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64, pool: &dyn Pool) {
+    pub fn handle_bytes(&mut self, data: &[u8], now: Now, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
         let Some(link) = &mut self.link else {
             return;
         };
-        if let Err(e) = link.push(data, (now_ms / 1000) as u32, &mut self.outbox) {
+        if let Err(e) = link.push(data, now.unix_secs() as u32, &mut self.outbox) {
             return self.close(e.to_string());
         }
         if matches!(self.phase, Phase::Handshake) && link.is_open() {
@@ -306,9 +307,9 @@ impl PoolSession {
             };
             match next {
                 Ok(Some(frame)) => {
-                    self.last_frame_ms = now_ms;
+                    self.last_frame_ms = now.mono_ms;
                     match Message::decode(&frame) {
-                        Ok(message) => self.handle_message(message, now_ms, pool),
+                        Ok(message) => self.handle_message(message, now, pool),
                         // Extensions we never negotiated: the spec says to ignore them.
                         Err(DecodeError::UnknownExtension(_)) => {}
                         Err(e) => self.close(format!("bad frame: {e}")),
@@ -333,7 +334,7 @@ impl PoolSession {
         }
     }
 
-    fn handle_message(&mut self, message: Message, now_ms: u64, pool: &dyn Pool) {
+    fn handle_message(&mut self, message: Message, now: Now, pool: &dyn Pool) {
         match (&self.phase, message) {
             (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup),
             (Phase::Setup, other) => self.close(format!(
@@ -354,7 +355,7 @@ impl PoolSession {
                 nominal_hash_rate,
                 max_target,
                 None,
-                now_ms,
+                now,
                 pool,
             ),
             (
@@ -372,7 +373,7 @@ impl PoolSession {
                 nominal_hash_rate,
                 max_target,
                 Some(min_extranonce_size),
-                now_ms,
+                now,
                 pool,
             ),
             (
@@ -395,7 +396,7 @@ impl PoolSession {
                     version,
                     extranonce: None,
                 };
-                self.on_submit(&share, now_ms, pool)
+                self.on_submit(&share, now, pool)
             }
             (
                 Phase::Ready,
@@ -418,7 +419,7 @@ impl PoolSession {
                     version,
                     extranonce: Some(extranonce),
                 };
-                self.on_submit(&share, now_ms, pool)
+                self.on_submit(&share, now, pool)
             }
             (
                 Phase::Ready,
@@ -427,7 +428,7 @@ impl PoolSession {
                     maximum_target,
                     ..
                 },
-            ) => self.on_update_channel(channel_id, maximum_target, now_ms),
+            ) => self.on_update_channel(channel_id, maximum_target, now),
             (Phase::Ready, Message::CloseChannel { channel_id, .. }) => {
                 if let Some(channel) = self.channels.remove(&channel_id) {
                     pool.release_extranonce1(&channel.extranonce1);
@@ -474,7 +475,7 @@ impl PoolSession {
         nominal_hash_rate: f32,
         max_target: [u8; 32],
         min_extranonce_size: Option<u16>,
-        now_ms: u64,
+        now: Now,
         pool: &dyn Pool,
     ) {
         let refuse = |code: &str| Message::OpenMiningChannelError {
@@ -557,7 +558,7 @@ impl PoolSession {
                 kind,
                 worker,
                 extranonce1,
-                vardiff: Vardiff::new(self.config.vardiff, difficulty, now_ms),
+                vardiff: Vardiff::new(self.config.vardiff, difficulty, now.mono_ms),
                 difficulty,
                 max_target,
                 previous: None,
@@ -566,13 +567,15 @@ impl PoolSession {
                 pending_success: None,
             },
         );
-        self.next_retarget_ms = now_ms.saturating_add(vardiff_config.retarget_period_ms());
+        self.next_retarget_ms = now
+            .mono_ms
+            .saturating_add(vardiff_config.retarget_period_ms());
         if self.template.is_some() {
-            self.send_job(channel_id, true, now_ms, pool);
+            self.send_job(channel_id, true, now, pool);
         }
     }
 
-    fn on_update_channel(&mut self, channel_id: u32, maximum_target: [u8; 32], now_ms: u64) {
+    fn on_update_channel(&mut self, channel_id: u32, maximum_target: [u8; 32], now: Now) {
         let max_target = Target::from_le_bytes(maximum_target);
         let Some(channel) = self.channels.get_mut(&channel_id) else {
             return self.send(Message::UpdateChannelError {
@@ -588,20 +591,23 @@ impl PoolSession {
         };
         channel.max_target = max_target;
         if channel.difficulty.get() < floor.get() {
-            self.set_difficulty(channel_id, floor, now_ms);
+            self.set_difficulty(channel_id, floor, now);
         }
     }
 
-    fn set_difficulty(&mut self, channel_id: u32, difficulty: Difficulty, now_ms: u64) {
+    fn set_difficulty(&mut self, channel_id: u32, difficulty: Difficulty, now: Now) {
         let Some(channel) = self.channels.get_mut(&channel_id) else {
             return;
         };
         if channel.difficulty == difficulty {
             return;
         }
-        channel.previous = Some((channel.difficulty, now_ms.saturating_add(TARGET_GRACE_MS)));
+        channel.previous = Some((
+            channel.difficulty,
+            now.mono_ms.saturating_add(TARGET_GRACE_MS),
+        ));
         channel.difficulty = difficulty;
-        channel.vardiff.set(difficulty, now_ms);
+        channel.vardiff.set(difficulty, now.mono_ms);
         let maximum_target = Target::from_difficulty(difficulty).to_le_bytes();
         self.send(Message::SetTarget {
             channel_id,
@@ -616,10 +622,10 @@ impl PoolSession {
             .unwrap_or(self.config.vardiff.max)
     }
 
-    fn on_submit(&mut self, share: &Share, now_ms: u64, pool: &dyn Pool) {
+    fn on_submit(&mut self, share: &Share, now: Now, pool: &dyn Pool) {
         let sequence_number = share.sequence_number;
         let channel_id = share.channel_id;
-        match self.check_share(share, now_ms, pool) {
+        match self.check_share(share, now, pool) {
             Ok(credited) => {
                 let Some(channel) = self.channels.get_mut(&channel_id) else {
                     return;
@@ -628,13 +634,13 @@ impl PoolSession {
                 pending.0 = sequence_number;
                 pending.1 += 1;
                 pending.2 += credited.get();
-                channel.vardiff.record_share(credited, now_ms);
+                channel.vardiff.record_share(credited, now.mono_ms);
                 let network = self.network_difficulty();
                 if let Some(channel) = self.channels.get_mut(&channel_id) {
-                    if let Some(next) = channel.vardiff.retarget(now_ms, network) {
+                    if let Some(next) = channel.vardiff.retarget(now.mono_ms, network) {
                         let floor = Difficulty::new(channel.max_target.difficulty());
                         let next = floor.map_or(next, |f| next.max(f));
-                        self.set_difficulty(channel_id, next, now_ms);
+                        self.set_difficulty(channel_id, next, now);
                     }
                 }
             }
@@ -664,7 +670,7 @@ impl PoolSession {
     fn check_share(
         &mut self,
         share: &Share,
-        now_ms: u64,
+        now: Now,
         pool: &dyn Pool,
     ) -> Result<Difficulty, Refusal> {
         let channel = self
@@ -690,14 +696,14 @@ impl PoolSession {
             ))?;
         // In-flight shares may still meet the target from before the last SetTarget.
         let easiest = match channel.previous {
-            Some((previous, until)) if now_ms <= until => previous.min(channel.difficulty),
+            Some((previous, until)) if now.mono_ms <= until => previous.min(channel.difficulty),
             _ => channel.difficulty,
         };
         let rules = ShareRules {
             target: Target::from_difficulty(easiest),
             version_mask: self.config.version_mask,
             extranonce2_len: self.config.extranonce2_len,
-            now_unix: now_ms / 1000,
+            now_unix: now.unix_secs(),
         };
         let submission = Submission {
             extranonce1: &channel.extranonce1,
@@ -725,7 +731,7 @@ impl PoolSession {
             validated,
             &self.tip,
             self.config.stale_grace_ms,
-            now_ms,
+            now,
             pool,
             &mut self.events,
         )
@@ -763,7 +769,7 @@ impl PoolSession {
     }
 
     /// New work from the node.
-    pub fn handle_template(&mut self, template: Arc<WorkTemplate>, now_ms: u64, pool: &dyn Pool) {
+    pub fn handle_template(&mut self, template: Arc<WorkTemplate>, now: Now, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
@@ -774,15 +780,15 @@ impl PoolSession {
         {
             return;
         }
-        let new_tip = self.tip.advance(template.prev_hash, now_ms);
+        let new_tip = self.tip.advance(template.prev_hash, now.mono_ms);
         self.template = Some(template);
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {
-            self.send_job(id, new_tip, now_ms, pool);
+            self.send_job(id, new_tip, now, pool);
         }
     }
 
-    fn send_job(&mut self, channel_id: u32, new_tip: bool, now_ms: u64, pool: &dyn Pool) {
+    fn send_job(&mut self, channel_id: u32, new_tip: bool, now: Now, pool: &dyn Pool) {
         let Some(template) = self.template.clone() else {
             return;
         };
@@ -797,7 +803,7 @@ impl PoolSession {
         self.next_job_id = self.next_job_id.wrapping_add(1).max(1);
         let ntime = template
             .curtime
-            .max((now_ms / 1000).min(u64::from(u32::MAX)) as u32);
+            .max(now.unix_secs().min(u64::from(u32::MAX)) as u32);
         // A new tip starts with a future job that SetNewPrevHash then activates.
         let min_ntime = (!new_tip).then_some(ntime);
         let message = match channel.kind {
@@ -861,11 +867,11 @@ impl PoolSession {
     }
 
     /// Deadlines: setup and idle timeouts, and vardiff for channels gone quiet.
-    pub fn handle_timeout(&mut self, now_ms: u64, _pool: &dyn Pool) {
+    pub fn handle_timeout(&mut self, now: Now, _pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
-        if now_ms
+        if now.mono_ms
             >= self
                 .last_frame_ms
                 .saturating_add(self.config.idle_timeout_ms)
@@ -873,27 +879,29 @@ impl PoolSession {
             return self.close("idle timeout".into());
         }
         if self.channels.is_empty()
-            && now_ms
+            && now.mono_ms
                 >= self
                     .connected_ms
                     .saturating_add(self.config.auth_timeout_ms)
         {
             return self.close("no channel opened in time".into());
         }
-        if now_ms >= self.next_retarget_ms {
-            self.next_retarget_ms = now_ms.saturating_add(self.config.vardiff.retarget_period_ms());
+        if now.mono_ms >= self.next_retarget_ms {
+            self.next_retarget_ms = now
+                .mono_ms
+                .saturating_add(self.config.vardiff.retarget_period_ms());
             let network = self.network_difficulty();
             let changes: Vec<(u32, Difficulty)> = self
                 .channels
                 .iter_mut()
                 .filter_map(|(id, c)| {
-                    let next = c.vardiff.retarget(now_ms, network)?;
+                    let next = c.vardiff.retarget(now.mono_ms, network)?;
                     let floor = Difficulty::new(c.max_target.difficulty());
                     Some((*id, floor.map_or(next, |f| next.max(f))))
                 })
                 .collect();
             for (id, difficulty) in changes {
-                self.set_difficulty(id, difficulty, now_ms);
+                self.set_difficulty(id, difficulty, now);
             }
         }
     }

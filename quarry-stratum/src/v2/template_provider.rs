@@ -11,6 +11,7 @@
 //! constraints are checked against that reserve and reported when they do not fit, because a
 //! block whose coinbase overflows the reserve is invalid.
 
+use crate::clock::Now;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -131,7 +132,7 @@ impl std::fmt::Debug for TpSession {
 
 impl TpSession {
     /// A connection whose first bytes will be the Noise act 1.
-    pub fn new(config: Arc<TpConfig>, now_ms: u64) -> Self {
+    pub fn new(config: Arc<TpConfig>, now: Now) -> Self {
         let (link, closed) = match ResponderHandshake::new(
             &config.authority,
             config.certificate_validity_secs,
@@ -148,7 +149,7 @@ impl TpSession {
             templates: VecDeque::new(),
             announced_tip: None,
             sent_id: None,
-            connected_ms: now_ms,
+            connected_ms: now.mono_ms,
             outbox: Vec::new(),
             events: VecDeque::new(),
             closed,
@@ -182,10 +183,15 @@ impl TpSession {
     }
 
     /// The time has come: a client still not set up is dropped.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        if matches!(self.poll_timeout(), Some(due) if now_ms >= due) {
+    pub fn handle_timeout(&mut self, now: Now) {
+        if matches!(self.poll_timeout(), Some(due) if now.mono_ms >= due) {
             self.close("SetupConnection timed out".into());
         }
+    }
+
+    /// The server is going away: close after what is queued.
+    pub fn shut_down(&mut self) {
+        self.close("the template provider is shutting down".into());
     }
 
     fn close(&mut self, reason: String) {
@@ -237,14 +243,14 @@ impl TpSession {
     }
 
     /// Bytes from the client.
-    pub fn handle_bytes(&mut self, data: &[u8], now_ms: u64) {
+    pub fn handle_bytes(&mut self, data: &[u8], now: Now) {
         if self.closed.is_some() {
             return;
         }
         let Some(link) = &mut self.link else {
             return;
         };
-        if let Err(e) = link.push(data, (now_ms / 1000) as u32, &mut self.outbox) {
+        if let Err(e) = link.push(data, now.unix_secs() as u32, &mut self.outbox) {
             return self.close(e.to_string());
         }
         if matches!(self.phase, Phase::Handshake) && link.is_open() {
@@ -257,7 +263,7 @@ impl TpSession {
             };
             match next {
                 Ok(Some(frame)) => match Message::decode(&frame) {
-                    Ok(message) => self.handle_message(message, now_ms),
+                    Ok(message) => self.handle_message(message, now),
                     Err(DecodeError::UnknownExtension(_)) => {}
                     Err(e) => self.close(format!("bad frame: {e}")),
                 },
@@ -267,7 +273,7 @@ impl TpSession {
         }
     }
 
-    fn handle_message(&mut self, message: Message, now_ms: u64) {
+    fn handle_message(&mut self, message: Message, now: Now) {
         match (&self.phase, message) {
             (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup),
             (
@@ -307,7 +313,7 @@ impl TpSession {
                 header_timestamp,
                 header_nonce,
                 &coinbase_tx,
-                now_ms,
+                now,
             ),
             (_, other) => self.close(format!(
                 "unexpected message type 0x{:02x} from a template client",
@@ -381,7 +387,7 @@ impl TpSession {
         ntime: u32,
         nonce: u32,
         coinbase_tx: &[u8],
-        now_ms: u64,
+        now: Now,
     ) {
         let refuse = |reason: String| TpEvent::Refused {
             template_id,
@@ -438,7 +444,7 @@ impl TpSession {
             address: String::new(),
             reward: template.coinbase_value,
             network_difficulty: template.network_target.difficulty(),
-            time_ms: now_ms,
+            time_ms: now.unix_ms,
         }));
     }
 }

@@ -1,0 +1,469 @@
+//! The one connection driver. Every session (Stratum V1, Stratum V2, the Template Provider) is a
+//! sans-IO [`Connection`]; this loop moves bytes between it and a [`ByteStream`], feeds it
+//! templates, the time and shutdown, and hands its events to a [`Sink`]. No protocol decisions
+//! are made here, and a new transport (TLS, QUIC) is a new `ByteStream`, not a new loop.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quarry_ledger::Receipt;
+use quarry_stratum::{Connection, Now};
+use quarry_work::template::WorkTemplate;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, error};
+
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Unix time in milliseconds: calendar time, for timestamps only (never for deadlines).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Both clocks, read once per event.
+pub fn now() -> Now {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    Now {
+        mono_ms: u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+        unix_ms: unix_ms(),
+    }
+}
+
+/// A byte stream the driver can wait on without holding a read buffer per idle connection.
+pub trait ByteStream: AsyncWrite + Unpin + Send {
+    /// Ready once a read may make progress (data, end of stream or an error).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Reads what is there without waiting: `WouldBlock` when nothing is, `Ok(0)` at the end.
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes what fits without waiting: `WouldBlock` when nothing does.
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Where the peer reached us, for the reconnect address on shutdown.
+    fn local_addr(&self) -> Option<SocketAddr>;
+}
+
+impl ByteStream for TcpStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The waker sits in the socket's own slot, so a waiting connection holds a pointer
+        // instead of a buffer or a 150-byte waiter.
+        TcpStream::poll_read_ready(self, cx)
+    }
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        TcpStream::local_addr(self).ok()
+    }
+}
+
+/// Any `AsyncRead + AsyncWrite` (TLS, QUIC streams, in-memory pipes) as a [`ByteStream`]. It
+/// reads ahead into a buffer that exists only while read bytes wait for the session.
+// Serving uses plain TCP until the TLS and QUIC listeners land; the driver's tests run on it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct Buffered<S> {
+    inner: S,
+    pending: Vec<u8>,
+    local: Option<SocketAddr>,
+    ended: bool,
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+impl<S> Buffered<S> {
+    /// Wraps `inner`; `local` is the address to send miners back to on shutdown.
+    pub fn new(inner: S, local: Option<SocketAddr>) -> Self {
+        Buffered {
+            inner,
+            pending: Vec::new(),
+            local,
+            ended: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for Buffered<S> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() || self.ended {
+            return Poll::Ready(Ok(()));
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                self.ended = buf.filled().is_empty();
+                self.pending.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending.is_empty() {
+            return match self.ended {
+                true => Ok(0),
+                false => Err(io::ErrorKind::WouldBlock.into()),
+            };
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+        Ok(n)
+    }
+    fn try_write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        // No non-blocking write on a generic stream: everything goes through `write_all`.
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What became of an event the session may be holding an answer for.
+pub enum Recording {
+    /// Nothing to record (not an accepted share).
+    Nothing,
+    /// Queued in the share log; durable once the receipt says so.
+    Queued(Receipt),
+    /// The share log would not take it: the answer must never be sent.
+    Refused,
+}
+
+/// Where a connection's events go.
+pub trait Sink<E>: Sync {
+    /// Acts on one event. An accepted share is queued for the share log here, and its
+    /// [`Recording`] tells the driver when the session may answer it.
+    fn handle(&self, event: E) -> impl Future<Output = Recording> + Send;
+}
+
+/// What every connection of a listener shares.
+pub struct Environment<'a, T: ?Sized> {
+    /// The sessions' shared state.
+    pub shared: &'a T,
+    /// The node's newest template.
+    pub templates: watch::Receiver<Option<Arc<WorkTemplate>>>,
+    /// Fires once when the server is going away.
+    pub shutdown: watch::Receiver<bool>,
+    /// How long one write may block.
+    pub write_timeout: Duration,
+    /// The peer, for logs.
+    pub peer: SocketAddr,
+}
+
+/// Runs `conn` over `stream` until either ends; `first` holds bytes already read (the protocol
+/// sniff). Returns the session, released, for what the caller reports about it.
+pub async fn drive<C, S, K>(
+    mut conn: C,
+    mut stream: S,
+    first: &[u8],
+    env: Environment<'_, C::Shared>,
+    sink: &K,
+) -> C
+where
+    C: Connection + Send,
+    C::Shared: Sync,
+    S: ByteStream,
+    K: Sink<C::Event>,
+{
+    let Environment {
+        shared,
+        mut templates,
+        mut shutdown,
+        write_timeout,
+        peer,
+    } = env;
+    debug!(%peer, protocol = conn.protocol(), "connected");
+    let initial = templates.borrow_and_update().clone();
+    if let Some(template) = initial {
+        conn.handle_template(template, now(), shared);
+    }
+    if !first.is_empty() {
+        conn.handle_bytes(first, now(), shared);
+    }
+    // Shutdown is acted on once; afterwards the loop only drains what the session still sends.
+    let mut shutting_down = false;
+    loop {
+        // Events first. The session holds each accepted share's answer until it hears here
+        // that the share log has the share durably; one the log cannot take closes the
+        // connection unanswered.
+        let mut receipts = Vec::new();
+        while let Some(event) = conn.poll_event() {
+            match sink.handle(event).await {
+                Recording::Nothing => {}
+                Recording::Queued(receipt) => receipts.push(Some(receipt)),
+                Recording::Refused => receipts.push(None),
+            }
+        }
+        for receipt in receipts {
+            let durable = match receipt {
+                Some(receipt) => match receipt.durable().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
+                        false
+                    }
+                },
+                None => false,
+            };
+            conn.share_recorded(durable);
+        }
+        // Allocated only when there is something to send: an idle connection keeps no buffer.
+        let mut out = Vec::new();
+        conn.transmit(&mut out);
+        if !out.is_empty() && write(&mut stream, &out, write_timeout).await.is_err() {
+            debug!(%peer, "write failed or timed out");
+            break;
+        }
+        if let Some(reason) = conn.close_reason() {
+            debug!(%peer, %reason, "closing");
+            break;
+        }
+        let deadline = conn.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => {
+                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now().mono_ms)))
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // Wait for readability, then read into the stack: no read buffer is held per
+            // connection while it waits, which is most of an idle connection's life.
+            ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                if ready.is_err() {
+                    break;
+                }
+                let mut buf = [0u8; READ_CHUNK];
+                match stream.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => conn.handle_bytes(&buf[..n], now(), shared),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            changed = templates.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let template = templates.borrow_and_update().clone();
+                if let Some(template) = template {
+                    conn.handle_template(template, now(), shared);
+                }
+            }
+            _ = sleep => conn.handle_timeout(now(), shared),
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                // Graceful restart: miners come back to the same address after a pause.
+                match stream.local_addr() {
+                    Some(local) => conn.handle_shutdown(&local.ip().to_string(), local.port()),
+                    None => conn.handle_shutdown("", 0),
+                }
+            }
+        }
+    }
+    conn.release(shared);
+    conn
+}
+
+/// Writes `out` whole: at once when it fits the socket buffer (most writes), else waiting at
+/// most `timeout`. The wait is boxed: its state would otherwise sit in every connection's task.
+async fn write<S: ByteStream>(stream: &mut S, out: &[u8], timeout: Duration) -> io::Result<()> {
+    let written = match stream.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == out.len() {
+        return Ok(());
+    }
+    match Box::pin(tokio::time::timeout(
+        timeout,
+        stream.write_all(&out[written..]),
+    ))
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use quarry_stratum::testkit::{config, template_at, test_pool, WireJob, ADDRESS, HARD_BITS};
+    use quarry_stratum::v1::{Event, Session};
+    use quarry_stratum::Pool;
+    use quarry_work::{Difficulty, Target};
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    use super::*;
+
+    /// A share log that refuses every share, and what it was offered.
+    #[derive(Default)]
+    struct Refusing {
+        offered: Mutex<u32>,
+    }
+
+    impl Sink<Event> for Refusing {
+        async fn handle(&self, event: Event) -> Recording {
+            match event {
+                Event::ShareAccepted(_) => {
+                    *self.offered.lock().expect("lock") += 1;
+                    Recording::Refused
+                }
+                _ => Recording::Nothing,
+            }
+        }
+    }
+
+    struct Rig {
+        lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<DuplexStream>>>,
+        writer: tokio::io::WriteHalf<DuplexStream>,
+    }
+
+    impl Rig {
+        async fn send(&mut self, value: Value) {
+            let line = format!("{value}\n");
+            self.writer.write_all(line.as_bytes()).await.expect("write");
+        }
+        async fn next(&mut self) -> Option<Value> {
+            let line = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line())
+                .await
+                .expect("the driver answers or closes in time")
+                .expect("read")?;
+            Some(serde_json::from_str(&line).expect("JSON lines"))
+        }
+    }
+
+    /// Starts a V1 session on the driver over an in-memory pipe: no socket anywhere.
+    fn start(
+        sink: Arc<Refusing>,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Rig, tokio::task::JoinHandle<Session>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_keep, templates) =
+            watch::channel(Some(template_at(1, 7, HARD_BITS, unix_ms() / 1000)));
+        let local: SocketAddr = "127.0.0.1:3333".parse().expect("address");
+        let task = tokio::spawn(async move {
+            let _keep = _keep;
+            let pool = test_pool();
+            let env = Environment {
+                shared: &pool as &dyn Pool,
+                templates,
+                shutdown,
+                write_timeout: Duration::from_secs(5),
+                peer: "127.0.0.1:40000".parse().expect("address"),
+            };
+            let session = Session::new(Arc::new(config()), now());
+            drive(
+                session,
+                Buffered::new(server, Some(local)),
+                &[],
+                env,
+                &*sink,
+            )
+            .await
+        });
+        let (reader, writer) = tokio::io::split(client);
+        let rig = Rig {
+            lines: BufReader::new(reader).lines(),
+            writer,
+        };
+        (rig, task)
+    }
+
+    #[tokio::test]
+    async fn a_share_the_log_refuses_is_never_answered_and_the_connection_closes() {
+        let sink = Arc::new(Refusing::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let (mut rig, task) = start(Arc::clone(&sink), shutdown);
+        rig.send(json!({"id": 1, "method": "mining.subscribe", "params": []}))
+            .await;
+        let subscribed = rig.next().await.expect("subscribe answer");
+        let extranonce1 = hex::decode(subscribed["result"][1].as_str().expect("hex")).expect("hex");
+        rig.send(json!({"id": 2, "method": "mining.authorize", "params": [format!("{ADDRESS}.rig"), "x"]}))
+            .await;
+        let (mut difficulty, mut job) = (0.0, None);
+        while job.is_none() {
+            let message = rig.next().await.expect("difficulty and job");
+            match message["method"].as_str() {
+                Some("mining.set_difficulty") => {
+                    difficulty = message["params"][0].as_f64().expect("number")
+                }
+                Some("mining.notify") => job = WireJob::from_params(&message["params"]).ok(),
+                _ => assert_eq!(message["result"], true, "{message}"),
+            }
+        }
+        let job = job.expect("a job");
+        let target = Target::from_difficulty(Difficulty::new(difficulty).expect("positive"));
+        let en2 = [0u8; 8];
+        let nonce = (0u32..)
+            .find(|n| target.is_met_by(&job.hash(&extranonce1, &en2, job.version, job.ntime, *n)))
+            .expect("a nonce");
+        rig.send(json!({"id": 3, "method": "mining.submit", "params": [
+            format!("{ADDRESS}.rig"), job.job_id, hex::encode(en2),
+            format!("{:08x}", job.ntime), format!("{nonce:08x}")]}))
+            .await;
+        // The stream ends, and nothing on it answers the share.
+        while let Some(message) = rig.next().await {
+            assert_ne!(
+                message["id"],
+                json!(3),
+                "answered a share that is not in the log: {message}"
+            );
+        }
+        let session = task.await.expect("driver");
+        assert_eq!(*sink.offered.lock().expect("lock"), 1);
+        assert!(session.close_reason().is_some());
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_miners_back_to_the_address_they_dialled() {
+        let (stop, shutdown) = watch::channel(false);
+        let (mut rig, task) = start(Arc::new(Refusing::default()), shutdown);
+        rig.send(json!({"id": 1, "method": "mining.subscribe", "params": []}))
+            .await;
+        rig.next().await.expect("subscribe answer");
+        stop.send(true).expect("driver listens");
+        let reconnect = rig.next().await.expect("client.reconnect");
+        assert_eq!(reconnect["method"], "client.reconnect");
+        assert_eq!(reconnect["params"], json!(["127.0.0.1", 3333, 5]));
+        assert!(rig.next().await.is_none(), "the connection ends");
+        task.await.expect("driver");
+    }
+}
