@@ -24,6 +24,7 @@ fn share(i: u64) -> ShareRecord {
         template_id: (i / 10_000) as i64,
         is_block: false,
         instance: "bench".into(),
+        chain: quarry_ledger::Chain::BITCOIN,
     }
 }
 

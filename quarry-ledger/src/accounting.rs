@@ -55,7 +55,7 @@ pub struct Rewards {
 }
 
 impl Rewards {
-    /// The credits a block earns, from the shares in the log.
+    /// The credits a block earns, from the shares of its chain in the log.
     ///
     /// # Errors
     /// Database errors.
@@ -69,7 +69,7 @@ impl Rewards {
             Scheme::Solo | Scheme::Pps => return Ok(Vec::new()),
             Scheme::Pplns { n } => {
                 let shares = store
-                    .shares_newest_first(block.found_ms, MAX_WINDOW_SHARES)
+                    .shares_newest_first(&block.chain, block.found_ms, MAX_WINDOW_SHARES)
                     .await?;
                 let credits: Vec<ShareCredit> = shares
                     .into_iter()
@@ -90,14 +90,15 @@ impl Rewards {
                     .await?
                     .into_iter()
                     .filter(|b| {
-                        b.found_ms < block.found_ms
+                        b.chain == block.chain
+                            && b.found_ms < block.found_ms
                             && !matches!(b.status, BlockStatus::Orphaned | BlockStatus::Rejected)
                     })
                     .map(|b| b.found_ms)
                     .max()
                     .unwrap_or(i64::MIN);
                 let round: Vec<ShareCredit> = store
-                    .shares_between(previous, block.found_ms)
+                    .shares_between(&block.chain, previous, block.found_ms)
                     .await?
                     .into_iter()
                     .map(|(address, difficulty)| ShareCredit {
@@ -133,7 +134,7 @@ impl Rewards {
                     let mut filled = 0u128;
                     let mut start = block.found_ms;
                     for share in store
-                        .shares_newest_first(block.found_ms, MAX_WINDOW_SHARES)
+                        .shares_newest_first(&block.chain, block.found_ms, MAX_WINDOW_SHARES)
                         .await?
                     {
                         start = share.created_ms;

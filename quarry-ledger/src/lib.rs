@@ -6,12 +6,14 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+pub mod chain;
 pub mod payouts;
 pub mod schemes;
 pub mod share_log;
 pub mod store;
 
 pub use accounting::{Rewards, Scheme};
+pub use chain::Chain;
 pub use schemes::{Msat, Sat};
 pub use share_log::{Receipt, RecordError, ShareLog};
 pub use store::{

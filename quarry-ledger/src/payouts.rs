@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::chain::Chain;
 use crate::schemes::Sat;
 use crate::store::{Store, StoreError};
 
@@ -77,11 +78,13 @@ pub struct PayoutReport {
     pub txids: Vec<String>,
 }
 
-/// One payout run: reconcile pending intents, then pay every balance at or above `threshold`.
+/// One payout run on `chain` (the wallet's): reconcile pending intents, then pay every balance
+/// at or above `threshold`.
 ///
 /// # Errors
 /// Database or wallet errors; what was committed stays consistent.
 pub async fn run_payouts<W: Wallet>(
+    chain: &Chain,
     store: &Store,
     wallet: &W,
     threshold: Sat,
@@ -89,7 +92,7 @@ pub async fn run_payouts<W: Wallet>(
     crash: impl Fn(Step) -> bool,
 ) -> Result<PayoutReport, PayoutError> {
     let mut report = PayoutReport::default();
-    for (id, tag) in store.pending_payouts().await? {
+    for (id, tag) in store.pending_payouts(chain).await? {
         let items = store.payout_items(id).await?;
         let txid = match wallet.find_sent(&tag).await.map_err(PayoutError::Wallet)? {
             Some(txid) => {
@@ -114,7 +117,7 @@ pub async fn run_payouts<W: Wallet>(
         }
     }
     let payable: BTreeMap<String, Sat> = store
-        .payable()
+        .payable(chain)
         .await?
         .into_iter()
         .filter(|(_, sat)| *sat >= threshold.max(1))
@@ -123,7 +126,7 @@ pub async fn run_payouts<W: Wallet>(
         return Ok(report);
     }
     let tag = format!("quarry-payout-{now_ms}");
-    let id = store.create_payout(&tag, &payable, now_ms).await?;
+    let id = store.create_payout(chain, &tag, &payable, now_ms).await?;
     if crash(Step::AfterIntent) {
         return Ok(report);
     }

@@ -402,6 +402,7 @@ fn spool_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Chain;
 
     fn share(i: i64) -> ShareRecord {
         ShareRecord {
@@ -415,6 +416,7 @@ mod tests {
             template_id: 5,
             is_block: false,
             instance: "t".into(),
+            chain: Chain::BITCOIN,
         }
     }
 

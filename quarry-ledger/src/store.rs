@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
+use crate::chain::Chain;
+
 /// Which database is behind a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -59,6 +61,10 @@ pub struct ShareRecord {
     pub is_block: bool,
     /// Which `quarry serve` accepted it.
     pub instance: String,
+    /// The chain whose work it is (spool lines written before chains were recorded are
+    /// Bitcoin's).
+    #[serde(default)]
+    pub chain: Chain,
 }
 
 /// Advisory lock key for payouts ("quarry" in ASCII, as an integer).
@@ -155,6 +161,9 @@ pub struct BlockRecord {
     /// Why every node refused it (the node's `submitblock` answer); `None` otherwise.
     #[serde(default)]
     pub reject_reason: Option<String>,
+    /// The chain it is a block of.
+    #[serde(default)]
+    pub chain: Chain,
 }
 
 /// Money owed to an address for a block.
@@ -171,6 +180,8 @@ pub struct Credit {
 /// One worker's recent shares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStats {
+    /// The chain the shares were for: difficulties of different chains do not add up.
+    pub chain: Chain,
     /// Payout address.
     pub address: String,
     /// Full username.
@@ -204,11 +215,15 @@ pub struct PayoutRecord {
     pub total_sat: i64,
     /// Number of recipients.
     pub recipients: i64,
+    /// The chain it paid on.
+    pub chain: Chain,
 }
 
 /// An address's credits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
+    /// In which chain's coin.
+    pub chain: Chain,
     /// Who.
     pub address: String,
     /// Payable, millisatoshis.
@@ -218,8 +233,8 @@ pub struct Balance {
 }
 
 const SHARE_COLUMNS: &str = "created_ms, address, worker, difficulty, network_difficulty, \
-                             block_reward, height, template_id, is_block, instance";
-const SHARE_COLUMN_COUNT: usize = 10;
+                             block_reward, height, template_id, is_block, instance, chain";
+const SHARE_COLUMN_COUNT: usize = 11;
 /// Rows per INSERT statement on PostgreSQL (65,535 bound values at most).
 const ROWS_PER_STATEMENT: usize = 1000;
 /// Rows per INSERT statement on SQLite: sqlx binds SQLite parameters slowly in large
@@ -349,19 +364,22 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
-    /// Shares accepted at or before `until_ms`, newest first, at most `limit`.
+    /// Shares of `chain` accepted at or before `until_ms`, newest first, at most `limit`.
     ///
     /// # Errors
     /// Any database error.
     pub async fn shares_newest_first(
         &self,
+        chain: &Chain,
         until_ms: i64,
         limit: i64,
     ) -> Result<Vec<ShareRecord>, StoreError> {
         let sql = format!(
-            "SELECT {SHARE_COLUMNS} FROM shares WHERE created_ms <= $1 ORDER BY created_ms DESC, id DESC LIMIT $2"
+            "SELECT {SHARE_COLUMNS} FROM shares WHERE chain = $1 AND created_ms <= $2 \
+             ORDER BY created_ms DESC, id DESC LIMIT $3"
         );
         let rows = sqlx::query(&sql)
+            .bind(chain.as_str().to_string())
             .bind(until_ms)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -379,6 +397,7 @@ impl Store {
                     template_id: row.try_get(7)?,
                     is_block: row.try_get::<i64, _>(8)? != 0,
                     instance: row.try_get(9)?,
+                    chain: stored_chain(row, 10)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -392,7 +411,7 @@ impl Store {
     pub async fn insert_block(&self, block: &BlockRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, share_id, \
-             network_difficulty, instance) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9) \
+             network_difficulty, instance, chain) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10) \
              ON CONFLICT (hash) DO NOTHING",
         )
         .bind(block.hash.clone())
@@ -404,6 +423,7 @@ impl Store {
         .bind(block.found_ms)
         .bind(block.network_difficulty)
         .bind(block.instance.clone())
+        .bind(block.chain.as_str().to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -419,7 +439,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<BlockRecord>, StoreError> {
         let columns =
-            "hash, height, status, reward, worker, address, found_ms, network_difficulty, instance, reject_reason";
+            "hash, height, status, reward, worker, address, found_ms, network_difficulty, instance, reject_reason, chain";
         let rows = match status {
             Some(status) => {
                 sqlx::query(&format!(
@@ -453,6 +473,7 @@ impl Store {
                     network_difficulty: row.try_get(7)?,
                     instance: row.try_get(8)?,
                     reject_reason: row.try_get(9)?,
+                    chain: stored_chain(row, 10)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -537,8 +558,9 @@ impl Store {
         }
         for credit in credits {
             sqlx::query(
-                "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                // In the block's chain's coin.
+                "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms, chain) \
+                 SELECT $1, $2, $3, $4, $5, $6, chain FROM blocks WHERE hash = $7",
             )
             .bind(hash.to_string())
             .bind(credit.address.clone())
@@ -546,6 +568,7 @@ impl Store {
             .bind(credit.kind.clone())
             .bind(CreditStatus::Immature.as_str().to_string())
             .bind(now_ms)
+            .bind(hash.to_string())
             .execute(&mut *tx)
             .await?;
         }
@@ -553,7 +576,7 @@ impl Store {
         Ok(true)
     }
 
-    /// Per address: mature and immature credits, in millisatoshis.
+    /// Per chain and address: mature and immature credits, in millisatoshis.
     ///
     /// # Errors
     /// Any database error.
@@ -561,14 +584,15 @@ impl Store {
         let rows = sqlx::query(
             "SELECT address, \
              CAST(SUM(CASE WHEN status = 'mature' THEN amount_msat ELSE 0 END) AS BIGINT), \
-             CAST(SUM(CASE WHEN status = 'immature' THEN amount_msat ELSE 0 END) AS BIGINT) \
-             FROM credits GROUP BY address ORDER BY address",
+             CAST(SUM(CASE WHEN status = 'immature' THEN amount_msat ELSE 0 END) AS BIGINT), chain \
+             FROM credits GROUP BY chain, address ORDER BY chain, address",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 Ok(Balance {
+                    chain: stored_chain(row, 3)?,
                     address: row.try_get(0)?,
                     mature_msat: row.try_get::<i64, _>(1)?,
                     immature_msat: row.try_get::<i64, _>(2)?,
@@ -578,18 +602,20 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Shares accepted in `(after_ms, until_ms]`, oldest first (a PROP round).
+    /// Shares of `chain` accepted in `(after_ms, until_ms]`, oldest first (a PROP round).
     ///
     /// # Errors
     /// Any database error.
     pub async fn shares_between(
         &self,
+        chain: &Chain,
         after_ms: i64,
         until_ms: i64,
     ) -> Result<Vec<(String, f64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT address, difficulty FROM shares WHERE created_ms > $1 AND created_ms <= $2 ORDER BY id",
+            "SELECT address, difficulty FROM shares WHERE chain = $1 AND created_ms > $2 AND created_ms <= $3 ORDER BY id",
         )
+        .bind(chain.as_str().to_string())
         .bind(after_ms)
         .bind(until_ms)
         .fetch_all(&self.pool)
@@ -600,20 +626,23 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Satoshis payable per address: mature credits (rounded down to the satoshi) less
-    /// everything already in a payout, sent or intended.
+    /// Satoshis (the chain's base unit) payable per address on `chain`: mature credits
+    /// (rounded down) less everything already in a payout, sent or intended.
     ///
     /// # Errors
     /// Any database error.
-    pub async fn payable(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+    pub async fn payable(&self, chain: &Chain) -> Result<BTreeMap<String, u64>, StoreError> {
         let credited = sqlx::query(
-            "SELECT address, CAST(SUM(amount_msat) AS BIGINT) FROM credits WHERE status = 'mature' GROUP BY address",
+            "SELECT address, CAST(SUM(amount_msat) AS BIGINT) FROM credits \
+             WHERE chain = $1 AND status = 'mature' GROUP BY address",
         )
+        .bind(chain.as_str().to_string())
         .fetch_all(&self.pool)
         .await?;
         let paid = sqlx::query(
-            "SELECT address, CAST(SUM(amount_sat) AS BIGINT) FROM payout_items GROUP BY address",
+            "SELECT address, CAST(SUM(amount_sat) AS BIGINT) FROM payout_items WHERE chain = $1 GROUP BY address",
         )
+        .bind(chain.as_str().to_string())
         .fetch_all(&self.pool)
         .await?;
         let mut paid_by: BTreeMap<String, i64> = BTreeMap::new();
@@ -638,26 +667,29 @@ impl Store {
     /// Any database error (a reused tag included); nothing is written then.
     pub async fn create_payout(
         &self,
+        chain: &Chain,
         tag: &str,
         items: &BTreeMap<String, u64>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query(
-            "INSERT INTO payouts (tag, status, created_ms) VALUES ($1, 'intent', $2) RETURNING id",
+            "INSERT INTO payouts (tag, status, created_ms, chain) VALUES ($1, 'intent', $2, $3) RETURNING id",
         )
         .bind(tag.to_string())
         .bind(now_ms)
+        .bind(chain.as_str().to_string())
         .fetch_one(&mut *tx)
         .await?
         .try_get(0)?;
         for (address, amount) in items {
             sqlx::query(
-                "INSERT INTO payout_items (payout_id, address, amount_sat) VALUES ($1, $2, $3)",
+                "INSERT INTO payout_items (payout_id, address, amount_sat, chain) VALUES ($1, $2, $3, $4)",
             )
             .bind(id)
             .bind(address.clone())
             .bind(i64::try_from(*amount).unwrap_or(i64::MAX))
+            .bind(chain.as_str().to_string())
             .execute(&mut *tx)
             .await?;
         }
@@ -665,14 +697,17 @@ impl Store {
         Ok(id)
     }
 
-    /// Payouts whose send is not recorded yet: (id, tag), oldest first.
+    /// Payouts on `chain` whose send is not recorded yet: (id, tag), oldest first.
     ///
     /// # Errors
     /// Any database error.
-    pub async fn pending_payouts(&self) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows = sqlx::query("SELECT id, tag FROM payouts WHERE status = 'intent' ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn pending_payouts(&self, chain: &Chain) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tag FROM payouts WHERE chain = $1 AND status = 'intent' ORDER BY id",
+        )
+        .bind(chain.as_str().to_string())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
@@ -741,15 +776,16 @@ impl Store {
         Ok(())
     }
 
-    /// Sent payouts per address: (satoshis debited, satoshis received on chain).
+    /// Sent payouts on `chain` per address: (satoshis debited, satoshis received on chain).
     ///
     /// # Errors
     /// Any database error.
-    pub async fn paid(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+    pub async fn paid(&self, chain: &Chain) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT i.address, CAST(SUM(i.amount_sat) AS BIGINT), CAST(SUM(COALESCE(i.received_sat, 0)) AS BIGINT) \
-             FROM payout_items i JOIN payouts p ON p.id = i.payout_id WHERE p.status = 'sent' GROUP BY i.address",
+             FROM payout_items i JOIN payouts p ON p.id = i.payout_id WHERE p.chain = $1 AND p.status = 'sent' GROUP BY i.address",
         )
+        .bind(chain.as_str().to_string())
         .fetch_all(&self.pool)
         .await?;
         let mut paid = BTreeMap::new();
@@ -766,8 +802,8 @@ impl Store {
     /// Any database error.
     pub async fn worker_stats(&self, since_ms: i64) -> Result<Vec<WorkerStats>, StoreError> {
         let rows = sqlx::query(
-            "SELECT address, worker, COUNT(*), SUM(difficulty), MAX(created_ms) FROM shares \
-             WHERE created_ms > $1 GROUP BY address, worker ORDER BY address, worker",
+            "SELECT address, worker, COUNT(*), SUM(difficulty), MAX(created_ms), chain FROM shares \
+             WHERE created_ms > $1 GROUP BY chain, address, worker ORDER BY chain, address, worker",
         )
         .bind(since_ms)
         .fetch_all(&self.pool)
@@ -775,6 +811,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 Ok(WorkerStats {
+                    chain: stored_chain(row, 5)?,
                     address: row.try_get(0)?,
                     worker: row.try_get(1)?,
                     shares: row.try_get(2)?,
@@ -786,16 +823,19 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Sum of share difficulty accepted after `since_ms` (round effort: since the last block).
+    /// Sum of `chain`'s share difficulty accepted after `since_ms` (round effort: since the
+    /// last block).
     ///
     /// # Errors
     /// Any database error.
-    pub async fn difficulty_since(&self, since_ms: i64) -> Result<f64, StoreError> {
-        let row =
-            sqlx::query("SELECT COALESCE(SUM(difficulty), 0.0) FROM shares WHERE created_ms > $1")
-                .bind(since_ms)
-                .fetch_one(&self.pool)
-                .await?;
+    pub async fn difficulty_since(&self, chain: &Chain, since_ms: i64) -> Result<f64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(difficulty), 0.0) FROM shares WHERE chain = $1 AND created_ms > $2",
+        )
+        .bind(chain.as_str().to_string())
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get::<f64, _>(0)?)
     }
 
@@ -806,9 +846,9 @@ impl Store {
     pub async fn payouts(&self, limit: i64) -> Result<Vec<PayoutRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, \
-             CAST(COALESCE(SUM(i.amount_sat), 0) AS BIGINT), COUNT(i.address) \
+             CAST(COALESCE(SUM(i.amount_sat), 0) AS BIGINT), COUNT(i.address), p.chain \
              FROM payouts p LEFT JOIN payout_items i ON i.payout_id = p.id \
-             GROUP BY p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error \
+             GROUP BY p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, p.chain \
              ORDER BY p.id DESC LIMIT $1",
         )
         .bind(limit)
@@ -826,6 +866,7 @@ impl Store {
                     error: row.try_get(6)?,
                     total_sat: row.try_get(7)?,
                     recipients: row.try_get(8)?,
+                    chain: stored_chain(row, 9)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -873,7 +914,7 @@ impl Store {
             .await?
             .try_get(0)?;
         let rows = sqlx::query(
-            "SELECT id, address, difficulty, network_difficulty, block_reward, created_ms FROM shares \
+            "SELECT id, address, difficulty, network_difficulty, block_reward, created_ms, chain FROM shares \
              WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(last)
@@ -891,7 +932,8 @@ impl Store {
         let Some(new_last) = rows.last().map(|r| r.try_get::<i64, _>(0)).transpose()? else {
             return Ok(0);
         };
-        let mut owed: BTreeMap<String, u64> = BTreeMap::new();
+        // Each share is paid in its own chain's coin, at its own chain's reward and difficulty.
+        let mut owed: BTreeMap<(Chain, String), u64> = BTreeMap::new();
         for row in rows {
             let credit = crate::schemes::pps_credit_msat(
                 row.try_get(2)?,
@@ -899,7 +941,9 @@ impl Store {
                 u64::try_from(row.try_get::<i64, _>(4)?).unwrap_or(0),
                 fee_ppm,
             );
-            *owed.entry(row.try_get(1)?).or_default() += credit;
+            *owed
+                .entry((stored_chain(row, 6)?, row.try_get(1)?))
+                .or_default() += credit;
         }
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
@@ -913,14 +957,15 @@ impl Store {
         if claimed == 0 {
             return Ok(0);
         }
-        for (address, msat) in owed.iter().filter(|(_, m)| **m > 0) {
+        for ((chain, address), msat) in owed.iter().filter(|(_, m)| **m > 0) {
             sqlx::query(
-                "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms) \
-                 VALUES (NULL, $1, $2, 'pps', 'mature', $3)",
+                "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms, chain) \
+                 VALUES (NULL, $1, $2, 'pps', 'mature', $3, $4)",
             )
             .bind(address.clone())
             .bind(i64::try_from(*msat).unwrap_or(i64::MAX))
             .bind(now_ms)
+            .bind(chain.as_str().to_string())
             .execute(&mut *tx)
             .await?;
         }
@@ -961,6 +1006,13 @@ impl Store {
     }
 }
 
+/// A stored chain key; one that breaks the rules (written by hand) is a decode error, not a
+/// panic.
+fn stored_chain(row: &sqlx::any::AnyRow, index: usize) -> Result<Chain, sqlx::Error> {
+    let key: String = row.try_get(index)?;
+    Chain::new(&key).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 async fn insert_shares_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     shares: &[ShareRecord],
@@ -984,7 +1036,8 @@ async fn insert_shares_in(
                 .bind(share.height)
                 .bind(share.template_id)
                 .bind(i64::from(share.is_block))
-                .bind(share.instance.clone());
+                .bind(share.instance.clone())
+                .bind(share.chain.as_str().to_string());
         }
         query.execute(&mut **tx).await?;
     }
@@ -1026,9 +1079,9 @@ mod tests {
     fn insert_sql_numbers_placeholders_in_order() {
         let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.ends_with(
-            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10),($11,$12,$13,$14,$15,$16,$17,$18,$19,$20)"
+            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11),($12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)"
         ));
         let sql = insert_sql(1, Backend::Sqlite);
-        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?)"));
+        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?,?)"));
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use quarry_ledger::payouts::{run_payouts, PayoutError, Step, Wallet};
-use quarry_ledger::{BlockRecord, BlockStatus, Credit, CreditStatus, Store};
+use quarry_ledger::{BlockRecord, BlockStatus, Chain, Credit, CreditStatus, Store};
 
 /// (tag, txid, amounts) of one payment.
 type Sent = (String, String, BTreeMap<String, u64>);
@@ -91,6 +91,7 @@ async fn ledger(name: &str) -> Store {
         found_ms: 1,
         network_difficulty: 1.0,
         instance: "t".into(),
+        chain: Chain::BITCOIN,
         reject_reason: None,
     };
     store.insert_block(&block).await.expect("block");
@@ -135,14 +136,14 @@ async fn killed_at_every_step_pays_exactly_once() {
         let store = ledger(&format!("{step:?}")).await;
         let wallet = FakeWallet::new(1_000_000);
         // First run dies at `step`.
-        run_payouts(&store, &wallet, 100, 10, |at| at == step)
+        run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 10, |at| at == step)
             .await
             .expect("first run");
         // Later runs recover; a third one finds nothing left to do.
-        run_payouts(&store, &wallet, 100, 20, |_| false)
+        run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 20, |_| false)
             .await
             .expect("recovery run");
-        let report = run_payouts(&store, &wallet, 100, 30, |_| false)
+        let report = run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 30, |_| false)
             .await
             .expect("idle run");
         assert_eq!(report.sent, 0, "{step:?}: nothing left");
@@ -151,13 +152,21 @@ async fn killed_at_every_step_pays_exactly_once() {
             vec![expected()],
             "{step:?}: exactly one payment, nobody skipped"
         );
-        let paid = store.paid().await.expect("paid");
+        let paid = store.paid(&Chain::BITCOIN).await.expect("paid");
         assert_eq!(paid["alice"], (5000, 5000 - FEE as i64 / 2), "{step:?}");
         assert_eq!(paid["bob"], (3000, 3000 - FEE as i64 / 2), "{step:?}");
         assert!(!paid.contains_key("carol"), "below the threshold");
-        assert!(store.pending_payouts().await.expect("pending").is_empty());
+        assert!(store
+            .pending_payouts(&Chain::BITCOIN)
+            .await
+            .expect("pending")
+            .is_empty());
         assert_eq!(
-            store.payable().await.expect("payable").get("carol"),
+            store
+                .payable(&Chain::BITCOIN)
+                .await
+                .expect("payable")
+                .get("carol"),
             Some(&50)
         );
     }
@@ -167,25 +176,29 @@ async fn killed_at_every_step_pays_exactly_once() {
 async fn short_wallet_keeps_the_payout_pending_until_it_can_pay() {
     let store = ledger("short").await;
     let wallet = FakeWallet::new(100);
-    let error = run_payouts(&store, &wallet, 100, 10, |_| false)
+    let error = run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 10, |_| false)
         .await
         .expect_err("too little");
     assert!(matches!(error, PayoutError::Wallet(_)));
     assert_eq!(
-        store.pending_payouts().await.expect("pending").len(),
+        store
+            .pending_payouts(&Chain::BITCOIN)
+            .await
+            .expect("pending")
+            .len(),
         1,
         "intent kept"
     );
     assert!(
-        store.paid().await.expect("paid").is_empty(),
+        store.paid(&Chain::BITCOIN).await.expect("paid").is_empty(),
         "nothing recorded as paid"
     );
     assert!(wallet.sends().is_empty());
     *wallet.balance.lock().expect("lock") = 1_000_000;
-    run_payouts(&store, &wallet, 100, 20, |_| false)
+    run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 20, |_| false)
         .await
         .expect("retry");
-    run_payouts(&store, &wallet, 100, 30, |_| false)
+    run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 30, |_| false)
         .await
         .expect("idle");
     assert_eq!(wallet.sends(), vec![expected()]);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use quarry_ledger::{ShareLog, ShareRecord, Store};
+use quarry_ledger::{Chain, ShareLog, ShareRecord, Store};
 
 fn scratch(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -102,6 +102,7 @@ fn share(i: i64) -> ShareRecord {
         template_id: i / 100,
         is_block: i % 1000 == 999,
         instance: "test".into(),
+        chain: Chain::BITCOIN,
     }
 }
 
@@ -110,7 +111,7 @@ async fn exercise(store: &Store) {
     store.insert_shares(&shares).await.expect("insert");
     assert_eq!(store.share_count().await.expect("count"), 2500);
     let newest = store
-        .shares_newest_first(1_800_000_000_000 + 2000, 3)
+        .shares_newest_first(&Chain::BITCOIN, 1_800_000_000_000 + 2000, 3)
         .await
         .expect("query");
     assert_eq!(newest, vec![share(2000), share(1999), share(1998)]);
@@ -261,6 +262,7 @@ mod blocks {
             found_ms,
             network_difficulty: 10.0,
             instance: "test".into(),
+            chain: Chain::BITCOIN,
             reject_reason: None,
         }
     }
@@ -277,6 +279,7 @@ mod blocks {
             template_id: 1,
             is_block: false,
             instance: "test".into(),
+            chain: Chain::BITCOIN,
         }
     }
 
@@ -459,6 +462,7 @@ mod accrual_and_retention {
             template_id: 1,
             is_block: false,
             instance: "t".into(),
+            chain: Chain::BITCOIN,
         }
     }
 
@@ -539,6 +543,7 @@ mod accrual_and_retention {
                 found_ms: 10,
                 network_difficulty: 2.0,
                 instance: "t".into(),
+                chain: Chain::BITCOIN,
                 reject_reason: None,
             })
             .await
@@ -599,4 +604,194 @@ async fn postgres_pps_accrual_and_retention() {
     let pg2 = Postgres::start("retention-pg");
     let store = Store::open(&pg2.url).await.expect("open");
     accrual_and_retention::retention(&store).await;
+}
+
+/// Migration 0006 (the chain key) on a database written by the schema before it: every old row
+/// is kept and is Bitcoin's, and a second chain's rows never mix with Bitcoin's sums.
+mod chain_key {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use quarry_ledger::{BlockRecord, BlockStatus, Credit, CreditStatus};
+    use sqlx::any::{install_default_drivers, AnyPoolOptions};
+    use sqlx::Executor;
+
+    /// The schema as it was before the chain key: migrations 0001-0005 only, run by sqlx
+    /// itself so that their checksums are the real ones.
+    async fn old_schema(url: &str, backend: &str) {
+        let dir = scratch("old-migrations");
+        let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        for entry in std::fs::read_dir(&source).expect("migrations") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
+            if name.as_str() < "0006" {
+                std::fs::copy(&path, dir.join(&name)).expect("copy");
+            }
+        }
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .expect("connect");
+        sqlx::migrate::Migrator::new(dir.as_path())
+            .await
+            .expect("old migrations")
+            .run(&pool)
+            .await
+            .expect("old schema");
+        for sql in [
+            "INSERT INTO shares (created_ms, address, worker, difficulty, network_difficulty, \
+             block_reward, height, template_id, is_block, instance) \
+             VALUES (10, 'alice', 'alice.rig', 2.0, 10.0, 1000000, 100, 1, 0, 'old')",
+            "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, \
+             share_id, network_difficulty, instance) \
+             VALUES ('oldblock', 100, 'confirmed', 1000000, 'alice.rig', 'alice', 11, NULL, 10.0, 'old')",
+            "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms) \
+             VALUES ('oldblock', 'alice', 700000000, 'pplns', 'mature', 12)",
+            "INSERT INTO payouts (tag, status, created_ms) VALUES ('old-payout', 'sent', 13)",
+            "INSERT INTO payout_items (payout_id, address, amount_sat) \
+             VALUES ((SELECT id FROM payouts WHERE tag = 'old-payout'), 'alice', 300000)",
+        ] {
+            pool.execute(sql).await.expect(sql);
+        }
+        pool.close().await;
+    }
+
+    pub async fn upgrade(url: &str, backend: &str) {
+        old_schema(url, backend).await;
+        let store = Store::open(url).await.expect("migrates to the chain key");
+        let bitcoin = Chain::BITCOIN;
+
+        // Every old row is still there, and Bitcoin's.
+        let shares = store
+            .shares_newest_first(&bitcoin, 1000, 10)
+            .await
+            .expect("shares");
+        assert_eq!(shares.len(), 1);
+        assert_eq!(
+            (shares[0].address.as_str(), shares[0].chain.clone()),
+            ("alice", bitcoin.clone())
+        );
+        let blocks = store.blocks(None, 10).await.expect("blocks");
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].chain, bitcoin);
+        let payouts = store.payouts(10).await.expect("payouts");
+        assert_eq!(
+            (payouts[0].chain.clone(), payouts[0].total_sat),
+            (bitcoin.clone(), 300_000)
+        );
+        // 700,000 sat credited, 300,000 already paid.
+        assert_eq!(
+            store.payable(&bitcoin).await.expect("payable"),
+            BTreeMap::from([("alice".to_string(), 400_000)])
+        );
+
+        // A second chain: its block, credits and payouts stay its own.
+        let namecoin = Chain::new("namecoin").expect("key");
+        store
+            .insert_block(&BlockRecord {
+                hash: "auxblock".into(),
+                height: 5000,
+                status: BlockStatus::Submitted,
+                reward: 5_000_000,
+                worker: "alice.rig".into(),
+                address: "alice".into(),
+                found_ms: 20,
+                network_difficulty: 3.0,
+                instance: "new".into(),
+                reject_reason: None,
+                chain: namecoin.clone(),
+            })
+            .await
+            .expect("aux block");
+        let credit = Credit {
+            address: "alice".into(),
+            amount_msat: 5_000_000_000,
+            kind: "pplns".into(),
+        };
+        assert!(store
+            .credit_block("auxblock", &[credit], 21)
+            .await
+            .expect("credit"));
+        assert!(store
+            .transition_block(
+                "auxblock",
+                BlockStatus::Pending,
+                BlockStatus::Confirmed,
+                Some((CreditStatus::Immature, CreditStatus::Mature)),
+            )
+            .await
+            .expect("mature"));
+        assert_eq!(
+            store.payable(&namecoin).await.expect("payable"),
+            BTreeMap::from([("alice".to_string(), 5_000_000)])
+        );
+        assert_eq!(
+            store.payable(&bitcoin).await.expect("payable"),
+            BTreeMap::from([("alice".to_string(), 400_000)]),
+            "another chain's credit is not Bitcoin's"
+        );
+        let balances = store.balances().await.expect("balances");
+        let per_chain: Vec<(String, i64)> = balances
+            .iter()
+            .map(|b| (b.chain.to_string(), b.mature_msat))
+            .collect();
+        assert_eq!(
+            per_chain,
+            [
+                ("bitcoin".to_string(), 700_000_000),
+                ("namecoin".to_string(), 5_000_000_000)
+            ]
+        );
+        store
+            .create_payout(
+                &namecoin,
+                "aux-payout",
+                &BTreeMap::from([("alice".to_string(), 1)]),
+                22,
+            )
+            .await
+            .expect("aux payout");
+        assert_eq!(
+            store
+                .pending_payouts(&bitcoin)
+                .await
+                .expect("pending")
+                .len(),
+            0
+        );
+        assert_eq!(
+            store
+                .pending_payouts(&namecoin)
+                .await
+                .expect("pending")
+                .len(),
+            1
+        );
+        assert_eq!(
+            store.payable(&bitcoin).await.expect("payable")["alice"],
+            400_000,
+            "another chain's payout is not Bitcoin's"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_chain_key_migration_keeps_old_rows_and_separates_chains() {
+    let dir = scratch("chain-sqlite");
+    let url = format!("sqlite://{}?mode=rwc", dir.join("q.db").display());
+    chain_key::upgrade(&url, "sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_chain_key_migration_keeps_old_rows_and_separates_chains() {
+    let pg = Postgres::start("chain-pg");
+    chain_key::upgrade(&pg.url, "postgres").await;
 }

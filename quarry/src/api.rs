@@ -15,7 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use quarry_ledger::{BlockStatus, Store};
+use quarry_ledger::{BlockStatus, Chain, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
@@ -106,7 +106,10 @@ async fn pool(State(state): Shared) -> Result<Json<Value>, ApiError> {
         .map(|b| b.found_ms)
         .max()
         .unwrap_or(0);
-    let round_difficulty = state.store.difficulty_since(last_block_ms).await?;
+    let round_difficulty = state
+        .store
+        .difficulty_since(&Chain::BITCOIN, last_block_ms)
+        .await?;
     let network_difficulty = state.metrics.network_difficulty();
     let rate = hashrate(difficulty, WINDOW_MS);
     let time_to_block = (rate > 0.0 && network_difficulty > 0.0)
@@ -147,22 +150,27 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .worker_stats(now - WINDOW_MS)
         .await?
         .into_iter()
-        .filter(|w| w.address == address)
+        .filter(|w| w.chain == Chain::BITCOIN && w.address == address)
         .collect();
     let balance = state
         .store
         .balances()
         .await?
         .into_iter()
-        .find(|b| b.address == address);
-    let paid = state.store.paid().await?.get(&address).copied();
+        .find(|b| b.chain == Chain::BITCOIN && b.address == address);
+    let paid = state
+        .store
+        .paid(&Chain::BITCOIN)
+        .await?
+        .get(&address)
+        .copied();
     if workers.is_empty() && balance.is_none() && paid.is_none() {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown miner".into()));
     }
     let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
     let payable = state
         .store
-        .payable()
+        .payable(&Chain::BITCOIN)
         .await?
         .get(&address)
         .copied()

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quarry_ledger::{BlockRecord, BlockStatus, CreditStatus, Rewards, Store};
+use quarry_ledger::{BlockRecord, BlockStatus, Chain, CreditStatus, Rewards, Store};
 use quarry_stratum::v1::FoundBlock;
 use quarry_work::hash::to_display_hex;
 use quarry_work::Hash32;
@@ -89,6 +89,7 @@ impl BlockKeeper {
             network_difficulty: block.network_difficulty,
             instance: self.instance.clone(),
             reject_reason: None,
+            chain: Chain::BITCOIN,
         };
         if let Err(e) = self.store.insert_block(&record).await {
             // The block goes to the node regardless; the tracker can't see it, so say so loudly.

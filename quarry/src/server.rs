@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quarry_ledger::{ShareLog, ShareRecord};
+use quarry_ledger::{Chain, ShareLog, ShareRecord};
 use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::v2::{PoolSession, Sv2Config};
@@ -241,6 +241,7 @@ impl Server {
             template_id: i64::try_from(share.template_id).unwrap_or(i64::MAX),
             is_block: share.is_block,
             instance: self.out.instance.clone(),
+            chain: Chain::BITCOIN,
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use quarry_ledger::payouts::{run_payouts, Step, Wallet};
-use quarry_ledger::Store;
+use quarry_ledger::{Chain, Store};
 use serde_json::{json, Value};
 use tracing::{error, info};
 
@@ -94,13 +94,20 @@ pub async fn payout_once(
         .and_then(|s| Step::parse(&s));
     let wallet = NodeWallet { nodes };
     let now_ms = i64::try_from(crate::driver::unix_ms()).unwrap_or(i64::MAX);
-    let report = run_payouts(store, &wallet, threshold_sat, now_ms, |step| {
-        if Some(step) == crash_at {
-            error!(?step, "QUARRY_PAYOUT_CRASH_AT: aborting");
-            std::process::abort();
-        }
-        false
-    })
+    let report = run_payouts(
+        &Chain::BITCOIN,
+        store,
+        &wallet,
+        threshold_sat,
+        now_ms,
+        |step| {
+            if Some(step) == crash_at {
+                error!(?step, "QUARRY_PAYOUT_CRASH_AT: aborting");
+                std::process::abort();
+            }
+            false
+        },
+    )
     .await
     .context("payout run")?;
     info!(

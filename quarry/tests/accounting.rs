@@ -224,7 +224,10 @@ percent = 5
             "payout run crashing at '{crash}': {status}"
         );
     }
-    let paid = store.paid().await.expect("paid");
+    let paid = store
+        .paid(&quarry_ledger::Chain::BITCOIN)
+        .await
+        .expect("paid");
     for (address, msat) in &expected {
         let (debited, _) = paid.get(address).copied().unwrap_or_default();
         assert_eq!(debited * 1000, *msat, "{address} paid its whole balance");

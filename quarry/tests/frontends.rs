@@ -162,7 +162,10 @@ async fn two_frontends_share_one_postgres() {
         let sent = payments
             .as_array()
             .is_some_and(|p| p.iter().any(|x| x["status"] == "sent"));
-        let (Ok(paid), Ok(payable)) = (store.paid().await, store.payable().await) else {
+        let (Ok(paid), Ok(payable)) = (
+            store.paid(&quarry_ledger::Chain::BITCOIN).await,
+            store.payable(&quarry_ledger::Chain::BITCOIN).await,
+        ) else {
             return false;
         };
         sent && paid
@@ -181,8 +184,14 @@ async fn two_frontends_share_one_postgres() {
     assert_eq!(east, west, "both frontends see the same payments");
     // No recipient was paid twice: each address appears once per payout and every payout's
     // items sum to what was debited.
-    let paid = store.paid().await.expect("paid");
-    let payable = store.payable().await.expect("payable");
+    let paid = store
+        .paid(&quarry_ledger::Chain::BITCOIN)
+        .await
+        .expect("paid");
+    let payable = store
+        .payable(&quarry_ledger::Chain::BITCOIN)
+        .await
+        .expect("payable");
     for (address, (debited, _)) in &paid {
         assert!(
             payable.get(address).copied().unwrap_or(0) < 100_000,
