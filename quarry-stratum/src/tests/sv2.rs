@@ -653,3 +653,45 @@ fn success_waits_for_the_share_log() {
         }
     }
 }
+
+/// SV2 too: a wall-clock jump neither closes the channel nor moves its deadline, and the next
+/// job's ntime follows the new wall-clock time.
+#[test]
+fn a_wall_clock_step_keeps_the_sv2_channel_open() {
+    let (mut client, mut session, pool, _work, _target) = connected(HARD_BITS);
+    let idle = config().idle_timeout_ms;
+    let stepped = Now {
+        mono_ms: START.mono_ms + 1000,
+        unix_ms: START.unix_ms + 10 * idle,
+    };
+    session.handle_timeout(stepped, &pool);
+    assert!(
+        session.close_reason().is_none(),
+        "{:?}",
+        session.close_reason()
+    );
+    let due = session.poll_timeout().expect("a deadline");
+    assert!(
+        due <= START.mono_ms + idle,
+        "deadline {due} follows the wall clock"
+    );
+    session.handle_template(template(2, 8, HARD_BITS), stepped, &pool);
+    pump_at(&mut client, &mut session, &pool, stepped);
+    let work = client_events(&mut client)
+        .into_iter()
+        .find_map(|e| match e {
+            ClientEvent::Work(w) => Some(w),
+            _ => None,
+        })
+        .expect("new work");
+    assert_eq!(u64::from(work.ntime), stepped.unix_secs());
+    // The idle timeout still comes, on the monotonic clock.
+    session.handle_timeout(
+        Now {
+            mono_ms: START.mono_ms + idle + 1,
+            unix_ms: stepped.unix_ms,
+        },
+        &pool,
+    );
+    assert!(session.close_reason().is_some());
+}
