@@ -398,3 +398,199 @@ pub fn write_compact_size(n: u64, out: &mut Vec<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Target;
+    use bitcoin::consensus::deserialize;
+    use bitcoin::Transaction;
+
+    const P2WPKH: &str = "0014000102030405060708090a0b0c0d0e0f10111213";
+
+    fn template(height: u64, aux: Vec<u8>, segwit: bool, value: u64) -> WorkTemplate {
+        let witness_commitment = segwit.then(|| {
+            let mut script = vec![0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed];
+            script.extend([0x5c; 32]);
+            script
+        });
+        WorkTemplate {
+            id: 1,
+            height,
+            version: 0x2000_0000,
+            prev_hash: [7; 32],
+            bits: 0x207f_ffff,
+            network_target: Target::from_compact(0x207f_ffff),
+            curtime: 1_700_000_000,
+            mintime: 1_700_000_000,
+            coinbase_value: value,
+            coinbase_aux: aux,
+            witness_commitment,
+            merkle_branch: Vec::new(),
+            tx_count: 0,
+            transactions: Vec::new(),
+            fees: 0,
+            longpoll_id: None,
+        }
+    }
+
+    fn layout(tag: &[u8]) -> CoinbaseLayout {
+        CoinbaseLayout {
+            extranonce1_len: 4,
+            extranonce2_len: 8,
+            tag: tag.to_vec(),
+        }
+    }
+
+    fn script(hex: &str) -> Vec<u8> {
+        hex::decode(hex).expect("hex")
+    }
+
+    /// The coinbase without witness, decoded, for a 12-byte extranonce.
+    fn decode(parts: &CoinbaseParts) -> Transaction {
+        let mut bytes = Vec::new();
+        parts.write_without_witness(&[1; 4], &[2; 8], &mut bytes);
+        deserialize(&bytes).expect("the coinbase decodes")
+    }
+
+    #[test]
+    fn single_payout_spec_is_the_old_coinbase() {
+        // Recorded from CoinbaseParts::build before CoinbaseSpec existed.
+        let cases = [
+            (
+                template(840_000, Vec::new(), true, 312_500_000),
+                layout(b"/quarry/"),
+                "02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1a0340d10c0c",
+                "082f7175617272792fffffffff02205fa01200000000160014000102030405060708090a0b0c0d0e0f101112130000000000000000266a24aa21a9ed5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c00000000",
+            ),
+            (
+                template(16, vec![1, 2, 3], false, 5_000_000_000),
+                CoinbaseLayout {
+                    extranonce1_len: 4,
+                    extranonce2_len: 4,
+                    tag: Vec::new(),
+                },
+                "02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff0d6001020308",
+                "ffffffff0100f2052a01000000160014000102030405060708090a0b0c0d0e0f1011121300000000",
+            ),
+        ];
+        for (template, layout, coinb1, coinb2) in cases {
+            let spec = CoinbaseSpec::single(layout.clone(), script(P2WPKH));
+            let parts = CoinbaseParts::from_spec(&template, &spec).expect("builds");
+            assert_eq!(hex::encode(&parts.coinb1), coinb1);
+            assert_eq!(hex::encode(&parts.coinb2), coinb2);
+            assert_eq!(parts.segwit, template.witness_commitment.is_some());
+            let wrapped = CoinbaseParts::build(&template, &script(P2WPKH), &layout);
+            assert_eq!(wrapped, Ok(parts), "build is the single-payout spec");
+        }
+    }
+
+    #[test]
+    fn payouts_sum_to_the_value_in_spec_order() {
+        let value = 312_500_000;
+        let template = template(840_000, Vec::new(), true, value);
+        let (pool, alice, bob) = (script(P2WPKH), script("51"), script("0020aa"));
+        let spec = CoinbaseSpec {
+            payouts: Payouts {
+                remainder_script: pool.clone(),
+                fixed: vec![
+                    TxOutput::new(100_000_000, alice.clone()),
+                    TxOutput::new(2_500, bob.clone()),
+                ],
+            },
+            extra_outputs: vec![TxOutput::op_return(b"quarry")],
+            ..CoinbaseSpec::single(layout(b"/q/"), Vec::new())
+        };
+        let tx = decode(&CoinbaseParts::from_spec(&template, &spec).expect("builds"));
+        let got: Vec<(u64, Vec<u8>)> = tx
+            .output
+            .iter()
+            .map(|o| (o.value.to_sat(), o.script_pubkey.to_bytes()))
+            .collect();
+        let witness = template.witness_commitment.clone().expect("segwit");
+        assert_eq!(
+            got,
+            vec![
+                (value - 100_002_500, pool),
+                (100_000_000, alice),
+                (2_500, bob),
+                (0, b"\x6a\x06quarry".to_vec()),
+                (0, witness),
+            ],
+            "remainder, fixed in order, extra outputs, witness commitment last"
+        );
+        assert_eq!(got.iter().map(|(v, _)| v).sum::<u64>(), value);
+    }
+
+    #[test]
+    fn fixed_amounts_over_the_value_are_refused() {
+        let mut spec = CoinbaseSpec::single(layout(b"/q/"), script(P2WPKH));
+        spec.payouts.fixed = vec![TxOutput::new(600, script("51"))];
+        spec.extra_outputs = vec![TxOutput::new(500, script("52"))];
+        let err = CoinbaseParts::from_spec(&template(100, Vec::new(), true, 1_000), &spec)
+            .expect_err("1,100 sat out of 1,000");
+        assert_eq!(
+            err,
+            CoinbaseError::PayoutsExceedValue {
+                committed: 1_100,
+                value: 1_000
+            }
+        );
+        assert!(err.to_string().contains("100 more than"), "{err}");
+
+        // Exactly the value: the remainder output stays, at zero, so positions do not move.
+        let outputs = spec.outputs(1_100).expect("fits exactly");
+        assert_eq!(outputs.len(), 3);
+        assert_eq!(outputs[0], TxOutput::new(0, script(P2WPKH)));
+    }
+
+    #[test]
+    fn a_spec_over_the_script_sig_budget_is_refused_with_what_took_the_room() {
+        // Height 840,000 (4), a 44-byte AuxPoW commitment (45), extranonce (13): 62 bytes, so a
+        // 37-byte tag (38) fills the 100 exactly and a 38-byte one is one over.
+        let template = template(840_000, Vec::new(), true, 312_500_000);
+        let mut aux_pow = vec![0xfa, 0xbe, 0x6d, 0x6d];
+        aux_pow.extend([0x11; 32]);
+        aux_pow.extend(1u32.to_le_bytes());
+        aux_pow.extend(0u32.to_le_bytes());
+        let mut spec = CoinbaseSpec::single(layout(&[b'q'; 37]), script(P2WPKH));
+        spec.commitments = vec![aux_pow];
+        CoinbaseParts::from_spec(&template, &spec).expect("100 bytes fit");
+
+        spec.layout.tag.push(b'q');
+        let err = CoinbaseParts::from_spec(&template, &spec).expect_err("101 bytes");
+        assert_eq!(
+            err,
+            CoinbaseError::ScriptSigTooLong {
+                len: 101,
+                height: 4,
+                coinbase_aux: 0,
+                commitments: 45,
+                extranonce: 13,
+                tag: 39,
+            }
+        );
+        let message = err.to_string();
+        assert!(message.contains("1 over"), "{message}");
+        assert!(message.contains("commitments 45"), "{message}");
+    }
+
+    #[test]
+    fn empty_scripts_are_refused() {
+        let template = template(100, Vec::new(), false, 1_000);
+        let empty = CoinbaseSpec::single(layout(b"/q/"), Vec::new());
+        assert_eq!(
+            CoinbaseParts::from_spec(&template, &empty),
+            Err(CoinbaseError::EmptyPayout)
+        );
+        let mut spec = CoinbaseSpec::single(layout(b"/q/"), script(P2WPKH));
+        spec.extra_outputs = vec![TxOutput::op_return(b""), TxOutput::new(0, Vec::new())];
+        assert_eq!(
+            CoinbaseParts::from_spec(&template, &spec),
+            Err(CoinbaseError::EmptyScript {
+                kind: "extra output",
+                index: 1
+            })
+        );
+    }
+}
