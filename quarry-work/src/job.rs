@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::coinbase::{write_compact_size, CoinbaseError, CoinbaseLayout, CoinbaseParts};
+use crate::coinbase::{
+    write_compact_size, CoinbaseError, CoinbaseLayout, CoinbaseParts, CoinbaseSpec,
+};
 use crate::hash::Hash32;
 use crate::merkle;
 use crate::template::WorkTemplate;
@@ -18,7 +20,7 @@ pub struct Job {
     pub template: Arc<WorkTemplate>,
     /// Its coinbase, split around the extranonce.
     pub coinbase: CoinbaseParts,
-    /// The payout script the coinbase pays.
+    /// The payout script the coinbase pays (the remainder's, for a [`CoinbaseSpec`]).
     pub payout_script: Vec<u8>,
     /// Text a protocol layer derives from the job once for every miner it goes to (Stratum
     /// V1's notify fields): thousands of miners share one job, so it is encoded once.
@@ -26,17 +28,33 @@ pub struct Job {
 }
 
 impl Job {
-    /// Builds a job for `payout_script` on `template`.
+    /// Builds a job paying the whole value to `payout_script` on `template`.
     ///
     /// # Errors
-    /// When the coinbase cannot be built (see [`CoinbaseParts::build`]).
+    /// When the coinbase cannot be built (see [`CoinbaseParts::from_spec`]).
     pub fn new(
         template: Arc<WorkTemplate>,
         payout_script: &[u8],
         layout: &CoinbaseLayout,
     ) -> Result<Self, CoinbaseError> {
-        let coinbase = CoinbaseParts::build(&template, payout_script, layout)?;
-        Ok(Job::from_parts(template, coinbase, payout_script.to_vec()))
+        let spec = CoinbaseSpec::single(layout.clone(), payout_script.to_vec());
+        Job::from_spec(template, &spec)
+    }
+
+    /// Builds a job whose coinbase is `spec` on `template`.
+    ///
+    /// # Errors
+    /// When the coinbase cannot be built (see [`CoinbaseParts::from_spec`]).
+    pub fn from_spec(
+        template: Arc<WorkTemplate>,
+        spec: &CoinbaseSpec,
+    ) -> Result<Self, CoinbaseError> {
+        let coinbase = CoinbaseParts::from_spec(&template, spec)?;
+        Ok(Job::from_parts(
+            template,
+            coinbase,
+            spec.payouts.remainder_script.clone(),
+        ))
     }
 
     /// A job from a coinbase built elsewhere (an upstream pool's, for a proxy).

@@ -5,7 +5,8 @@
 //!
 //! 1. [`template::WorkTemplate::from_gbt`] checks the template, computes txids, the merkle branch
 //!    and the witness commitment (cross-checked against the node's).
-//! 2. [`coinbase::CoinbaseParts::build`] splits the coinbase around the extranonce.
+//! 2. [`coinbase::CoinbaseParts::from_spec`] lays out the coinbase a [`coinbase::CoinbaseSpec`]
+//!    describes (payouts, scriptSig commitments, extra outputs), split around the extranonce.
 //! 3. [`job::Job`] joins both; [`share::validate_share`] rebuilds coinbase → merkle root → header
 //!    for a miner's submission and returns a [`share::ValidShare`] proof, from which
 //!    [`job::Job::block`] assembles the block bytes.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quarry_work::coinbase::CoinbaseLayout;
+use quarry_work::coinbase::{CoinbaseLayout, CoinbaseParts, CoinbaseSpec, Payouts, TxOutput};
 use quarry_work::hash::{sha256d, to_display_hex};
 use quarry_work::job::Job;
 use quarry_work::merkle;
@@ -38,20 +38,27 @@ struct Case {
     en2: Vec<u8>,
 }
 
-fn case(name: &str) -> Case {
-    let vector = load(name);
+fn template_of(vector: &Value) -> WorkTemplate {
     let gbt: GetBlockTemplate =
         serde_json::from_value(vector["getblocktemplate"].clone()).expect("template parses");
-    let template = WorkTemplate::from_gbt(&gbt, 1).expect("template is consistent");
-    let extranonce = hex_field(&vector, "extranonce_hex");
-    let (en1, en2) = extranonce.split_at(4);
-    let layout = CoinbaseLayout {
+    WorkTemplate::from_gbt(&gbt, 1).expect("template is consistent")
+}
+
+fn vectors_layout() -> CoinbaseLayout {
+    CoinbaseLayout {
         extranonce1_len: 4,
         extranonce2_len: 8,
         tag: b"/quarry-vectors/".to_vec(),
-    };
+    }
+}
+
+fn case(name: &str) -> Case {
+    let vector = load(name);
+    let template = template_of(&vector);
+    let extranonce = hex_field(&vector, "extranonce_hex");
+    let (en1, en2) = extranonce.split_at(4);
     let payout = hex_field(&vector, "payout_script_pubkey");
-    let job = Job::new(Arc::new(template), &payout, &layout).expect("coinbase builds");
+    let job = Job::new(Arc::new(template), &payout, &vectors_layout()).expect("coinbase builds");
     Case {
         vector,
         job,
@@ -211,4 +218,122 @@ fn tampered_txid_is_refused() {
             ..
         })
     ));
+}
+
+#[test]
+fn single_payout_spec_builds_the_recorded_coinbases() {
+    for name in ["empty", "mixed", "forty"] {
+        let vector = load(name);
+        let spec =
+            CoinbaseSpec::single(vectors_layout(), hex_field(&vector, "payout_script_pubkey"));
+        let parts = CoinbaseParts::from_spec(&template_of(&vector), &spec).expect("builds");
+        let extranonce = hex_field(&vector, "extranonce_hex");
+        let (en1, en2) = extranonce.split_at(4);
+        let mut coinbase = Vec::new();
+        parts.write_for_block(en1, en2, &mut coinbase);
+        assert_eq!(
+            hex::encode(&coinbase),
+            vector["coinbase_tx_with_witness_hex"]
+                .as_str()
+                .expect("field"),
+            "{name}"
+        );
+    }
+}
+
+/// A merged-mining coinbase on a template Core accepted a block for: the AuxPoW commitment sits
+/// in the scriptSig right before the extranonce, the share path finds a block on it, and
+/// rust-bitcoin agrees the block's merkle root, witness commitment and BIP34 height are right.
+#[test]
+fn an_aux_pow_commitment_goes_before_the_extranonce_and_its_block_validates() {
+    use bitcoin::blockdata::script::Instruction;
+
+    let vector = load("mixed");
+    let template = Arc::new(template_of(&vector));
+    let payout = hex_field(&vector, "payout_script_pubkey");
+    let mut aux_pow = vec![0xfa, 0xbe, 0x6d, 0x6d];
+    aux_pow.extend([0x42; 32]); // aux merkle root
+    aux_pow.extend(1u32.to_le_bytes()); // tree size
+    aux_pow.extend(7u32.to_le_bytes()); // nonce
+    let donation = TxOutput::new(10_000, vec![0x51]);
+    let spec = CoinbaseSpec {
+        layout: vectors_layout(),
+        payouts: Payouts {
+            remainder_script: payout.clone(),
+            fixed: vec![donation.clone()],
+        },
+        commitments: vec![aux_pow.clone()],
+        extra_outputs: vec![TxOutput::op_return(b"quarry")],
+    };
+    let job = Job::from_spec(Arc::clone(&template), &spec).expect("coinbase builds");
+    let (en1, en2) = ([0xe1; 4], [0xe2; 8]);
+    assert!(
+        job.coinbase
+            .coinb1
+            .ends_with(&[&[44u8][..], &aux_pow, &[12]].concat()),
+        "commitment push, then the extranonce push opcode"
+    );
+
+    let rules = ShareRules {
+        target: job.template.network_target,
+        version_mask: 0,
+        extranonce2_len: 8,
+        now_unix: u64::from(template.curtime),
+    };
+    let share = (0..1_000u32)
+        .find_map(|nonce| {
+            let submission = Submission {
+                extranonce1: &en1,
+                extranonce2: &en2,
+                version: template.version,
+                ntime: template.curtime,
+                nonce,
+            };
+            validate_share(&job, &submission, &rules).ok()
+        })
+        .expect("a regtest block within 1,000 nonces");
+    assert!(share.is_block());
+
+    let bytes = job.block(share.header(), &en1, &en2);
+    let block: bitcoin::Block = bitcoin::consensus::deserialize(&bytes).expect("block decodes");
+    assert!(block.check_merkle_root(), "header commits to the coinbase");
+    assert!(block.check_witness_commitment(), "witness commitment holds");
+    assert_eq!(block.bip34_block_height(), Ok(template.height));
+    assert_eq!(block.block_hash().to_string(), to_display_hex(share.hash()));
+
+    let coinbase = &block.txdata[0];
+    let pushes: Vec<Vec<u8>> = coinbase.input[0]
+        .script_sig
+        .instructions()
+        .skip(1) // the height
+        .map(|i| match i.expect("script parses") {
+            Instruction::PushBytes(data) => data.as_bytes().to_vec(),
+            Instruction::Op(op) => panic!("unexpected {op}"),
+        })
+        .collect();
+    let extranonce = [&en1[..], &en2[..]].concat();
+    assert_eq!(
+        pushes,
+        vec![aux_pow, extranonce, b"/quarry-vectors/".to_vec()]
+    );
+
+    let values: Vec<u64> = coinbase.output.iter().map(|o| o.value.to_sat()).collect();
+    assert_eq!(
+        values,
+        vec![
+            template.coinbase_value - donation.value,
+            donation.value,
+            0,
+            0
+        ]
+    );
+    assert_eq!(
+        coinbase.output[0].script_pubkey.as_bytes(),
+        payout.as_slice()
+    );
+    assert_eq!(
+        Some(coinbase.output[3].script_pubkey.to_bytes()),
+        template.witness_commitment,
+        "the witness commitment is last"
+    );
 }

@@ -20,7 +20,7 @@ use bitcoin::consensus::Encodable;
 use bitcoin::hashes::Hash as _;
 use bitcoin::script::Builder;
 use bitcoin::Transaction;
-use quarry_work::coinbase::write_compact_size;
+use quarry_work::coinbase::{write_compact_size, write_output};
 use quarry_work::hash::{sha256d_80, Hash32};
 use quarry_work::job::header_bytes;
 use quarry_work::merkle;
@@ -488,9 +488,7 @@ pub fn new_template_message(template: &WorkTemplate, future: bool) -> Message {
     coinbase_prefix.extend_from_slice(&template.coinbase_aux);
     let mut outputs = Vec::new();
     if let Some(commitment) = &template.witness_commitment {
-        outputs.extend_from_slice(&0u64.to_le_bytes());
-        write_compact_size(commitment.len() as u64, &mut outputs);
-        outputs.extend_from_slice(commitment);
+        write_output(0, commitment, &mut outputs);
     }
     Message::NewTemplate {
         template_id: template.id,
