@@ -1,5 +1,6 @@
 //! From a found block to credits: the configured scheme applied to the share log.
 
+use crate::amount::Sat;
 use crate::schemes::{pplns_weights, prop_weights, share_reward, FeePolicy, Payout, ShareCredit};
 use crate::store::{BlockRecord, BlockStatus, Credit, Store, StoreError};
 
@@ -64,7 +65,7 @@ impl Rewards {
         store: &Store,
         block: &BlockRecord,
     ) -> Result<Vec<Credit>, StoreError> {
-        let reward = u64::try_from(block.reward).unwrap_or(0);
+        let reward = Sat::from_db(block.reward);
         let payout = match &self.scheme {
             Scheme::Solo | Scheme::Pps => return Ok(Vec::new()),
             Scheme::Pplns { n } => {
@@ -158,12 +159,12 @@ impl Rewards {
 fn credits_from(payout: &Payout, kind: &str) -> Vec<Credit> {
     let miners = payout.miners.iter().map(|(address, sat)| Credit {
         address: address.clone(),
-        amount_msat: sat.saturating_mul(1000),
+        amount_msat: sat.to_msat(),
         kind: kind.to_string(),
     });
     let fees = payout.fees.iter().map(|(address, sat)| Credit {
         address: address.clone(),
-        amount_msat: sat.saturating_mul(1000),
+        amount_msat: sat.to_msat(),
         kind: "fee".to_string(),
     });
     miners.chain(fees).collect()

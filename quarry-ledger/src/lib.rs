@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+pub mod amount;
 pub mod chain;
 pub mod payouts;
 pub mod schemes;
@@ -13,8 +14,8 @@ pub mod share_log;
 pub mod store;
 
 pub use accounting::{Rewards, Scheme};
+pub use amount::{Msat, Sat};
 pub use chain::Chain;
-pub use schemes::{Msat, Sat};
 pub use share_log::{Receipt, RecordError, ShareLog};
 pub use store::{
     Backend, Balance, BlockRecord, BlockStatus, Credit, CreditStatus, ShareRecord, Store,

@@ -120,7 +120,7 @@ pub async fn run_payouts<W: Wallet>(
         .payable(chain)
         .await?
         .into_iter()
-        .filter(|(_, sat)| *sat >= threshold.max(1))
+        .filter(|(_, sat)| *sat >= threshold.max(Sat(1)))
         .collect();
     if payable.is_empty() {
         return Ok(report);

@@ -8,10 +8,7 @@
 
 use std::collections::BTreeMap;
 
-/// Satoshis.
-pub type Sat = u64;
-/// Millisatoshis.
-pub type Msat = u64;
+pub use crate::amount::{Msat, Sat};
 
 /// Parts per million: fees and split percentages.
 pub const PPM: u64 = 1_000_000;
@@ -72,6 +69,14 @@ pub fn distribute<K: Ord + Clone>(total: u64, weights: &BTreeMap<K, u128>) -> BT
         .into_iter()
         .filter(|(_, amount, _)| *amount > 0)
         .map(|(k, amount, _)| (k, amount))
+        .collect()
+}
+
+/// [`distribute`] for satoshi amounts.
+fn distribute_sat<K: Ord + Clone>(total: Sat, weights: &BTreeMap<K, u128>) -> BTreeMap<K, Sat> {
+    distribute(total.0, weights)
+        .into_iter()
+        .map(|(k, v)| (k, Sat(v)))
         .collect()
 }
 
@@ -145,13 +150,15 @@ impl FeePolicy {
 
     /// Splits a reward into (miners' part, fee destinations' parts), exactly.
     pub fn take_fee(&self, reward: Sat) -> (Sat, BTreeMap<String, Sat>) {
-        let fee = (u128::from(reward) * u128::from(self.fee_ppm.min(PPM)) / u128::from(PPM)) as Sat;
+        let fee = Sat(
+            (u128::from(reward.0) * u128::from(self.fee_ppm.min(PPM)) / u128::from(PPM)) as u64,
+        );
         let weights: BTreeMap<String, u128> = self
             .split
             .iter()
             .map(|d| (d.address.clone(), u128::from(d.ppm)))
             .collect();
-        let fees = distribute(fee, &weights);
+        let fees = distribute_sat(fee, &weights);
         // Without destinations the fee stays with the miners rather than vanishing.
         let taken: Sat = fees.values().sum();
         (reward - taken, fees)
@@ -218,7 +225,7 @@ impl Payout {
 pub fn share_reward(reward: Sat, weights: &BTreeMap<String, u128>, policy: &FeePolicy) -> Payout {
     if weights.values().all(|w| *w == 0) {
         // No shares to pay (cannot happen for a block the pool found): all to fee income.
-        let fees = distribute(
+        let fees = distribute_sat(
             reward,
             &policy
                 .split
@@ -233,7 +240,7 @@ pub fn share_reward(reward: Sat, weights: &BTreeMap<String, u128>, policy: &FeeP
     }
     let (net, fees) = policy.take_fee(reward);
     Payout {
-        miners: distribute(net, weights),
+        miners: distribute_sat(net, weights),
         fees,
     }
 }
@@ -249,16 +256,16 @@ pub fn pps_credit_msat(
     let share = weight(share_difficulty);
     let network = weight(network_difficulty);
     if share == 0 || network == 0 {
-        return 0;
+        return Msat::ZERO;
     }
     // msat = reward · 1000 · (1 − fee) · share / network, in u128 with the weights scaled down
     // first if needed so the product cannot overflow.
     let keep = u128::from(PPM - fee_ppm.min(PPM));
-    let numerator_scale = u128::from(expected_reward) * 1000 * keep; // < 2^51 · 2^10 · 2^20
+    let numerator_scale = u128::from(expected_reward.0) * 1000 * keep; // < 2^51 · 2^10 · 2^20
     let shift = (128 - share.leading_zeros()).saturating_sub(46);
     let (share, network) = (share >> shift, (network >> shift).max(1));
     let value = numerator_scale * share / (network * u128::from(PPM));
-    value.min(u128::from(u64::MAX)) as Msat
+    Msat(value.min(u128::from(u64::MAX)) as u64)
 }
 
 #[cfg(test)]
@@ -313,9 +320,9 @@ mod tests {
         assert_eq!(weights[&"a".to_string()], weight(12.0));
         assert_eq!(weights[&"b".to_string()], weight(8.0));
         assert!(!weights.contains_key("c"));
-        let payout = share_reward(20_000, &weights, &no_fee());
-        assert_eq!(payout.miners[&"a".to_string()], 12_000);
-        assert_eq!(payout.miners[&"b".to_string()], 8_000);
+        let payout = share_reward(Sat(20_000), &weights, &no_fee());
+        assert_eq!(payout.miners[&"a".to_string()], Sat(12_000));
+        assert_eq!(payout.miners[&"b".to_string()], Sat(8_000));
 
         // Exactly on the edge: the share that fills the window is whole, the next is out.
         let weights = pplns_weights(&shares, 16.0);
@@ -324,8 +331,8 @@ mod tests {
 
         // A window that is not full pays the whole reward to the shares it has.
         let weights = pplns_weights(&shares[..1], 1000.0);
-        let payout = share_reward(5_000_000_000, &weights, &no_fee());
-        assert_eq!(payout.miners[&"a".to_string()], 5_000_000_000);
+        let payout = share_reward(Sat(5_000_000_000), &weights, &no_fee());
+        assert_eq!(payout.miners[&"a".to_string()], Sat(5_000_000_000));
     }
 
     #[test]
@@ -336,23 +343,23 @@ mod tests {
         };
         policy.validate().expect("valid");
         // 1 % of 312_500_007 is 3_125_000 (rounded down): 60/25/10/5 of it.
-        let (net, fees) = policy.take_fee(312_500_007);
-        assert_eq!(net, 309_375_007);
-        assert_eq!(fees["dev"], 1_875_000);
-        assert_eq!(fees["grants"], 781_250);
-        assert_eq!(fees["audits"], 312_500);
-        assert_eq!(fees["ops"], 156_250);
+        let (net, fees) = policy.take_fee(Sat(312_500_007));
+        assert_eq!(net, Sat(309_375_007));
+        assert_eq!(fees["dev"], Sat(1_875_000));
+        assert_eq!(fees["grants"], Sat(781_250));
+        assert_eq!(fees["audits"], Sat(312_500));
+        assert_eq!(fees["ops"], Sat(156_250));
         // An awkward amount: 7 sat of fee over 60/25/10/5 → 4.2/1.75/0.7/0.35 → 4/2/1/0.
         let policy = FeePolicy {
             fee_ppm: PPM,
             ..policy
         };
-        let (net, fees) = policy.take_fee(7);
-        assert_eq!(net, 0);
-        assert_eq!(fees.values().sum::<u64>(), 7);
-        assert_eq!(fees["dev"], 4);
-        assert_eq!(fees["grants"], 2);
-        assert_eq!(fees["audits"], 1);
+        let (net, fees) = policy.take_fee(Sat(7));
+        assert_eq!(net, Sat(0));
+        assert_eq!(fees.values().sum::<Sat>(), Sat(7));
+        assert_eq!(fees["dev"], Sat(4));
+        assert_eq!(fees["grants"], Sat(2));
+        assert_eq!(fees["audits"], Sat(1));
         assert!(!fees.contains_key("ops"));
 
         // Three miners, awkward reward: every satoshi accounted for.
@@ -361,12 +368,12 @@ mod tests {
             fee_ppm: 15_000,
             ..policy
         };
-        let payout = share_reward(1_000_000_001, &weights, &policy);
-        assert_eq!(payout.total(), 1_000_000_001);
-        assert_eq!(payout.fees.values().sum::<u64>(), 15_000_000);
-        assert_eq!(payout.miners[&"x".to_string()], 328_333_334);
-        assert_eq!(payout.miners[&"y".to_string()], 328_333_334);
-        assert_eq!(payout.miners[&"z".to_string()], 328_333_333);
+        let payout = share_reward(Sat(1_000_000_001), &weights, &policy);
+        assert_eq!(payout.total(), Sat(1_000_000_001));
+        assert_eq!(payout.fees.values().sum::<Sat>(), Sat(15_000_000));
+        assert_eq!(payout.miners[&"x".to_string()], Sat(328_333_334));
+        assert_eq!(payout.miners[&"y".to_string()], Sat(328_333_334));
+        assert_eq!(payout.miners[&"z".to_string()], Sat(328_333_333));
     }
 
     #[test]
@@ -374,21 +381,21 @@ mod tests {
         // Difficulty 1 share, network difficulty 1000, reward 3.125 BTC, 2 % fee:
         // 312_500_000 sat / 1000 · 0.98 = 306_250 sat = 306_250_000 msat.
         assert_eq!(
-            pps_credit_msat(1.0, 1000.0, 312_500_000, 20_000),
-            306_250_000
+            pps_credit_msat(1.0, 1000.0, Sat(312_500_000), 20_000),
+            Msat(306_250_000)
         );
         // Regtest-sized difficulties keep sub-satoshi precision in msat.
-        let tiny = pps_credit_msat(1e-3, 1e9, 5_000_000_000, 0);
-        assert_eq!(tiny, 5); // 5e9 sat · 1e-12 = 0.005 sat = 5 msat
-        assert_eq!(pps_credit_msat(0.0, 1.0, 100, 0), 0);
+        let tiny = pps_credit_msat(1e-3, 1e9, Sat(5_000_000_000), 0);
+        assert_eq!(tiny, Msat(5)); // 5e9 sat · 1e-12 = 0.005 sat = 5 msat
+        assert_eq!(pps_credit_msat(0.0, 1.0, Sat(100), 0), Msat::ZERO);
     }
 
     #[test]
     fn prop_round_is_proportional() {
         let round = [share("a", 3.0), share("b", 1.0), share("a", 1.0)];
-        let payout = share_reward(1000, &prop_weights(&round), &no_fee());
-        assert_eq!(payout.miners[&"a".to_string()], 800);
-        assert_eq!(payout.miners[&"b".to_string()], 200);
+        let payout = share_reward(Sat(1000), &prop_weights(&round), &no_fee());
+        assert_eq!(payout.miners[&"a".to_string()], Sat(800));
+        assert_eq!(payout.miners[&"b".to_string()], Sat(200));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
+use crate::amount::{Msat, Sat};
 use crate::chain::Chain;
 
 /// Which database is behind a [`Store`].
@@ -171,8 +172,8 @@ pub struct BlockRecord {
 pub struct Credit {
     /// Who.
     pub address: String,
-    /// How much, millisatoshis.
-    pub amount_msat: u64,
+    /// How much.
+    pub amount_msat: Msat,
     /// `pplns`, `prop`, `pps` or `fee`.
     pub kind: String,
 }
@@ -564,7 +565,7 @@ impl Store {
             )
             .bind(hash.to_string())
             .bind(credit.address.clone())
-            .bind(i64::try_from(credit.amount_msat).unwrap_or(i64::MAX))
+            .bind(credit.amount_msat.to_db())
             .bind(credit.kind.clone())
             .bind(CreditStatus::Immature.as_str().to_string())
             .bind(now_ms)
@@ -631,7 +632,7 @@ impl Store {
     ///
     /// # Errors
     /// Any database error.
-    pub async fn payable(&self, chain: &Chain) -> Result<BTreeMap<String, u64>, StoreError> {
+    pub async fn payable(&self, chain: &Chain) -> Result<BTreeMap<String, Sat>, StoreError> {
         let credited = sqlx::query(
             "SELECT address, CAST(SUM(amount_msat) AS BIGINT) FROM credits \
              WHERE chain = $1 AND status = 'mature' GROUP BY address",
@@ -653,9 +654,10 @@ impl Store {
         for row in &credited {
             let address: String = row.try_get(0)?;
             let msat: i64 = row.try_get(1)?;
-            let due = msat / 1000 - paid_by.get(&address).copied().unwrap_or(0);
-            if due > 0 {
-                payable.insert(address, due as u64);
+            let credited = Msat::from_db(msat).floor_sat();
+            let paid = Sat::from_db(paid_by.get(&address).copied().unwrap_or(0));
+            if let Some(due) = credited.checked_sub(paid).filter(|due| *due > Sat::ZERO) {
+                payable.insert(address, due);
             }
         }
         Ok(payable)
@@ -669,7 +671,7 @@ impl Store {
         &self,
         chain: &Chain,
         tag: &str,
-        items: &BTreeMap<String, u64>,
+        items: &BTreeMap<String, Sat>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -688,7 +690,7 @@ impl Store {
             )
             .bind(id)
             .bind(address.clone())
-            .bind(i64::try_from(*amount).unwrap_or(i64::MAX))
+            .bind(amount.to_db())
             .bind(chain.as_str().to_string())
             .execute(&mut *tx)
             .await?;
@@ -718,7 +720,7 @@ impl Store {
     ///
     /// # Errors
     /// Any database error.
-    pub async fn payout_items(&self, id: i64) -> Result<BTreeMap<String, u64>, StoreError> {
+    pub async fn payout_items(&self, id: i64) -> Result<BTreeMap<String, Sat>, StoreError> {
         let rows = sqlx::query("SELECT address, amount_sat FROM payout_items WHERE payout_id = $1")
             .bind(id)
             .fetch_all(&self.pool)
@@ -726,7 +728,7 @@ impl Store {
         let mut items = BTreeMap::new();
         for row in &rows {
             let amount: i64 = row.try_get(1)?;
-            items.insert(row.try_get(0)?, u64::try_from(amount).unwrap_or(0));
+            items.insert(row.try_get(0)?, Sat::from_db(amount));
         }
         Ok(items)
     }
@@ -752,7 +754,7 @@ impl Store {
         &self,
         id: i64,
         txid: &str,
-        received: &BTreeMap<String, u64>,
+        received: &BTreeMap<String, Sat>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -766,7 +768,7 @@ impl Store {
             sqlx::query(
                 "UPDATE payout_items SET received_sat = $1 WHERE payout_id = $2 AND address = $3",
             )
-            .bind(i64::try_from(*amount).unwrap_or(i64::MAX))
+            .bind(amount.to_db())
             .bind(id)
             .bind(address.clone())
             .execute(&mut *tx)
@@ -933,12 +935,12 @@ impl Store {
             return Ok(0);
         };
         // Each share is paid in its own chain's coin, at its own chain's reward and difficulty.
-        let mut owed: BTreeMap<(Chain, String), u64> = BTreeMap::new();
+        let mut owed: BTreeMap<(Chain, String), Msat> = BTreeMap::new();
         for row in rows {
             let credit = crate::schemes::pps_credit_msat(
                 row.try_get(2)?,
                 row.try_get(3)?,
-                u64::try_from(row.try_get::<i64, _>(4)?).unwrap_or(0),
+                Sat::from_db(row.try_get::<i64, _>(4)?),
                 fee_ppm,
             );
             *owed
@@ -957,13 +959,13 @@ impl Store {
         if claimed == 0 {
             return Ok(0);
         }
-        for ((chain, address), msat) in owed.iter().filter(|(_, m)| **m > 0) {
+        for ((chain, address), msat) in owed.iter().filter(|(_, m)| **m > Msat::ZERO) {
             sqlx::query(
                 "INSERT INTO credits (block_hash, address, amount_msat, kind, status, created_ms, chain) \
                  VALUES (NULL, $1, $2, 'pps', 'mature', $3, $4)",
             )
             .bind(address.clone())
-            .bind(i64::try_from(*msat).unwrap_or(i64::MAX))
+            .bind(msat.to_db())
             .bind(now_ms)
             .bind(chain.as_str().to_string())
             .execute(&mut *tx)

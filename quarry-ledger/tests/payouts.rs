@@ -4,26 +4,26 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use quarry_ledger::payouts::{run_payouts, PayoutError, Step, Wallet};
-use quarry_ledger::{BlockRecord, BlockStatus, Chain, Credit, CreditStatus, Store};
+use quarry_ledger::{BlockRecord, BlockStatus, Chain, Credit, CreditStatus, Msat, Sat, Store};
 
 /// (tag, txid, amounts) of one payment.
-type Sent = (String, String, BTreeMap<String, u64>);
+type Sent = (String, String, BTreeMap<String, Sat>);
 
 /// A wallet that records what it sent; the recipients share a 1,000-sat fee.
 struct FakeWallet {
-    balance: Mutex<u64>,
+    balance: Mutex<Sat>,
     sent: Mutex<Vec<Sent>>,
 }
 
 impl FakeWallet {
     fn new(balance: u64) -> Self {
         FakeWallet {
-            balance: Mutex::new(balance),
+            balance: Mutex::new(Sat(balance)),
             sent: Mutex::new(Vec::new()),
         }
     }
 
-    fn sends(&self) -> Vec<BTreeMap<String, u64>> {
+    fn sends(&self) -> Vec<BTreeMap<String, Sat>> {
         self.sent
             .lock()
             .expect("lock")
@@ -39,14 +39,14 @@ impl Wallet for FakeWallet {
     async fn send_many(
         &self,
         tag: &str,
-        amounts: &BTreeMap<String, u64>,
+        amounts: &BTreeMap<String, Sat>,
     ) -> Result<String, String> {
-        let total: u64 = amounts.values().sum();
+        let total: Sat = amounts.values().sum();
         let mut balance = self.balance.lock().expect("lock");
         if *balance < total {
             return Err("Insufficient funds".into());
         }
-        *balance -= total;
+        *balance = *balance - total;
         let mut sent = self.sent.lock().expect("lock");
         let txid = format!("tx{}", sent.len());
         sent.push((tag.to_string(), txid.clone(), amounts.clone()));
@@ -63,13 +63,13 @@ impl Wallet for FakeWallet {
             .map(|s| s.1.clone()))
     }
 
-    async fn received(&self, txid: &str) -> Result<BTreeMap<String, u64>, String> {
+    async fn received(&self, txid: &str) -> Result<BTreeMap<String, Sat>, String> {
         let sent = self.sent.lock().expect("lock");
         let (_, _, amounts) = sent.iter().find(|s| s.1 == txid).ok_or("unknown txid")?;
-        let share = FEE / amounts.len() as u64;
+        let share = Sat(FEE / amounts.len() as u64);
         Ok(amounts
             .iter()
-            .map(|(a, v)| (a.clone(), v - share))
+            .map(|(a, v)| (a.clone(), *v - share))
             .collect())
     }
 }
@@ -97,7 +97,7 @@ async fn ledger(name: &str) -> Store {
     store.insert_block(&block).await.expect("block");
     let credit = |address: &str, sat: u64| Credit {
         address: address.into(),
-        amount_msat: sat * 1000 + 400, // sub-satoshi remainders stay in the ledger
+        amount_msat: Msat(sat * 1000 + 400), // sub-satoshi remainders stay in the ledger
         kind: "pplns".into(),
     };
     store
@@ -124,10 +124,13 @@ async fn ledger(name: &str) -> Store {
     store
 }
 
-fn expected() -> BTreeMap<String, u64> {
-    [("alice".to_string(), 5000), ("bob".to_string(), 3000)]
-        .into_iter()
-        .collect()
+fn expected() -> BTreeMap<String, Sat> {
+    [
+        ("alice".to_string(), Sat(5000)),
+        ("bob".to_string(), Sat(3000)),
+    ]
+    .into_iter()
+    .collect()
 }
 
 #[tokio::test]
@@ -136,14 +139,16 @@ async fn killed_at_every_step_pays_exactly_once() {
         let store = ledger(&format!("{step:?}")).await;
         let wallet = FakeWallet::new(1_000_000);
         // First run dies at `step`.
-        run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 10, |at| at == step)
-            .await
-            .expect("first run");
+        run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 10, |at| {
+            at == step
+        })
+        .await
+        .expect("first run");
         // Later runs recover; a third one finds nothing left to do.
-        run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 20, |_| false)
+        run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 20, |_| false)
             .await
             .expect("recovery run");
-        let report = run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 30, |_| false)
+        let report = run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 30, |_| false)
             .await
             .expect("idle run");
         assert_eq!(report.sent, 0, "{step:?}: nothing left");
@@ -167,7 +172,7 @@ async fn killed_at_every_step_pays_exactly_once() {
                 .await
                 .expect("payable")
                 .get("carol"),
-            Some(&50)
+            Some(&Sat(50))
         );
     }
 }
@@ -176,7 +181,7 @@ async fn killed_at_every_step_pays_exactly_once() {
 async fn short_wallet_keeps_the_payout_pending_until_it_can_pay() {
     let store = ledger("short").await;
     let wallet = FakeWallet::new(100);
-    let error = run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 10, |_| false)
+    let error = run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 10, |_| false)
         .await
         .expect_err("too little");
     assert!(matches!(error, PayoutError::Wallet(_)));
@@ -194,11 +199,11 @@ async fn short_wallet_keeps_the_payout_pending_until_it_can_pay() {
         "nothing recorded as paid"
     );
     assert!(wallet.sends().is_empty());
-    *wallet.balance.lock().expect("lock") = 1_000_000;
-    run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 20, |_| false)
+    *wallet.balance.lock().expect("lock") = Sat(1_000_000);
+    run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 20, |_| false)
         .await
         .expect("retry");
-    run_payouts(&Chain::BITCOIN, &store, &wallet, 100, 30, |_| false)
+    run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 30, |_| false)
         .await
         .expect("idle");
     assert_eq!(wallet.sends(), vec![expected()]);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use quarry_ledger::{Chain, ShareLog, ShareRecord, Store};
+use quarry_ledger::{Chain, Msat, Sat, ShareLog, ShareRecord, Store};
 
 fn scratch(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -501,7 +501,7 @@ mod accrual_and_retention {
             0,
             "idempotent"
         );
-        let one = pps_credit_msat(1.0, 1000.0, 312_500_000, 20_000) as i64;
+        let one = pps_credit_msat(1.0, 1000.0, Sat(312_500_000), 20_000).to_db();
         assert_eq!(one, 306_250_000);
         assert_eq!(owed(store, "a").await, Some(one + one / 2));
         assert_eq!(owed(store, "b").await, Some(2 * one));
@@ -690,7 +690,7 @@ mod chain_key {
         // 700,000 sat credited, 300,000 already paid.
         assert_eq!(
             store.payable(&bitcoin).await.expect("payable"),
-            BTreeMap::from([("alice".to_string(), 400_000)])
+            BTreeMap::from([("alice".to_string(), Sat(400_000))])
         );
 
         // A second chain: its block, credits and payouts stay its own.
@@ -713,7 +713,7 @@ mod chain_key {
             .expect("aux block");
         let credit = Credit {
             address: "alice".into(),
-            amount_msat: 5_000_000_000,
+            amount_msat: Msat(5_000_000_000),
             kind: "pplns".into(),
         };
         assert!(store
@@ -731,11 +731,11 @@ mod chain_key {
             .expect("mature"));
         assert_eq!(
             store.payable(&namecoin).await.expect("payable"),
-            BTreeMap::from([("alice".to_string(), 5_000_000)])
+            BTreeMap::from([("alice".to_string(), Sat(5_000_000))])
         );
         assert_eq!(
             store.payable(&bitcoin).await.expect("payable"),
-            BTreeMap::from([("alice".to_string(), 400_000)]),
+            BTreeMap::from([("alice".to_string(), Sat(400_000))]),
             "another chain's credit is not Bitcoin's"
         );
         let balances = store.balances().await.expect("balances");
@@ -754,7 +754,7 @@ mod chain_key {
             .create_payout(
                 &namecoin,
                 "aux-payout",
-                &BTreeMap::from([("alice".to_string(), 1)]),
+                &BTreeMap::from([("alice".to_string(), Sat(1))]),
                 22,
             )
             .await
@@ -777,7 +777,7 @@ mod chain_key {
         );
         assert_eq!(
             store.payable(&bitcoin).await.expect("payable")["alice"],
-            400_000,
+            Sat(400_000),
             "another chain's payout is not Bitcoin's"
         );
     }

@@ -15,7 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use quarry_ledger::{BlockStatus, Chain, Store};
+use quarry_ledger::{BlockStatus, Chain, Sat, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
@@ -174,7 +174,7 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .await?
         .get(&address)
         .copied()
-        .unwrap_or(0);
+        .unwrap_or(Sat::ZERO);
     Ok(Json(json!({
         "address": address,
         "hashrate": hashrate(difficulty, WINDOW_MS),

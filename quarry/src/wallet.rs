@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use quarry_ledger::payouts::{run_payouts, Step, Wallet};
-use quarry_ledger::{Chain, Store};
+use quarry_ledger::{Chain, Sat, Store};
 use serde_json::{json, Value};
 use tracing::{error, info};
 
@@ -19,21 +19,21 @@ pub struct NodeWallet {
 }
 
 /// Satoshis as the exact 8-decimal string bitcoind parses (no float rounding on the way).
-fn btc_string(sat: u64) -> String {
-    format!("{}.{:08}", sat / 100_000_000, sat % 100_000_000)
+fn btc_string(sat: Sat) -> String {
+    format!("{}.{:08}", sat.0 / 100_000_000, sat.0 % 100_000_000)
 }
 
 /// A wallet amount (BTC, float in JSON) to satoshis: reading only, rounded to the nearest.
-fn sat_from_btc(value: &Value) -> Option<u64> {
+fn sat_from_btc(value: &Value) -> Option<Sat> {
     let btc = value.as_f64()?.abs();
-    Some((btc * 100_000_000.0).round() as u64)
+    Some(Sat((btc * 100_000_000.0).round() as u64))
 }
 
 impl Wallet for NodeWallet {
     async fn send_many(
         &self,
         tag: &str,
-        amounts: &BTreeMap<String, u64>,
+        amounts: &BTreeMap<String, Sat>,
     ) -> Result<String, String> {
         let outputs: serde_json::Map<String, Value> = amounts
             .iter()
@@ -60,7 +60,7 @@ impl Wallet for NodeWallet {
             .and_then(|t| t["txid"].as_str().map(str::to_string)))
     }
 
-    async fn received(&self, txid: &str) -> Result<BTreeMap<String, u64>, String> {
+    async fn received(&self, txid: &str) -> Result<BTreeMap<String, Sat>, String> {
         let transaction: Value = self
             .nodes
             .call_any("gettransaction", json!([txid]))
@@ -74,7 +74,7 @@ impl Wallet for NodeWallet {
             if let (Some(address), Some(sat)) =
                 (detail["address"].as_str(), sat_from_btc(&detail["amount"]))
             {
-                *received.entry(address.to_string()).or_insert(0) += sat;
+                *received.entry(address.to_string()).or_insert(Sat::ZERO) += sat;
             }
         }
         Ok(received)
@@ -98,7 +98,7 @@ pub async fn payout_once(
         &Chain::BITCOIN,
         store,
         &wallet,
-        threshold_sat,
+        Sat(threshold_sat),
         now_ms,
         |step| {
             if Some(step) == crash_at {
@@ -113,7 +113,7 @@ pub async fn payout_once(
     info!(
         reconciled = report.reconciled,
         sent = report.sent,
-        sent_sat = report.sent_sat,
+        sent_sat = report.sent_sat.0,
         "payout run done"
     );
     for txid in &report.txids {
@@ -128,8 +128,8 @@ mod tests {
 
     #[test]
     fn amounts_are_exact_decimal_strings() {
-        assert_eq!(btc_string(1), "0.00000001");
-        assert_eq!(btc_string(12_345_678_901), "123.45678901");
-        assert_eq!(sat_from_btc(&json!(-0.12343078)), Some(12_343_078));
+        assert_eq!(btc_string(Sat(1)), "0.00000001");
+        assert_eq!(btc_string(Sat(12_345_678_901)), "123.45678901");
+        assert_eq!(sat_from_btc(&json!(-0.12343078)), Some(Sat(12_343_078)));
     }
 }

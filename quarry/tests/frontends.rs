@@ -170,7 +170,7 @@ async fn two_frontends_share_one_postgres() {
         };
         sent && paid
             .keys()
-            .all(|a| payable.get(a).copied().unwrap_or(0) < 100_000)
+            .all(|a| payable.get(a).copied().unwrap_or_default().0 < 100_000)
     })
     .await;
     assert!(
@@ -194,7 +194,7 @@ async fn two_frontends_share_one_postgres() {
         .expect("payable");
     for (address, (debited, _)) in &paid {
         assert!(
-            payable.get(address).copied().unwrap_or(0) < 100_000,
+            payable.get(address).copied().unwrap_or_default().0 < 100_000,
             "{address} fully paid"
         );
         assert!(*debited > 0);
