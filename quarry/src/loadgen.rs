@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use quarry_stratum::v1::codec::LineReader;
-use quarry_stratum::v1::Notify;
+use quarry_stratum::v1::{
+    Client, ClientConfig, ClientError, ClientEvent as V1Event, Work as V1Work,
+};
 use quarry_stratum::v2::client::{ClientEvent, HeaderWork, MinerClient};
 use quarry_work::hash::{sha256d_80, Hash32};
 use quarry_work::job::header_bytes;
-use quarry_work::{Difficulty, Target};
+use quarry_work::Target;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -36,9 +37,6 @@ use tracing::warn;
 
 use crate::config::NodeConfig;
 use crate::node::Rpc;
-
-/// Largest extranonce2 a pool may ask for (Stratum firmware handles up to 8).
-const MAX_EXTRANONCE2: usize = 32;
 
 /// `quarry loadgen`.
 #[derive(Debug, Args)]
@@ -415,76 +413,61 @@ struct Pending {
     prev_hash: Hash32,
 }
 
-/// What one simulated miner knows from the pool.
-struct Work {
-    extranonce1: Vec<u8>,
-    extranonce2_len: usize,
-    job: Option<Notify>,
-    share_target: Target,
+/// What one simulated V1 miner knows: the library's client, the job it mines and its shares
+/// in flight.
+struct V1Miner {
+    client: Client,
+    work: Option<Box<V1Work>>,
     /// Submits not answered yet.
     pending: Vec<Pending>,
 }
 
-impl Work {
-    /// One message from the pool: a job, a difficulty, or an answer.
-    fn on_message(&mut self, value: &Value, stats: &Stats, read_at: Instant) -> Result<()> {
-        match value["method"].as_str() {
-            Some("mining.notify") => {
-                if let Ok(notify) = Notify::from_params(&value["params"]) {
+impl V1Miner {
+    /// Acts on what the client heard from the pool.
+    fn on_events(&mut self, stats: &Stats, read_at: Instant) -> Result<()> {
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                V1Event::Work(work) => {
                     stats.notifies.fetch_add(1, Ordering::Relaxed);
-                    if self.job.as_ref().map(|j| j.prev_hash) != Some(notify.prev_hash) {
-                        stats.work_on(notify.prev_hash, read_at);
+                    if self.work.as_ref().map(|w| w.job.prev_hash) != Some(work.job.prev_hash) {
+                        stats.work_on(work.job.prev_hash, read_at);
                     }
-                    self.job = Some(notify);
+                    self.work = Some(work);
                 }
-            }
-            Some("mining.set_difficulty") => {
-                if let Some(d) = value["params"][0].as_f64().and_then(Difficulty::new) {
-                    self.share_target = Target::from_difficulty(d);
+                V1Event::Answered { id, outcome } => {
+                    let Some(at) = self.pending.iter().position(|p| p.id == id) else {
+                        continue;
+                    };
+                    let share = self.pending.swap_remove(at);
+                    stats.answered(share.sent);
+                    let tip = self.work.as_ref().map(|w| w.job.prev_hash);
+                    let answer = match outcome {
+                        Ok(()) => Answer::Accepted,
+                        Err(rejection) if rejection.is_stale() => Answer::Stale,
+                        Err(rejection) => Answer::Rejected(rejection.reason),
+                    };
+                    match answer.superseded(tip != Some(share.prev_hash)) {
+                        Answer::Accepted => {
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Answer::Stale => {
+                            stats.stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Answer::Rejected(reason) => stats.rejected(reason),
+                    }
                 }
+                V1Event::Subscribed { .. } | V1Event::Authorized | V1Event::Reconnect { .. } => {}
             }
-            Some(_) => {}
-            None => self.on_answer(value, stats)?,
         }
-        Ok(())
-    }
-
-    fn on_answer(&mut self, value: &Value, stats: &Stats) -> Result<()> {
-        let id = value["id"].as_u64().unwrap_or(0);
-        if id == 2 {
-            if value["result"] != json!(true) {
+        match self.client.close_reason() {
+            Some(error @ ClientError::Authorize(_)) => {
                 stats.unauthorized.fetch_add(1, Ordering::Relaxed);
-                stats.rejected_sample(format!("authorize: {}", value["error"]));
+                stats.rejected_sample(error.to_string());
+                anyhow::bail!("{error}")
             }
-            return Ok(());
+            Some(error) => anyhow::bail!("{error}"),
+            None => Ok(()),
         }
-        if id == 1 {
-            self.extranonce1 = value["result"][1]
-                .as_str()
-                .and_then(|s| hex::decode(s).ok())
-                .unwrap_or_default();
-            self.extranonce2_len = value["result"][2].as_u64().unwrap_or(4) as usize;
-            if self.extranonce2_len > MAX_EXTRANONCE2 {
-                anyhow::bail!("pool asks for a {}-byte extranonce2", self.extranonce2_len);
-            }
-            return Ok(());
-        }
-        let Some(at) = self.pending.iter().position(|p| p.id == id) else {
-            return Ok(());
-        };
-        let share = self.pending.swap_remove(at);
-        stats.answered(share.sent);
-        let tip = self.job.as_ref().map(|j| j.prev_hash);
-        match classify_v1_answer(value).superseded(tip != Some(share.prev_hash)) {
-            Answer::Accepted => {
-                stats.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Answer::Stale => {
-                stats.stale.fetch_add(1, Ordering::Relaxed);
-            }
-            Answer::Rejected(reason) => stats.rejected(reason),
-        }
-        Ok(())
     }
 }
 
@@ -513,35 +496,6 @@ impl Answer {
     }
 }
 
-/// Pools word a stale share differently: code 21 (the common convention: Quarry, NOMP,
-/// Miningcore), or only in the text (ckpool's `reject-reason: "Stale"`, "job not found").
-fn classify_v1_answer(value: &Value) -> Answer {
-    if value["result"] == json!(true) {
-        return Answer::Accepted;
-    }
-    let error = &value["error"];
-    let text = [
-        &error[1],
-        &error["message"],
-        &value["reject-reason"],
-        &value["reject_reason"],
-    ]
-    .iter()
-    .filter_map(|v| v.as_str())
-    .collect::<Vec<_>>()
-    .join(" ")
-    .to_ascii_lowercase();
-    let code = error[0].as_i64().or_else(|| error["code"].as_i64());
-    if code == Some(21) || text.contains("stale") || text.contains("job not found") {
-        return Answer::Stale;
-    }
-    let reason = match (&value["reject-reason"], error) {
-        (Value::String(reason), Value::Null) => reason.clone(),
-        _ => error.to_string(),
-    };
-    Answer::Rejected(reason)
-}
-
 async fn miner_v1(
     index: usize,
     target: SocketAddr,
@@ -549,36 +503,37 @@ async fn miner_v1(
     stats: &Stats,
     submit_until: Instant,
 ) -> Result<()> {
-    let stream = connect(index, target, args, stats).await?;
-    let (mut read, mut write) = stream.into_split();
-    // Bounded like the pool's own reader: a peer cannot make us buffer without end.
-    let mut lines = LineReader::default();
+    let mut stream = connect(index, target, args, stats).await?;
     let mut buf = vec![0u8; 4096];
-    let user = format!("{}.{index}", args.user);
-    let hello = format!(
-        "{}\n{}\n",
-        json!({"id": 1, "method": "mining.subscribe", "params": ["quarry-loadgen"]}),
-        json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]})
-    );
-    write.write_all(hello.as_bytes()).await?;
-    stats
-        .bytes_out
-        .fetch_add(hello.len() as u64, Ordering::Relaxed);
-
-    let mut work = Work {
-        extranonce1: Vec::new(),
-        extranonce2_len: 4,
-        job: None,
-        share_target: Target::from_difficulty(Difficulty::ONE),
+    let mut miner = V1Miner {
+        client: Client::new(ClientConfig {
+            user: format!("{}.{index}", args.user),
+            password: "x".into(),
+            agent: "quarry-loadgen".into(),
+            version_rolling: None,
+        }),
+        work: None,
         pending: Vec::new(),
     };
-    let mut next_id = 10u64;
     let mut counter = index as u64 * 1_000_003;
     let mut pacer = Pacer::new(index, args.rate, submit_until);
     let mut ended = None;
-    while !pacer.done(!work.pending.is_empty()) {
+    loop {
+        let mut out = String::new();
+        while let Some(line) = miner.client.poll_transmit() {
+            out.push_str(&line);
+        }
+        if !out.is_empty() {
+            stream.write_all(out.as_bytes()).await?;
+            stats
+                .bytes_out
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+        if pacer.done(!miner.pending.is_empty()) {
+            break;
+        }
         tokio::select! {
-            read_result = read.read(&mut buf) => {
+            read_result = stream.read(&mut buf) => {
                 let n = match read_result {
                     Ok(0) => {
                         ended = Some(anyhow::anyhow!("the pool closed the connection"));
@@ -593,43 +548,35 @@ async fn miner_v1(
                 // Timestamped before parsing, so our own parsing does not count as fan-out.
                 let read_at = Instant::now();
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                lines.push(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
-                while let Some(line) = lines.next_line() {
-                    let line = line.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    if let Ok(value) = serde_json::from_slice::<Value>(line) {
-                        work.on_message(&value, stats, read_at)?;
-                    }
-                }
+                miner.client.handle_bytes(&buf[..n]);
+                miner.on_events(stats, read_at)?;
             }
             _ = tokio::time::sleep_until(pacer.wake()) => {
                 if !pacer.due() || !under_cap(args, stats) {
                     continue;
                 }
-                let Some(job) = &work.job else { continue };
+                let Some(work) = &miner.work else { continue };
+                let job = &work.job;
                 counter += 1;
                 let mut extranonce2 = counter.to_le_bytes()[..work.extranonce2_len.min(8)].to_vec();
                 extranonce2.resize(work.extranonce2_len, 0);
                 let root = job.merkle_root(&work.extranonce1, &extranonce2);
-                let Some(nonce) = find_nonce(0, &work.share_target, &Target::from_compact(job.bits), |n| {
+                let Some(nonce) = find_nonce(0, &work.target, &Target::from_compact(job.bits), |n| {
                     sha256d_80(&header_bytes(job.version, &job.prev_hash, &root, job.ntime, job.bits, n))
                 }) else {
                     stats.hash_budget_misses.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let id = next_id;
-                next_id += 1;
-                let line = format!("{}\n", json!({"id": id, "method": "mining.submit", "params": [
-                    user, job.job_id, hex::encode(&extranonce2), format!("{:08x}", job.ntime), format!("{nonce:08x}")]}));
-                work.pending.push(Pending { id, sent: Instant::now(), prev_hash: job.prev_hash });
-                write.write_all(line.as_bytes()).await?;
+                let (job_id, ntime, prev_hash) = (job.job_id.clone(), job.ntime, job.prev_hash);
+                let id = miner.client.submit(&job_id, &extranonce2, ntime, nonce, None);
+                miner.pending.push(Pending { id, sent: Instant::now(), prev_hash });
                 stats.sent.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_out.fetch_add(line.len() as u64, Ordering::Relaxed);
             }
         }
     }
     stats
         .unanswered
-        .fetch_add(work.pending.len() as u64, Ordering::Relaxed);
+        .fetch_add(miner.pending.len() as u64, Ordering::Relaxed);
     ended.map_or(Ok(()), Err)
 }
 
@@ -961,43 +908,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn answer(text: &str) -> Answer {
-        classify_v1_answer(&serde_json::from_str(text).expect("json"))
-    }
-
-    #[test]
-    fn stale_answers_are_told_apart_from_rejections_in_each_pools_wording() {
-        assert_eq!(
-            answer(r#"{"id":9,"result":true,"error":null}"#),
-            Answer::Accepted
-        );
-        // Quarry, NOMP, Miningcore: code 21.
-        assert_eq!(
-            answer(r#"{"id":9,"result":null,"error":[21,"Job not found",null]}"#),
-            Answer::Stale
-        );
-        // ckpool: false with a reject-reason and no error.
-        assert_eq!(
-            answer(r#"{"id":9,"result":false,"error":null,"reject-reason":"Stale"}"#),
-            Answer::Stale
-        );
-        // Object-shaped errors.
-        assert_eq!(
-            answer(r#"{"id":9,"result":false,"error":{"code":21,"message":"stale share"}}"#),
-            Answer::Stale
-        );
-        assert_eq!(
-            answer(r#"{"id":9,"result":false,"error":null,"reject-reason":"Above target"}"#),
-            Answer::Rejected("Above target".into())
-        );
-        assert_eq!(
-            answer(r#"{"id":9,"result":null,"error":[23,"Low difficulty share",null]}"#),
-            Answer::Rejected(r#"[23,"Low difficulty share",null]"#.into())
-        );
-        // No answer at all is a rejection, never an acceptance.
-        assert!(matches!(answer(r#"{"id":9}"#), Answer::Rejected(_)));
-    }
 
     #[test]
     fn a_job_error_after_the_tip_moved_is_stale_and_otherwise_a_rejection() {

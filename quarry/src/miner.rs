@@ -9,15 +9,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use quarry_stratum::v1::codec::LineReader;
-use quarry_stratum::v1::Notify;
+use quarry_stratum::v1::{Client, ClientConfig, ClientEvent as V1Event, Notify};
 use quarry_stratum::v2::client::{ClientEvent, HeaderWork, MinerClient};
 use quarry_work::hash::{header_midstate, sha256d_header_tail};
 use quarry_work::job::header_bytes;
-use quarry_work::{Difficulty, Target};
-use serde_json::{json, Value};
+use quarry_work::Target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -179,44 +176,70 @@ async fn connect_and_mine(
     totals: &mut Totals,
     deadline: Option<Instant>,
 ) -> Result<Next> {
-    let stream = TcpStream::connect(address)
+    let mut stream = TcpStream::connect(address)
         .await
         .with_context(|| format!("connecting to {address}"))?;
     stream.set_nodelay(true)?;
-    let (mut read, mut write) = stream.into_split();
-    // The pool is a peer like any other: lines are bounded as the pool bounds ours.
-    let mut reader = LineReader::default();
+    let mut client = Client::new(ClientConfig {
+        user: args.user.clone(),
+        password: args.password.clone(),
+        agent: "quarry-mine/0.1".into(),
+        version_rolling: (!args.no_version_rolling).then_some(VERSION_ROLLING_MASK),
+    });
     let mut buf = vec![0u8; 4096];
-    let send = |id: u64, method: &str, params: Value| {
-        let mut line = json!({"id": id, "method": method, "params": params}).to_string();
-        line.push('\n');
-        line
-    };
-    let mut hello = String::new();
-    if !args.no_version_rolling {
-        hello.push_str(&send(
-            1,
-            "mining.configure",
-            json!([["version-rolling"], {"version-rolling.mask": format!("{VERSION_ROLLING_MASK:08x}"), "version-rolling.min-bit-count": 2}]),
-        ));
-    }
-    hello.push_str(&send(2, "mining.subscribe", json!(["quarry-mine/0.1"])));
-    hello.push_str(&send(
-        3,
-        "mining.authorize",
-        json!([args.user, args.password]),
-    ));
-    write.write_all(hello.as_bytes()).await?;
-
-    let mut version_mask = 0u32;
-    let mut extranonce1 = Vec::new();
-    let mut extranonce2_len = 8usize;
-    let mut difficulty = Difficulty::ONE;
     let mut pending: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
-    let mut next_id = 10u64;
     let mut status = tokio::time::interval(Duration::from_secs(10));
     let started = Instant::now();
     loop {
+        let mut out = String::new();
+        while let Some(line) = client.poll_transmit() {
+            out.push_str(&line);
+        }
+        if !out.is_empty() {
+            stream.write_all(out.as_bytes()).await?;
+        }
+        while let Some(event) = client.poll_event() {
+            match event {
+                V1Event::Work(work) => publish(
+                    shared,
+                    Work {
+                        share_target: work.target,
+                        version_mask: work.version_mask,
+                        job: WorkJob::V1 {
+                            job: work.job,
+                            extranonce1: work.extranonce1,
+                            extranonce2_len: work.extranonce2_len,
+                        },
+                    },
+                ),
+                V1Event::Answered { id, outcome } => {
+                    let Some(is_block) = pending.remove(&id) else {
+                        continue;
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            totals.accepted += 1;
+                            totals.blocks += u64::from(is_block);
+                        }
+                        Err(rejection) => {
+                            totals.rejected += 1;
+                            warn!(code = ?rejection.code, reason = %rejection.reason, "share rejected");
+                        }
+                    }
+                }
+                V1Event::Reconnect { host, port, .. } => {
+                    let to = match host.is_empty() {
+                        true => address.to_string(),
+                        false => format!("{host}:{port}"),
+                    };
+                    return Ok(Next::Reconnect(to));
+                }
+                V1Event::Subscribed { .. } | V1Event::Authorized => {}
+            }
+        }
+        if let Some(error) = client.close_reason() {
+            bail!("{error}");
+        }
         let until_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -224,95 +247,17 @@ async fn connect_and_mine(
             }
         };
         tokio::select! {
-            line = next_line(&mut read, &mut reader, &mut buf) => {
-                let Some(line) = line? else { bail!("pool closed the connection") };
-                let Ok(message) = serde_json::from_str::<Value>(&line) else {
-                    warn!(%line, "unparseable line from pool");
-                    continue;
-                };
-                match message["method"].as_str() {
-                    Some("mining.notify") => {
-                        let job = Notify::from_params(&message["params"])?;
-                        publish(shared, Work {
-                            job: WorkJob::V1 {
-                                job,
-                                extranonce1: extranonce1.clone(),
-                                extranonce2_len,
-                            },
-                            share_target: Target::from_difficulty(difficulty),
-                            version_mask,
-                        });
-                    }
-                    Some("mining.set_difficulty") => {
-                        if let Some(d) = message["params"][0].as_f64().and_then(Difficulty::new) {
-                            difficulty = d;
-                        }
-                    }
-                    Some("mining.set_version_mask") => {
-                        if let Some(mask) = message["params"][0].as_str().and_then(|m| u32::from_str_radix(m, 16).ok()) {
-                            version_mask = mask;
-                        }
-                    }
-                    Some("client.reconnect") => {
-                        let host = message["params"][0].as_str().unwrap_or("").to_string();
-                        let port = message["params"][1].as_u64().unwrap_or(0);
-                        let to = if host.is_empty() { address.to_string() } else { format!("{host}:{port}") };
-                        return Ok(Next::Reconnect(to));
-                    }
-                    Some(_) => {}
-                    None => {
-                        let id = message["id"].as_u64().unwrap_or(0);
-                        let ok = message["error"].is_null() && message["result"] != Value::Bool(false);
-                        match id {
-                            1 => {
-                                if let Some(mask) = message["result"]["version-rolling.mask"].as_str() {
-                                    version_mask = u32::from_str_radix(mask, 16).unwrap_or(0);
-                                }
-                            }
-                            2 => {
-                                if !ok { bail!("subscribe refused: {}", message["error"]); }
-                                extranonce1 = hex::decode(message["result"][1].as_str().unwrap_or("")).context("extranonce1")?;
-                                extranonce2_len = message["result"][2].as_u64().unwrap_or(8) as usize;
-                                // Hashing threads index the extranonce2 and allocate it per roll.
-                                if extranonce1.len() > MAX_EXTRANONCE_LEN || !(1..=MAX_EXTRANONCE_LEN).contains(&extranonce2_len) {
-                                    bail!("pool sent extranonce sizes {} / {extranonce2_len}: out of range", extranonce1.len());
-                                }
-                            }
-                            3 => {
-                                if !ok { bail!("authorize refused: {}", message["error"]); }
-                            }
-                            _ => if let Some(is_block) = pending.remove(&id) {
-                                if ok {
-                                    totals.accepted += 1;
-                                    if is_block { totals.blocks += 1; }
-                                } else {
-                                    totals.rejected += 1;
-                                    warn!(error = %message["error"], "share rejected");
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            read = stream.read(&mut buf) => match read? {
+                0 => bail!("pool closed the connection"),
+                n => client.handle_bytes(&buf[..n]),
+            },
             Some(found) = found_rx.recv() => {
-                let id = next_id;
-                next_id += 1;
-                let mut params = vec![
-                    json!(args.user),
-                    json!(found.job_id),
-                    json!(hex::encode(&found.extranonce2)),
-                    json!(format!("{:08x}", found.ntime)),
-                    json!(format!("{:08x}", found.nonce)),
-                ];
-                if version_mask != 0 {
-                    params.push(json!(format!("{:08x}", found.version & version_mask)));
-                }
+                let id = client.submit(&found.job_id, &found.extranonce2, found.ntime, found.nonce, Some(found.version));
                 pending.insert(id, found.is_block);
                 totals.submitted += 1;
                 if pending.len() > 10_000 {
                     pending.clear();
                 }
-                write.write_all(send(id, "mining.submit", Value::Array(params)).as_bytes()).await?;
             }
             _ = status.tick() => {
                 let hashes = shared.hashes.load(Ordering::Relaxed);
@@ -487,31 +432,6 @@ fn publish_header(shared: &Shared, work: &HeaderWork, share_target: Target, vers
             version_mask,
         },
     );
-}
-
-/// Longest extranonce1 or extranonce2 accepted from a pool.
-const MAX_EXTRANONCE_LEN: usize = 32;
-
-/// The next line from the pool, bounded by [`MAX_LINE_LEN`](quarry_stratum::v1::codec::MAX_LINE_LEN).
-/// Cancel-safe: bytes are moved into `reader` in the same poll that reads them.
-async fn next_line(
-    read: &mut OwnedReadHalf,
-    reader: &mut LineReader,
-    buf: &mut [u8],
-) -> Result<Option<String>> {
-    loop {
-        if let Some(line) = reader.next_line() {
-            let line = line.context("pool sent an overlong line")?;
-            return Ok(Some(String::from_utf8_lossy(line).into_owned()));
-        }
-        let n = read.read(buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        reader
-            .push(&buf[..n])
-            .context("pool sent an overlong line")?;
-    }
 }
 
 fn publish(shared: &Shared, work: Work) {
