@@ -12,6 +12,7 @@
 //!    [`job::Job::block`] assembles the block bytes.
 #![warn(missing_docs)]
 
+pub mod auxpow;
 pub mod coinbase;
 pub mod hash;
 pub mod job;
