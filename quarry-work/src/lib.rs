@@ -17,6 +17,7 @@ pub mod coinbase;
 pub mod hash;
 pub mod job;
 pub mod merkle;
+pub mod rsk;
 pub mod share;
 pub mod target;
 pub mod template;
