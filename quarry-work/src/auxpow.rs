@@ -159,8 +159,8 @@ pub fn expected_index(nonce: u32, chain_id: u32, height: u32) -> u32 {
     rand = rand.wrapping_add(chain_id);
     rand = rand.wrapping_mul(MULTIPLIER).wrapping_add(INCREMENT);
     match 1u32.checked_shl(height) {
-        Some(size) if height < 32 => rand % size,
-        _ => rand,
+        Some(size) => rand % size,
+        None => rand,
     }
 }
 
