@@ -12,10 +12,12 @@
 //!    [`job::Job::block`] assembles the block bytes.
 #![warn(missing_docs)]
 
+pub mod auxpow;
 pub mod coinbase;
 pub mod hash;
 pub mod job;
 pub mod merkle;
+pub mod rsk;
 pub mod share;
 pub mod target;
 pub mod template;

@@ -51,6 +51,38 @@ impl Target {
         Target(target.to_le_bytes())
     }
 
+    /// From compact `bits` as Bitcoin Core's `CheckProofOfWork` accepts them: `None` when they
+    /// encode a negative, zero or overflowing (over 256 bits) target, which no hash meets.
+    /// Use this for bits that come from outside, such as an aux chain's `createauxblock`.
+    pub fn from_compact_checked(bits: u32) -> Option<Self> {
+        let exponent = (bits >> 24) as usize;
+        let mantissa = bits & 0x007f_ffff;
+        // The sign bit (0x00800000) makes the value negative unless the mantissa is zero.
+        if mantissa == 0 || bits & 0x0080_0000 != 0 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        if exponent <= 3 {
+            let value = mantissa >> (8 * (3 - exponent));
+            if value == 0 {
+                return None;
+            }
+            bytes[..4].copy_from_slice(&value.to_le_bytes());
+        } else {
+            // The mantissa's three bytes land at exponent-3 and up; a non-zero one at 32 or
+            // above is Core's `fOverflow`.
+            for (i, byte) in mantissa.to_le_bytes()[..3].iter().enumerate() {
+                let at = exponent - 3 + i;
+                match bytes.get_mut(at) {
+                    Some(slot) => *slot = *byte,
+                    None if *byte != 0 => return None,
+                    None => {}
+                }
+            }
+        }
+        Some(Target(bytes))
+    }
+
     /// The target for a share difficulty: `DIFF1 / difficulty`, saturating at [`Target::MAX`].
     pub fn from_difficulty(difficulty: Difficulty) -> Self {
         let quotient = 65535.0 / difficulty.0;
@@ -219,6 +251,28 @@ mod tests {
     fn compact_matches_bitcoin() {
         let target = Target::from_compact(0x1d00ffff);
         assert_eq!(target, Target::DIFF1);
+    }
+
+    #[test]
+    fn checked_compact_refuses_what_core_refuses() {
+        for bits in [
+            0x1d00ffff, 0x207fffff, 0x184927b0, 0x03123456, 0x01120000, 0x2100ffff,
+        ] {
+            assert_eq!(
+                Target::from_compact_checked(bits),
+                Some(Target::from_compact(bits)),
+                "{bits:08x}"
+            );
+        }
+        // Zero mantissa, negative, shifted out to zero, and overflowing.
+        for bits in [
+            0x1d000000, 0x1d800001, 0x04923456, 0x01003456, 0x2201ffff, 0x23000001, 0xff7fffff,
+        ] {
+            assert_eq!(Target::from_compact_checked(bits), None, "{bits:08x}");
+        }
+        // The largest exponents that still fit: one byte at 34, two at 33.
+        assert!(Target::from_compact_checked(0x220000ff).is_some());
+        assert!(Target::from_compact_checked(0x2100ffff).is_some());
     }
 
     #[test]
