@@ -10,7 +10,7 @@ use quarry_work::job::Job;
 use quarry_work::share::{ShareReject, ValidShare};
 use quarry_work::Difficulty;
 
-use crate::event::{AcceptedShare, Event, FoundBlock};
+use crate::event::{AcceptedShare, Event, FoundAux, FoundBlock};
 use crate::pool::Pool;
 use crate::tip::Tip;
 use crate::worker::Worker;
@@ -34,6 +34,8 @@ pub(crate) struct Validated<'a> {
 
 /// Accepts `share` or says why not, in this order:
 /// - a header seen before is a duplicate;
+/// - every merged-mined chain whose target it meets gets its proof ([`Event::AuxFound`]),
+///   stale or not;
 /// - a block is claimed for its parent (a second block on the same parent could only orphan the
 ///   pool's own) and reported as [`Event::BlockFound`], even when the share is stale, since it
 ///   may still win a race for the tip;
@@ -53,6 +55,25 @@ pub(crate) fn accept(
     let template = &share.job.template;
     if !pool.first_seen(share.share.hash()) {
         return Err(ShareReject::Duplicate);
+    }
+    // Aux blocks first: they do not depend on Bitcoin's tip, so a share that is stale here may
+    // still be a good aux block (its node takes it until its own tip moves).
+    if let Some(merged) = &template.merged {
+        for solution in merged.solutions(
+            share.job,
+            share.extranonce1,
+            share.extranonce2,
+            share.share.header(),
+            share.share.hash(),
+        ) {
+            events.push_back(Event::AuxFound(FoundAux {
+                solution,
+                worker: share.worker.name.clone(),
+                address: share.worker.address.clone(),
+                parent_height: template.height,
+                time_ms: now.unix_ms,
+            }));
+        }
     }
     let is_block = share.share.is_block() && pool.claim_block(&template.prev_hash);
     if is_block {

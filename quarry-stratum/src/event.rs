@@ -29,6 +29,24 @@ pub enum Event {
     },
     /// A share met the network target: submit it now.
     BlockFound(FoundBlock),
+    /// A share met a merged-mined chain's target: submit its proof now, to the node that
+    /// issued that chain's work.
+    AuxFound(FoundAux),
+}
+
+/// An aux chain's block, solved by a share.
+#[derive(Debug, Clone)]
+pub struct FoundAux {
+    /// What to submit.
+    pub solution: quarry_work::merged::AuxSolution,
+    /// Who found it.
+    pub worker: String,
+    /// The finder's payout address.
+    pub address: String,
+    /// The Bitcoin height the share's job built.
+    pub parent_height: u64,
+    /// When, Unix milliseconds.
+    pub time_ms: u64,
 }
 
 /// An accepted share, as the ledger records it.

@@ -27,6 +27,6 @@ mod tests;
 
 pub use clock::Now;
 pub use connection::Connection;
-pub use event::{AcceptedShare, Event, FoundBlock};
+pub use event::{AcceptedShare, Event, FoundAux, FoundBlock};
 pub use pool::{Pool, PoolMode, SharedPool};
 pub use worker::Worker;

@@ -158,6 +158,8 @@ impl Channel {
             transactions: Vec::new(),
             fees: 0,
             longpoll_id: None,
+            // The upstream pool does its own merged mining, if any.
+            merged: None,
         };
         let job = Job::from_parts(
             Arc::new(template),

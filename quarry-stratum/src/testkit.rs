@@ -246,3 +246,48 @@ pub fn code(answer: &Value) -> Option<i64> {
         .as_array()
         .map(|e| e[0].as_i64().expect("code"))
 }
+
+/// Namecoin's chain id, easy (regtest) bits: every other share solves it.
+pub const EASY_AUX: (&str, u32, u32) = ("namecoin", 1, REGTEST_BITS);
+/// A second AuxPoW chain at difficulty 1: no test share solves it.
+pub const HARD_AUX: (&str, u32, u32) = ("syscoin", 16, HARD_BITS);
+
+/// `template(id, prev, bits)` merge-mining `aux` (name, chain id, bits) and, with `rsk`, an
+/// RSK chain at regtest difficulty.
+pub fn merged_template(
+    id: u64,
+    prev: u8,
+    bits: u32,
+    aux: &[(&str, u32, u32)],
+    rsk: bool,
+) -> Arc<WorkTemplate> {
+    use quarry_work::auxpow::{AuxHash, ChainId};
+    use quarry_work::merged::{AuxBlock, MergedWork, RskBlock};
+    let blocks = aux
+        .iter()
+        .enumerate()
+        .map(|(i, (chain, chain_id, bits))| AuxBlock {
+            chain: chain.to_string(),
+            chain_id: ChainId(*chain_id),
+            hash: AuxHash::from_internal([0xa0 + i as u8 + prev; 32]),
+            bits: *bits,
+            height: 1000 + id,
+            reward: 5_000_000_000,
+        })
+        .collect();
+    let rsk = rsk.then(|| RskBlock {
+        chain: "rsk".into(),
+        work: quarry_work::rsk::RskWork {
+            block_hash: [0x5b; 32],
+            target: Target::from_compact(REGTEST_BITS),
+            fees_paid: "0".into(),
+            notify: true,
+            parent_hash: [0; 32],
+        },
+    });
+    let mut template = (*template(id, prev, bits)).clone();
+    template.merged = Some(Arc::new(
+        MergedWork::new(blocks, rsk).expect("distinct chain ids"),
+    ));
+    Arc::new(template)
+}

@@ -431,6 +431,7 @@ mod tests {
             transactions: Vec::new(),
             fees: 0,
             longpoll_id: None,
+            merged: None,
         }
     }
 

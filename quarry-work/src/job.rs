@@ -182,7 +182,12 @@ impl JobFactory {
         if let Some(job) = self.jobs.get(payout_script) {
             return Ok(Arc::clone(job));
         }
-        let job = Arc::new(Job::new(Arc::clone(template), payout_script, &self.layout)?);
+        let mut spec = CoinbaseSpec::single(self.layout.clone(), payout_script.to_vec());
+        if let Some(merged) = &template.merged {
+            spec.commitments = merged.commitments();
+            spec.extra_outputs = merged.extra_outputs();
+        }
+        let job = Arc::new(Job::from_spec(Arc::clone(template), &spec)?);
         self.jobs.insert(payout_script.to_vec(), Arc::clone(&job));
         Ok(job)
     }

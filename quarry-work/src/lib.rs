@@ -16,6 +16,7 @@ pub mod auxpow;
 pub mod coinbase;
 pub mod hash;
 pub mod job;
+pub mod merged;
 pub mod merkle;
 pub mod rsk;
 pub mod share;

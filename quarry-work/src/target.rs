@@ -146,6 +146,15 @@ impl Target {
             self
         }
     }
+
+    /// The larger (easier) of two targets.
+    pub fn max(self, other: Target) -> Target {
+        if self.is_met_by(&other.0) {
+            self
+        } else {
+            other
+        }
+    }
 }
 
 impl fmt::Debug for Target {

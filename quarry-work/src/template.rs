@@ -158,9 +158,21 @@ pub struct WorkTemplate {
     pub fees: i64,
     /// For the next long poll.
     pub longpoll_id: Option<String>,
+    /// The aux chains' blocks every job on this template commits to (merged mining).
+    pub merged: Option<std::sync::Arc<crate::merged::MergedWork>>,
 }
 
 impl WorkTemplate {
+    /// The easiest target any chain of this work accepts a block at: Bitcoin's, or an aux
+    /// chain's when merged mining an easier chain. Share targets never go above it, or an aux
+    /// block would be refused as a low-difficulty share.
+    pub fn easiest_target(&self) -> Target {
+        match self.merged.as_ref().and_then(|m| m.easiest_target()) {
+            Some(aux) => self.network_target.max(aux),
+            None => self.network_target,
+        }
+    }
+
     /// Checks and prepares a template.
     ///
     /// # Errors
@@ -256,6 +268,7 @@ impl WorkTemplate {
             transactions,
             fees,
             longpoll_id: gbt.longpollid.clone(),
+            merged: None,
         })
     }
 }

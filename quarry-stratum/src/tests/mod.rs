@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use crate::pool::{Pool, SharedPool};
 use crate::v1::{CloseReason, Event, Session, SessionConfig};
+use quarry_work::template::WorkTemplate;
 
+mod merged;
 mod proxy;
 mod session;
 mod sv2;

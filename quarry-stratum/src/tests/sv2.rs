@@ -7,6 +7,7 @@ use bitcoin::hashes::Hash;
 use quarry_work::hash::sha256d_80;
 use quarry_work::job::header_bytes;
 use quarry_work::share::ShareReject;
+use quarry_work::template::WorkTemplate;
 use quarry_work::Target;
 
 use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
@@ -26,7 +27,7 @@ fn pool_session(authority: &AuthorityKeypair) -> PoolSession {
 }
 
 /// Moves bytes both ways until neither side has anything to say.
-fn pump(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool) {
+pub(super) fn pump(client: &mut MinerClient, session: &mut PoolSession, pool: &TestPool) {
     pump_at(client, session, pool, START)
 }
 
@@ -55,19 +56,26 @@ fn record_all(session: &mut PoolSession) {
     }
 }
 
-fn events(session: &mut PoolSession) -> Vec<Event> {
+pub(super) fn events(session: &mut PoolSession) -> Vec<Event> {
     std::iter::from_fn(|| session.poll_event()).collect()
 }
 
-fn client_events(client: &mut MinerClient) -> Vec<ClientEvent> {
+pub(super) fn client_events(client: &mut MinerClient) -> Vec<ClientEvent> {
     std::iter::from_fn(|| client.poll_event()).collect()
 }
 
 fn connected(bits: u32) -> (MinerClient, PoolSession, TestPool, HeaderWork, Target) {
+    connected_to(template(1, 7, bits))
+}
+
+/// A standard channel open on `first`, with its first job.
+pub(super) fn connected_to(
+    first: Arc<WorkTemplate>,
+) -> (MinerClient, PoolSession, TestPool, HeaderWork, Target) {
     let authority = AuthorityKeypair::generate();
     let pool = test_pool();
     let mut session = pool_session(&authority);
-    session.handle_template(template(1, 7, bits), START, &pool);
+    session.handle_template(first, START, &pool);
     let mut client = MinerClient::new(
         &authority.public,
         &format!("{ADDRESS}.rig"),
@@ -100,7 +108,7 @@ fn connected(bits: u32) -> (MinerClient, PoolSession, TestPool, HeaderWork, Targ
 }
 
 /// A nonce whose header meets `target` (and, with `block`, the work's network target too).
-fn solve(work: &HeaderWork, target: &Target, version: u32) -> (u32, [u8; 32]) {
+pub(super) fn solve(work: &HeaderWork, target: &Target, version: u32) -> (u32, [u8; 32]) {
     (0u32..)
         .find_map(|nonce| {
             let header = header_bytes(

@@ -615,10 +615,12 @@ impl PoolSession {
         });
     }
 
+    /// The ceiling for share difficulty: the easiest chain's block difficulty (Bitcoin's, or a
+    /// merged-mined chain's).
     fn network_difficulty(&self) -> Difficulty {
         self.template
             .as_ref()
-            .and_then(|t| Difficulty::new(t.network_target.difficulty()))
+            .and_then(|t| Difficulty::new(t.easiest_target().difficulty()))
             .unwrap_or(self.config.vardiff.max)
     }
 
