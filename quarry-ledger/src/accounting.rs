@@ -1,7 +1,12 @@
 //! From a found block to credits: the configured scheme applied to the share log.
 
+use std::collections::BTreeMap;
+
 use crate::amount::Sat;
-use crate::schemes::{pplns_weights, prop_weights, share_reward, FeePolicy, Payout, ShareCredit};
+use crate::chain::Chain;
+use crate::schemes::{
+    pplns_weights, prop_weights, share_reward, FeePolicy, Payout, ShareCredit, PPM,
+};
 use crate::store::{BlockRecord, BlockStatus, Credit, Store, StoreError};
 
 /// Shares read for one PPLNS window at most (the window is usually far smaller).
@@ -53,6 +58,51 @@ pub struct Rewards {
     pub scheme: Scheme,
     /// Pool fee and revenue split.
     pub policy: FeePolicy,
+    /// Merge-mined chains and the chain whose shares earn their blocks (Bitcoin's, for every
+    /// AuxPoW chain and RSK). A chain not listed is paid from its own shares.
+    pub parents: BTreeMap<Chain, Chain>,
+    /// The merge-mining fee, taken from aux blocks before the pool's fee and split.
+    pub merge_mining_fee: Option<MergeMiningFee>,
+}
+
+/// A share of every merge-mined block for the commons, taken before the pool's fee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeMiningFee {
+    /// Parts per million of the aux block reward.
+    pub fee_ppm: u64,
+    /// Where it goes, per aux chain (an address on that chain). A chain without one pays no
+    /// merge-mining fee.
+    pub commons: BTreeMap<Chain, String>,
+    /// Who runs this pool, recorded with each fee credit.
+    pub contributor_id: String,
+}
+
+impl MergeMiningFee {
+    /// (fee, rest) of an aux block's `reward` on `chain`, in exact integers (rounded down).
+    pub fn split(&self, chain: &Chain, reward: Sat) -> Option<(String, Sat, Sat)> {
+        let commons = self.commons.get(chain)?;
+        let fee = Sat(
+            (u128::from(reward.0) * u128::from(self.fee_ppm.min(PPM)) / u128::from(PPM)) as u64,
+        );
+        Some((commons.clone(), fee, reward - fee))
+    }
+}
+
+impl Rewards {
+    /// Rewards without merged mining.
+    pub fn new(scheme: Scheme, policy: FeePolicy) -> Rewards {
+        Rewards {
+            scheme,
+            policy,
+            parents: BTreeMap::new(),
+            merge_mining_fee: None,
+        }
+    }
+
+    /// The chain whose shares earn `chain`'s blocks.
+    pub fn share_chain<'a>(&'a self, chain: &'a Chain) -> &'a Chain {
+        self.parents.get(chain).unwrap_or(chain)
+    }
 }
 
 impl Rewards {
@@ -65,14 +115,43 @@ impl Rewards {
         store: &Store,
         block: &BlockRecord,
     ) -> Result<Vec<Credit>, StoreError> {
-        let reward = Sat::from_db(block.reward);
+        let shares_of = self.share_chain(&block.chain);
+        let merged = shares_of != &block.chain;
+        let mut reward = Sat::from_db(block.reward);
+        let mut credits = Vec::new();
+        if merged {
+            // The merge-mining fee comes off the top, before the pool's fee and split.
+            if let Some((commons, fee, rest)) = self
+                .merge_mining_fee
+                .as_ref()
+                .and_then(|f| f.split(&block.chain, reward))
+            {
+                if fee > Sat::ZERO {
+                    credits.push(Credit {
+                        address: commons,
+                        amount_msat: fee.to_msat(),
+                        kind: "merge_mining_fee".into(),
+                    });
+                }
+                reward = rest;
+            }
+        }
         let payout = match &self.scheme {
-            Scheme::Solo | Scheme::Pps => return Ok(Vec::new()),
+            // A Bitcoin block pays its finder (solo) or the pool (PPS) in its coinbase; an aux
+            // block's coinbase pays the pool's aux address, so it is credited: all of it to the
+            // finder in solo mode, to the pool's revenue split under PPS.
+            Scheme::Solo | Scheme::Pps if !merged => return Ok(credits),
+            Scheme::Solo => share_reward(
+                reward,
+                &BTreeMap::from([(block.address.clone(), 1u128)]),
+                &self.policy,
+            ),
+            Scheme::Pps => share_reward(reward, &BTreeMap::new(), &self.policy),
             Scheme::Pplns { n } => {
                 let shares = store
-                    .shares_newest_first(&block.chain, block.found_ms, MAX_WINDOW_SHARES)
+                    .shares_newest_first(shares_of, block.found_ms, MAX_WINDOW_SHARES)
                     .await?;
-                let credits: Vec<ShareCredit> = shares
+                let window: Vec<ShareCredit> = shares
                     .into_iter()
                     .map(|s| ShareCredit {
                         address: s.address,
@@ -81,7 +160,7 @@ impl Rewards {
                     .collect();
                 share_reward(
                     reward,
-                    &pplns_weights(&credits, n * block.network_difficulty),
+                    &pplns_weights(&window, n * block.network_difficulty),
                     &self.policy,
                 )
             }
@@ -99,7 +178,7 @@ impl Rewards {
                     .max()
                     .unwrap_or(i64::MIN);
                 let round: Vec<ShareCredit> = store
-                    .shares_between(&block.chain, previous, block.found_ms)
+                    .shares_between(shares_of, previous, block.found_ms)
                     .await?
                     .into_iter()
                     .map(|(address, difficulty)| ShareCredit {
@@ -110,7 +189,8 @@ impl Rewards {
                 share_reward(reward, &prop_weights(&round), &self.policy)
             }
         };
-        Ok(credits_from(&payout, self.scheme.name()))
+        credits.extend(credits_from(&payout, self.scheme.name()));
+        Ok(credits)
     }
 }
 
@@ -135,7 +215,11 @@ impl Rewards {
                     let mut filled = 0u128;
                     let mut start = block.found_ms;
                     for share in store
-                        .shares_newest_first(&block.chain, block.found_ms, MAX_WINDOW_SHARES)
+                        .shares_newest_first(
+                            self.share_chain(&block.chain),
+                            block.found_ms,
+                            MAX_WINDOW_SHARES,
+                        )
                         .await?
                     {
                         start = share.created_ms;

@@ -13,7 +13,7 @@ pub mod schemes;
 pub mod share_log;
 pub mod store;
 
-pub use accounting::{Rewards, Scheme};
+pub use accounting::{MergeMiningFee, Rewards, Scheme};
 pub use amount::{Msat, Sat};
 pub use chain::Chain;
 pub use share_log::{Receipt, RecordError, ShareLog};

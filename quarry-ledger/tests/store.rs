@@ -283,6 +283,25 @@ mod blocks {
         }
     }
 
+    /// A 1 % fee, split 60/40 between `dev` and `ops`.
+    pub fn dev_ops_policy() -> FeePolicy {
+        FeePolicy {
+            fee_ppm: 10_000,
+            split: vec![
+                SplitDestination {
+                    label: "dev".into(),
+                    address: "dev".into(),
+                    ppm: 600_000,
+                },
+                SplitDestination {
+                    label: "ops".into(),
+                    address: "ops".into(),
+                    ppm: 400_000,
+                },
+            ],
+        }
+    }
+
     /// PPLNS with N = 2 (window 20), 1 % fee split 60/40 between two destinations.
     pub async fn lifecycle(store: &Store) {
         // Oldest first: carol 10 (outside the window), bob 8, alice 12 → window = 12 + 8.
@@ -294,24 +313,7 @@ mod blocks {
             ])
             .await
             .expect("shares");
-        let rewards = Rewards {
-            scheme: Scheme::Pplns { n: 2.0 },
-            policy: FeePolicy {
-                fee_ppm: 10_000,
-                split: vec![
-                    SplitDestination {
-                        label: "dev".into(),
-                        address: "dev".into(),
-                        ppm: 600_000,
-                    },
-                    SplitDestination {
-                        label: "ops".into(),
-                        address: "ops".into(),
-                        ppm: 400_000,
-                    },
-                ],
-            },
-        };
+        let rewards = Rewards::new(Scheme::Pplns { n: 2.0 }, dev_ops_policy());
         let found = block("b1", 3);
         store.insert_block(&found).await.expect("block");
         store
@@ -548,13 +550,13 @@ mod accrual_and_retention {
             })
             .await
             .expect("block");
-        let rewards = Rewards {
-            scheme: Scheme::Pplns { n: 2.0 },
-            policy: FeePolicy {
+        let rewards = Rewards::new(
+            Scheme::Pplns { n: 2.0 },
+            FeePolicy {
                 fee_ppm: 0,
                 split: Vec::new(),
             },
-        };
+        );
         // Retention alone would cut everything before t = 100; the block's window keeps 7..=10.
         let cutoff = rewards
             .retention_cutoff(store, 1_000, 900)
@@ -794,4 +796,131 @@ async fn sqlite_chain_key_migration_keeps_old_rows_and_separates_chains() {
 async fn postgres_chain_key_migration_keeps_old_rows_and_separates_chains() {
     let pg = Postgres::start("chain-pg");
     chain_key::upgrade(&pg.url, "postgres").await;
+}
+
+/// An aux block is paid from the parent chain's shares by the same scheme, after the
+/// merge-mining fee and then the pool's fee, to the satoshi.
+mod merged_credits {
+    use std::collections::BTreeMap;
+
+    use super::blocks::dev_ops_policy;
+    use super::*;
+    use quarry_ledger::{BlockRecord, BlockStatus, MergeMiningFee, Rewards, Scheme};
+
+    pub async fn aux_block(store: &Store) {
+        let share = |address: &str, difficulty: f64, ms: i64, chain: &Chain| ShareRecord {
+            created_ms: ms,
+            address: address.into(),
+            worker: format!("{address}.rig"),
+            difficulty,
+            network_difficulty: 10.0,
+            block_reward: 1_000_000,
+            height: 1000,
+            template_id: 1,
+            is_block: false,
+            instance: "test".into(),
+            chain: chain.clone(),
+        };
+        let namecoin = Chain::new("namecoin").expect("key");
+        let kaspa = Chain::new("kaspa").expect("key");
+        store
+            .insert_shares(&[
+                share("carol", 10.0, 1, &Chain::BITCOIN),
+                share("bob", 8.0, 2, &Chain::BITCOIN),
+                // Another chain's work is never in Bitcoin's window.
+                share("dave", 1000.0, 3, &kaspa),
+                share("alice", 12.0, 4, &Chain::BITCOIN),
+            ])
+            .await
+            .expect("shares");
+        let mut rewards = Rewards::new(Scheme::Pplns { n: 2.0 }, dev_ops_policy());
+        rewards.parents.insert(namecoin.clone(), Chain::BITCOIN);
+        rewards.merge_mining_fee = Some(MergeMiningFee {
+            fee_ppm: 10_000,
+            commons: BTreeMap::from([(namecoin.clone(), "nc-commons".to_string())]),
+            contributor_id: "quarry-test".into(),
+        });
+        let block = BlockRecord {
+            hash: "aux1".into(),
+            height: 500,
+            status: BlockStatus::Submitted,
+            reward: 1_000_000,
+            worker: "alice.rig".into(),
+            address: "alice".into(),
+            found_ms: 5,
+            network_difficulty: 10.0,
+            instance: "test".into(),
+            reject_reason: None,
+            chain: namecoin.clone(),
+        };
+        store.insert_block(&block).await.expect("block");
+        let credits = rewards.credits_for(store, &block).await.expect("credits");
+        let by: BTreeMap<(String, String), u64> = credits
+            .iter()
+            .map(|c| ((c.kind.clone(), c.address.clone()), c.amount_msat.0 / 1000))
+            .collect();
+        // 1 % = 10,000 to the commons; of 990,000, 1 % = 9,900 to dev/ops (5,940 / 3,960);
+        // 980,100 to the window alice 12 + bob 8 (588,060 / 392,040).
+        assert_eq!(
+            by,
+            BTreeMap::from([
+                (("merge_mining_fee".into(), "nc-commons".into()), 10_000),
+                (("fee".into(), "dev".into()), 5_940),
+                (("fee".into(), "ops".into()), 3_960),
+                (("pplns".into(), "alice".into()), 588_060),
+                (("pplns".into(), "bob".into()), 392_040),
+            ])
+        );
+        assert_eq!(
+            credits.iter().map(|c| c.amount_msat.0).sum::<u64>(),
+            1_000_000_000
+        );
+        assert!(store
+            .credit_block("aux1", &credits, 6)
+            .await
+            .expect("credit"));
+        let balances = store.balances().await.expect("balances");
+        assert!(balances
+            .iter()
+            .filter(|b| b.address == "alice")
+            .all(|b| b.chain == namecoin && b.immature_msat == 588_060_000));
+
+        // Solo: the aux reward (after the merge-mining fee) goes to the finder.
+        let mut solo = rewards.clone();
+        solo.scheme = Scheme::Solo;
+        solo.policy = quarry_ledger::schemes::FeePolicy {
+            fee_ppm: 0,
+            split: Vec::new(),
+        };
+        let credits = solo.credits_for(store, &block).await.expect("credits");
+        let paid: Vec<(&str, u64)> = credits
+            .iter()
+            .map(|c| (c.address.as_str(), c.amount_msat.0 / 1000))
+            .collect();
+        assert_eq!(paid, [("nc-commons", 10_000), ("alice", 990_000)]);
+        // A Bitcoin block in solo mode is paid by its own coinbase: nothing to credit.
+        let mut own = block.clone();
+        own.chain = Chain::BITCOIN;
+        assert!(solo
+            .credits_for(store, &own)
+            .await
+            .expect("credits")
+            .is_empty());
+    }
+}
+
+#[tokio::test]
+async fn sqlite_aux_blocks_are_credited_from_parent_shares_after_the_merge_mining_fee() {
+    let dir = scratch("merged-sqlite");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    merged_credits::aux_block(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_aux_blocks_are_credited_from_parent_shares_after_the_merge_mining_fee() {
+    let pg = Postgres::start("merged-pg");
+    let store = Store::open(&pg.url).await.expect("open");
+    merged_credits::aux_block(&store).await;
 }

@@ -481,7 +481,7 @@ impl Config {
         policy
             .validate()
             .map_err(|e| anyhow::anyhow!("payout.split: {e}"))?;
-        Ok(Rewards { scheme, policy })
+        Ok(Rewards::new(scheme, policy))
     }
 
     fn vardiff_config(&self) -> Result<VardiffConfig> {
