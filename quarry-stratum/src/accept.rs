@@ -66,13 +66,13 @@ pub(crate) fn accept(
             share.share.header(),
             share.share.hash(),
         ) {
-            events.push_back(Event::AuxFound(FoundAux {
+            events.push_back(Event::AuxFound(Box::new(FoundAux {
                 solution,
                 worker: share.worker.name.clone(),
                 address: share.worker.address.clone(),
                 parent_height: template.height,
                 time_ms: now.unix_ms,
-            }));
+            })));
         }
     }
     let is_block = share.share.is_block() && pool.claim_block(&template.prev_hash);

@@ -30,8 +30,9 @@ pub enum Event {
     /// A share met the network target: submit it now.
     BlockFound(FoundBlock),
     /// A share met a merged-mined chain's target: submit its proof now, to the node that
-    /// issued that chain's work.
-    AuxFound(FoundAux),
+    /// issued that chain's work. Boxed: rare, and large next to the other events, which every
+    /// session keeps room for.
+    AuxFound(Box<FoundAux>),
 }
 
 /// An aux chain's block, solved by a share.

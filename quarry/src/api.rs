@@ -347,6 +347,7 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
             "quarry_shares_rejected_total{{reason=\"{reason}\"}} {count}"
         );
     }
+    crate::aux::render_metrics(m, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -43,6 +43,83 @@ pub struct Config {
     pub sv2: Sv2Toml,
     /// `quarry tp`: the SV2 Template Provider.
     pub tp: TpToml,
+    /// Merge-mined chains: AuxPoW (Namecoin and its kin) and RSK.
+    #[serde(rename = "aux")]
+    pub aux: Vec<AuxConfig>,
+    /// The merge-mining fee for the commons.
+    pub merge_mining_fee: MergeMiningFeeToml,
+}
+
+/// One merge-mined chain. Key names are `[[node]]`'s where they mean the same.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuxConfig {
+    /// `auxpow` (`createauxblock` / `submitauxblock`, Namecoin Core's RPC) or `rsk`
+    /// (`mnr_getWork` / `mnr_submitBitcoinBlockPartialMerkle`).
+    pub kind: String,
+    /// The chain's key in the ledger, API and metrics: `namecoin`, `rsk`, ...
+    pub name: String,
+    /// JSON-RPC URL.
+    pub url: String,
+    /// RPC user (with `password`).
+    pub user: Option<String>,
+    /// RPC password.
+    pub password: Option<String>,
+    /// Cookie file.
+    pub cookie_file: Option<PathBuf>,
+    /// What `createauxblock` pays: the pool's address on that chain (AuxPoW only).
+    pub address: Option<String>,
+    /// The chain id the node must report (AuxPoW only; Namecoin is 1 on every network).
+    pub chain_id: Option<u32>,
+    /// Polled when true.
+    pub enabled: bool,
+    /// How often to ask for new work, milliseconds (also on every new Bitcoin tip).
+    pub poll_ms: u64,
+}
+
+impl Default for AuxConfig {
+    fn default() -> Self {
+        AuxConfig {
+            kind: "auxpow".into(),
+            name: String::new(),
+            url: String::new(),
+            user: None,
+            password: None,
+            cookie_file: None,
+            address: None,
+            chain_id: None,
+            enabled: true,
+            poll_ms: 1000,
+        }
+    }
+}
+
+/// `[merge_mining_fee]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeMiningFeeToml {
+    /// Taken from every merge-mined block when true.
+    pub enabled: bool,
+    /// Percent of each aux block's reward, before the pool's fee and split.
+    pub fee_percentage: f64,
+    /// The commons address per chain name (`commons.namecoin = "N..."`).
+    pub commons: std::collections::BTreeMap<String, String>,
+    /// This pool's contributor id, recorded with the fee.
+    pub contributor_id: String,
+    /// Paid out with the chain's payouts when true; kept as a balance otherwise.
+    pub auto_distribute: bool,
+}
+
+impl Default for MergeMiningFeeToml {
+    fn default() -> Self {
+        MergeMiningFeeToml {
+            enabled: true,
+            fee_percentage: 1.0,
+            commons: std::collections::BTreeMap::new(),
+            contributor_id: String::new(),
+            auto_distribute: true,
+        }
+    }
 }
 
 /// The Template Provider as written in TOML. It signs with the `[sv2]` authority key.
@@ -187,6 +264,8 @@ impl Default for Config {
             api: ApiConfig::default(),
             sv2: Sv2Toml::default(),
             tp: TpToml::default(),
+            aux: Vec::new(),
+            merge_mining_fee: MergeMiningFeeToml::default(),
         }
     }
 }
@@ -404,11 +483,18 @@ impl Config {
             extranonce2_len: mining.extranonce2_size,
             tag: mining.coinbase_tag.as_bytes().to_vec(),
         };
-        // Height push (up to 5 bytes) + extranonce push + tag push must fit in 100 bytes.
-        let worst = 5 + 1 + layout.extranonce_len() + 2 + layout.tag.len();
+        let aux = self.aux_chains()?;
+        // Height push (up to 5 bytes) + the merged-mining commitment (a 44-byte push, with
+        // AuxPoW chains) + extranonce push + tag push must fit in 100 bytes.
+        let commitment = match aux.iter().any(|a| a.kind == "auxpow") {
+            true => 1 + quarry_work::auxpow::COMMITMENT_LEN,
+            false => 0,
+        };
+        let worst = 5 + commitment + 1 + layout.extranonce_len() + 2 + layout.tag.len();
         if worst > MAX_SCRIPT_SIG_LEN {
             bail!(
-                "mining.coinbase_tag is too long: the coinbase scriptSig could reach {worst} bytes, the limit is {MAX_SCRIPT_SIG_LEN}"
+                "mining.coinbase_tag is too long: the coinbase scriptSig could reach {worst} bytes \
+                 ({commitment} of them the merged-mining commitment), the limit is {MAX_SCRIPT_SIG_LEN}"
             );
         }
         let vardiff = self.vardiff_config()?;
@@ -425,13 +511,103 @@ impl Config {
             max_invalid_lines: stratum.max_invalid_lines.max(1),
             ..SessionConfig::default()
         };
-        let rewards = self.rewards(network)?;
+        let mut rewards = self.rewards(network)?;
+        for chain in &aux {
+            let key = quarry_ledger::Chain::new(&chain.name)?;
+            rewards.parents.insert(key, quarry_ledger::Chain::BITCOIN);
+        }
+        rewards.merge_mining_fee = self.merge_mining_fee(&aux)?;
         Ok(Resolved {
             layout,
             session,
             rewards,
             extranonce1_prefix: prefix,
+            aux,
         })
+    }
+
+    /// The enabled `[[aux]]` chains, checked.
+    fn aux_chains(&self) -> Result<Vec<AuxConfig>> {
+        let mut chosen: Vec<AuxConfig> = Vec::new();
+        for (i, aux) in self.aux.iter().enumerate() {
+            if !aux.enabled {
+                continue;
+            }
+            quarry_ledger::Chain::new(&aux.name).with_context(|| format!("aux[{i}].name"))?;
+            if aux.name == quarry_ledger::Chain::BITCOIN.as_str() {
+                bail!("aux[{i}].name must not be bitcoin: that is the parent chain");
+            }
+            if !aux.url.starts_with("http://") {
+                bail!("aux[{i}].url must start with http:// (got {:?})", aux.url);
+            }
+            if aux.cookie_file.is_none() && (aux.user.is_none() || aux.password.is_none()) {
+                bail!(
+                    "aux[{i}] ({}): set cookie_file, or user and password",
+                    aux.name
+                );
+            }
+            match aux.kind.as_str() {
+                "auxpow" => {
+                    if aux.address.as_deref().is_none_or(str::is_empty) {
+                        bail!(
+                            "aux[{i}] ({}).address is required: what createauxblock pays",
+                            aux.name
+                        );
+                    }
+                    if let Some(other) = chosen.iter().find(|c| {
+                        c.kind == "auxpow" && c.chain_id.is_some() && c.chain_id == aux.chain_id
+                    }) {
+                        bail!(
+                            "aux[{i}] ({}) has chain_id {:?} like {}: two chains with one id can never share a merged-mining tree",
+                            aux.name, aux.chain_id, other.name
+                        );
+                    }
+                }
+                "rsk" => {
+                    if chosen.iter().any(|c| c.kind == "rsk") {
+                        bail!("aux[{i}]: only one rsk chain can be merge-mined (its tag is the coinbase's last output)");
+                    }
+                }
+                other => bail!("aux[{i}].kind must be auxpow or rsk, not {other}"),
+            }
+            if chosen.iter().any(|c| c.name == aux.name) {
+                bail!("aux[{i}].name {} is used twice", aux.name);
+            }
+            if aux.poll_ms == 0 {
+                bail!("aux[{i}].poll_ms must be positive");
+            }
+            chosen.push(aux.clone());
+        }
+        Ok(chosen)
+    }
+
+    fn merge_mining_fee(&self, aux: &[AuxConfig]) -> Result<Option<quarry_ledger::MergeMiningFee>> {
+        let fee = &self.merge_mining_fee;
+        if !fee.enabled || aux.is_empty() {
+            return Ok(None);
+        }
+        if !(0.0..=100.0).contains(&fee.fee_percentage) {
+            bail!(
+                "merge_mining_fee.fee_percentage must be between 0 and 100 (got {})",
+                fee.fee_percentage
+            );
+        }
+        let mut commons = std::collections::BTreeMap::new();
+        for chain in aux {
+            let Some(address) = fee.commons.get(&chain.name).filter(|a| !a.is_empty()) else {
+                bail!(
+                    "merge_mining_fee.commons.{0} is required while merge_mining_fee.enabled: \
+                     the commons address on {0} (or set enabled = false)",
+                    chain.name
+                );
+            };
+            commons.insert(quarry_ledger::Chain::new(&chain.name)?, address.clone());
+        }
+        Ok(Some(quarry_ledger::MergeMiningFee {
+            fee_ppm: (fee.fee_percentage * 10_000.0).round() as u64,
+            commons,
+            contributor_id: fee.contributor_id.clone(),
+        }))
     }
 
     fn rewards(&self, network: Network) -> Result<Rewards> {
@@ -531,6 +707,8 @@ pub struct Resolved {
     pub rewards: Rewards,
     /// Leading bytes of every extranonce1.
     pub extranonce1_prefix: Vec<u8>,
+    /// The merge-mined chains.
+    pub aux: Vec<AuxConfig>,
 }
 
 impl Config {

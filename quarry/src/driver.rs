@@ -151,20 +151,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
 }
 
 /// What became of an event the session may be holding an answer for.
-pub enum Recording {
+pub enum Recording<'a> {
     /// Nothing to record (not an accepted share).
     Nothing,
     /// Queued in the share log; durable once the receipt says so.
     Queued(Receipt),
     /// The share log would not take it: the answer must never be sent.
     Refused,
+    /// The share log's queue is full: wait for room. Boxed, and only then, so that an idle
+    /// connection's task does not carry room for this wait.
+    Waiting(Pin<Box<dyn Future<Output = Recording<'a>> + Send + 'a>>),
 }
 
 /// Where a connection's events go.
 pub trait Sink<E>: Sync {
-    /// Acts on one event. An accepted share is queued for the share log here, and its
-    /// [`Recording`] tells the driver when the session may answer it.
-    fn handle(&self, event: E) -> impl Future<Output = Recording> + Send;
+    /// Acts on one event, at once. An accepted share is queued for the share log here, and
+    /// its [`Recording`] tells the driver when the session may answer it.
+    fn handle(&self, event: E) -> Recording<'_>;
 }
 
 /// What every connection of a listener shares.
@@ -182,11 +185,12 @@ pub struct Environment<'a, T: ?Sized> {
 }
 
 /// Runs `conn` over `stream` until either ends; `first` holds bytes already read (the protocol
-/// sniff). Returns the session, released, for what the caller reports about it.
+/// sniff), freed once the session has them. Returns the session, released, for what the caller
+/// reports about it.
 pub async fn drive<C, S, K>(
     mut conn: C,
     mut stream: S,
-    first: &[u8],
+    first: Vec<u8>,
     env: Environment<'_, C::Shared>,
     sink: &K,
 ) -> C
@@ -209,8 +213,9 @@ where
         conn.handle_template(template, now(), shared);
     }
     if !first.is_empty() {
-        conn.handle_bytes(first, now(), shared);
+        conn.handle_bytes(&first, now(), shared);
     }
+    drop(first);
     // Shutdown is acted on once; afterwards the loop only drains what the session still sends.
     let mut shutting_down = false;
     loop {
@@ -219,8 +224,12 @@ where
         // connection unanswered.
         let mut receipts = Vec::new();
         while let Some(event) = conn.poll_event() {
-            match sink.handle(event).await {
-                Recording::Nothing => {}
+            let mut recording = sink.handle(event);
+            while let Recording::Waiting(wait) = recording {
+                recording = wait.await;
+            }
+            match recording {
+                Recording::Nothing | Recording::Waiting(_) => {}
                 Recording::Queued(receipt) => receipts.push(Some(receipt)),
                 Recording::Refused => receipts.push(None),
             }
@@ -340,7 +349,7 @@ mod tests {
     }
 
     impl Sink<Event> for Refusing {
-        async fn handle(&self, event: Event) -> Recording {
+        fn handle(&self, event: Event) -> Recording<'_> {
             match event {
                 Event::ShareAccepted(_) => {
                     *self.offered.lock().expect("lock") += 1;
@@ -393,7 +402,7 @@ mod tests {
             drive(
                 session,
                 Buffered::new(server, Some(local)),
-                &[],
+                Vec::new(),
                 env,
                 &*sink,
             )

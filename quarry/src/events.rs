@@ -65,6 +65,8 @@ pub struct Metrics {
     pub height: AtomicU64,
     /// Network difficulty of the current template, as f64 bits.
     pub network_difficulty_bits: AtomicU64,
+    /// Merge-mined chains, by name.
+    pub aux: Mutex<BTreeMap<String, crate::aux::AuxCounters>>,
 }
 
 impl Metrics {

@@ -1,6 +1,7 @@
 //! The `quarry` binary: the only crate with tokio, sockets and clocks.
 
 mod api;
+mod aux;
 mod blocks;
 mod cli;
 mod config;
@@ -151,6 +152,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
             Arc::clone(&events),
         ));
     }
+    let aux = match resolved.aux.is_empty() {
+        true => None,
+        false => Some(aux::AuxChains::new(&resolved.aux)?),
+    };
+    let work = aux::work_stream(&nodes, aux.as_ref(), &metrics);
+    let aux_blocks = aux.as_ref().map(|aux| {
+        info!(chains = ?resolved.aux.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "merge mining");
+        aux.spawn_submitter(aux::AuxKeeper {
+            store: store.clone(),
+            rewards: resolved.rewards.clone(),
+            maturity: config.payout.maturity,
+            dir: config.data_dir.join("aux"),
+            instance: instance.clone(),
+            events: Arc::clone(&events),
+            metrics: Arc::clone(&metrics),
+        })
+    });
     let sv2 = config.sv2()?;
     if let Some(sv2) = &sv2 {
         info!(authority_public_key = %sv2.authority.public_text(), "Stratum V2 enabled on the stratum port (miners pin this key)");
@@ -159,11 +177,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         resolved.session,
         sv2,
         Arc::clone(&pool),
-        Arc::clone(&nodes),
+        work.clone(),
         server::Outputs {
             ledger: share_log,
             instance,
             blocks,
+            aux_blocks,
             metrics: Arc::clone(&metrics),
             events: Arc::clone(&events),
         },
@@ -175,7 +194,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     info!(listen = %listener.local_addr()?, network = %config.network, mode = %config.mining.mode, "quarry stratum listening");
 
     // Each template: a new duplicate generation on a new tip, metrics, MiningJobCreated.
-    let mut templates = nodes.subscribe();
+    let mut templates = work.clone();
     let duplicate_pool = Arc::clone(&pool);
     let (template_metrics, template_events) = (Arc::clone(&metrics), Arc::clone(&events));
     tokio::spawn(async move {

@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quarry_ledger::{Chain, ShareLog, ShareRecord};
+use quarry_ledger::{Chain, Receipt, RecordError, ShareLog, ShareRecord};
 use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::v2::{PoolSession, Sv2Config};
 use quarry_stratum::{Pool, SharedPool};
 use quarry_work::share::ShareReject;
+use quarry_work::template::WorkTemplate;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +23,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::driver::{self, drive, Environment, Recording, Sink};
 use crate::events::{EventBus, Metrics};
-use crate::node::Nodes;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (single inserts).
@@ -39,6 +39,8 @@ pub struct Outputs {
     pub instance: String,
     /// Found blocks go here, to be submitted at once.
     pub blocks: tokio::sync::mpsc::Sender<quarry_stratum::v1::FoundBlock>,
+    /// Solved aux blocks go here (merged mining), to be submitted to their chains at once.
+    pub aux_blocks: Option<tokio::sync::mpsc::Sender<quarry_stratum::FoundAux>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The event stream.
@@ -64,8 +66,8 @@ pub struct Server {
     pub sv2: Option<Arc<Sv2Config>>,
     /// Shared pool state.
     pub pool: Arc<SharedPool>,
-    /// Nodes (templates).
-    pub nodes: Arc<Nodes>,
+    /// The work sessions follow: Bitcoin templates, with the aux chains folded in.
+    pub work: watch::Receiver<Option<Arc<WorkTemplate>>>,
     /// Share log, blocks, metrics, events.
     pub out: Outputs,
     /// Limits.
@@ -80,7 +82,7 @@ impl Server {
         session_config: SessionConfig,
         sv2: Option<Sv2Config>,
         pool: Arc<SharedPool>,
-        nodes: Arc<Nodes>,
+        work: watch::Receiver<Option<Arc<WorkTemplate>>>,
         out: Outputs,
         limits: Limits,
     ) -> Arc<Self> {
@@ -90,7 +92,7 @@ impl Server {
             session_config: Arc::new(session_config),
             sv2: sv2.map(Arc::new),
             pool,
-            nodes,
+            work,
             limits,
             per_ip: Mutex::new(HashMap::new()),
             slots,
@@ -193,7 +195,7 @@ impl Server {
         };
         let env = || Environment {
             shared: &*self.pool as &dyn Pool,
-            templates: self.nodes.subscribe(),
+            templates: self.work.clone(),
             shutdown: shutdown.clone(),
             write_timeout: self.limits.write_timeout,
             peer,
@@ -207,7 +209,7 @@ impl Server {
                     Arc::clone(sv2),
                     driver::now(),
                 ));
-                let session = drive(session, stream, &first, env(), &sink).await;
+                let session = drive(session, stream, first, env(), &sink).await;
                 session.worker().map(str::to_string)
             }
             (Detected::V2, None) => {
@@ -216,7 +218,7 @@ impl Server {
             }
             _ => {
                 let session = Session::new(Arc::clone(&self.session_config), driver::now());
-                let session = drive(session, stream, &first, env(), &sink).await;
+                let session = drive(session, stream, first, env(), &sink).await;
                 session.worker().map(str::to_string)
             }
         };
@@ -256,6 +258,16 @@ impl Server {
                     // Only a flood of blocks (regtest) fills the queue; wait there, never drop.
                     let blocks = self.out.blocks.clone();
                     tokio::spawn(async move { blocks.send(block).await });
+                }
+            }
+            Event::AuxFound(found) => {
+                if let Some(aux) = &self.out.aux_blocks {
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Full(found)) =
+                        aux.try_send(*found)
+                    {
+                        let aux = aux.clone();
+                        tokio::spawn(async move { aux.send(found).await });
+                    }
                 }
             }
             Event::ShareAccepted(share) => {
@@ -298,22 +310,24 @@ struct PoolSink<'a> {
 }
 
 impl Sink<Event> for PoolSink<'_> {
-    async fn handle(&self, event: Event) -> Recording {
+    fn handle(&self, event: Event) -> Recording<'_> {
         let server = self.server;
         let mut recording = Recording::Nothing;
         if let Event::ShareAccepted(share) = &event {
-            // Boxed only when the queue is full: the await's state would otherwise sit in
-            // every connection's task, idle or not.
-            let queued = match server.out.ledger.try_enqueue(server.share_record(share)) {
-                Ok(queued) => queued,
-                Err(record) => Box::pin(server.out.ledger.enqueue(record)).await,
-            };
-            recording = match queued {
+            let peer = self.peer;
+            let settle = move |queued: Result<Receipt, RecordError>| match queued {
                 Ok(receipt) => Recording::Queued(receipt),
                 Err(e) => {
-                    error!(peer = %self.peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
+                    error!(%peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
                     Recording::Refused
                 }
+            };
+            recording = match server.out.ledger.try_enqueue(server.share_record(share)) {
+                Ok(queued) => settle(queued),
+                // Only when the queue is full does the driver wait, on a boxed future.
+                Err(record) => Recording::Waiting(Box::pin(async move {
+                    settle(server.out.ledger.enqueue(record).await)
+                })),
             };
         }
         server.on_event(event, self.peer);

@@ -79,7 +79,7 @@ async fn serve(
     let session = drive(
         session,
         stream,
-        &[],
+        Vec::new(),
         env,
         &TpSink {
             peer,
@@ -102,7 +102,7 @@ struct TpSink<'a> {
 }
 
 impl Sink<TpEvent> for TpSink<'_> {
-    async fn handle(&self, event: TpEvent) -> Recording {
+    fn handle(&self, event: TpEvent) -> Recording<'_> {
         on_event(event, self.peer, self.nodes);
         Recording::Nothing
     }

@@ -51,7 +51,7 @@ fn solutions(events: Vec<Event>) -> Vec<AuxSolution> {
     events
         .into_iter()
         .filter_map(|e| match e {
-            Event::AuxFound(found) => Some(found.solution),
+            Event::AuxFound(found) => Some(found.solution.clone()),
             _ => None,
         })
         .collect()

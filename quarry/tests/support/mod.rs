@@ -2,6 +2,7 @@
 //! keys that fund and sign real transactions (Bitcoin Core has no wallet here).
 #![allow(dead_code)]
 
+pub mod aux_node;
 pub mod keys;
 pub mod sri;
 

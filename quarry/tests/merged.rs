@@ -1,0 +1,186 @@
+//! Merged mining end to end: Bitcoin Core regtest, two AuxPoW chains played by RPC servers that
+//! apply Namecoin Core's checks (`support/aux_node.rs`), `quarry serve` and `quarry mine`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::aux_node::AuxNode;
+use support::*;
+
+/// Regtest bits: every other hash solves an aux block.
+const EASY: u32 = 0x207f_ffff;
+
+async fn blocks(api: u16) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{api}/api/blocks?limit=500");
+    let body: Value = reqwest::get(&url)
+        .await
+        .expect("GET /api/blocks")
+        .json()
+        .await
+        .expect("JSON");
+    body.as_array()
+        .or_else(|| body["blocks"].as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn of_chain<'a>(blocks: &'a [Value], chain: &str) -> Vec<&'a Value> {
+    blocks.iter().filter(|b| b["chain"] == chain).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_solve_aux_blocks_once_each_and_every_chain_is_credited() {
+    let nodes = Regtest::single();
+    // Chain ids 1 and 3 collide in a tree of 2 (both odd): the tree must grow to 4.
+    let mut namecoin = AuxNode::start(1, EASY).await;
+    let other = AuxNode::start(3, EASY).await;
+    let dir = scratch_dir("merged");
+    let port = free_port();
+    let api = free_port();
+    let miner_address = nodes.new_address().await;
+    let mut config = pool_config(&nodes, &dir, port, "");
+    config.push_str(&format!(
+        r#"
+[payout]
+maturity = 2
+
+[api]
+listen = "127.0.0.1:{api}"
+
+[[aux]]
+kind = "auxpow"
+name = "namecoin"
+url = "{namecoin}"
+user = "u"
+password = "p"
+address = "n-pool-address"
+chain_id = 1
+poll_ms = 200
+
+[[aux]]
+kind = "auxpow"
+name = "othercoin"
+url = "{other}"
+user = "u"
+password = "p"
+address = "o-pool-address"
+chain_id = 3
+poll_ms = 200
+
+[merge_mining_fee]
+fee_percentage = 1.0
+contributor_id = "quarry-tests"
+commons.namecoin = "n-commons"
+commons.othercoin = "o-commons"
+"#,
+        namecoin = namecoin.url(),
+        other = other.url(),
+    ));
+    let pool = start_pool(&dir, &config, port).await;
+    let url = format!("stratum+tcp://127.0.0.1:{port}");
+    let user = format!("{miner_address}.aux");
+    let _miner = Process::spawn(
+        &["mine", &url, "--user", &user, "--threads", "1"],
+        &dir.join("miner.log"),
+    );
+
+    // Both chains get blocks.
+    let accepted = |node: &AuxNode| node.ledger(|l| l.accepted.len());
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            accepted(&namecoin) >= 3 && accepted(&other) >= 3
+        })
+        .await,
+        "aux blocks: namecoin {} other {}\n{}",
+        accepted(&namecoin),
+        accepted(&other),
+        pool.log_text()
+    );
+    for node in [&namecoin, &other] {
+        node.ledger(|l| {
+            assert!(l.refused.is_empty(), "every proof passes: {:?}", l.refused);
+            let most = l.submissions.values().max().copied().unwrap_or(0);
+            assert_eq!(
+                most, 1,
+                "each aux block submitted once: {:?}",
+                l.submissions
+            );
+        });
+    }
+
+    // The ledger has them per chain, credited to the finder after the merge-mining fee.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            let all = blocks(api).await;
+            of_chain(&all, "namecoin").len() >= 3 && of_chain(&all, "othercoin").len() >= 3
+        })
+        .await,
+        "aux blocks in /api/blocks: {:?}",
+        blocks(api).await
+    );
+    let all = blocks(api).await;
+    let taken = namecoin.ledger(|l| {
+        l.accepted
+            .iter()
+            .map(|(h, _)| h.clone())
+            .collect::<Vec<_>>()
+    });
+    for block in of_chain(&all, "namecoin") {
+        let hash = block["hash"].as_str().expect("hash");
+        if taken.iter().any(|h| h == hash) {
+            assert_ne!(
+                block["status"], "submitted",
+                "credited once accepted: {block}"
+            );
+        }
+    }
+
+    // Matured on their own chain: confirmations come from the aux node.
+    namecoin.mine(3);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            of_chain(&blocks(api).await, "namecoin")
+                .iter()
+                .any(|b| b["status"] == "confirmed")
+        })
+        .await,
+        "a namecoin block matures: {:?}",
+        of_chain(&blocks(api).await, "namecoin")
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{api}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("quarry_aux_blocks_total{chain=\"namecoin\",result=\"accepted\"}"),
+        "{metrics}"
+    );
+
+    // Namecoin goes away: Bitcoin mining goes on, the other chain too.
+    namecoin.stop();
+    let (height, other_before) = (nodes.height().await, accepted(&other));
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            nodes.height().await > height + 2 && accepted(&other) > other_before
+        })
+        .await,
+        "Bitcoin and the other chain keep going without namecoin\n{}",
+        pool.log_text()
+    );
+    // And comes back: its blocks are found again.
+    let before = accepted(&namecoin);
+    namecoin.restart().await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            accepted(&namecoin) > before
+        })
+        .await,
+        "namecoin is merge-mined again after it returns\n{}",
+        pool.log_text()
+    );
+    namecoin.ledger(|l| assert!(l.refused.is_empty(), "{:?}", l.refused));
+}

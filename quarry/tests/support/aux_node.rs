@@ -1,0 +1,218 @@
+//! An AuxPoW chain's node for the tests, speaking Namecoin Core's mining RPC
+//! (`createauxblock`, `submitauxblock`, `getblockheader`) and applying the checks Namecoin Core
+//! applies to a submitted AuxPoW: `CAuxPow::check` (through `quarry_work::auxpow`, a port of
+//! it) and the proof of work against the aux block's own bits. No Namecoin node is in the
+//! registries; Quarry is also run against a real Namecoin Core (see the README).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use bitcoin::hashes::{sha256d, Hash};
+use quarry_work::auxpow::{meets_target, AuxHash, AuxPow, ChainId};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+/// What the node has seen.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// The next block's height (the tip is `height - 1`).
+    pub height: u64,
+    /// Hashes handed out by `createauxblock`, with their heights.
+    pub issued: HashMap<String, u64>,
+    /// Blocks taken, in order: (hash, height).
+    pub accepted: Vec<(String, u64)>,
+    /// Submissions per hash, valid or not.
+    pub submissions: HashMap<String, u32>,
+    /// Why submissions failed the AuxPoW checks or the proof of work.
+    pub refused: Vec<String>,
+    /// Valid proofs for a block whose parent is no longer the tip.
+    pub stale: u32,
+}
+
+struct Node {
+    chain_id: u32,
+    bits: u32,
+    ledger: Mutex<Ledger>,
+}
+
+/// A running aux node; stopped on drop.
+pub struct AuxNode {
+    /// Its RPC address.
+    pub addr: SocketAddr,
+    node: Arc<Node>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AuxNode {
+    /// A node for chain `chain_id` whose blocks need `bits`.
+    pub async fn start(chain_id: u32, bits: u32) -> AuxNode {
+        let node = Arc::new(Node {
+            chain_id,
+            bits,
+            ledger: Mutex::new(Ledger {
+                height: 100,
+                ..Ledger::default()
+            }),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut aux = AuxNode {
+            addr,
+            node,
+            task: None,
+        };
+        aux.serve(listener);
+        aux
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let app = Router::new()
+            .route("/", post(rpc))
+            .with_state(Arc::clone(&self.node));
+        self.task = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }));
+    }
+
+    /// The URL for `[[aux]] url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Goes away: connections are refused until [`AuxNode::restart`].
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Comes back on the same port, with the same chain.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Mines `n` blocks on top (confirmations for what it accepted).
+    pub fn mine(&self, n: u64) {
+        self.node.ledger.lock().expect("lock").height += n;
+    }
+
+    /// A look at what it has seen.
+    pub fn ledger<T>(&self, look: impl FnOnce(&Ledger) -> T) -> T {
+        look(&self.node.ledger.lock().expect("lock"))
+    }
+}
+
+impl Drop for AuxNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The block hash at `height`: a new one for every tip, as a real node's would be.
+fn block_hash(chain_id: u32, height: u64) -> AuxHash {
+    let mut seed = chain_id.to_le_bytes().to_vec();
+    seed.extend_from_slice(&height.to_le_bytes());
+    AuxHash::from_internal(sha256d::Hash::hash(&seed).to_byte_array())
+}
+
+fn error(code: i64, message: &str, id: &Value) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"result": null, "error": {"code": code, "message": message}, "id": id})),
+    )
+}
+
+async fn rpc(
+    State(node): State<Arc<Node>>,
+    Json(request): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let id = request["id"].clone();
+    let params = &request["params"];
+    let mut ledger = node.ledger.lock().expect("lock");
+    let result = match request["method"].as_str().unwrap_or("") {
+        "createauxblock" => {
+            if params[0].as_str().is_none_or(str::is_empty) {
+                return error(-5, "Invalid coinbase payout address", &id);
+            }
+            let height = ledger.height;
+            let hash = block_hash(node.chain_id, height).to_string();
+            ledger.issued.insert(hash.clone(), height);
+            json!({
+                "hash": hash,
+                "chainid": node.chain_id,
+                "previousblockhash": block_hash(node.chain_id, height - 1).to_string(),
+                "coinbasevalue": 5_000_000_000u64,
+                "bits": format!("{:08x}", node.bits),
+                "height": height,
+                "_target": "00",
+            })
+        }
+        "submitauxblock" => {
+            let (Some(hash), Some(auxpow)) = (params[0].as_str(), params[1].as_str()) else {
+                return error(-1, "submitauxblock hash auxpow", &id);
+            };
+            *ledger.submissions.entry(hash.to_string()).or_default() += 1;
+            let Some(&height) = ledger.issued.get(hash) else {
+                return error(-8, "block hash unknown", &id);
+            };
+            let Ok(bytes) = hex::decode(auxpow) else {
+                return error(-22, "AuxPow decode failed", &id);
+            };
+            let Ok(proof) = AuxPow::decode(&bytes) else {
+                return error(-22, "AuxPow decode failed", &id);
+            };
+            let aux_hash: AuxHash = hash.parse().expect("a hash this node issued");
+            let checked = proof
+                .verify(aux_hash, ChainId(node.chain_id), true)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    meets_target(&proof.parent_block_hash(), node.bits)
+                        .then_some(())
+                        .ok_or_else(|| "high-hash".to_string())
+                });
+            match checked {
+                Err(reason) => {
+                    ledger.refused.push(reason);
+                    json!(false)
+                }
+                Ok(()) if ledger.accepted.iter().any(|(h, _)| h == hash) => json!(false),
+                // Only a block on the current tip extends the chain.
+                Ok(()) if height != ledger.height => {
+                    ledger.stale += 1;
+                    json!(false)
+                }
+                Ok(()) => {
+                    ledger.accepted.push((hash.to_string(), height));
+                    ledger.height += 1;
+                    json!(true)
+                }
+            }
+        }
+        "getblockheader" => {
+            let hash = params[0].as_str().unwrap_or("");
+            let Some(&(_, height)) = ledger.accepted.iter().find(|(h, _)| h == hash) else {
+                return error(-5, "Block not found", &id);
+            };
+            json!({"hash": hash, "height": height, "confirmations": ledger.height - height})
+        }
+        other => return error(-32601, &format!("Method not found: {other}"), &id),
+    };
+    (
+        StatusCode::OK,
+        Json(json!({"result": result, "error": null, "id": id})),
+    )
+}
