@@ -75,6 +75,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/miners/{address}", get(miner))
         .route("/api/workers", get(workers))
         .route("/api/blocks", get(blocks))
+        .route("/api/chains", get(chains))
         .route("/api/payments", get(payments))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
@@ -152,19 +153,27 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .into_iter()
         .filter(|w| w.chain == Chain::BITCOIN && w.address == address)
         .collect();
-    let balance = state
+    let balances: Vec<_> = state
         .store
         .balances()
         .await?
         .into_iter()
-        .find(|b| b.chain == Chain::BITCOIN && b.address == address);
+        .filter(|b| b.address == address)
+        .collect();
+    let balance = balances.iter().find(|b| b.chain == Chain::BITCOIN).cloned();
+    // Merge-mined chains' credits, in each chain's own coin.
+    let merged: Vec<Value> = balances
+        .iter()
+        .filter(|b| b.chain != Chain::BITCOIN)
+        .map(|b| json!({"chain": b.chain, "mature_msat": b.mature_msat, "immature_msat": b.immature_msat}))
+        .collect();
     let paid = state
         .store
         .paid(&Chain::BITCOIN)
         .await?
         .get(&address)
         .copied();
-    if workers.is_empty() && balance.is_none() && paid.is_none() {
+    if workers.is_empty() && balances.is_empty() && paid.is_none() {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown miner".into()));
     }
     let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
@@ -191,6 +200,7 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         },
         "paid_sat": paid.map_or(0, |p| p.0),
         "received_sat": paid.map_or(0, |p| p.1),
+        "merged": merged,
     })))
 }
 
@@ -214,9 +224,68 @@ struct Limit {
     limit: Option<i64>,
 }
 
-async fn blocks(State(state): Shared, Query(q): Query<Limit>) -> Result<Json<Value>, ApiError> {
+async fn blocks(
+    State(state): Shared,
+    Query(q): Query<BlocksQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(json!(state.store.blocks(None, limit).await?)))
+    let mut blocks = state.store.blocks(None, 10_000).await?;
+    if let Some(chain) = &q.chain {
+        blocks.retain(|b| b.chain.as_str() == chain);
+    }
+    blocks.truncate(limit as usize);
+    Ok(Json(json!(blocks)))
+}
+
+/// `?limit=&chain=`.
+#[derive(Debug, serde::Deserialize)]
+struct BlocksQuery {
+    limit: Option<i64>,
+    chain: Option<String>,
+}
+
+/// Every chain the pool mines: Bitcoin, and each merge-mined chain with whether its node
+/// answers, its blocks by status and what is credited in its coin.
+async fn chains(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    use std::collections::BTreeMap;
+    let mut chains: BTreeMap<String, Value> = BTreeMap::new();
+    chains.insert(
+        Chain::BITCOIN.to_string(),
+        json!({"chain": "bitcoin", "kind": "parent", "up": true}),
+    );
+    let aux = state
+        .metrics
+        .aux
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (name, counters) in &aux {
+        chains.insert(
+            name.clone(),
+            json!({"chain": name, "kind": "merged", "up": counters.up,
+                   "submitted": counters.submitted, "accepted": counters.accepted}),
+        );
+    }
+    for block in state.store.blocks(None, 10_000).await? {
+        let entry = chains
+            .entry(block.chain.to_string())
+            .or_insert_with(|| json!({"chain": block.chain.to_string(), "kind": "merged"}));
+        let count = &mut entry["blocks"][block.status.as_str()];
+        *count = json!(count.as_u64().unwrap_or(0) + 1);
+    }
+    for balance in state.store.balances().await? {
+        let entry = chains
+            .entry(balance.chain.to_string())
+            .or_insert_with(|| json!({"chain": balance.chain.to_string(), "kind": "merged"}));
+        for (key, value) in [
+            ("mature_msat", balance.mature_msat),
+            ("immature_msat", balance.immature_msat),
+        ] {
+            let total = &mut entry["credited"][key];
+            *total = json!(total.as_i64().unwrap_or(0) + value);
+        }
+    }
+    Ok(Json(json!(chains.into_values().collect::<Vec<_>>())))
 }
 
 async fn payments(State(state): Shared, Query(q): Query<Limit>) -> Result<Json<Value>, ApiError> {
@@ -365,7 +434,8 @@ async fn openapi() -> Json<Value> {
                 "responses": {"200": {"description": "OK"}, "404": {"description": "Unknown miner"}}
             }},
             "/api/workers": get("Active workers"),
-            "/api/blocks": get("Found blocks, newest first (?limit=)"),
+            "/api/blocks": get("Found blocks of every chain, newest first (?limit=&chain=)"),
+            "/api/chains": get("Bitcoin and each merge-mined chain: node up, blocks by status, credits"),
             "/api/payments": get("Payouts, newest first (?limit=)"),
             "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected"),
             "/api/admin/payouts/run": {"post": {

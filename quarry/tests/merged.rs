@@ -149,6 +149,39 @@ commons.othercoin = "o-commons"
         "a namecoin block matures: {:?}",
         of_chain(&blocks(api).await, "namecoin")
     );
+    // Per chain in the API: the node is up, blocks by status, and the finder's credits (solo:
+    // the whole aux reward after the 1 % merge-mining fee, which goes to the commons).
+    let chains: Value = reqwest::get(format!("http://127.0.0.1:{api}/api/chains"))
+        .await
+        .expect("chains")
+        .json()
+        .await
+        .expect("JSON");
+    let namecoin_entry = chains
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["chain"] == "namecoin"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(namecoin_entry["up"], true, "{chains}");
+    assert!(namecoin_entry["blocks"]["confirmed"].as_u64() >= Some(1), "{chains}");
+    let miner: Value = reqwest::get(format!("http://127.0.0.1:{api}/api/miners/{miner_address}"))
+        .await
+        .expect("miner")
+        .json()
+        .await
+        .expect("JSON");
+    let credited = |chain: &str| {
+        miner["merged"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["chain"] == chain))
+            .map(|m| m["mature_msat"].as_i64().unwrap_or(0) + m["immature_msat"].as_i64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    for chain in ["namecoin", "othercoin"] {
+        let credited = credited(chain);
+        // 5,000,000,000 per block, less 1 %: a whole number of such blocks.
+        assert!(credited > 0 && credited % 4_950_000_000_000 == 0, "{chain}: {miner}");
+    }
     let metrics = reqwest::get(format!("http://127.0.0.1:{api}/metrics"))
         .await
         .expect("metrics")
