@@ -833,27 +833,41 @@ mod tests {
         let resolved = config.resolve().expect("two AuxPoW chains and RSK");
         assert_eq!(resolved.aux.len(), 3);
         assert_eq!(resolved.rewards.parents.len(), 3);
-        let fee = resolved.rewards.merge_mining_fee.expect("the fee is on by default");
+        let fee = resolved
+            .rewards
+            .merge_mining_fee
+            .expect("the fee is on by default");
         assert_eq!(fee.fee_ppm, 10_000);
 
         let mut same_id = config.clone();
         same_id.aux[1].chain_id = Some(1);
         let error = format!("{:#}", same_id.resolve().expect_err("one id twice"));
-        assert!(error.contains("chain_id") && error.contains("namecoin"), "{error}");
+        assert!(
+            error.contains("chain_id") && error.contains("namecoin"),
+            "{error}"
+        );
 
         let mut no_commons = config.clone();
         no_commons.merge_mining_fee.commons.remove("rsk");
-        let error = format!("{:#}", no_commons.resolve().expect_err("no commons address"));
+        let error = format!(
+            "{:#}",
+            no_commons.resolve().expect_err("no commons address")
+        );
         assert!(error.contains("merge_mining_fee.commons.rsk"), "{error}");
         no_commons.merge_mining_fee.enabled = false;
         no_commons.resolve().expect("no fee, no commons needed");
 
         let mut long_tag = config.clone();
         long_tag.mining.coinbase_tag = "x".repeat(40);
-        let error = format!("{:#}", long_tag.resolve().expect_err("no room with the commitment"));
+        let error = format!(
+            "{:#}",
+            long_tag.resolve().expect_err("no room with the commitment")
+        );
         assert!(error.contains("merged-mining commitment"), "{error}");
         long_tag.aux.retain(|a| a.kind == "rsk");
-        long_tag.resolve().expect("RSK alone takes no scriptSig room");
+        long_tag
+            .resolve()
+            .expect("RSK alone takes no scriptSig room");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::aux_node::AuxNode;
+use support::aux_node::{AuxNode, RskNode};
 use support::*;
 
 /// Regtest bits: every other hash solves an aux block.
@@ -36,6 +36,7 @@ async fn shares_solve_aux_blocks_once_each_and_every_chain_is_credited() {
     // Chain ids 1 and 3 collide in a tree of 2 (both odd): the tree must grow to 4.
     let mut namecoin = AuxNode::start(1, EASY).await;
     let other = AuxNode::start(3, EASY).await;
+    let rsk = RskNode::start(EASY).await;
     let dir = scratch_dir("merged");
     let port = free_port();
     let api = free_port();
@@ -69,14 +70,24 @@ address = "o-pool-address"
 chain_id = 3
 poll_ms = 200
 
+[[aux]]
+kind = "rsk"
+name = "rsk"
+url = "{rsk}"
+user = "u"
+password = "p"
+poll_ms = 200
+
 [merge_mining_fee]
 fee_percentage = 1.0
 contributor_id = "quarry-tests"
 commons.namecoin = "n-commons"
 commons.othercoin = "o-commons"
+commons.rsk = "r-commons"
 "#,
         namecoin = namecoin.url(),
         other = other.url(),
+        rsk = rsk.url(),
     ));
     let pool = start_pool(&dir, &config, port).await;
     let url = format!("stratum+tcp://127.0.0.1:{port}");
@@ -98,6 +109,28 @@ commons.othercoin = "o-commons"
         accepted(&other),
         pool.log_text()
     );
+    // RSK too, through its partial merkle proof, each work unit submitted once.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            rsk.ledger(|l| l.imported.len()) >= 2
+        })
+        .await,
+        "RSK blocks imported: {:?}",
+        rsk.ledger(|l| (l.imported.len(), l.refused.clone()))
+    );
+    rsk.ledger(|l| {
+        assert!(
+            l.refused.is_empty(),
+            "every RSK proof passes: {:?}",
+            l.refused
+        );
+        assert_eq!(
+            l.submissions.values().max().copied(),
+            Some(1),
+            "{:?}",
+            l.submissions
+        );
+    });
     for node in [&namecoin, &other] {
         node.ledger(|l| {
             assert!(l.refused.is_empty(), "every proof passes: {:?}", l.refused);
@@ -163,7 +196,10 @@ commons.othercoin = "o-commons"
         .cloned()
         .unwrap_or_default();
     assert_eq!(namecoin_entry["up"], true, "{chains}");
-    assert!(namecoin_entry["blocks"]["confirmed"].as_u64() >= Some(1), "{chains}");
+    assert!(
+        namecoin_entry["blocks"]["confirmed"].as_u64() >= Some(1),
+        "{chains}"
+    );
     let miner: Value = reqwest::get(format!("http://127.0.0.1:{api}/api/miners/{miner_address}"))
         .await
         .expect("miner")
@@ -174,13 +210,18 @@ commons.othercoin = "o-commons"
         miner["merged"]
             .as_array()
             .and_then(|m| m.iter().find(|m| m["chain"] == chain))
-            .map(|m| m["mature_msat"].as_i64().unwrap_or(0) + m["immature_msat"].as_i64().unwrap_or(0))
+            .map(|m| {
+                m["mature_msat"].as_i64().unwrap_or(0) + m["immature_msat"].as_i64().unwrap_or(0)
+            })
             .unwrap_or(0)
     };
     for chain in ["namecoin", "othercoin"] {
         let credited = credited(chain);
         // 5,000,000,000 per block, less 1 %: a whole number of such blocks.
-        assert!(credited > 0 && credited % 4_950_000_000_000 == 0, "{chain}: {miner}");
+        assert!(
+            credited > 0 && credited % 4_950_000_000_000 == 0,
+            "{chain}: {miner}"
+        );
     }
     let metrics = reqwest::get(format!("http://127.0.0.1:{api}/metrics"))
         .await

@@ -216,3 +216,172 @@ async fn rpc(
         Json(json!({"result": result, "error": null, "id": id})),
     )
 }
+
+/// An RSK node for the tests: `mnr_getWork` and `mnr_submitBitcoinBlockPartialMerkle`, with
+/// rskj's checks on a submission (the last `RSKBLOCK:` tag carries the work's hash, at most
+/// 128 bytes follow it, the coinbase txid and branch fold to the header's merkle root, and the
+/// header's hash meets the target).
+pub struct RskNode {
+    /// Its RPC address.
+    pub addr: SocketAddr,
+    state: Arc<Mutex<RskLedger>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// What the RSK node has seen.
+#[derive(Debug, Default)]
+pub struct RskLedger {
+    /// Work units handed out (the last 20 are kept, as rskj does).
+    pub issued: Vec<[u8; 32]>,
+    /// Blocks imported, by RSK hash.
+    pub imported: Vec<[u8; 32]>,
+    /// Submissions per RSK hash.
+    pub submissions: HashMap<[u8; 32], u32>,
+    /// Why submissions were refused.
+    pub refused: Vec<String>,
+    /// The current work's number: a new one after every import.
+    pub number: u64,
+}
+
+impl RskNode {
+    /// A node whose blocks need the Bitcoin hash to meet `bits`.
+    pub async fn start(bits: u32) -> RskNode {
+        let state = Arc::new(Mutex::new(RskLedger::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let target = quarry_work::Target::from_compact(bits);
+        let app = Router::new()
+            .route("/", post(rsk_rpc))
+            .with_state((Arc::clone(&state), target));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        RskNode {
+            addr,
+            state,
+            task: Some(task),
+        }
+    }
+
+    /// The URL for `[[aux]] url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A look at what it has seen.
+    pub fn ledger<T>(&self, look: impl FnOnce(&RskLedger) -> T) -> T {
+        look(&self.state.lock().expect("lock"))
+    }
+}
+
+impl Drop for RskNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn rsk_hash(number: u64) -> [u8; 32] {
+    let mut seed = b"rsk".to_vec();
+    seed.extend_from_slice(&number.to_le_bytes());
+    sha256d::Hash::hash(&seed).to_byte_array()
+}
+
+async fn rsk_rpc(
+    State((state, target)): State<(Arc<Mutex<RskLedger>>, quarry_work::Target)>,
+    Json(request): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let id = request["id"].clone();
+    let params = &request["params"];
+    let mut ledger = state.lock().expect("lock");
+    let result = match request["method"].as_str().unwrap_or("") {
+        "mnr_getWork" => {
+            let hash = rsk_hash(ledger.number);
+            if !ledger.issued.contains(&hash) {
+                ledger.issued.push(hash);
+                if ledger.issued.len() > 20 {
+                    ledger.issued.remove(0);
+                }
+            }
+            let mut be = target.to_le_bytes();
+            be.reverse();
+            json!({
+                "blockHashForMergedMining": format!("0x{}", hex::encode(hash)),
+                "target": format!("0x{}", hex::encode(be)),
+                "feesPaidToMiner": "0",
+                "notify": true,
+                "parentBlockHash": format!("0x{}", hex::encode(rsk_hash(ledger.number.wrapping_sub(1)))),
+            })
+        }
+        "mnr_submitBitcoinBlockPartialMerkle" => {
+            let text = |i: usize| params[i].as_str().unwrap_or("").to_string();
+            let (header, coinbase, hashes) = (text(1), text(2), text(3));
+            let (Ok(header), Ok(coinbase)) = (hex::decode(&header), hex::decode(&coinbase)) else {
+                return error(-32602, "bad hex", &id);
+            };
+            // Which work: the hash after the last tag, as rskj finds it.
+            let tag = quarry_work::rsk::RSK_TAG;
+            let Some(at) = coinbase.windows(tag.len()).rposition(|w| w == tag) else {
+                ledger.refused.push("no RSKBLOCK: tag".into());
+                return error(-33000, "Invalid block supplied by miner", &id);
+            };
+            let Some(hash) = coinbase
+                .get(at + tag.len()..at + tag.len() + 32)
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            else {
+                return error(-33000, "Invalid block supplied by miner", &id);
+            };
+            *ledger.submissions.entry(hash).or_default() += 1;
+            if !ledger.issued.contains(&hash) {
+                return error(-33000, "could not find hash in the cache", &id);
+            }
+            let checks = (|| {
+                quarry_work::rsk::check_coinbase(&coinbase, &hash).map_err(|e| e.to_string())?;
+                let leaves: Vec<[u8; 32]> = hashes
+                    .split(' ')
+                    .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+                    .collect::<Option<_>>()
+                    .ok_or("merkle hashes")?;
+                // rskj skips the first entry and folds the coinbase txid with the rest.
+                let mut root = sha256d::Hash::hash(&coinbase).to_byte_array();
+                for branch in leaves.iter().skip(1) {
+                    let mut pair = root.to_vec();
+                    pair.extend_from_slice(branch);
+                    root = sha256d::Hash::hash(&pair).to_byte_array();
+                }
+                if header.get(36..68) != Some(&root[..]) {
+                    return Err("merkle root".to_string());
+                }
+                let header: [u8; 80] = header.as_slice().try_into().map_err(|_| "header")?;
+                if !target.is_met_by(&quarry_work::hash::sha256d_80(&header)) {
+                    return Err("difficulty".to_string());
+                }
+                Ok(())
+            })();
+            match checks {
+                Err(reason) => {
+                    ledger.refused.push(reason);
+                    return error(-33000, "Invalid block supplied by miner", &id);
+                }
+                Ok(()) if ledger.imported.contains(&hash) => json!({
+                    "blockImportedResult": hex::encode("EXIST"), "blockHash": format!("0x{}", hex::encode(hash)),
+                    "blockIncludedHeight": 0}),
+                Ok(()) => {
+                    ledger.imported.push(hash);
+                    ledger.number += 1;
+                    json!({"blockImportedResult": hex::encode("IMPORTED_BEST"),
+                           "blockHash": format!("0x{}", hex::encode(hash)),
+                           "blockIncludedHeight": ledger.number})
+                }
+            }
+        }
+        other => return error(-32601, &format!("Method not found: {other}"), &id),
+    };
+    (
+        StatusCode::OK,
+        Json(json!({"result": result, "error": null, "id": id})),
+    )
+}
