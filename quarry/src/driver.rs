@@ -187,124 +187,124 @@ pub struct Environment<'a, T: ?Sized> {
 /// Runs `conn` over `stream` until either ends; `first` holds bytes already read (the protocol
 /// sniff), freed once the session has them. Returns the session, released, for what the caller
 /// reports about it.
-pub async fn drive<C, S, K>(
+// A plain fn returning an `async move` block, not an `async fn`: an async fn copies its
+// arguments (the session above all) into locals, so every connection's task would carry each
+// of them twice.
+#[allow(clippy::manual_async_fn)]
+pub fn drive<'a, C, S, K>(
     mut conn: C,
     mut stream: S,
     first: Vec<u8>,
-    env: Environment<'_, C::Shared>,
-    sink: &K,
-) -> C
+    mut env: Environment<'a, C::Shared>,
+    sink: &'a K,
+) -> impl Future<Output = C> + 'a
 where
-    C: Connection + Send,
+    C: Connection + Send + 'a,
     C::Shared: Sync,
-    S: ByteStream,
+    S: ByteStream + 'a,
     K: Sink<C::Event>,
 {
-    let Environment {
-        shared,
-        mut templates,
-        mut shutdown,
-        write_timeout,
-        peer,
-    } = env;
-    debug!(%peer, protocol = conn.protocol(), "connected");
-    let initial = templates.borrow_and_update().clone();
-    if let Some(template) = initial {
-        conn.handle_template(template, now(), shared);
-    }
-    if !first.is_empty() {
-        conn.handle_bytes(&first, now(), shared);
-    }
-    drop(first);
-    // Shutdown is acted on once; afterwards the loop only drains what the session still sends.
-    let mut shutting_down = false;
-    loop {
-        // Events first. The session holds each accepted share's answer until it hears here
-        // that the share log has the share durably; one the log cannot take closes the
-        // connection unanswered.
-        let mut receipts = Vec::new();
-        while let Some(event) = conn.poll_event() {
-            let mut recording = sink.handle(event);
-            while let Recording::Waiting(wait) = recording {
-                recording = wait.await;
-            }
-            match recording {
-                Recording::Nothing | Recording::Waiting(_) => {}
-                Recording::Queued(receipt) => receipts.push(Some(receipt)),
-                Recording::Refused => receipts.push(None),
-            }
+    async move {
+        let shared = env.shared;
+        let peer = env.peer;
+        debug!(%peer, protocol = conn.protocol(), "connected");
+        if let Some(template) = env.templates.borrow_and_update().clone() {
+            conn.handle_template(template, now(), shared);
         }
-        for receipt in receipts {
-            let durable = match receipt {
-                Some(receipt) => match receipt.durable().await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
-                        false
+        if !first.is_empty() {
+            conn.handle_bytes(&first, now(), shared);
+        }
+        drop(first);
+        // Shutdown is acted on once; afterwards the loop only drains what the session still sends.
+        let mut shutting_down = false;
+        loop {
+            // Events first. The session holds each accepted share's answer until it hears here
+            // that the share log has the share durably; one the log cannot take closes the
+            // connection unanswered.
+            let mut receipts = Vec::new();
+            while let Some(event) = conn.poll_event() {
+                let mut recording = sink.handle(event);
+                while let Recording::Waiting(wait) = recording {
+                    recording = wait.await;
+                }
+                match recording {
+                    Recording::Nothing | Recording::Waiting(_) => {}
+                    Recording::Queued(receipt) => receipts.push(Some(receipt)),
+                    Recording::Refused => receipts.push(None),
+                }
+            }
+            for receipt in receipts {
+                let durable = match receipt {
+                    Some(receipt) => match receipt.durable().await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
+                            false
+                        }
+                    },
+                    None => false,
+                };
+                conn.share_recorded(durable);
+            }
+            // Allocated only when there is something to send: an idle connection keeps no buffer.
+            let mut out = Vec::new();
+            conn.transmit(&mut out);
+            if !out.is_empty() && write(&mut stream, &out, env.write_timeout).await.is_err() {
+                debug!(%peer, "write failed or timed out");
+                break;
+            }
+            if let Some(reason) = conn.close_reason() {
+                debug!(%peer, %reason, "closing");
+                break;
+            }
+            let deadline = conn.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now().mono_ms)))
+                            .await
                     }
-                },
-                None => false,
+                    None => std::future::pending().await,
+                }
             };
-            conn.share_recorded(durable);
-        }
-        // Allocated only when there is something to send: an idle connection keeps no buffer.
-        let mut out = Vec::new();
-        conn.transmit(&mut out);
-        if !out.is_empty() && write(&mut stream, &out, write_timeout).await.is_err() {
-            debug!(%peer, "write failed or timed out");
-            break;
-        }
-        if let Some(reason) = conn.close_reason() {
-            debug!(%peer, %reason, "closing");
-            break;
-        }
-        let deadline = conn.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(at) => {
-                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now().mono_ms)))
-                        .await
+            tokio::select! {
+                // Wait for readability, then read into the stack: no read buffer is held per
+                // connection while it waits, which is most of an idle connection's life.
+                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                    if ready.is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; READ_CHUNK];
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => conn.handle_bytes(&buf[..n], now(), shared),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
                 }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // Wait for readability, then read into the stack: no read buffer is held per
-            // connection while it waits, which is most of an idle connection's life.
-            ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
-                if ready.is_err() {
-                    break;
+                changed = env.templates.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let template = env.templates.borrow_and_update().clone();
+                    if let Some(template) = template {
+                        conn.handle_template(template, now(), shared);
+                    }
                 }
-                let mut buf = [0u8; READ_CHUNK];
-                match stream.try_read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => conn.handle_bytes(&buf[..n], now(), shared),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
-            }
-            changed = templates.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let template = templates.borrow_and_update().clone();
-                if let Some(template) = template {
-                    conn.handle_template(template, now(), shared);
-                }
-            }
-            _ = sleep => conn.handle_timeout(now(), shared),
-            _ = shutdown.changed(), if !shutting_down => {
-                shutting_down = true;
-                // Graceful restart: miners come back to the same address after a pause.
-                match stream.local_addr() {
-                    Some(local) => conn.handle_shutdown(&local.ip().to_string(), local.port()),
-                    None => conn.handle_shutdown("", 0),
+                _ = sleep => conn.handle_timeout(now(), shared),
+                _ = env.shutdown.changed(), if !shutting_down => {
+                    shutting_down = true;
+                    // Graceful restart: miners come back to the same address after a pause.
+                    match stream.local_addr() {
+                        Some(local) => conn.handle_shutdown(&local.ip().to_string(), local.port()),
+                        None => conn.handle_shutdown("", 0),
+                    }
                 }
             }
         }
+        conn.release(shared);
+        conn
     }
-    conn.release(shared);
-    conn
 }
 
 /// Writes `out` whole: at once when it fits the socket buffer (most writes), else waiting at

@@ -182,53 +182,68 @@ impl Server {
     }
 
     /// One connection: the protocol is sniffed, then the one driver runs its session.
-    async fn drive(
+    // Not an `async fn`, and sessions are built inside the `drive` call: see driver::drive on
+    // keeping each connection's task small.
+    #[allow(clippy::manual_async_fn)]
+    fn drive(
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: watch::Receiver<bool>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
-            debug!(%peer, "closed before speaking");
-            return;
-        };
-        let env = || Environment {
-            shared: &*self.pool as &dyn Pool,
-            templates: self.work.clone(),
-            shutdown: shutdown.clone(),
-            write_timeout: self.limits.write_timeout,
-            peer,
-        };
-        let sink = PoolSink { server: self, peer };
-        let worker = match (protocol, &self.sv2) {
-            (Detected::V2, Some(sv2)) => {
-                // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
-                let session = Box::new(PoolSession::new(
-                    Arc::clone(&self.session_config),
-                    Arc::clone(sv2),
-                    driver::now(),
-                ));
-                let session = drive(session, stream, first, env(), &sink).await;
-                session.worker().map(str::to_string)
-            }
-            (Detected::V2, None) => {
-                debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
+    ) -> impl std::future::Future<Output = ()> + '_ {
+        async move {
+            let _ = stream.set_nodelay(true);
+            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
+                debug!(%peer, "closed before speaking");
                 return;
+            };
+            let env = || Environment {
+                shared: &*self.pool as &dyn Pool,
+                templates: self.work.clone(),
+                shutdown: shutdown.clone(),
+                write_timeout: self.limits.write_timeout,
+                peer,
+            };
+            let sink = PoolSink { server: self, peer };
+            let worker = match (protocol, &self.sv2) {
+                // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
+                (Detected::V2, Some(sv2)) => drive(
+                    Box::new(PoolSession::new(
+                        Arc::clone(&self.session_config),
+                        Arc::clone(sv2),
+                        driver::now(),
+                    )),
+                    stream,
+                    first,
+                    env(),
+                    &sink,
+                )
+                .await
+                .worker()
+                .map(str::to_string),
+                (Detected::V2, None) => {
+                    debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
+                    return;
+                }
+                _ => drive(
+                    Session::new(Arc::clone(&self.session_config), driver::now()),
+                    stream,
+                    first,
+                    env(),
+                    &sink,
+                )
+                .await
+                .worker()
+                .map(str::to_string),
+            };
+            if let Some(worker) = worker {
+                self.out.events.publish(
+                    "MinerDisconnected",
+                    json!({"worker": worker, "peer": peer.to_string()}),
+                );
             }
-            _ => {
-                let session = Session::new(Arc::clone(&self.session_config), driver::now());
-                let session = drive(session, stream, first, env(), &sink).await;
-                session.worker().map(str::to_string)
-            }
-        };
-        if let Some(worker) = worker {
-            self.out.events.publish(
-                "MinerDisconnected",
-                json!({"worker": worker, "peer": peer.to_string()}),
-            );
+            debug!(%peer, "disconnected");
         }
-        debug!(%peer, "disconnected");
     }
 
     fn share_record(&self, share: &AcceptedShare) -> ShareRecord {
