@@ -101,6 +101,7 @@ impl Server {
 
     /// Accepts connections until `shutdown` fires.
     pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let work = driver::follow(self.work.clone(), shutdown.clone());
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -123,14 +124,14 @@ impl Server {
                 continue;
             }
             let server = Arc::clone(&self);
-            let shutdown = shutdown.clone();
+            let work = work.clone();
             tokio::spawn(async move {
                 server
                     .out
                     .metrics
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
-                server.drive(stream, peer, shutdown).await;
+                server.drive(stream, peer, work).await;
                 server
                     .out
                     .metrics
@@ -189,7 +190,7 @@ impl Server {
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        shutdown: watch::Receiver<bool>,
+        work: watch::Receiver<driver::Work>,
     ) -> impl std::future::Future<Output = ()> + '_ {
         async move {
             let _ = stream.set_nodelay(true);
@@ -197,10 +198,9 @@ impl Server {
                 debug!(%peer, "closed before speaking");
                 return;
             };
-            let env = || Environment {
+            let env = Environment {
                 shared: &*self.pool as &dyn Pool,
-                templates: self.work.clone(),
-                shutdown: shutdown.clone(),
+                work,
                 write_timeout: self.limits.write_timeout,
                 peer,
             };
@@ -215,7 +215,7 @@ impl Server {
                     )),
                     stream,
                     first,
-                    env(),
+                    env,
                     &sink,
                 )
                 .await
@@ -229,7 +229,7 @@ impl Server {
                     Session::new(Arc::clone(&self.session_config), driver::now()),
                     stream,
                     first,
-                    env(),
+                    env,
                     &sink,
                 )
                 .await

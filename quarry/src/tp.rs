@@ -37,12 +37,13 @@ pub async fn run(args: TpArgs) -> Result<()> {
     );
     tokio::spawn(Arc::clone(&nodes).run());
     let (stop, shutdown) = watch::channel(false);
+    let work = driver::follow(nodes.subscribe(), shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let (tp, nodes, shutdown) = (Arc::clone(&tp), Arc::clone(&nodes), shutdown.clone());
-                    tokio::spawn(async move { serve(stream, peer, tp, nodes, shutdown).await });
+                    let (tp, nodes, work) = (Arc::clone(&tp), Arc::clone(&nodes), work.clone());
+                    tokio::spawn(async move { serve(stream, peer, tp, nodes, work).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -64,15 +65,14 @@ async fn serve(
     peer: SocketAddr,
     tp: Arc<TpConfig>,
     nodes: Arc<Nodes>,
-    shutdown: watch::Receiver<bool>,
+    work: watch::Receiver<driver::Work>,
 ) {
     let _ = stream.set_nodelay(true);
     info!(%peer, "template client connected");
     let session = TpSession::new(tp, driver::now());
     let env = Environment {
         shared: &(),
-        templates: nodes.subscribe(),
-        shutdown,
+        work,
         write_timeout: WRITE_TIMEOUT,
         peer,
     };
