@@ -9,21 +9,11 @@ use libfuzzer_sys::fuzz_target;
 use quarry_stratum::v1::SessionConfig;
 use quarry_stratum::v2::noise::InitiatorHandshake;
 use quarry_stratum::v2::{AuthorityKeypair, PoolSession, Sv2Config};
-use quarry_stratum::SharedPool;
-use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::job::JobFactory;
 
 fuzz_target!(|data: &[u8]| {
-    // The server's own pool state; a 3-byte prefix leaves one byte of ids (256), so a long
-    // input can also run the extranonce space out.
-    let pool = SharedPool::new(
-        JobFactory::new(CoinbaseLayout {
-            extranonce1_len: 4,
-            extranonce2_len: 8,
-            tag: b"/fuzz/".to_vec(),
-        }),
-        vec![0, 0, 0],
-    );
+    // The server's own pool state, from the test kit; a 3-byte prefix leaves one byte of ids
+    // (256), so a long input can also run the extranonce space out.
+    let pool = quarry_stratum::testkit::pool_with_prefix(vec![0, 0, 0]);
     let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
     let config = Arc::new(SessionConfig::default());
     let sv2 = Arc::new(Sv2Config::new(authority.clone()));

@@ -6,24 +6,15 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use quarry_stratum::v1::{Session, SessionConfig};
-use quarry_stratum::{Now, SharedPool};
-use quarry_work::coinbase::CoinbaseLayout;
-use quarry_work::job::JobFactory;
+use quarry_stratum::Now;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 
 const START: Now = Now::synced(1_800_000_000_000);
 
 fuzz_target!(|data: &[u8]| {
-    // The server's own pool state; a 3-byte prefix leaves one byte of ids (256), so a long
-    // input can also run the extranonce space out.
-    let pool = SharedPool::new(
-        JobFactory::new(CoinbaseLayout {
-            extranonce1_len: 4,
-            extranonce2_len: 8,
-            tag: b"/fuzz/".to_vec(),
-        }),
-        vec![0, 0, 0],
-    );
+    // The server's own pool state, from the test kit; a 3-byte prefix leaves one byte of ids
+    // (256), so a long input can also run the extranonce space out.
+    let pool = quarry_stratum::testkit::pool_with_prefix(vec![0, 0, 0]);
     let gbt: GetBlockTemplate = serde_json::from_str(
         r#"{"version":536870912,"previousblockhash":"0000000000000000000000000000000000000000000000000000000000000007",
             "transactions":[],"coinbasevalue":5000000000,"bits":"207fffff","curtime":1800000000,

@@ -32,13 +32,19 @@ pub type TestPool = SharedPool;
 
 /// A pool with the tests' coinbase layout (4-byte extranonce1, 8-byte extranonce2).
 pub fn test_pool() -> SharedPool {
+    pool_with_prefix(Vec::new())
+}
+
+/// The same, with every extranonce1 starting with `prefix` (a 3-byte prefix leaves 256 ids,
+/// so a test or fuzz input can run the space out).
+pub fn pool_with_prefix(prefix: Vec<u8>) -> SharedPool {
     SharedPool::new(
         JobFactory::new(CoinbaseLayout {
             extranonce1_len: 4,
             extranonce2_len: 8,
             tag: b"/quarry-test/".to_vec(),
         }),
-        Vec::new(),
+        prefix,
     )
 }
 
