@@ -135,3 +135,81 @@ fn sv2_standard_channel_shares_solve_aux_blocks_too() {
     solved.sort();
     assert_eq!(solved, ["namecoin", "rsk"]);
 }
+
+/// Random jobs merge-mining 2 to 8 AuxPoW chains (random distinct chain ids and aux hashes)
+/// and sometimes RSK: a V1 share and an SV2 share each prove every chain, and every proof
+/// passes the chain's checks.
+#[test]
+fn random_trees_of_two_to_eight_chains_are_proved_over_v1_and_sv2() {
+    use quarry_work::auxpow::{AuxHash, ChainId};
+    use quarry_work::merged::{AuxBlock, MergedWork};
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_a0c5);
+    for round in 0..12u64 {
+        let count = rng.gen_range(2..=8);
+        let mut ids: Vec<u32> = Vec::new();
+        while ids.len() < count {
+            let id = rng.gen_range(1..5000);
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let blocks: Vec<AuxBlock> = ids
+            .iter()
+            .map(|&id| AuxBlock {
+                chain: format!("chain{id}"),
+                chain_id: ChainId(id),
+                hash: AuxHash::from_internal(rng.gen()),
+                bits: REGTEST_BITS,
+                height: rng.gen_range(1..1_000_000),
+                reward: 1,
+            })
+            .collect();
+        let rsk = round % 3 == 0;
+        let mut first = (*merged_template(1, 7, HARD_BITS, &[], rsk)).clone();
+        let rsk_block = first.merged.as_ref().and_then(|m| m.rsk.clone());
+        first.merged = Some(Arc::new(
+            MergedWork::new(blocks.clone(), rsk_block).expect("distinct ids"),
+        ));
+        let first = Arc::new(first);
+        let mut expected: Vec<String> = blocks.iter().map(|b| b.chain.clone()).collect();
+        if rsk {
+            expected.push("rsk".into());
+        }
+        expected.sort();
+
+        // V1.
+        let mut miner = Miner::new(config());
+        miner.template(Arc::clone(&first));
+        let subscribed = miner.call("mining.subscribe", json!([]));
+        miner.extranonce1 =
+            hex::decode(subscribed["result"][1].as_str().expect("extranonce1")).expect("hex");
+        miner.call("mining.authorize", json!([format!("{ADDRESS}.rig1"), "x"]));
+        let job = miner.last_job();
+        let aux = Target::from_compact(REGTEST_BITS);
+        let en2 = [0u8, 0, 0, 0, 0, 0, 0, round as u8];
+        let nonce = (0u32..)
+            .find(|n| {
+                aux.is_met_by(&job.hash(&miner.extranonce1, &en2, job.version, job.ntime, *n))
+            })
+            .expect("a nonce");
+        assert_eq!(
+            miner.submit(&job, &en2, job.ntime, nonce, None)["result"],
+            true
+        );
+        let mut solved = check(&solutions(miner.events()), &first);
+        solved.sort();
+        assert_eq!(solved, expected, "round {round}: V1, {count} chains");
+
+        // SV2, standard channel.
+        let (mut client, mut session, pool, work, _) = connected_to(Arc::clone(&first));
+        let _ = events(&mut session);
+        let (nonce, _) = solve(&work, &aux, work.version);
+        client.submit(work.job_id, nonce, work.ntime, work.version);
+        pump(&mut client, &mut session, &pool);
+        let mut solved = check(&solutions(events(&mut session)), &first);
+        solved.sort();
+        assert_eq!(solved, expected, "round {round}: SV2, {count} chains");
+    }
+}
