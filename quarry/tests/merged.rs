@@ -12,8 +12,9 @@ use support::*;
 /// Regtest bits: every other hash solves an aux block.
 const EASY: u32 = 0x207f_ffff;
 
-async fn blocks(api: u16) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{api}/api/blocks?limit=500");
+/// The pool's blocks of `chain` (newest first, up to 1,000).
+async fn chain_blocks(api: u16, chain: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{api}/api/blocks?limit=1000&chain={chain}");
     let body: Value = reqwest::get(&url)
         .await
         .expect("GET /api/blocks")
@@ -24,10 +25,6 @@ async fn blocks(api: u16) -> Vec<Value> {
         .or_else(|| body["blocks"].as_array())
         .cloned()
         .unwrap_or_default()
-}
-
-fn of_chain<'a>(blocks: &'a [Value], chain: &str) -> Vec<&'a Value> {
-    blocks.iter().filter(|b| b["chain"] == chain).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,41 +143,46 @@ commons.rsk = "r-commons"
     // The ledger has them per chain, credited to the finder after the merge-mining fee.
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            let all = blocks(api).await;
-            of_chain(&all, "namecoin").len() >= 3 && of_chain(&all, "othercoin").len() >= 3
+            chain_blocks(api, "namecoin").await.len() >= 3
+                && chain_blocks(api, "othercoin").await.len() >= 3
         })
         .await,
         "aux blocks in /api/blocks: {:?}",
-        blocks(api).await
+        chain_blocks(api, "namecoin").await
     );
-    let all = blocks(api).await;
+    // Every block the node took is credited (moved on from `submitted`) soon after: the pool
+    // credits once its node's answer is in.
     let taken = namecoin.ledger(|l| {
         l.accepted
             .iter()
             .map(|(h, _)| h.clone())
             .collect::<Vec<_>>()
     });
-    for block in of_chain(&all, "namecoin") {
-        let hash = block["hash"].as_str().expect("hash");
-        if taken.iter().any(|h| h == hash) {
-            assert_ne!(
-                block["status"], "submitted",
-                "credited once accepted: {block}"
-            );
-        }
-    }
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            let all = chain_blocks(api, "namecoin").await;
+            taken.iter().all(|hash| {
+                all.iter()
+                    .any(|b| b["hash"] == hash.as_str() && b["status"] != "submitted")
+            })
+        })
+        .await,
+        "every accepted namecoin block credited: {:?}",
+        chain_blocks(api, "namecoin").await
+    );
 
     // Matured on their own chain: confirmations come from the aux node.
     namecoin.mine(3);
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            of_chain(&blocks(api).await, "namecoin")
+            chain_blocks(api, "namecoin")
+                .await
                 .iter()
                 .any(|b| b["status"] == "confirmed")
         })
         .await,
         "a namecoin block matures: {:?}",
-        of_chain(&blocks(api).await, "namecoin")
+        chain_blocks(api, "namecoin").await
     );
     // Per chain in the API: the node is up, blocks by status, and the finder's credits (solo:
     // the whole aux reward after the 1 % merge-mining fee, which goes to the commons).
