@@ -96,7 +96,10 @@ async fn pool(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let shares: i64 = workers.iter().map(|w| w.shares).sum();
     let mut miners: Vec<&str> = workers.iter().map(|w| w.address.as_str()).collect();
     miners.dedup();
-    let blocks = state.store.blocks(None, 10_000).await?;
+    // Bitcoin's: round effort and time to block are about the parent chain (/api/chains has
+    // the merge-mined ones).
+    let mut blocks = state.store.blocks(None, 10_000).await?;
+    blocks.retain(|b| b.chain == Chain::BITCOIN);
     let found_24h = blocks
         .iter()
         .filter(|b| b.found_ms > now - 86_400_000)

@@ -150,7 +150,9 @@ impl BlockKeeper {
         let tip: i64 = self.nodes.call_any("getblockcount", json!([])).await?;
         for status in [BlockStatus::Submitted, BlockStatus::Pending] {
             for block in self.store.blocks(Some(status), 1000).await? {
-                if block.height > tip {
+                // Merge-mined blocks are followed on their own chain (aux.rs): a height here
+                // is Bitcoin's, and says nothing about them.
+                if block.chain != Chain::BITCOIN || block.height > tip {
                     continue;
                 }
                 let at_height: String = self

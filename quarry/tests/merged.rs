@@ -225,6 +225,17 @@ commons.rsk = "r-commons"
             "{chain}: {miner}"
         );
     }
+    // Only their own chain settles aux blocks: the aux node never orphans one, so none is
+    // orphaned (Bitcoin's tracker, whose heights mean nothing for them, leaves them alone).
+    let orphaned = chain_blocks(api, "namecoin")
+        .await
+        .into_iter()
+        .filter(|b| b["status"] == "orphaned")
+        .count();
+    assert_eq!(
+        orphaned, 0,
+        "namecoin blocks orphaned by another chain's tracker"
+    );
     let metrics = reqwest::get(format!("http://127.0.0.1:{api}/metrics"))
         .await
         .expect("metrics")
