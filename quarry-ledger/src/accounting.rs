@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::amount::Sat;
 use crate::chain::Chain;
 use crate::schemes::{
-    pplns_weights, prop_weights, share_reward, FeePolicy, Payout, ShareCredit, PPM,
+    pplns_weights, ppm_of, prop_weights, share_reward, FeePolicy, Payout, ShareCredit,
 };
 use crate::store::{BlockRecord, BlockStatus, Credit, Store, StoreError};
 
@@ -81,9 +81,7 @@ impl MergeMiningFee {
     /// (fee, rest) of an aux block's `reward` on `chain`, in exact integers (rounded down).
     pub fn split(&self, chain: &Chain, reward: Sat) -> Option<(String, Sat, Sat)> {
         let commons = self.commons.get(chain)?;
-        let fee = Sat(
-            (u128::from(reward.0) * u128::from(self.fee_ppm.min(PPM)) / u128::from(PPM)) as u64,
-        );
+        let fee = ppm_of(reward, self.fee_ppm);
         Some((commons.clone(), fee, reward - fee))
     }
 }

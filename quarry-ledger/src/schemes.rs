@@ -17,6 +17,12 @@ pub const PPM: u64 = 1_000_000;
 /// difficulties (~5e-10) keep 17 bits of precision.
 const WEIGHT_SCALE: f64 = 281_474_976_710_656.0;
 
+/// `ppm` parts per million of `amount` (capped at the whole), rounded down: every fee.
+pub fn ppm_of(amount: Sat, ppm: u64) -> Sat {
+    // Below `amount`, so it fits in u64.
+    Sat((u128::from(amount.0) * u128::from(ppm.min(PPM)) / u128::from(PPM)) as u64)
+}
+
 /// A share's weight: its difficulty in fixed point.
 pub fn weight(difficulty: f64) -> u128 {
     if difficulty.is_finite() && difficulty > 0.0 {
@@ -150,9 +156,7 @@ impl FeePolicy {
 
     /// Splits a reward into (miners' part, fee destinations' parts), exactly.
     pub fn take_fee(&self, reward: Sat) -> (Sat, BTreeMap<String, Sat>) {
-        let fee = Sat(
-            (u128::from(reward.0) * u128::from(self.fee_ppm.min(PPM)) / u128::from(PPM)) as u64,
-        );
+        let fee = ppm_of(reward, self.fee_ppm);
         let weights: BTreeMap<String, u128> = self
             .split
             .iter()
