@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{AuxConfig, NodeConfig};
+use crate::config::AuxConfig;
 use crate::events::{EventBus, Metrics};
 use crate::node::{Nodes, Rpc, RpcError};
 
@@ -42,13 +42,7 @@ pub struct AuxClient {
 
 impl AuxClient {
     fn new(config: AuxConfig) -> Result<AuxClient> {
-        let rpc = Rpc::new(&NodeConfig {
-            url: config.url.clone(),
-            user: config.user.clone(),
-            password: config.password.clone(),
-            cookie_file: config.cookie_file.clone(),
-            zmq_hashblock: None,
-        })?;
+        let rpc = Rpc::new(&config.rpc())?;
         Ok(AuxClient { config, rpc })
     }
 

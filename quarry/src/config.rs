@@ -77,6 +77,30 @@ pub struct AuxConfig {
     pub poll_ms: u64,
 }
 
+impl AuxConfig {
+    /// Its node's RPC settings, as a `[[node]]` would have them.
+    pub fn rpc(&self) -> NodeConfig {
+        NodeConfig {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            cookie_file: self.cookie_file.clone(),
+            zmq_hashblock: None,
+        }
+    }
+}
+
+/// A JSON-RPC endpoint's URL and credentials, checked; `key` names it in the error.
+fn check_rpc(key: &str, node: &NodeConfig) -> Result<()> {
+    if node.cookie_file.is_none() && (node.user.is_none() || node.password.is_none()) {
+        bail!("{key}: set cookie_file, or user and password");
+    }
+    if !node.url.starts_with("http://") {
+        bail!("{key}.url must start with http:// (got {:?})", node.url);
+    }
+    Ok(())
+}
+
 impl Default for AuxConfig {
     fn default() -> Self {
         AuxConfig {
@@ -430,12 +454,7 @@ impl Config {
             bail!("at least one [[node]] is required");
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.cookie_file.is_none() && (node.user.is_none() || node.password.is_none()) {
-                bail!("node[{i}]: set cookie_file, or user and password");
-            }
-            if !node.url.starts_with("http://") {
-                bail!("node[{i}].url must start with http:// (got {})", node.url);
-            }
+            check_rpc(&format!("node[{i}]"), node)?;
         }
         let mining = &self.mining;
         if !(1..=8).contains(&mining.extranonce1_size) {
@@ -537,15 +556,7 @@ impl Config {
             if aux.name == quarry_ledger::Chain::BITCOIN.as_str() {
                 bail!("aux[{i}].name must not be bitcoin: that is the parent chain");
             }
-            if !aux.url.starts_with("http://") {
-                bail!("aux[{i}].url must start with http:// (got {:?})", aux.url);
-            }
-            if aux.cookie_file.is_none() && (aux.user.is_none() || aux.password.is_none()) {
-                bail!(
-                    "aux[{i}] ({}): set cookie_file, or user and password",
-                    aux.name
-                );
-            }
+            check_rpc(&format!("aux[{i}]"), &aux.rpc())?;
             match aux.kind.as_str() {
                 "auxpow" => {
                     if aux.address.as_deref().is_none_or(str::is_empty) {
