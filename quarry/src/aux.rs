@@ -421,9 +421,18 @@ impl AuxKeeper {
             Err(e) => error!(%chain, %hash, error = %e, "aux block not submitted"),
         }
         self.metrics.aux_block(&chain, accepted);
+        // The commons' share of this block, announced with the pool's contributor id.
+        let mut commons_fee = Value::Null;
         if accepted {
             match self.rewards.credits_for(&self.store, &record).await {
                 Ok(credits) => {
+                    if let (Some(fee), Some(policy)) = (
+                        credits.iter().find(|c| c.kind == "merge_mining_fee"),
+                        &self.rewards.merge_mining_fee,
+                    ) {
+                        commons_fee = json!({"address": fee.address, "msat": fee.amount_msat,
+                                             "contributor_id": policy.contributor_id});
+                    }
                     if let Err(e) = self
                         .store
                         .credit_block(&hash, &credits, record.found_ms)
@@ -447,7 +456,7 @@ impl AuxKeeper {
             "MergeMiningReward",
             json!({"chain": chain, "hash": hash, "height": height, "reward": reward,
                    "worker": found.worker, "accepted": accepted,
-                   "parent_height": found.parent_height}),
+                   "parent_height": found.parent_height, "merge_mining_fee": commons_fee}),
         );
     }
 

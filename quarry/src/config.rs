@@ -128,9 +128,10 @@ pub struct MergeMiningFeeToml {
     pub fee_percentage: f64,
     /// The commons address per chain name (`commons.namecoin = "N..."`).
     pub commons: std::collections::BTreeMap<String, String>,
-    /// This pool's contributor id, recorded with the fee.
+    /// This pool's contributor id, announced with each fee (the `MergeMiningReward` event).
     pub contributor_id: String,
-    /// Paid out with the chain's payouts when true; kept as a balance otherwise.
+    /// Pay the fee out with the chain's payouts. Not acted on yet: payouts in aux coins are
+    /// still to come, so the fee is kept as the commons' balance either way.
     pub auto_distribute: bool,
 }
 
