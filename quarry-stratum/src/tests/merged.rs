@@ -12,6 +12,18 @@ use super::sv2::{client_events, connected_to, events, pump, solve};
 use super::*;
 use crate::v2::client::ClientEvent;
 
+/// A V1 miner subscribed and authorized on `first`, its extranonce1 noted for hashing.
+fn mining_on(first: &Arc<WorkTemplate>) -> Miner {
+    let mut miner = Miner::new(config());
+    miner.template(Arc::clone(first));
+    let subscribed = miner.call("mining.subscribe", json!([]));
+    miner.extranonce1 =
+        hex::decode(subscribed["result"][1].as_str().expect("extranonce1")).expect("hex");
+    let authorized = miner.call("mining.authorize", json!([format!("{ADDRESS}.rig1"), "x"]));
+    assert_eq!(authorized["result"], true, "{authorized}");
+    miner
+}
+
 /// Checks each solution as its chain's node would; returns the chains solved.
 fn check(solutions: &[AuxSolution], template: &WorkTemplate) -> Vec<String> {
     let merged = template.merged.as_ref().expect("merged work");
@@ -60,13 +72,7 @@ fn solutions(events: Vec<Event>) -> Vec<AuxSolution> {
 #[test]
 fn v1_shares_solve_aux_blocks_with_proofs_their_chains_accept() {
     let first = merged_template(1, 7, HARD_BITS, &[EASY_AUX, HARD_AUX], true);
-    let mut miner = Miner::new(config());
-    miner.template(Arc::clone(&first));
-    let subscribed = miner.call("mining.subscribe", json!([]));
-    miner.extranonce1 =
-        hex::decode(subscribed["result"][1].as_str().expect("extranonce1")).expect("hex");
-    let authorized = miner.call("mining.authorize", json!([format!("{ADDRESS}.rig1"), "x"]));
-    assert_eq!(authorized["result"], true);
+    let mut miner = mining_on(&first);
     // The share target is no harder than the easiest aux target (regtest, here), or aux blocks
     // would be refused as low-difficulty shares.
     let easy = Target::from_compact(REGTEST_BITS).difficulty();
@@ -93,12 +99,7 @@ fn v1_shares_solve_aux_blocks_with_proofs_their_chains_accept() {
 #[test]
 fn a_duplicate_share_proves_nothing_twice() {
     let first = merged_template(1, 7, HARD_BITS, &[EASY_AUX], false);
-    let mut miner = Miner::new(config());
-    miner.template(Arc::clone(&first));
-    let subscribed = miner.call("mining.subscribe", json!([]));
-    miner.extranonce1 =
-        hex::decode(subscribed["result"][1].as_str().expect("extranonce1")).expect("hex");
-    miner.call("mining.authorize", json!([format!("{ADDRESS}.rig1"), "x"]));
+    let mut miner = mining_on(&first);
     let job = miner.last_job();
     let aux = Target::from_compact(REGTEST_BITS);
     let en2 = [0u8, 0, 0, 0, 0, 0, 0, 9];
@@ -180,12 +181,7 @@ fn random_trees_of_two_to_eight_chains_are_proved_over_v1_and_sv2() {
         expected.sort();
 
         // V1.
-        let mut miner = Miner::new(config());
-        miner.template(Arc::clone(&first));
-        let subscribed = miner.call("mining.subscribe", json!([]));
-        miner.extranonce1 =
-            hex::decode(subscribed["result"][1].as_str().expect("extranonce1")).expect("hex");
-        miner.call("mining.authorize", json!([format!("{ADDRESS}.rig1"), "x"]));
+        let mut miner = mining_on(&first);
         let job = miner.last_job();
         let aux = Target::from_compact(REGTEST_BITS);
         let en2 = [0u8, 0, 0, 0, 0, 0, 0, round as u8];
