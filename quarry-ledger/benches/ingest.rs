@@ -25,6 +25,7 @@ fn share(i: u64) -> ShareRecord {
         is_block: false,
         instance: "bench".into(),
         chain: quarry_ledger::Chain::BITCOIN,
+        aux_payouts: Default::default(),
     }
 }
 

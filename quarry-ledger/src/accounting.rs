@@ -150,9 +150,9 @@ impl Rewards {
                     .shares_newest_first(shares_of, block.found_ms, MAX_WINDOW_SHARES)
                     .await?;
                 let window: Vec<ShareCredit> = shares
-                    .into_iter()
+                    .iter()
                     .map(|s| ShareCredit {
-                        address: s.address,
+                        address: s.payee(&block.chain).to_string(),
                         difficulty: s.difficulty,
                     })
                     .collect();
@@ -176,7 +176,7 @@ impl Rewards {
                     .max()
                     .unwrap_or(i64::MIN);
                 let round: Vec<ShareCredit> = store
-                    .shares_between(shares_of, previous, block.found_ms)
+                    .shares_between(shares_of, &block.chain, previous, block.found_ms)
                     .await?
                     .into_iter()
                     .map(|(address, difficulty)| ShareCredit {

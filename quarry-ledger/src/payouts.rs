@@ -27,6 +27,11 @@ pub trait Wallet {
     async fn find_sent(&self, tag: &str) -> Result<Option<String>, String>;
     /// What each recipient of `txid` received, satoshis.
     async fn received(&self, txid: &str) -> Result<BTreeMap<String, Sat>, String>;
+    /// Whether `address` is one this wallet can pay. An aux chain's balance credited to a
+    /// Bitcoin address (its miner named no address there) waits instead of failing the run.
+    async fn can_pay(&self, _address: &str) -> Result<bool, String> {
+        Ok(true)
+    }
 }
 
 /// Points where a payout run can be told to stop dead (`crash` returns true), as a kill would
@@ -116,16 +121,25 @@ pub async fn run_payouts<W: Wallet>(
             return Ok(report);
         }
     }
-    let payable: BTreeMap<String, Sat> = store
-        .payable(chain)
-        .await?
-        .into_iter()
-        .filter(|(_, sat)| *sat >= threshold.max(Sat(1)))
-        .collect();
+    let mut payable = BTreeMap::new();
+    for (address, sat) in store.payable(chain).await? {
+        if sat >= threshold.max(Sat(1))
+            && wallet
+                .can_pay(&address)
+                .await
+                .map_err(PayoutError::Wallet)?
+        {
+            payable.insert(address, sat);
+        }
+    }
     if payable.is_empty() {
         return Ok(report);
     }
-    let tag = format!("quarry-payout-{now_ms}");
+    // Unique across chains: one run pays every chain at the same instant.
+    let tag = match chain == &Chain::BITCOIN {
+        true => format!("quarry-payout-{now_ms}"),
+        false => format!("quarry-payout-{chain}-{now_ms}"),
+    };
     let id = store.create_payout(chain, &tag, &payable, now_ms).await?;
     if crash(Step::AfterIntent) {
         return Ok(report);

@@ -417,6 +417,7 @@ mod tests {
             is_block: false,
             instance: "t".into(),
             chain: Chain::BITCOIN,
+            aux_payouts: Default::default(),
         }
     }
 

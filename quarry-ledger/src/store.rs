@@ -66,6 +66,20 @@ pub struct ShareRecord {
     /// Bitcoin's).
     #[serde(default)]
     pub chain: Chain,
+    /// The worker's payout address per merge-mined chain (`<chain>=<address>` in its
+    /// password): aux rewards this share earns go there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_payouts: BTreeMap<String, String>,
+}
+
+impl ShareRecord {
+    /// Who this share earns for on `chain`: the address the worker named for it, else its
+    /// payout address (which another chain's wallet may not pay: the balance then waits).
+    pub fn payee(&self, chain: &Chain) -> &str {
+        self.aux_payouts
+            .get(chain.as_str())
+            .map_or(&self.address, String::as_str)
+    }
 }
 
 /// Advisory lock key for payouts ("quarry" in ASCII, as an integer).
@@ -234,8 +248,8 @@ pub struct Balance {
 }
 
 const SHARE_COLUMNS: &str = "created_ms, address, worker, difficulty, network_difficulty, \
-                             block_reward, height, template_id, is_block, instance, chain";
-const SHARE_COLUMN_COUNT: usize = 11;
+                             block_reward, height, template_id, is_block, instance, chain, aux_payouts";
+const SHARE_COLUMN_COUNT: usize = 12;
 /// Rows per INSERT statement on PostgreSQL (65,535 bound values at most).
 const ROWS_PER_STATEMENT: usize = 1000;
 /// Rows per INSERT statement on SQLite: sqlx binds SQLite parameters slowly in large
@@ -399,6 +413,7 @@ impl Store {
                     is_block: row.try_get::<i64, _>(8)? != 0,
                     instance: row.try_get(9)?,
                     chain: stored_chain(row, 10)?,
+                    aux_payouts: stored_aux_payouts(row, 11)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -603,18 +618,20 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Shares of `chain` accepted in `(after_ms, until_ms]`, oldest first (a PROP round).
+    /// Shares of `chain` accepted in `(after_ms, until_ms]`, oldest first (a PROP round), as
+    /// (payee on `paid_on`, difficulty): see [`ShareRecord::payee`].
     ///
     /// # Errors
     /// Any database error.
     pub async fn shares_between(
         &self,
         chain: &Chain,
+        paid_on: &Chain,
         after_ms: i64,
         until_ms: i64,
     ) -> Result<Vec<(String, f64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT address, difficulty FROM shares WHERE chain = $1 AND created_ms > $2 AND created_ms <= $3 ORDER BY id",
+            "SELECT address, difficulty, aux_payouts FROM shares WHERE chain = $1 AND created_ms > $2 AND created_ms <= $3 ORDER BY id",
         )
         .bind(chain.as_str().to_string())
         .bind(after_ms)
@@ -622,9 +639,63 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .map(|row| {
+                let address: String = row.try_get(0)?;
+                let mut aux = stored_aux_payouts(row, 2)?;
+                let payee = aux.remove(paid_on.as_str()).unwrap_or(address);
+                Ok((payee, row.try_get(1)?))
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// The aux payout addresses (chain → address) named by `address`'s shares since
+    /// `since_ms`, the newest naming of each chain winning.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn aux_payouts_of(
+        &self,
+        address: &str,
+        since_ms: i64,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT aux_payouts, MAX(id) FROM shares WHERE created_ms >= $1 AND address = $2 \
+             AND aux_payouts IS NOT NULL GROUP BY aux_payouts ORDER BY MAX(id)",
+        )
+        .bind(since_ms)
+        .bind(address.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut named = BTreeMap::new();
+        for row in &rows {
+            named.extend(stored_aux_payouts(row, 0)?);
+        }
+        Ok(named)
+    }
+
+    /// Gives a submitted block the identity its chain gave it on acceptance (RSK names the
+    /// block it built from the merged-mining hash, and its height); a no-op once settled.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn identify_block(
+        &self,
+        chain: &Chain,
+        hash: &str,
+        real_hash: &str,
+        height: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE blocks SET hash = $1, height = $2 WHERE chain = $3 AND hash = $4 AND status = 'submitted'",
+        )
+        .bind(real_hash.to_string())
+        .bind(height)
+        .bind(chain.as_str().to_string())
+        .bind(hash.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Satoshis (the chain's base unit) payable per address on `chain`: mature credits
@@ -1015,6 +1086,17 @@ fn stored_chain(row: &sqlx::any::AnyRow, index: usize) -> Result<Chain, sqlx::Er
     Chain::new(&key).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
+/// The `aux_payouts` column: NULL, or a JSON object of chain → address.
+fn stored_aux_payouts(
+    row: &sqlx::any::AnyRow,
+    index: usize,
+) -> Result<BTreeMap<String, String>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(index)? {
+        None => Ok(BTreeMap::new()),
+        Some(json) => serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e))),
+    }
+}
+
 async fn insert_shares_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     shares: &[ShareRecord],
@@ -1039,7 +1121,11 @@ async fn insert_shares_in(
                 .bind(share.template_id)
                 .bind(i64::from(share.is_block))
                 .bind(share.instance.clone())
-                .bind(share.chain.as_str().to_string());
+                .bind(share.chain.as_str().to_string())
+                .bind(
+                    (!share.aux_payouts.is_empty())
+                        .then(|| serde_json::to_string(&share.aux_payouts).unwrap_or_default()),
+                );
         }
         query.execute(&mut **tx).await?;
     }
@@ -1081,9 +1167,9 @@ mod tests {
     fn insert_sql_numbers_placeholders_in_order() {
         let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.ends_with(
-            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11),($12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)"
+            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12),($13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)"
         ));
         let sql = insert_sql(1, Backend::Sqlite);
-        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?,?)"));
+        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 }

@@ -13,6 +13,8 @@ type Sent = (String, String, BTreeMap<String, Sat>);
 struct FakeWallet {
     balance: Mutex<Sat>,
     sent: Mutex<Vec<Sent>>,
+    /// Addresses this wallet says it cannot pay.
+    foreign: Vec<String>,
 }
 
 impl FakeWallet {
@@ -20,6 +22,7 @@ impl FakeWallet {
         FakeWallet {
             balance: Mutex::new(Sat(balance)),
             sent: Mutex::new(Vec::new()),
+            foreign: Vec::new(),
         }
     }
 
@@ -71,6 +74,10 @@ impl Wallet for FakeWallet {
             .iter()
             .map(|(a, v)| (a.clone(), *v - share))
             .collect())
+    }
+
+    async fn can_pay(&self, address: &str) -> Result<bool, String> {
+        Ok(!self.foreign.iter().any(|a| a == address))
     }
 }
 
@@ -207,4 +214,28 @@ async fn short_wallet_keeps_the_payout_pending_until_it_can_pay() {
         .await
         .expect("idle");
     assert_eq!(wallet.sends(), vec![expected()]);
+}
+
+/// An address the wallet cannot pay (an aux chain's balance credited to a Bitcoin address) is
+/// left out of the payout and stays payable; everyone else is paid.
+#[tokio::test]
+async fn an_address_the_wallet_cannot_pay_waits_and_the_rest_are_paid() {
+    let store = ledger("foreign").await;
+    let mut wallet = FakeWallet::new(1_000_000);
+    wallet.foreign.push("bob".into());
+    run_payouts(&Chain::BITCOIN, &store, &wallet, Sat(100), 10, |_| false)
+        .await
+        .expect("run");
+    assert_eq!(
+        wallet.sends(),
+        vec![BTreeMap::from([("alice".to_string(), Sat(5000))])]
+    );
+    assert_eq!(
+        store
+            .payable(&Chain::BITCOIN)
+            .await
+            .expect("payable")
+            .get("bob"),
+        Some(&Sat(3000))
+    );
 }

@@ -103,6 +103,7 @@ fn share(i: i64) -> ShareRecord {
         is_block: i % 1000 == 999,
         instance: "test".into(),
         chain: Chain::BITCOIN,
+        aux_payouts: Default::default(),
     }
 }
 
@@ -280,6 +281,7 @@ mod blocks {
             is_block: false,
             instance: "test".into(),
             chain: Chain::BITCOIN,
+            aux_payouts: Default::default(),
         }
     }
 
@@ -465,6 +467,7 @@ mod accrual_and_retention {
             is_block: false,
             instance: "t".into(),
             chain: Chain::BITCOIN,
+            aux_payouts: Default::default(),
         }
     }
 
@@ -820,19 +823,33 @@ mod merged_credits {
             is_block: false,
             instance: "test".into(),
             chain: chain.clone(),
+            aux_payouts: Default::default(),
         };
         let namecoin = Chain::new("namecoin").expect("key");
         let kaspa = Chain::new("kaspa").expect("key");
         store
             .insert_shares(&[
                 share("carol", 10.0, 1, &Chain::BITCOIN),
-                share("bob", 8.0, 2, &Chain::BITCOIN),
+                // Bob names his namecoin address: his namecoin credits go there.
+                ShareRecord {
+                    aux_payouts: BTreeMap::from([("namecoin".into(), "nc-bob".into())]),
+                    ..share("bob", 8.0, 2, &Chain::BITCOIN)
+                },
                 // Another chain's work is never in Bitcoin's window.
                 share("dave", 1000.0, 3, &kaspa),
                 share("alice", 12.0, 4, &Chain::BITCOIN),
             ])
             .await
             .expect("shares");
+        assert_eq!(
+            store.aux_payouts_of("bob", 0).await.expect("named"),
+            BTreeMap::from([("namecoin".to_string(), "nc-bob".to_string())])
+        );
+        assert!(store
+            .aux_payouts_of("alice", 0)
+            .await
+            .expect("named")
+            .is_empty());
         let mut rewards = Rewards::new(Scheme::Pplns { n: 2.0 }, dev_ops_policy());
         rewards.parents.insert(namecoin.clone(), Chain::BITCOIN);
         rewards.merge_mining_fee = Some(MergeMiningFee {
@@ -868,7 +885,7 @@ mod merged_credits {
                 (("fee".into(), "dev".into()), 5_940),
                 (("fee".into(), "ops".into()), 3_960),
                 (("pplns".into(), "alice".into()), 588_060),
-                (("pplns".into(), "bob".into()), 392_040),
+                (("pplns".into(), "nc-bob".into()), 392_040),
             ])
         );
         assert_eq!(
@@ -884,6 +901,20 @@ mod merged_credits {
             .iter()
             .filter(|b| b.address == "alice")
             .all(|b| b.chain == namecoin && b.immature_msat == 588_060_000));
+
+        // PROP reads the same payees: bob's named address, alice's own.
+        let mut prop = rewards.clone();
+        prop.scheme = Scheme::Prop;
+        let credits = prop.credits_for(store, &block).await.expect("credits");
+        let payees: std::collections::BTreeSet<&str> = credits
+            .iter()
+            .filter(|c| c.kind == "prop")
+            .map(|c| c.address.as_str())
+            .collect();
+        assert_eq!(
+            payees,
+            std::collections::BTreeSet::from(["alice", "carol", "nc-bob"])
+        );
 
         // Solo: the aux reward (after the merge-mining fee) goes to the finder.
         let mut solo = rewards.clone();

@@ -66,10 +66,17 @@ pub(crate) fn accept(
             share.share.header(),
             share.share.hash(),
         ) {
+            // The finder's address on the solved chain when it named one.
+            let address = share
+                .worker
+                .aux_payouts
+                .get(solution.chain())
+                .unwrap_or(&share.worker.address)
+                .to_string();
             events.push_back(Event::AuxFound(Box::new(FoundAux {
                 solution,
                 worker: share.worker.name.clone(),
-                address: share.worker.address.clone(),
+                address,
                 parent_height: template.height,
                 time_ms: now.unix_ms,
             })));
@@ -92,6 +99,7 @@ pub(crate) fn accept(
     events.push_back(Event::ShareAccepted(AcceptedShare {
         worker: share.worker.name.clone(),
         address: share.worker.address.clone(),
+        aux_payouts: share.worker.aux_payouts.clone(),
         difficulty: share.credit,
         achieved: share.share.achieved_difficulty(),
         network_difficulty: template.network_target.difficulty(),

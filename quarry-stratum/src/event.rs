@@ -5,7 +5,7 @@ use quarry_work::job::Job;
 use quarry_work::share::{ShareReject, ValidShare};
 use quarry_work::{Difficulty, Hash32};
 
-use crate::worker::Worker;
+use crate::worker::{AuxPayouts, Worker};
 
 /// What a session tells the pool.
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub enum Event {
         worker: String,
         /// Its payout address.
         address: String,
+        /// Its payout addresses on merge-mined chains.
+        aux_payouts: AuxPayouts,
     },
     /// A share was accepted.
     ShareAccepted(AcceptedShare),
@@ -57,6 +59,8 @@ pub struct AcceptedShare {
     pub worker: String,
     /// Payout address.
     pub address: String,
+    /// Payout addresses on merge-mined chains: aux rewards this share earns go there.
+    pub aux_payouts: AuxPayouts,
     /// Credit: the difficulty the job was sent with.
     pub difficulty: Difficulty,
     /// What the hash achieved.

@@ -29,4 +29,4 @@ pub use clock::Now;
 pub use connection::Connection;
 pub use event::{AcceptedShare, Event, FoundAux, FoundBlock};
 pub use pool::{Pool, PoolMode, SharedPool};
-pub use worker::Worker;
+pub use worker::{AuxPayouts, Worker};

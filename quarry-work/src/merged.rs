@@ -68,6 +68,8 @@ pub enum AuxSolution {
         block_hash: [u8; 32],
         /// The five RPC arguments.
         params: [String; 5],
+        /// `feesPaidToMiner` of the work solved (decimal, 1e-18 RBTC).
+        fees_paid: String,
     },
 }
 
@@ -167,6 +169,7 @@ impl MergedWork {
                 chain: rsk.chain.clone(),
                 block_hash: rsk.work.block_hash,
                 params: partial_merkle_params(header, &coinbase, branch, job.template.tx_count + 1),
+                fees_paid: rsk.work.fees_paid.clone(),
             });
         }
         found

@@ -321,6 +321,54 @@ fn bad_addresses_are_refused_at_authorize() {
     assert_eq!(bech32["result"], true);
 }
 
+/// `<chain>=<address>` in the password names where the worker's merge-mined rewards go: the
+/// authorize event and every accepted share carry it, and a malformed one is refused.
+#[test]
+fn aux_payout_addresses_come_from_the_password_and_ride_on_shares() {
+    let mut miner = Miner::new(config());
+    miner.template(template(1, 7, HARD_BITS));
+    let subscribed = miner.call("mining.subscribe", json!([]));
+    miner.extranonce1 =
+        hex::decode(subscribed["result"][1].as_str().expect("extranonce1")).expect("hex");
+    let worker = format!("{ADDRESS}.rig1");
+    let refused = miner.call("mining.authorize", json!([worker, "x,namecoin=not valid"]));
+    assert_eq!(code(&refused), Some(24), "{refused}");
+    assert!(refused["error"][1]
+        .as_str()
+        .expect("message")
+        .contains("namecoin"));
+    let authorized = miner.call(
+        "mining.authorize",
+        json!([worker, "x,namecoin=nc1qminer,d=0.000001"]),
+    );
+    assert_eq!(authorized["result"], true, "{authorized}");
+    assert_eq!(miner.difficulty, 1e-6, "d= still read");
+    let events = miner.events();
+    let named = events.iter().find_map(|e| match e {
+        Event::Authorized { aux_payouts, .. } => Some(aux_payouts.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        named.as_ref().and_then(|p| p.get("namecoin")),
+        Some("nc1qminer")
+    );
+
+    let job = miner.last_job();
+    let t = ntime(&miner);
+    let (en2, nonce) = miner.find(&job, job.version, t, true);
+    assert_eq!(miner.submit(&job, &en2, t, nonce, None)["result"], true);
+    let share = miner
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::ShareAccepted(share) => Some(share),
+            _ => None,
+        })
+        .expect("accepted");
+    assert_eq!(share.aux_payouts.get("namecoin"), Some("nc1qminer"));
+    assert_eq!(share.address, ADDRESS, "Bitcoin credit unchanged");
+}
+
 #[test]
 fn session_resume_reuses_extranonce1() {
     let mut first = Miner::new(config());

@@ -344,6 +344,47 @@ fn unsupported_flags_are_listed_in_the_error() {
     assert!(raw.session.close_reason().is_some());
 }
 
+/// SV2 has no password: `address.rig,<chain>=<address>` in user_identity names aux payout
+/// addresses; the channel's worker is the part before the comma, and a bad one is refused.
+#[test]
+fn user_identity_options_name_aux_payout_addresses() {
+    let mut raw = Raw::connect();
+    raw.setup(flags::REQUIRES_VERSION_ROLLING);
+    let opened = raw.send(Message::OpenExtendedMiningChannel {
+        request_id: 1,
+        user_identity: format!("{ADDRESS}.rig,namecoin=nc1qminer"),
+        nominal_hash_rate: 0.0,
+        max_target: [0xff; 32],
+        min_extranonce_size: 4,
+    });
+    assert!(matches!(
+        opened.first(),
+        Some(Message::OpenExtendedMiningChannelSuccess { .. })
+    ));
+    let named = events(&mut raw.session).into_iter().find_map(|e| match e {
+        Event::Authorized {
+            worker,
+            aux_payouts,
+            ..
+        } => Some((worker, aux_payouts)),
+        _ => None,
+    });
+    let (worker, payouts) = named.expect("authorized");
+    assert_eq!(worker, format!("{ADDRESS}.rig"));
+    assert_eq!(payouts.get("namecoin"), Some("nc1qminer"));
+    let refused = raw.send(Message::OpenExtendedMiningChannel {
+        request_id: 2,
+        user_identity: format!("{ADDRESS}.rig,namecoin=not valid"),
+        nominal_hash_rate: 0.0,
+        max_target: [0xff; 32],
+        min_extranonce_size: 4,
+    });
+    assert!(matches!(
+        &refused[..],
+        [Message::OpenMiningChannelError { request_id: 2, error_code }] if error_code == "invalid-user-identity"
+    ));
+}
+
 #[test]
 fn extended_channel_gets_coinbase_parts_and_validates_extranonce() {
     let mut raw = Raw::connect();

@@ -61,6 +61,9 @@ pub enum RequestError {
         /// Why the address was refused.
         reason: String,
     },
+    /// The password names an aux payout address that cannot be one.
+    #[error("invalid password: {0}")]
+    BadAuxPayout(String),
     /// Too many workers authorized on one connection.
     #[error("too many workers on one connection")]
     TooManyWorkers,
@@ -82,6 +85,7 @@ impl RequestError {
             RequestError::NotSubscribed => ErrorCode::NotSubscribed,
             RequestError::Unauthorized
             | RequestError::BadAddress { .. }
+            | RequestError::BadAuxPayout(_)
             | RequestError::TooManyWorkers => ErrorCode::Unauthorized,
             RequestError::Share(reject) => match reject {
                 ShareReject::JobNotFound | ShareReject::Stale => ErrorCode::JobNotFound,

@@ -30,7 +30,7 @@ use crate::ack::AckHold;
 use crate::event::Event;
 use crate::pool::{Pool, PoolMode};
 use crate::tip::Tip;
-use crate::worker::Worker;
+use crate::worker::{AuxPayouts, Worker};
 
 /// Settings shared by every session of a listener.
 #[derive(Debug, Clone)]
@@ -381,7 +381,7 @@ impl Session {
             self.answer_error(id, &RequestError::TooManyWorkers);
             return;
         }
-        let worker = match Worker::parse(username, self.config.network) {
+        let mut worker = match Worker::parse(username, self.config.network) {
             Ok(worker) => worker,
             Err(reason) => {
                 self.answer_error(
@@ -394,10 +394,18 @@ impl Session {
                 return;
             }
         };
+        worker.aux_payouts = match AuxPayouts::from_password(password) {
+            Ok(payouts) => payouts,
+            Err(reason) => {
+                self.answer_error(id, &RequestError::BadAuxPayout(reason));
+                return;
+            }
+        };
         let first = self.workers.is_empty();
         self.events.push_back(Event::Authorized {
             worker: worker.name.clone(),
             address: worker.address.clone(),
+            aux_payouts: worker.aux_payouts.clone(),
         });
         self.workers.push(worker);
         self.outbox.push_back(message::result_line(id, json!(true)));
@@ -684,7 +692,6 @@ impl Session {
     }
 }
 
-/// `d=<difficulty>` in a comma-separated password.
 /// Frees a drained queue's memory: most connections sit idle between messages, and a few
 /// hundred bytes each is what decides how many fit in RAM.
 fn release<T>(queue: &mut VecDeque<T>) {
@@ -693,6 +700,7 @@ fn release<T>(queue: &mut VecDeque<T>) {
     }
 }
 
+/// `d=<difficulty>` in a comma-separated password.
 fn password_difficulty(password: &str) -> Option<Difficulty> {
     password
         .split(',')

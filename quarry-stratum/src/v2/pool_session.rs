@@ -28,7 +28,7 @@ use crate::event::Event;
 use crate::pool::Pool;
 use crate::tip::Tip;
 use crate::v1::SessionConfig;
-use crate::worker::Worker;
+use crate::worker::{AuxPayouts, Worker};
 
 /// The group channel every channel of a connection belongs to.
 pub const GROUP_CHANNEL_ID: u32 = 1;
@@ -485,9 +485,16 @@ impl PoolSession {
         if self.channels.len() >= self.sv2.max_channels {
             return self.send(refuse("channel-capacity-exhausted"));
         }
-        let Ok(worker) = Worker::parse(user_identity, self.config.network) else {
+        // `address.rig`, then optionally `,<chain>=<address>...` as in a V1 password: SV2
+        // has no password, and a channel is where a miner says who it is.
+        let (identity, options) = user_identity.split_once(',').unwrap_or((user_identity, ""));
+        let Ok(mut worker) = Worker::parse(identity, self.config.network) else {
             return self.send(refuse("invalid-user-identity"));
         };
+        match AuxPayouts::from_password(options) {
+            Ok(payouts) => worker.aux_payouts = payouts,
+            Err(_) => return self.send(refuse("invalid-user-identity")),
+        }
         if !nominal_hash_rate.is_finite() || nominal_hash_rate < 0.0 {
             return self.send(refuse("invalid-nominal-hashrate"));
         }
@@ -551,6 +558,7 @@ impl PoolSession {
         self.events.push_back(Event::Authorized {
             worker: worker.name.clone(),
             address: worker.address.clone(),
+            aux_payouts: worker.aux_payouts.clone(),
         });
         self.channels.insert(
             channel_id,
