@@ -23,10 +23,11 @@ use tokio_stream::{Stream, StreamExt};
 
 use crate::driver::unix_ms;
 use crate::events::{EventBus, Metrics};
-use crate::node::Nodes;
 
 /// Window for hashrates and active miners.
 const WINDOW_MS: i64 = 10 * 60 * 1000;
+/// How far back a miner's shares are read for the aux addresses they name.
+const AUX_PAYOUTS_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// 2^32: expected hashes per difficulty-1 share.
 const HASHES_PER_DIFF1: f64 = 4_294_967_296.0;
 
@@ -34,8 +35,6 @@ const HASHES_PER_DIFF1: f64 = 4_294_967_296.0;
 pub struct ApiState {
     /// The ledger.
     pub store: Store,
-    /// Nodes (payouts from the admin endpoint).
-    pub nodes: Arc<Nodes>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Events.
@@ -48,6 +47,8 @@ pub struct ApiState {
     pub fee_percent: f64,
     /// Payout threshold, satoshis.
     pub threshold_sat: u64,
+    /// The chains the admin payout run pays.
+    pub wallets: Vec<crate::wallet::ChainWallet>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -156,19 +157,27 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .into_iter()
         .filter(|w| w.chain == Chain::BITCOIN && w.address == address)
         .collect();
+    // On merge-mined chains the miner's shares may name other addresses (`<chain>=<address>`).
+    let aux_payouts = state
+        .store
+        .aux_payouts_of(&address, now - AUX_PAYOUTS_WINDOW_MS)
+        .await?;
     let balances: Vec<_> = state
         .store
         .balances()
         .await?
         .into_iter()
-        .filter(|b| b.address == address)
+        .filter(|b| b.address == address || aux_payouts.get(b.chain.as_str()) == Some(&b.address))
         .collect();
-    let balance = balances.iter().find(|b| b.chain == Chain::BITCOIN).cloned();
+    let balance = balances
+        .iter()
+        .find(|b| b.chain == Chain::BITCOIN && b.address == address)
+        .cloned();
     // Merge-mined chains' credits, in each chain's own coin.
     let merged: Vec<Value> = balances
         .iter()
         .filter(|b| b.chain != Chain::BITCOIN)
-        .map(|b| json!({"chain": b.chain, "mature_msat": b.mature_msat, "immature_msat": b.immature_msat}))
+        .map(|b| json!({"chain": b.chain, "address": b.address, "mature_msat": b.mature_msat, "immature_msat": b.immature_msat}))
         .collect();
     let paid = state
         .store
@@ -324,14 +333,9 @@ async fn admin_payout(State(state): Shared, headers: HeaderMap) -> Result<Json<V
             "bad or missing bearer token".into(),
         ));
     }
-    crate::wallet::payout_once(
-        &state.store,
-        Arc::clone(&state.nodes),
-        state.threshold_sat,
-        &state.events,
-    )
-    .await
-    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    crate::wallet::payout_once(&state.store, &state.wallets, &state.events)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
     Ok(Json(json!({"ok": true})))
 }
 

@@ -46,7 +46,8 @@ impl AuxClient {
         Ok(AuxClient { config, rpc })
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
+    /// One RPC to this chain's node.
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         params: Value,
@@ -113,16 +114,20 @@ impl AuxClient {
         })
     }
 
-    /// Submits a solution; `Ok(true)` when the node took the block (or already had it).
-    async fn submit(&self, solution: &AuxSolution) -> Result<bool, RpcError> {
+    /// Submits a solution, and says whether the node took the block (or already had it).
+    async fn submit(&self, solution: &AuxSolution) -> Result<Submitted, RpcError> {
         match solution {
             AuxSolution::AuxPow { block, auxpow } => {
                 let params = json!([block.hash.to_string(), hex::encode(auxpow)]);
-                match self.call::<Value>("submitauxblock", params).await {
-                    Ok(Value::Bool(accepted)) => Ok(accepted),
-                    Ok(other) => Ok(other.as_str() == Some("duplicate")),
-                    Err(e) => Err(e),
-                }
+                let taken = match self.call::<Value>("submitauxblock", params).await? {
+                    Value::Bool(accepted) => accepted,
+                    // Some forks answer a second solution for a taken block this way.
+                    other => other.as_str() == Some("duplicate"),
+                };
+                Ok(match taken {
+                    true => Submitted::Taken(None),
+                    false => Submitted::Refused,
+                })
             }
             AuxSolution::Rsk { params, .. } => {
                 let result: Value = self
@@ -138,16 +143,68 @@ impl AuxClient {
                     .and_then(|h| hex::decode(h.trim_start_matches("0x")).ok())
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
-                Ok(imported.starts_with("IMPORTED") || imported == "EXIST")
+                if !(imported.starts_with("IMPORTED") || imported == "EXIST") {
+                    return Ok(Submitted::Refused);
+                }
+                // The block rskj built: its own hash and height, which the tracker follows.
+                let block = result["blockHash"]
+                    .as_str()
+                    .map(|h| h.trim_start_matches("0x").to_ascii_lowercase())
+                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .zip(json_u64(&result["blockIncludedHeight"]).filter(|h| *h > 0));
+                Ok(Submitted::Taken(block))
             }
         }
     }
 
-    /// How many confirmations an AuxPoW block has (`-1`: not on the best chain).
-    async fn confirmations(&self, hash: &str) -> Result<i64, RpcError> {
+    /// How many confirmations a block has on this chain (`-1`: not on its best chain).
+    async fn confirmations(&self, hash: &str, height: u64) -> Result<i64, RpcError> {
+        if self.config.kind == "rsk" {
+            let block: Value = self
+                .call(
+                    "eth_getBlockByNumber",
+                    json!([format!("0x{height:x}"), false]),
+                )
+                .await?;
+            let Some(best) = block["hash"].as_str() else {
+                return Ok(0);
+            };
+            if !best.trim_start_matches("0x").eq_ignore_ascii_case(hash) {
+                return Ok(-1);
+            }
+            let tip: Value = self.call("eth_blockNumber", json!([])).await?;
+            let tip = json_u64(&tip).unwrap_or(0);
+            return Ok(i64::try_from(tip.saturating_sub(height) + 1).unwrap_or(i64::MAX));
+        }
         let header: Value = self.call("getblockheader", json!([hash])).await?;
         Ok(header["confirmations"].as_i64().unwrap_or(0))
     }
+}
+
+/// What a node said to a submission.
+enum Submitted {
+    Refused,
+    /// Taken; RSK also names the block it built, and its height.
+    Taken(Option<(String, u64)>),
+}
+
+/// A number as RSK's JSON-RPC writes them (`"0x1f"`), or a plain one.
+fn json_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::String(text) => match text.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => text.parse().ok(),
+        },
+        other => other.as_u64(),
+    }
+}
+
+/// RSK's `feesPaidToMiner` (1e-18 RBTC) in the ledger's base unit, 1e-8 RBTC (rounded down).
+fn rsk_reward(fees_paid: &str) -> u64 {
+    fees_paid
+        .parse::<u128>()
+        .map(|wei| u64::try_from(wei / 10_000_000_000).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 enum AuxWork {
@@ -185,6 +242,11 @@ impl AuxChains {
             state: watch::channel(AuxState::default()).0,
             refresh: Arc::new(Notify::new()),
         }))
+    }
+
+    /// Every chain's client.
+    pub fn clients(&self) -> &[Arc<AuxClient>] {
+        &self.clients
     }
 
     fn client(&self, chain: &str) -> Option<&Arc<AuxClient>> {
@@ -358,7 +420,7 @@ pub struct AuxKeeper {
     pub store: Store,
     /// Scheme, fees and each aux chain's parent.
     pub rewards: Rewards,
-    /// Confirmations before an aux block's credits mature.
+    /// Bitcoin's coinbase maturity: an aux chain's, unless its `[[aux]] maturity` says.
     pub maturity: u64,
     /// Where submissions are written before they are sent.
     pub dir: PathBuf,
@@ -380,8 +442,9 @@ impl AuxKeeper {
                 block.reward,
                 Target::from_compact(block.bits).difficulty(),
             ),
-            // mnr_getWork gives neither height nor reward (fees are reported in wei).
-            AuxSolution::Rsk { .. } => (0, 0, 0.0),
+            // mnr_getWork gives no height (the node names it on import); the reward recorded
+            // is the fees it offered the miner, in 1e-8 RBTC.
+            AuxSolution::Rsk { fees_paid, .. } => (0, rsk_reward(fees_paid), 0.0),
         };
         self.save(&chain, &hash, &found).await;
         let Ok(key) = Chain::new(&chain) else {
@@ -414,12 +477,32 @@ impl AuxKeeper {
                 _ => break,
             }
         }
-        let accepted = matches!(outcome, Ok(true));
+        let accepted = matches!(outcome, Ok(Submitted::Taken(_)));
         match &outcome {
-            Ok(true) => info!(%chain, %hash, height, worker = %found.worker, "aux block accepted"),
-            Ok(false) => warn!(%chain, %hash, "aux block refused by its node"),
+            Ok(Submitted::Taken(_)) => {
+                info!(%chain, %hash, height, worker = %found.worker, "aux block accepted")
+            }
+            Ok(Submitted::Refused) => warn!(%chain, %hash, "aux block refused by its node"),
             Err(e) => error!(%chain, %hash, error = %e, "aux block not submitted"),
         }
+        let mut record = record;
+        if let Ok(Submitted::Taken(Some((real_hash, real_height)))) = &outcome {
+            let real_height = i64::try_from(*real_height).unwrap_or(i64::MAX);
+            match self
+                .store
+                .identify_block(&record.chain, &hash, real_hash, real_height)
+                .await
+            {
+                Ok(_) => {
+                    record.hash.clone_from(real_hash);
+                    record.height = real_height;
+                }
+                Err(e) => {
+                    error!(%chain, %hash, error = %e, "could not record the RSK block's hash")
+                }
+            }
+        }
+        let hash = record.hash.clone();
         self.metrics.aux_block(&chain, accepted);
         // The commons' share of this block, announced with the pool's contributor id.
         let mut commons_fee = Value::Null;
@@ -478,7 +561,7 @@ impl AuxKeeper {
         }
     }
 
-    /// Follows pending AuxPoW blocks on their own chain: mature after `maturity`
+    /// Follows pending aux blocks on their own chain: mature after that chain's maturity in
     /// confirmations, orphaned when their node no longer has them on its best chain.
     async fn follow(&self, chains: &AuxChains) {
         loop {
@@ -490,15 +573,18 @@ impl AuxKeeper {
                 let Some(client) = chains.client(block.chain.as_str()) else {
                     continue;
                 };
-                if client.config.kind != "auxpow" {
+                let height = u64::try_from(block.height).unwrap_or(0);
+                if client.config.kind == "rsk" && height == 0 {
+                    // rskj never named the block it built: nothing to follow it by.
                     continue;
                 }
-                let Ok(confirmations) = client.confirmations(&block.hash).await else {
+                let Ok(confirmations) = client.confirmations(&block.hash, height).await else {
                     continue;
                 };
+                let maturity = client.config.maturity(self.maturity);
                 let next = match confirmations {
                     c if c < 0 => Some((BlockStatus::Orphaned, CreditStatus::Reversed)),
-                    c if c as u64 >= self.maturity => {
+                    c if c as u64 >= maturity => {
                         Some((BlockStatus::Confirmed, CreditStatus::Mature))
                     }
                     _ => None,

@@ -75,9 +75,31 @@ pub struct AuxConfig {
     pub enabled: bool,
     /// How often to ask for new work, milliseconds (also on every new Bitcoin tip).
     pub poll_ms: u64,
+    /// Pay this chain's mature balances from its node's wallet (`sendmany`) in each payout
+    /// run (AuxPoW only; RSK balances are recorded, not paid).
+    pub payouts: bool,
+    /// Smallest payout, in the chain's coin.
+    pub payout_threshold: f64,
+    /// Confirmations on its own chain before an aux block's credits mature; unset: the
+    /// coinbase maturity `[payout].maturity` for AuxPoW, 4000 for RSK (REMASC pays then).
+    pub maturity: Option<u64>,
 }
 
 impl AuxConfig {
+    /// Confirmations before this chain's credits mature (`coinbase_maturity`: Bitcoin's
+    /// `[payout].maturity`).
+    pub fn maturity(&self, coinbase_maturity: u64) -> u64 {
+        self.maturity.unwrap_or(match self.kind.as_str() {
+            "rsk" => 4000,
+            _ => coinbase_maturity,
+        })
+    }
+
+    /// The payout threshold in the chain's base unit (1e-8 coin).
+    pub fn threshold_sat(&self) -> u64 {
+        (self.payout_threshold * 100_000_000.0).round() as u64
+    }
+
     /// Its node's RPC settings, as a `[[node]]` would have them.
     pub fn rpc(&self) -> NodeConfig {
         NodeConfig {
@@ -114,6 +136,9 @@ impl Default for AuxConfig {
             chain_id: None,
             enabled: true,
             poll_ms: 1000,
+            payouts: true,
+            payout_threshold: 0.01,
+            maturity: None,
         }
     }
 }
@@ -130,8 +155,8 @@ pub struct MergeMiningFeeToml {
     pub commons: std::collections::BTreeMap<String, String>,
     /// This pool's contributor id, announced with each fee (the `MergeMiningReward` event).
     pub contributor_id: String,
-    /// Pay the fee out with the chain's payouts. Not acted on yet: payouts in aux coins are
-    /// still to come, so the fee is kept as the commons' balance either way.
+    /// Pay the commons' balance out with each chain's payouts; when false it is kept (and
+    /// shown) as the commons' balance for the operator to send.
     pub auto_distribute: bool,
 }
 
@@ -584,6 +609,9 @@ impl Config {
             }
             if chosen.iter().any(|c| c.name == aux.name) {
                 bail!("aux[{i}].name {} is used twice", aux.name);
+            }
+            if !(aux.payout_threshold.is_finite() && aux.payout_threshold >= 0.0) {
+                bail!("aux[{i}].payout_threshold must be a non-negative amount");
             }
             if aux.poll_ms == 0 {
                 bail!("aux[{i}].poll_ms must be positive");

@@ -117,16 +117,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         events: Arc::clone(&events),
     }
     .spawn();
+    let aux = match resolved.aux.is_empty() {
+        true => None,
+        false => Some(aux::AuxChains::new(&resolved.aux)?),
+    };
+    let wallets = wallet::chain_wallets(&config, &nodes, aux.as_ref());
     if let Some(listen) = config.api.listen {
         let state = Arc::new(api::ApiState {
             store: store.clone(),
-            nodes: Arc::clone(&nodes),
             metrics: Arc::clone(&metrics),
             events: Arc::clone(&events),
             admin_token: config.api.admin_token.clone(),
             scheme: resolved.rewards.scheme.name().to_string(),
             fee_percent: config.payout.fee_percent,
             threshold_sat: config.threshold_sat(),
+            wallets: wallets.clone(),
         });
         let http = TcpListener::bind(listen)
             .await
@@ -143,19 +148,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         resolved.rewards.clone(),
         config.ledger.retention_days.unwrap_or(90.0),
     ));
-    if config.mining.mode == "pool" && config.payout.interval_secs > 0 {
+    // Solo Bitcoin blocks pay their finder in the coinbase; merge-mined blocks are credited in
+    // both modes, so aux chains with payouts need the loop too.
+    let pays = config.mining.mode == "pool"
+        || wallets
+            .iter()
+            .any(|w| w.chain != quarry_ledger::Chain::BITCOIN);
+    if pays && config.payout.interval_secs > 0 {
         tokio::spawn(payout_loop(
             store.clone(),
-            Arc::clone(&nodes),
-            config.threshold_sat(),
+            wallets,
             Duration::from_secs(config.payout.interval_secs),
             Arc::clone(&events),
         ));
     }
-    let aux = match resolved.aux.is_empty() {
-        true => None,
-        false => Some(aux::AuxChains::new(&resolved.aux)?),
-    };
     let work = aux::work_stream(&nodes, aux.as_ref(), &metrics);
     let aux_blocks = aux.as_ref().map(|aux| {
         info!(chains = ?resolved.aux.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "merge mining");
@@ -248,7 +254,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn payout(args: ServeArgs) -> Result<()> {
     let config = args.config()?;
-    config.resolve()?;
     let nodes = Nodes::new(
         &config.nodes,
         config.data_dir.join("blocks"),
@@ -260,13 +265,13 @@ async fn payout(args: ServeArgs) -> Result<()> {
     let store = quarry_ledger::Store::open(&url)
         .await
         .with_context(|| format!("opening ledger.url {}", redact(&url)))?;
-    wallet::payout_once(
-        &store,
-        nodes,
-        config.threshold_sat(),
-        &events::EventBus::default(),
-    )
-    .await
+    let resolved = config.resolve()?;
+    let aux = match resolved.aux.is_empty() {
+        true => None,
+        false => Some(aux::AuxChains::new(&resolved.aux)?),
+    };
+    let wallets = wallet::chain_wallets(&config, &nodes, aux.as_ref());
+    wallet::payout_once(&store, &wallets, &events::EventBus::default()).await
 }
 
 /// PPS accrual every few seconds (PPS only) and share retention every hour. Both are safe with
@@ -316,8 +321,7 @@ async fn ledger_upkeep(
 /// advisory lock pays; the others keep trying for it in case that one stops.
 async fn payout_loop(
     store: quarry_ledger::Store,
-    nodes: Arc<Nodes>,
-    threshold_sat: u64,
+    wallets: Vec<wallet::ChainWallet>,
     every: Duration,
     events: Arc<events::EventBus>,
 ) {
@@ -332,9 +336,7 @@ async fn payout_loop(
     info!("this instance runs payouts");
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) =
-            wallet::payout_once(&store, Arc::clone(&nodes), threshold_sat, &events).await
-        {
+        if let Err(e) = wallet::payout_once(&store, &wallets, &events).await {
             tracing::warn!(error = %format!("{e:#}"), "payout run failed; the intent stays pending");
         }
     }

@@ -259,6 +259,7 @@ impl Server {
             is_block: share.is_block,
             instance: self.out.instance.clone(),
             chain: Chain::BITCOIN,
+            aux_payouts: share.aux_payouts.to_map(),
         }
     }
 
@@ -305,12 +306,21 @@ impl Server {
                 );
                 debug!(target: "quarry::share", %worker, %reason, "share rejected");
             }
-            Event::Authorized { worker, address } => {
+            Event::Authorized {
+                worker,
+                address,
+                aux_payouts,
+            } => {
+                let aux: serde_json::Map<String, serde_json::Value> = aux_payouts
+                    .iter()
+                    .map(|(chain, address)| (chain.to_string(), json!(address)))
+                    .collect();
                 events.publish(
                     "MinerConnected",
-                    json!({"worker": worker, "address": address, "peer": peer.to_string()}),
+                    json!({"worker": worker, "address": address, "peer": peer.to_string(),
+                           "aux_payouts": aux}),
                 );
-                info!(%peer, %worker, %address, "worker authorized");
+                info!(%peer, %worker, %address, aux_payouts = ?aux, "worker authorized");
             }
             _ => {}
         }

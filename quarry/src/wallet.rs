@@ -1,21 +1,105 @@
-//! Payouts through the first node's wallet (`sendmany`), and the `quarry payout` command.
+//! Payouts through node wallets (`sendmany`): Bitcoin's on the first node that answers, each
+//! AuxPoW chain's on its own node; and the `quarry payout` command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use quarry_ledger::payouts::{run_payouts, Step, Wallet};
 use quarry_ledger::{Chain, Sat, Store};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::aux::{AuxChains, AuxClient};
+use crate::config::Config;
 use crate::events::EventBus;
-use crate::node::Nodes;
+use crate::node::{Nodes, RpcError};
 
-/// The node wallet over JSON-RPC.
+/// Where a wallet's RPCs go.
+#[derive(Clone)]
+pub enum WalletRpc {
+    /// Bitcoin: the first node that answers.
+    Bitcoin(Arc<Nodes>),
+    /// An aux chain: the node that issued its work.
+    Aux(Arc<AuxClient>),
+}
+
+impl WalletRpc {
+    async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, String> {
+        let result: Result<T, RpcError> = match self {
+            WalletRpc::Bitcoin(nodes) => nodes.call_any(method, params).await,
+            WalletRpc::Aux(client) => client.call(method, params).await,
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// A node wallet over JSON-RPC.
+#[derive(Clone)]
 pub struct NodeWallet {
-    /// Nodes; the wallet calls go to the first that answers.
-    pub nodes: Arc<Nodes>,
+    /// The node.
+    pub rpc: WalletRpc,
+    /// Ask the node (`validateaddress`) before paying an address: an aux chain's balances may
+    /// be credited to Bitcoin addresses its wallet cannot pay.
+    pub check_addresses: bool,
+    /// Addresses never paid automatically (the commons, without `auto_distribute`).
+    pub hold: BTreeSet<String>,
+}
+
+/// One chain's payouts: its wallet and smallest payout.
+#[derive(Clone)]
+pub struct ChainWallet {
+    /// The chain paid.
+    pub chain: Chain,
+    /// Its wallet.
+    pub wallet: NodeWallet,
+    /// Smallest payout, in the chain's base unit.
+    pub threshold: Sat,
+}
+
+/// Every chain the pool pays: Bitcoin, then each AuxPoW chain with `payouts = true`.
+pub fn chain_wallets(
+    config: &Config,
+    nodes: &Arc<Nodes>,
+    aux: Option<&Arc<AuxChains>>,
+) -> Vec<ChainWallet> {
+    let mut wallets = vec![ChainWallet {
+        chain: Chain::BITCOIN,
+        wallet: NodeWallet {
+            rpc: WalletRpc::Bitcoin(Arc::clone(nodes)),
+            check_addresses: false,
+            hold: BTreeSet::new(),
+        },
+        threshold: Sat(config.threshold_sat()),
+    }];
+    let fee = &config.merge_mining_fee;
+    for client in aux.map(|a| a.clients()).unwrap_or_default() {
+        let aux = &client.config;
+        let Ok(chain) = Chain::new(&aux.name) else {
+            continue;
+        };
+        if aux.kind != "auxpow" || !aux.payouts {
+            continue;
+        }
+        let hold = match (
+            fee.enabled && !fee.auto_distribute,
+            fee.commons.get(&aux.name),
+        ) {
+            (true, Some(commons)) => BTreeSet::from([commons.clone()]),
+            _ => BTreeSet::new(),
+        };
+        wallets.push(ChainWallet {
+            chain,
+            wallet: NodeWallet {
+                rpc: WalletRpc::Aux(Arc::clone(client)),
+                check_addresses: true,
+                hold,
+            },
+            threshold: Sat(aux.threshold_sat()),
+        });
+    }
+    wallets
 }
 
 /// Satoshis as the exact 8-decimal string bitcoind parses (no float rounding on the way).
@@ -42,18 +126,16 @@ impl Wallet for NodeWallet {
         let subtract: Vec<&String> = amounts.keys().collect();
         // `sendmany "" {amounts} minconf comment subtractfeefrom`: the same call on Bitcoin Core
         // and on the registry node. Recipients share the transaction fee.
-        self.nodes
-            .call_any::<String>("sendmany", json!(["", outputs, 1, tag, subtract]))
+        self.rpc
+            .call::<String>("sendmany", json!(["", outputs, 1, tag, subtract]))
             .await
-            .map_err(|e| e.to_string())
     }
 
     async fn find_sent(&self, tag: &str) -> Result<Option<String>, String> {
         let transactions: Vec<Value> = self
-            .nodes
-            .call_any("listtransactions", json!(["*", 10_000, 0]))
-            .await
-            .map_err(|e| e.to_string())?;
+            .rpc
+            .call("listtransactions", json!(["*", 10_000, 0]))
+            .await?;
         Ok(transactions
             .iter()
             .find(|t| t["comment"].as_str() == Some(tag) && t["category"] == "send")
@@ -61,11 +143,7 @@ impl Wallet for NodeWallet {
     }
 
     async fn received(&self, txid: &str) -> Result<BTreeMap<String, Sat>, String> {
-        let transaction: Value = self
-            .nodes
-            .call_any("gettransaction", json!([txid]))
-            .await
-            .map_err(|e| e.to_string())?;
+        let transaction: Value = self.rpc.call("gettransaction", json!([txid])).await?;
         let mut received = BTreeMap::new();
         for detail in transaction["details"].as_array().into_iter().flatten() {
             if detail["category"] != "send" {
@@ -79,45 +157,68 @@ impl Wallet for NodeWallet {
         }
         Ok(received)
     }
+
+    async fn can_pay(&self, address: &str) -> Result<bool, String> {
+        if self.hold.contains(address) {
+            return Ok(false);
+        }
+        if !self.check_addresses {
+            return Ok(true);
+        }
+        let answer: Value = self.rpc.call("validateaddress", json!([address])).await?;
+        Ok(answer["isvalid"] == true)
+    }
 }
 
-/// One payout run. `QUARRY_PAYOUT_CRASH_AT=after_intent|after_send|after_record` aborts the
-/// process at that step (for the crash tests).
-pub async fn payout_once(
-    store: &Store,
-    nodes: Arc<Nodes>,
-    threshold_sat: u64,
-    events: &EventBus,
-) -> Result<()> {
+/// One payout run on every chain in `wallets`. `QUARRY_PAYOUT_CRASH_AT=after_intent|after_send|
+/// after_record` aborts the process at that step (for the crash tests).
+///
+/// # Errors
+/// The chains whose run failed (each other chain still ran); their intents stay pending.
+pub async fn payout_once(store: &Store, wallets: &[ChainWallet], events: &EventBus) -> Result<()> {
     let crash_at = std::env::var("QUARRY_PAYOUT_CRASH_AT")
         .ok()
         .and_then(|s| Step::parse(&s));
-    let wallet = NodeWallet { nodes };
     let now_ms = i64::try_from(crate::driver::unix_ms()).unwrap_or(i64::MAX);
-    let report = run_payouts(
-        &Chain::BITCOIN,
-        store,
-        &wallet,
-        Sat(threshold_sat),
-        now_ms,
-        |step| {
-            if Some(step) == crash_at {
-                error!(?step, "QUARRY_PAYOUT_CRASH_AT: aborting");
-                std::process::abort();
+    let mut failed = Vec::new();
+    for chain_wallet in wallets {
+        let chain = &chain_wallet.chain;
+        let report = run_payouts(
+            chain,
+            store,
+            &chain_wallet.wallet,
+            chain_wallet.threshold,
+            now_ms,
+            |step| {
+                if Some(step) == crash_at {
+                    error!(?step, "QUARRY_PAYOUT_CRASH_AT: aborting");
+                    std::process::abort();
+                }
+                false
+            },
+        )
+        .await;
+        match report {
+            Ok(report) => {
+                info!(
+                    %chain,
+                    reconciled = report.reconciled,
+                    sent = report.sent,
+                    sent_sat = report.sent_sat.0,
+                    "payout run done"
+                );
+                for txid in &report.txids {
+                    events.publish("PayoutSent", json!({"chain": chain.as_str(), "txid": txid}));
+                }
             }
-            false
-        },
-    )
-    .await
-    .context("payout run")?;
-    info!(
-        reconciled = report.reconciled,
-        sent = report.sent,
-        sent_sat = report.sent_sat.0,
-        "payout run done"
-    );
-    for txid in &report.txids {
-        events.publish("PayoutSent", json!({"txid": txid}));
+            Err(e) => {
+                warn!(%chain, error = %e, "payout run failed; the intent stays pending");
+                failed.push(format!("{chain}: {e}"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("payout run: {}", failed.join("; "));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::aux_node::{AuxNode, RskNode};
+use support::aux_node::{AuxNode, RskNode, RSK_FEES_WEI};
 use support::*;
 
 /// Regtest bits: every other hash solves an aux block.
@@ -31,8 +31,8 @@ async fn chain_blocks(api: u16, chain: &str) -> Vec<Value> {
 async fn shares_solve_aux_blocks_once_each_and_every_chain_is_credited() {
     let nodes = Regtest::single();
     // Chain ids 1 and 3 collide in a tree of 2 (both odd): the tree must grow to 4.
-    let mut namecoin = AuxNode::start(1, EASY).await;
-    let other = AuxNode::start(3, EASY).await;
+    let mut namecoin = AuxNode::start(1, EASY, "nc1").await;
+    let other = AuxNode::start(3, EASY, "oc1").await;
     let rsk = RskNode::start(EASY).await;
     let dir = scratch_dir("merged");
     let port = free_port();
@@ -43,6 +43,7 @@ async fn shares_solve_aux_blocks_once_each_and_every_chain_is_credited() {
         r#"
 [payout]
 maturity = 2
+interval_secs = 2
 
 [api]
 listen = "127.0.0.1:{api}"
@@ -74,11 +75,13 @@ url = "{rsk}"
 user = "u"
 password = "p"
 poll_ms = 200
+maturity = 2
 
 [merge_mining_fee]
 fee_percentage = 1.0
 contributor_id = "quarry-tests"
-commons.namecoin = "n-commons"
+auto_distribute = false
+commons.namecoin = "nc1commons"
 commons.othercoin = "o-commons"
 commons.rsk = "r-commons"
 "#,
@@ -89,8 +92,19 @@ commons.rsk = "r-commons"
     let pool = start_pool(&dir, &config, port).await;
     let url = format!("stratum+tcp://127.0.0.1:{port}");
     let user = format!("{miner_address}.aux");
+    // Namecoin rewards go to the address the miner names; othercoin's stay on its Bitcoin
+    // address, which othercoin's wallet cannot pay.
     let _miner = Process::spawn(
-        &["mine", &url, "--user", &user, "--threads", "1"],
+        &[
+            "mine",
+            &url,
+            "--user",
+            &user,
+            "--password",
+            "x,namecoin=nc1miner",
+            "--threads",
+            "1",
+        ],
         &dir.join("miner.log"),
     );
 
@@ -202,29 +216,90 @@ commons.rsk = "r-commons"
         namecoin_entry["blocks"]["confirmed"].as_u64() >= Some(1),
         "{chains}"
     );
-    let miner: Value = reqwest::get(format!("http://127.0.0.1:{api}/api/miners/{miner_address}"))
-        .await
-        .expect("miner")
-        .json()
-        .await
-        .expect("JSON");
-    let credited = |chain: &str| {
-        miner["merged"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["chain"] == chain))
-            .map(|m| {
-                m["mature_msat"].as_i64().unwrap_or(0) + m["immature_msat"].as_i64().unwrap_or(0)
-            })
-            .unwrap_or(0)
-    };
-    for chain in ["namecoin", "othercoin"] {
-        let credited = credited(chain);
+    let miner = miner_json(api, &miner_address).await;
+    for (chain, payee) in [
+        ("namecoin", "nc1miner"),
+        ("othercoin", miner_address.as_str()),
+    ] {
+        let credited = credited(&miner, chain, payee);
         // 5,000,000,000 per block, less 1 %: a whole number of such blocks.
         assert!(
             credited > 0 && credited % 4_950_000_000_000 == 0,
             "{chain}: {miner}"
         );
     }
+
+    // Paid from namecoin's wallet: the miner's namecoin address, a whole number of blocks (each
+    // less the fee); the commons' fee is held (auto_distribute = false). Othercoin pays nobody:
+    // the miner named no address there, and its wallet refuses the Bitcoin one.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            namecoin.ledger(|l| l.paid_to("nc1miner")) > 0
+        })
+        .await,
+        "namecoin payouts: {:?}\n{}",
+        namecoin.ledger(|l| l.sent.clone()),
+        pool.log_text()
+    );
+    namecoin.ledger(|l| {
+        let paid = l.paid_to("nc1miner");
+        assert_eq!(paid % 4_950_000_000, 0, "{:?}", l.sent);
+        assert_eq!(l.paid_to("nc1commons"), 0, "the commons' fee is held");
+        // Each payout's comment is unique (the idempotency tag).
+        let mut tags: Vec<_> = l.sent.iter().map(|(tag, _)| tag.clone()).collect();
+        tags.dedup();
+        assert_eq!(tags.len(), l.sent.len(), "{:?}", l.sent);
+    });
+    other.ledger(|l| {
+        assert_eq!(l.sendmany_calls, 0, "othercoin paid: {:?}", l.sent);
+    });
+    let payouts: Value = reqwest::get(format!("http://127.0.0.1:{api}/api/payments"))
+        .await
+        .expect("payments")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        payouts.to_string().contains("namecoin"),
+        "payouts carry their chain: {payouts}"
+    );
+
+    // RSK blocks: credited the fees rskj offered (in 1e-8 RBTC, less 1 %), and matured on
+    // RSK's own chain by hash and height, as rskj named the block on import.
+    rsk.mine(2);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            chain_blocks(api, "rsk")
+                .await
+                .iter()
+                .any(|b| b["status"] == "confirmed")
+        })
+        .await,
+        "an RSK block matures: {:?}",
+        chain_blocks(api, "rsk").await
+    );
+    let rsk_blocks = chain_blocks(api, "rsk").await;
+    let built: Vec<String> = rsk.ledger(|l| l.blocks.iter().map(|(h, _)| hex::encode(h)).collect());
+    assert!(
+        rsk_blocks
+            .iter()
+            .filter(|b| b["status"] == "confirmed")
+            .all(
+                |b| built.iter().any(|h| b["hash"] == h.as_str()) && b["height"].as_u64() > Some(0)
+            ),
+        "RSK blocks recorded under the hash and height rskj gave: {rsk_blocks:?} {built:?}"
+    );
+    let miner = miner_json(api, &miner_address).await;
+    let per_block_msat = {
+        let units: u64 = (RSK_FEES_WEI.parse::<u128>().expect("wei") / 10_000_000_000) as u64;
+        (units - units / 100) * 1000
+    };
+    let rsk_credit = credited(&miner, "rsk", &miner_address);
+    assert!(
+        rsk_credit > 0 && rsk_credit % per_block_msat as i64 == 0,
+        "rsk: {miner}"
+    );
+    let namecoin_before = credited(&miner, "namecoin", "nc1miner");
     // Only their own chain settles aux blocks: the aux node never orphans one, so none is
     // orphaned (Bitcoin's tracker, whose heights mean nothing for them, leaves them alone).
     let orphaned = chain_blocks(api, "namecoin")
@@ -270,4 +345,31 @@ commons.rsk = "r-commons"
         pool.log_text()
     );
     namecoin.ledger(|l| assert!(l.refused.is_empty(), "{:?}", l.refused));
+    // Nothing credited before it went away is lost.
+    let miner = miner_json(api, &miner_address).await;
+    assert!(
+        credited(&miner, "namecoin", "nc1miner") >= namecoin_before,
+        "namecoin credits after the outage: {miner}"
+    );
+}
+
+async fn miner_json(api: u16, address: &str) -> Value {
+    reqwest::get(format!("http://127.0.0.1:{api}/api/miners/{address}"))
+        .await
+        .expect("miner")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// What `/api/miners/{address}` shows credited on `chain` to `payee`, millisatoshis.
+fn credited(miner: &Value, chain: &str, payee: &str) -> i64 {
+    miner["merged"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["chain"] == chain && m["address"] == payee)
+        })
+        .map(|m| m["mature_msat"].as_i64().unwrap_or(0) + m["immature_msat"].as_i64().unwrap_or(0))
+        .unwrap_or(0)
 }

@@ -1,10 +1,11 @@
 //! An AuxPoW chain's node for the tests, speaking Namecoin Core's mining RPC
-//! (`createauxblock`, `submitauxblock`, `getblockheader`) and applying the checks Namecoin Core
+//! (`createauxblock`, `submitauxblock`, `getblockheader`) and wallet RPC (`validateaddress`,
+//! `sendmany`, `listtransactions`, `gettransaction`), and applying the checks Namecoin Core
 //! applies to a submitted AuxPoW: `CAuxPow::check` (through `quarry_work::auxpow`, a port of
 //! it) and the proof of work against the aux block's own bits. No Namecoin node is in the
 //! registries; Quarry is also run against a real Namecoin Core (see the README).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -32,11 +33,27 @@ pub struct Ledger {
     pub refused: Vec<String>,
     /// Valid proofs for a block whose parent is no longer the tip.
     pub stale: u32,
+    /// Wallet sends: (comment, what each address got in satoshis).
+    pub sent: Vec<(String, BTreeMap<String, u64>)>,
+    /// `sendmany` calls, whether or not they paid.
+    pub sendmany_calls: u32,
+}
+
+impl Ledger {
+    /// Satoshis the wallet sent to `address`, all payouts together.
+    pub fn paid_to(&self, address: &str) -> u64 {
+        self.sent
+            .iter()
+            .filter_map(|(_, outputs)| outputs.get(address))
+            .sum()
+    }
 }
 
 struct Node {
     chain_id: u32,
     bits: u32,
+    /// What every address of this chain starts with (`validateaddress`).
+    prefix: String,
     ledger: Mutex<Ledger>,
 }
 
@@ -49,11 +66,13 @@ pub struct AuxNode {
 }
 
 impl AuxNode {
-    /// A node for chain `chain_id` whose blocks need `bits`.
-    pub async fn start(chain_id: u32, bits: u32) -> AuxNode {
+    /// A node for chain `chain_id` whose blocks need `bits` and whose addresses start with
+    /// `prefix`.
+    pub async fn start(chain_id: u32, bits: u32, prefix: &str) -> AuxNode {
         let node = Arc::new(Node {
             chain_id,
             bits,
+            prefix: prefix.to_string(),
             ledger: Mutex::new(Ledger {
                 height: 100,
                 ..Ledger::default()
@@ -209,12 +228,78 @@ async fn rpc(
             };
             json!({"hash": hash, "height": height, "confirmations": ledger.height - height})
         }
+        "validateaddress" => {
+            let address = params[0].as_str().unwrap_or("");
+            json!({"isvalid": address.starts_with(&node.prefix), "address": address})
+        }
+        "sendmany" => {
+            ledger.sendmany_calls += 1;
+            let (Some(outputs), Some(comment)) = (params[1].as_object(), params[3].as_str()) else {
+                return error(
+                    -1,
+                    "sendmany \"\" amounts minconf comment subtractfeefrom",
+                    &id,
+                );
+            };
+            let mut paid = BTreeMap::new();
+            for (address, amount) in outputs {
+                if !address.starts_with(&node.prefix) {
+                    return error(-5, &format!("Invalid address: {address}"), &id);
+                }
+                // Amounts as the exact 8-decimal strings Core parses.
+                let Some(sat) = amount.as_str().and_then(sat_from_coin_string) else {
+                    return error(-3, "Invalid amount", &id);
+                };
+                paid.insert(address.clone(), sat);
+            }
+            let txid = hex::encode(sha256d::Hash::hash(comment.as_bytes()).to_byte_array());
+            ledger.sent.push((comment.to_string(), paid));
+            json!(txid)
+        }
+        "listtransactions" => {
+            let list: Vec<Value> = ledger
+                .sent
+                .iter()
+                .flat_map(|(comment, outputs)| {
+                    let txid = hex::encode(sha256d::Hash::hash(comment.as_bytes()).to_byte_array());
+                    outputs.iter().map(move |(address, sat)| {
+                        json!({"txid": txid, "comment": comment, "category": "send",
+                               "address": address, "amount": -(*sat as f64) / 1e8})
+                    })
+                })
+                .collect();
+            json!(list)
+        }
+        "gettransaction" => {
+            let txid = params[0].as_str().unwrap_or("");
+            let Some((_, outputs)) = ledger.sent.iter().find(|(comment, _)| {
+                hex::encode(sha256d::Hash::hash(comment.as_bytes()).to_byte_array()) == txid
+            }) else {
+                return error(-5, "Invalid or non-wallet transaction id", &id);
+            };
+            let details: Vec<Value> = outputs
+                .iter()
+                .map(|(address, sat)| json!({"address": address, "category": "send", "amount": -(*sat as f64) / 1e8}))
+                .collect();
+            json!({"txid": txid, "details": details})
+        }
         other => return error(-32601, &format!("Method not found: {other}"), &id),
     };
     (
         StatusCode::OK,
         Json(json!({"result": result, "error": null, "id": id})),
     )
+}
+
+/// `"12.34500000"` → 1,234,500,000.
+fn sat_from_coin_string(text: &str) -> Option<u64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 8 {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let fraction: u64 = format!("{fraction:0<8}").parse().ok()?;
+    whole.checked_mul(100_000_000)?.checked_add(fraction)
 }
 
 /// An RSK node for the tests: `mnr_getWork` and `mnr_submitBitcoinBlockPartialMerkle`, with
@@ -233,15 +318,20 @@ pub struct RskNode {
 pub struct RskLedger {
     /// Work units handed out (the last 20 are kept, as rskj does).
     pub issued: Vec<[u8; 32]>,
-    /// Blocks imported, by RSK hash.
+    /// Blocks imported, by merged-mining hash.
     pub imported: Vec<[u8; 32]>,
+    /// The blocks built from them: (RSK block hash, height).
+    pub blocks: Vec<([u8; 32], u64)>,
     /// Submissions per RSK hash.
     pub submissions: HashMap<[u8; 32], u32>,
     /// Why submissions were refused.
     pub refused: Vec<String>,
-    /// The current work's number: a new one after every import.
+    /// The tip's height: one more after every import, or [`RskNode::mine`].
     pub number: u64,
 }
+
+/// What the RSK test node offers the miner per block, 1e-18 RBTC: 0.123 RBTC.
+pub const RSK_FEES_WEI: &str = "123000000000000000";
 
 impl RskNode {
     /// A node whose blocks need the Bitcoin hash to meet `bits`.
@@ -268,6 +358,11 @@ impl RskNode {
     /// The URL for `[[aux]] url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `n` blocks on top, from other miners.
+    pub fn mine(&self, n: u64) {
+        self.state.lock().expect("lock").number += n;
     }
 
     /// A look at what it has seen.
@@ -311,7 +406,7 @@ async fn rsk_rpc(
             json!({
                 "blockHashForMergedMining": format!("0x{}", hex::encode(hash)),
                 "target": format!("0x{}", hex::encode(be)),
-                "feesPaidToMiner": "0",
+                "feesPaidToMiner": RSK_FEES_WEI,
                 "notify": true,
                 "parentBlockHash": format!("0x{}", hex::encode(rsk_hash(ledger.number.wrapping_sub(1)))),
             })
@@ -372,10 +467,30 @@ async fn rsk_rpc(
                 Ok(()) => {
                     ledger.imported.push(hash);
                     ledger.number += 1;
+                    // The block's own hash covers the Bitcoin proof: not the merged-mining hash.
+                    let block =
+                        sha256d::Hash::hash(&[&b"block"[..], &hash].concat()).to_byte_array();
+                    let height = ledger.number;
+                    ledger.blocks.push((block, height));
                     json!({"blockImportedResult": hex::encode("IMPORTED_BEST"),
-                           "blockHash": format!("0x{}", hex::encode(hash)),
-                           "blockIncludedHeight": ledger.number})
+                           "blockHash": format!("0x{}", hex::encode(block)),
+                           "blockIncludedHeight": format!("0x{height:x}")})
                 }
+            }
+        }
+        "eth_blockNumber" => json!(format!("0x{:x}", ledger.number)),
+        "eth_getBlockByNumber" => {
+            let height = params[0]
+                .as_str()
+                .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+                .unwrap_or(u64::MAX);
+            match ledger.blocks.iter().find(|(_, h)| *h == height) {
+                Some((block, _)) => json!({"hash": format!("0x{}", hex::encode(block)),
+                                           "number": format!("0x{height:x}")}),
+                None if height <= ledger.number => json!({
+                    "hash": format!("0x{}", hex::encode(rsk_hash(height ^ 0xffff))),
+                    "number": format!("0x{height:x}")}),
+                None => Value::Null,
             }
         }
         other => return error(-32601, &format!("Method not found: {other}"), &id),
