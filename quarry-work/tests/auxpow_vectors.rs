@@ -1,6 +1,8 @@
 //! Merged mining: the vectors V1–V7 of the merged-mining note, every `CAuxPow::check` failure,
 //! a pool job carrying both commitments end to end, and property tests against a second
-//! verifier written from the note's text alone (module `independent`).
+//! verifier written from the note's text alone (module `independent`, in `independent/mod.rs`).
+
+mod independent;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +32,13 @@ const V2_AUX_HASH: &str = "7926398947f332fe534b15c628ff0cd9dc6f7d3ea59c74801dc75
 
 /// V6: rskj#1216's `merkleHashesHex`, corrected to internal order.
 const V6_MERKLE_HASHES: &str = "151d59f5d9c5a1630dc7c2bf864c677b4edd5bba8179ecb9daea7f843ad6edc0 0ec7df19f8d9008b666219743fd28e328bef5b14e18a8de3d9e6ca80b463cf9c 3d3c8683969966f288d326a2ed7bf6c70f6ff8cf0b90b7faa473a4d7b531b9d7 aebcf9e4a4139a648b69e79eb5aa82ccb2e52433a0499258f7819c2872429569 3ebfb78e431325bb57c1d10471675b15a76e8afa72088b1fad84f5e315bd5b80 9cd5e8d45776324248de99f8413a5b19854257f9072001010c4a58143707daee";
+
+/// V6: rskj#1216's `blockHeaderHex` and `coinbaseHex`, as posted: the tag is at byte 275 of the
+/// 320-byte coinbase, 4 bytes before its end, and the BTC hash is `000000000000a8c3…34909b9e`.
+const V6_HEADER: &str = "00008020b97ca7cf024293f5ed3274181e32f0f7a43ef1f229a091e6da0200000000000051642669bcb5e866b4d5c021f8f94a4397e8eb87dc763cde402a2c38ac6206ad6c46995ee09f0a1a407a4988";
+const V6_COINBASE: &str = "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff5b03473d1a046d46995e2f70702e636f6d2ffabe6d6d6b23c75620eb00835bcd424492a5465bbbc9716ef80af8228b42c95fd3d5bc49010000000000000020e939c80756e35e391e4b87fba457d910255be980006336010000000000ffffffff04fe362c010000000017a914eca6d10aa55062bd09574783489e3001f9717c69870000000000000000266a24b9e11b6d0f7c61dc75324c142730fd0edaf90417ad475e9fa09482c010afa5fed88261180000000000000000266a24aa21a9ed34f53d51bd9411ed8e9f9a1ea091460d890be4a2bdfb30fb52b385250c82b44a00000000000000002b6a2952534b424c4f434b3a49800bf3433de624db9d89fd5fb9034b7c4cb540d25dbe44653b58160006f50363673c8f";
+/// The RSK hash V6's tag carries.
+const V6_RSK_HASH: &str = "49800bf3433de624db9d89fd5fb9034b7c4cb540d25dbe44653b58160006f503";
 
 /// Regtest's `bits` (target 7fffff00…).
 const REGTEST_BITS: u32 = 0x207f_ffff;
@@ -266,6 +275,235 @@ fn v6_rsk_partial_merkle_hashes_reach_the_header_root() {
         partial_merkle_params(&header, &coinbase, branch, 3000)[4],
         "bb8"
     );
+}
+
+/// V6 as rskj#1216 should have sent it: the posted header and coinbase, the corrected hashes.
+fn v6_params() -> [String; 5] {
+    let header = unhex(V6_HEADER);
+    [
+        to_display_hex(&sha256d(&header)),
+        V6_HEADER.into(),
+        V6_COINBASE.into(),
+        V6_MERKLE_HASHES.into(),
+        "6".into(),
+    ]
+}
+
+#[test]
+fn v6_rsk_submission_passes_the_independent_checker() {
+    let params = v6_params();
+    assert!(params[0].starts_with("000000000000a8c3") && params[0].ends_with("34909b9e"));
+    let rsk_hash = hash32(V6_RSK_HASH);
+    let coinbase = unhex(V6_COINBASE);
+    assert_eq!(coinbase.len(), 320);
+    assert_eq!(find(&coinbase, b"RSKBLOCK:"), Some(275));
+    assert_eq!(hex::encode(sha256d(&coinbase)), V6_MERKLE_HASHES[..64]);
+    assert_eq!(
+        quarry_work::rsk::check_coinbase(&coinbase, &rsk_hash),
+        Ok(())
+    );
+    // All-0xff: only the structure is checked.
+    assert_eq!(
+        independent::check_rsk(&params, &rsk_hash, &[0xff; 32]),
+        Ok(())
+    );
+
+    // The builder's arguments for the same share are the vector's.
+    let header: [u8; 80] = unhex(V6_HEADER).try_into().expect("80 bytes");
+    let branch: Vec<Hash32> = V6_MERKLE_HASHES.split(' ').skip(1).map(hash32).collect();
+    assert_eq!(
+        partial_merkle_params(&header, &coinbase, &branch, 6),
+        params
+    );
+
+    // Proof of work, big-endian target against the hash as a number: the hash itself is the
+    // hardest target it meets.
+    let mut at_hash: [u8; 32] = unhex(&params[0]).try_into().expect("32 bytes");
+    assert_eq!(independent::check_rsk(&params, &rsk_hash, &at_hash), Ok(()));
+    let last = at_hash.iter().rposition(|&b| b != 0).expect("non-zero");
+    at_hash[last] -= 1;
+    assert!(independent::check_rsk(&params, &rsk_hash, &at_hash).is_err());
+    // It was an RSK solution only: the header's own (testnet) bits are harder.
+    let bits = u32::from_le_bytes(header[72..76].try_into().expect("4 bytes"));
+    let mut btc = Target::from_compact(bits).to_le_bytes();
+    btc.reverse();
+    assert!(independent::check_rsk(&params, &rsk_hash, &btc).is_err());
+    // Another RSK hash is refused.
+    assert!(independent::check_rsk(&params, &[0x49; 32], &[0xff; 32]).is_err());
+}
+
+/// A parent coinbase with `script` as its scriptSig and `outputs` (value, scriptPubKey).
+fn coinbase_with_outputs(script: &[u8], outputs: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut tx = vec![1, 0, 0, 0, 1];
+    tx.extend_from_slice(&[0; 32]);
+    tx.extend_from_slice(&[0xff; 4]);
+    assert!(script.len() < 0xfd && outputs.len() < 0xfd);
+    tx.push(script.len() as u8);
+    tx.extend_from_slice(script);
+    tx.extend_from_slice(&[0xff; 4]);
+    tx.push(outputs.len() as u8);
+    for (value, script_pubkey) in outputs {
+        assert!(script_pubkey.len() < 0xfd);
+        tx.extend_from_slice(&value.to_le_bytes());
+        tx.push(script_pubkey.len() as u8);
+        tx.extend_from_slice(script_pubkey);
+    }
+    tx.extend_from_slice(&[0; 4]);
+    tx
+}
+
+/// `6a 29 RSKBLOCK: <hash>`.
+fn rsk_tag_script(hash: &Hash32) -> Vec<u8> {
+    [&[0x6a, 0x29][..], b"RSKBLOCK:", hash].concat()
+}
+
+/// The five arguments for `coinbase` under a header built around it and V6's branch.
+fn rsk_params_for(coinbase: &[u8]) -> [String; 5] {
+    let branch: Vec<Hash32> = V6_MERKLE_HASHES.split(' ').skip(1).map(hash32).collect();
+    let header = header_for(coinbase, &branch, BIP9_VERSION);
+    let txid = sha256d(coinbase);
+    let hashes: Vec<String> = std::iter::once(&txid)
+        .chain(&branch)
+        .map(hex::encode)
+        .collect();
+    [
+        to_display_hex(&sha256d(&header)),
+        hex::encode(header),
+        hex::encode(coinbase),
+        hashes.join(" "),
+        "6".into(),
+    ]
+}
+
+const RSK_HASH: Hash32 = [0x3c; 32];
+
+/// A payout then the tag, the convention (btcpool).
+fn rsk_outputs() -> Vec<(u64, Vec<u8>)> {
+    vec![(5_000_000_000, vec![0x51]), (0, rsk_tag_script(&RSK_HASH))]
+}
+
+#[test]
+fn rsk_checker_takes_the_last_tag_only() {
+    let script = [3, 0x10, 0x27, 0x00];
+    let good = coinbase_with_outputs(&script, &rsk_outputs());
+    assert_eq!(
+        independent::check_rsk(&rsk_params_for(&good), &RSK_HASH, &[0xff; 32]),
+        Ok(())
+    );
+    // A pool tag holding `RSKBLOCK:` and another hash earlier in the coinbase does not matter.
+    let early = [&script[..], b"RSKBLOCK:", &[0x77; 32]].concat();
+    let coinbase = coinbase_with_outputs(&early, &rsk_outputs());
+    assert_eq!(
+        independent::check_rsk(&rsk_params_for(&coinbase), &RSK_HASH, &[0xff; 32]),
+        Ok(())
+    );
+    // A later tag with another hash hides ours.
+    let mut outputs = rsk_outputs();
+    outputs.push((0, rsk_tag_script(&[0x77; 32])));
+    let coinbase = coinbase_with_outputs(&script, &outputs);
+    assert!(quarry_work::rsk::check_coinbase(&coinbase, &RSK_HASH).is_err());
+    assert!(independent::check_rsk(&rsk_params_for(&coinbase), &RSK_HASH, &[0xff; 32]).is_err());
+    // So does a bare `RSKBLOCK:` after ours (in an output, say), even with too few bytes after.
+    let mut outputs = rsk_outputs();
+    outputs.push((0, [&[0x6a, 0x09][..], b"RSKBLOCK:"].concat()));
+    let coinbase = coinbase_with_outputs(&script, &outputs);
+    assert!(quarry_work::rsk::check_coinbase(&coinbase, &RSK_HASH).is_err());
+    assert!(independent::check_rsk(&rsk_params_for(&coinbase), &RSK_HASH, &[0xff; 32]).is_err());
+    // No tag at all.
+    let coinbase = coinbase_with_outputs(&script, &rsk_outputs()[..1]);
+    assert!(independent::check_rsk(&rsk_params_for(&coinbase), &RSK_HASH, &[0xff; 32]).is_err());
+}
+
+#[test]
+fn rsk_checker_allows_128_bytes_after_the_hash_and_no_more() {
+    let script = [3, 0x10, 0x27, 0x00];
+    // After the tag's hash: an output of 8 + 1 + len bytes, then the 4-byte lock time.
+    for (len, ok) in [(0usize, true), (115, true), (116, false), (200, false)] {
+        let mut outputs = rsk_outputs();
+        outputs.push((0, vec![0x6a; len]));
+        let coinbase = coinbase_with_outputs(&script, &outputs);
+        let independent =
+            independent::check_rsk(&rsk_params_for(&coinbase), &RSK_HASH, &[0xff; 32]);
+        assert_eq!(
+            independent.is_ok(),
+            ok,
+            "{} bytes after: {independent:?}",
+            13 + len
+        );
+        assert_eq!(
+            quarry_work::rsk::check_coinbase(&coinbase, &RSK_HASH).is_ok(),
+            ok,
+            "the module agrees"
+        );
+    }
+}
+
+#[test]
+fn rsk_checker_refuses_a_wrong_branch() {
+    let coinbase = coinbase_with_outputs(&[3, 0x10, 0x27, 0x00], &rsk_outputs());
+    let params = rsk_params_for(&coinbase);
+    let check = |merkle_hashes: String| {
+        let mut params = params.clone();
+        params[3] = merkle_hashes;
+        independent::check_rsk(&params, &RSK_HASH, &[0xff; 32])
+    };
+    assert_eq!(check(params[3].clone()), Ok(()));
+    let hashes: Vec<&str> = params[3].split(' ').collect();
+    // One branch hash changed.
+    let mut flipped: Vec<String> = hashes.iter().map(|h| h.to_string()).collect();
+    flipped[3] = hex::encode(hash32(hashes[3]).map(|b| b ^ 1));
+    assert!(check(flipped.join(" ")).is_err());
+    // A branch hash missing.
+    assert!(check(hashes[..hashes.len() - 1].join(" ")).is_err());
+    // Pitfall 3: the branch in display order, with or without the txid.
+    let mut display: Vec<String> = hashes.iter().map(|h| to_display_hex(&hash32(h))).collect();
+    assert!(check(display.join(" ")).is_err());
+    display[0] = hashes[0].to_string();
+    assert!(check(display.join(" ")).is_err());
+    // The first entry must be the coinbase txid even though the fold starts from it.
+    let mut first = hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+    first[0] = hex::encode([0u8; 32]);
+    assert!(check(first.join(" ")).is_err());
+    // Comma-separated, or empty.
+    assert!(check(hashes.join(",")).is_err());
+    assert!(check(String::new()).is_err());
+}
+
+#[test]
+fn rsk_checker_refuses_malformed_arguments() {
+    let coinbase = coinbase_with_outputs(&[3, 0x10, 0x27, 0x00], &rsk_outputs());
+    let params = rsk_params_for(&coinbase);
+    let check = |index: usize, value: String| {
+        let mut params = params.clone();
+        params[index] = value;
+        independent::check_rsk(&params, &RSK_HASH, &[0xff; 32])
+    };
+    assert!(check(0, format!("0x{}", params[0])).is_err());
+    assert!(check(1, format!("0x{}", params[1])).is_err());
+    assert!(
+        check(1, format!("{}00", params[1])).is_err(),
+        "81-byte header"
+    );
+    assert!(
+        check(2, format!("{}00", params[2])).is_err(),
+        "bytes after the tx"
+    );
+    assert!(check(4, "0x6".into()).is_err());
+    assert!(check(4, "".into()).is_err());
+    assert!(check(4, "80000000".into()).is_err(), "beyond Java's int");
+    assert_eq!(check(4, "bb8".into()), Ok(()));
+    // A coinbase of 64 bytes or less.
+    let short = coinbase_with_outputs(&[0; 2], &[]);
+    assert!(short.len() <= 64);
+    assert!(independent::check_rsk(&rsk_params_for(&short), &RSK_HASH, &[0xff; 32]).is_err());
+    // The witness serialization (marker 0, flag 1) is not the non-witness tx rskj hashes.
+    let mut witness = coinbase[..4].to_vec();
+    witness.extend_from_slice(&[0, 1]);
+    witness.extend_from_slice(&coinbase[4..coinbase.len() - 4]);
+    witness.extend_from_slice(&[1, 32]);
+    witness.extend_from_slice(&[0; 32]);
+    witness.extend_from_slice(&[0; 4]);
+    assert!(independent::check_rsk(&rsk_params_for(&witness), &RSK_HASH, &[0xff; 32]).is_err());
 }
 
 #[test]
@@ -804,6 +1042,12 @@ fn a_share_of_a_job_with_both_commitments_proves_both() {
         "rskj's fold reproduces the header's merkle root"
     );
     assert_eq!(params[4], format!("{:x}", template.tx_count + 1));
+    let mut target_be = rsk.target.to_le_bytes();
+    target_be.reverse();
+    assert_eq!(
+        independent::check_rsk(&params, &rsk.block_hash, &target_be),
+        Ok(())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,212 +1232,5 @@ proptest! {
                 hex::encode(&script), module, independent
             );
         }
-    }
-}
-
-/// A second AuxPoW checker, written from the merged-mining note's §1–2 alone: its own parser,
-/// the note's 64-bit slot formula, and only `bitcoin::hashes` for SHA-256d. It shares no code
-/// with `quarry_work::auxpow`, so the two agreeing is evidence that both read the note right.
-mod independent {
-    use bitcoin::hashes::{sha256d, Hash};
-
-    fn dsha(data: &[u8]) -> [u8; 32] {
-        sha256d::Hash::hash(data).to_byte_array()
-    }
-
-    fn dsha_pair(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-        let mut both = [0u8; 64];
-        both[..32].copy_from_slice(left);
-        both[32..].copy_from_slice(right);
-        dsha(&both)
-    }
-
-    /// §3, Namecoin's 64-bit form.
-    pub fn expected_index(nonce: u32, chain_id: u32, h: u32) -> u64 {
-        let modulus = 1u64 << h;
-        let mut rand = u64::from(nonce);
-        rand = (rand * 1103515245 + 12345) % modulus;
-        rand += u64::from(chain_id);
-        (rand * 1103515245 + 12345) % modulus
-    }
-
-    struct Cursor<'a> {
-        bytes: &'a [u8],
-        at: usize,
-    }
-
-    impl<'a> Cursor<'a> {
-        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-            let end = self.at.checked_add(n).ok_or("overflow")?;
-            let out = self.bytes.get(self.at..end).ok_or("truncated")?;
-            self.at = end;
-            Ok(out)
-        }
-
-        fn u32le(&mut self) -> Result<u32, String> {
-            Ok(u32::from_le_bytes(
-                self.take(4)?.try_into().map_err(|_| "u32")?,
-            ))
-        }
-
-        fn compact(&mut self) -> Result<u64, String> {
-            let first = self.take(1)?[0];
-            let (value, min) = match first {
-                0xfd => (
-                    u64::from(u16::from_le_bytes(
-                        self.take(2)?.try_into().map_err(|_| "u16")?,
-                    )),
-                    0xfd,
-                ),
-                0xfe => (u64::from(self.u32le()?), 0x10000),
-                0xff => (
-                    u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "u64")?),
-                    0x1_0000_0000,
-                ),
-                n => return Ok(u64::from(n)),
-            };
-            if value < min {
-                return Err("non-canonical compact size".into());
-            }
-            Ok(value)
-        }
-
-        fn hashes(&mut self) -> Result<Vec<[u8; 32]>, String> {
-            let n = self.compact()?;
-            if n > 1000 {
-                return Err("absurd branch".into());
-            }
-            (0..n)
-                .map(|_| Ok(self.take(32)?.try_into().map_err(|_| "hash")?))
-                .collect()
-        }
-    }
-
-    /// A non-witness transaction: returns (txid, vin[0].scriptSig).
-    fn parse_coinbase(cursor: &mut Cursor<'_>) -> Result<([u8; 32], Vec<u8>), String> {
-        let start = cursor.at;
-        cursor.take(4)?; // version
-        let inputs = cursor.compact()?;
-        if inputs == 0 {
-            // Either an empty vin (§1: refused) or the witness form, which Quarry never sends.
-            return Err("vin is empty".into());
-        }
-        let mut first_script = None;
-        for _ in 0..inputs {
-            cursor.take(36)?; // prevout
-            let len = cursor.compact()?;
-            let script = cursor.take(usize::try_from(len).map_err(|_| "len")?)?;
-            first_script.get_or_insert_with(|| script.to_vec());
-            cursor.take(4)?; // sequence
-        }
-        let outputs = cursor.compact()?;
-        for _ in 0..outputs {
-            cursor.take(8)?;
-            let len = cursor.compact()?;
-            cursor.take(usize::try_from(len).map_err(|_| "len")?)?;
-        }
-        cursor.take(4)?; // lock time
-        let raw = &cursor.bytes[start..cursor.at];
-        Ok((dsha(raw), first_script.ok_or("no input")?))
-    }
-
-    fn positions(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
-        haystack
-            .windows(needle.len())
-            .enumerate()
-            .filter(|(_, w)| *w == needle)
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    /// §1 field table, §1 checks, §2 rules, in the note's words.
-    pub fn check(
-        auxpow: &[u8],
-        aux_hash_display_hex: &str,
-        chain_id: u32,
-        strict: bool,
-    ) -> Result<(), String> {
-        let mut cursor = Cursor {
-            bytes: auxpow,
-            at: 0,
-        };
-        let (txid, script_sig) = parse_coinbase(&mut cursor)?;
-        cursor.take(32)?; // hashBlock, never checked
-        let merkle_branch = cursor.hashes()?;
-        cursor.take(4)?; // nIndex, ignored
-        let chain_branch = cursor.hashes()?;
-        let chain_index = cursor.u32le()? as i32;
-        let parent: [u8; 80] = cursor.take(80)?.try_into().map_err(|_| "header")?;
-        if cursor.at != auxpow.len() {
-            return Err("trailing bytes".into());
-        }
-
-        let version = i32::from_le_bytes(parent[0..4].try_into().map_err(|_| "version")?);
-        if version & 0x100 != 0 {
-            return Err("auxpow parent block has auxpow version".into());
-        }
-        if strict && i64::from(version / 65536) == i64::from(chain_id) {
-            return Err("parent has our chain id".into());
-        }
-        if chain_branch.len() > 30 {
-            return Err("chain merkle branch too long".into());
-        }
-        // Coinbase: fold the txid with vMerkleBranch at index 0.
-        let mut h = txid;
-        for b in &merkle_branch {
-            h = dsha_pair(&h, b);
-        }
-        if h[..] != parent[36..68] {
-            return Err("coinbase not in the parent merkle root".into());
-        }
-        // Aux root: from the aux hash in internal order, fold by nChainIndex's bits, reverse.
-        let mut h: [u8; 32] = hex::decode(aux_hash_display_hex)
-            .map_err(|_| "aux hash hex")?
-            .try_into()
-            .map_err(|_| "aux hash length")?;
-        h.reverse();
-        let mut i = chain_index;
-        for b in &chain_branch {
-            h = if i & 1 != 0 {
-                dsha_pair(b, &h)
-            } else {
-                dsha_pair(&h, b)
-            };
-            i >>= 1;
-        }
-        h.reverse();
-        let root = h;
-
-        // §2 rule 1: the first occurrence of the root.
-        let Some(&pc) = positions(&script_sig, &root).first() else {
-            return Err("missing chain merkle root".into());
-        };
-        // Rules 2 and 3.
-        let magics = positions(&script_sig, &[0xfa, 0xbe, 0x6d, 0x6d]);
-        if let Some(&head) = magics.first() {
-            if magics.len() != 1 {
-                return Err("multiple merged mining headers".into());
-            }
-            if head + 4 != pc {
-                return Err("root not immediately after the magic".into());
-            }
-        } else if pc > 20 {
-            return Err("legacy root beyond byte 20".into());
-        }
-        // Rule 4.
-        let rest = &script_sig[pc + 32..];
-        if rest.len() < 8 {
-            return Err("fewer than 8 bytes after the root".into());
-        }
-        let size = u32::from_le_bytes(rest[0..4].try_into().map_err(|_| "size")?);
-        let nonce = u32::from_le_bytes(rest[4..8].try_into().map_err(|_| "nonce")?);
-        let m = chain_branch.len() as u32;
-        if u64::from(size) != 1u64 << m {
-            return Err("size is not 1 << m".into());
-        }
-        if i64::from(chain_index) != expected_index(nonce, chain_id, m) as i64 {
-            return Err("wrong chain index".into());
-        }
-        Ok(())
     }
 }
