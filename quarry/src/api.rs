@@ -436,17 +436,17 @@ async fn openapi() -> Json<Value> {
             "/api/pool": get("Pool hashrate, miners, blocks, effort, time to block"),
             "/api/network": get("Height, network difficulty, template age"),
             "/api/miners/{address}": {"get": {
-                "summary": "One miner: hashrate, workers, balance, payments",
+                "summary": "One miner: hashrate, workers, balance, payments, and merged: its balance on each merge-mined chain (with the address credited)",
                 "parameters": [{"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "OK"}, "404": {"description": "Unknown miner"}}
             }},
             "/api/workers": get("Active workers"),
             "/api/blocks": get("Found blocks of every chain, newest first (?limit=&chain=)"),
             "/api/chains": get("Bitcoin and each merge-mined chain: node up, blocks by status, credits"),
-            "/api/payments": get("Payouts, newest first (?limit=)"),
-            "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected"),
+            "/api/payments": get("Payouts of every chain (each with its chain), newest first (?limit=)"),
+            "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected, MergeMiningReward"),
             "/api/admin/payouts/run": {"post": {
-                "summary": "Run payouts now (Authorization: Bearer <api.admin_token>)",
+                "summary": "Run payouts now on every paid chain (Authorization: Bearer <api.admin_token>)",
                 "responses": {"200": {"description": "OK"}, "401": {"description": "Bad token"}, "403": {"description": "Admin disabled"}}
             }},
             "/metrics": get("Prometheus metrics"),

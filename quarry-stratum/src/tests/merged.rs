@@ -62,7 +62,10 @@ fn check(solutions: &[AuxSolution], template: &WorkTemplate) -> Vec<String> {
                     fees_paid,
                 } => {
                     let rsk = merged.rsk.as_ref().expect("the job has rsk work");
-                    assert_eq!(fees_paid, &rsk.work.fees_paid, "the work's fees are reported");
+                    assert_eq!(
+                        fees_paid, &rsk.work.fees_paid,
+                        "the work's fees are reported"
+                    );
                     assert_eq!((chain, block_hash), (&rsk.chain, &rsk.work.block_hash));
                     let mut target_be = rsk.work.target.to_le_bytes();
                     target_be.reverse();
