@@ -446,7 +446,7 @@ impl AuxKeeper {
             // is the fees it offered the miner, in 1e-8 RBTC.
             AuxSolution::Rsk { fees_paid, .. } => (0, rsk_reward(fees_paid), 0.0),
         };
-        self.save(&chain, &hash, &found).await;
+        self.save(&chain, &hash, &found, None).await;
         let Ok(key) = Chain::new(&chain) else {
             return;
         };
@@ -485,6 +485,15 @@ impl AuxKeeper {
             Ok(Submitted::Refused) => warn!(%chain, %hash, "aux block refused by its node"),
             Err(e) => error!(%chain, %hash, error = %e, "aux block not submitted"),
         }
+        let answer = match &outcome {
+            Ok(Submitted::Taken(None)) => "accepted".to_string(),
+            Ok(Submitted::Taken(Some((block, height)))) => {
+                format!("accepted as {block} at height {height}")
+            }
+            Ok(Submitted::Refused) => "refused".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.save(&chain, &hash, &found, Some(answer)).await;
         let mut record = record;
         if let Ok(Submitted::Taken(Some((real_hash, real_height)))) = &outcome {
             let real_height = i64::try_from(*real_height).unwrap_or(i64::MAX);
@@ -543,14 +552,18 @@ impl AuxKeeper {
         );
     }
 
-    /// Written before it is sent: a crash mid-submission loses no proof.
-    async fn save(&self, chain: &str, hash: &str, found: &FoundAux) {
-        let body = match &found.solution {
+    /// Written before it is sent (a crash mid-submission loses no proof), and again with the
+    /// node's answer.
+    async fn save(&self, chain: &str, hash: &str, found: &FoundAux, answer: Option<String>) {
+        let mut body = match &found.solution {
             AuxSolution::AuxPow { block, auxpow } => json!({
                 "method": "submitauxblock", "params": [block.hash.to_string(), hex::encode(auxpow)]}),
             AuxSolution::Rsk { params, .. } => json!({
                 "method": "mnr_submitBitcoinBlockPartialMerkle", "params": params}),
         };
+        if let Some(answer) = answer {
+            body["answer"] = json!(answer);
+        }
         let path = self.dir.join(format!("{chain}-{hash}.json"));
         let write = async {
             tokio::fs::create_dir_all(&self.dir).await?;

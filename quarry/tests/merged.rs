@@ -264,6 +264,22 @@ commons.rsk = "r-commons"
         "payouts carry their chain: {payouts}"
     );
 
+    // Every submission is kept with its node's answer.
+    let kept: Vec<Value> = std::fs::read_dir(dir.join("data").join("aux"))
+        .expect("data_dir/aux")
+        .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    let kept_accepted = kept
+        .iter()
+        .filter(|k| k["method"] == "submitauxblock" && k["answer"] == "accepted")
+        .count();
+    assert!(
+        kept_accepted >= taken.len(),
+        "{kept_accepted} kept accepted submissions, {} namecoin blocks taken",
+        taken.len()
+    );
+
     // RSK blocks: credited the fees rskj offered (in 1e-8 RBTC, less 1 %), and matured on
     // RSK's own chain by hash and height, as rskj named the block on import.
     rsk.mine(2);
