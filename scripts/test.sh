@@ -73,6 +73,11 @@ fi
 export QUARRY_POOL_SV2="$sri_root/bin/pool_sv2"
 rm -rf "$sri_root/target"
 
+# Every fuzz target, briefly, from the committed corpus: a target that no longer builds or
+# crashes on its corpus fails the run (cargo-fuzz 0.13.2 from crates.io on the nightly toolchain).
+say "fuzz targets (cargo-fuzz, 20 s each)"
+timed "fuzz" scripts/fuzz.sh check 20
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

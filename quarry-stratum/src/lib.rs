@@ -20,6 +20,8 @@ pub mod v2;
 pub mod worker;
 
 #[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing;
+#[cfg(any(test, feature = "testkit"))]
 #[allow(missing_docs)]
 pub mod testkit;
 #[cfg(test)]

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Fuzzing with cargo-fuzz (crates.io, pinned) on the nightly toolchain.
+#
+#   scripts/fuzz.sh install                   cargo-fuzz into ~/.cache/quarry/cargo-fuzz
+#   scripts/fuzz.sh check [SECONDS]           every target SECONDS (default 20) from the
+#                                             committed corpus, new inputs to a scratch dir (CI)
+#   scripts/fuzz.sh campaign SECONDS [T...]   each target (or T...) SECONDS into a kept corpus
+#                                             (target/fuzz-campaign), then prints a summary
+#   scripts/fuzz.sh minimize [T...]           merges the campaign corpus into fuzz/corpus (cmin)
+#
+# A crash stops the run and leaves its input under target/fuzz-artifacts/<target>/; keep it in
+# fuzz/regressions/<target>/ once fixed: quarry-stratum/tests/fuzz_corpus.rs replays it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.2
+root=${QUARRY_CARGO_FUZZ_ROOT:-$HOME/.cache/quarry/cargo-fuzz}
+export PATH="$root/bin:$PATH"
+targets_all=$(ls fuzz/fuzz_targets | sed 's/\.rs$//')
+
+install() {
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo-fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+        cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$root"
+    fi
+}
+
+# run <target> <seconds> <corpus dir to write> [read-only corpus dirs...]: prints one summary line.
+run() {
+    local target=$1 seconds=$2 out=$3 log
+    shift 3
+    mkdir -p "$out" "target/fuzz-artifacts/$target"
+    log=$(mktemp)
+    if ! cargo +nightly fuzz run "$target" "$out" "$@" -- \
+        -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="target/fuzz-artifacts/$target/" >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz: $target FAILED; input under target/fuzz-artifacts/$target/" >&2
+        rm -f "$log"
+        return 1
+    fi
+    local execs cov ft corpus
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | grep -o '[0-9]*' || echo 0)
+    ft=$(grep -o 'ft: [0-9]*' "$log" | tail -n1 | grep -o '[0-9]*' || echo 0)
+    corpus=$(ls "$out" | wc -l)
+    printf '%-14s %6ss  %10s execs  cov %6s  ft %6s  corpus %5s\n' \
+        "$target" "$seconds" "$execs" "$cov" "$ft" "$corpus"
+    rm -f "$log"
+}
+
+case ${1:-check} in
+install)
+    install
+    ;;
+check)
+    install
+    seconds=${2:-20}
+    cargo +nightly fuzz build >/dev/null
+    scratch=$(mktemp -d)
+    for target in $targets_all; do
+        # New inputs go to the scratch dir: the committed corpus is only read.
+        run "$target" "$seconds" "$scratch/$target" "fuzz/corpus/$target"
+    done
+    rm -rf "$scratch"
+    ;;
+campaign)
+    install
+    seconds=${2:?seconds per target}
+    shift 2
+    cargo +nightly fuzz build >/dev/null
+    for target in ${*:-$targets_all}; do
+        run "$target" "$seconds" "target/fuzz-campaign/$target" "fuzz/corpus/$target"
+    done
+    ;;
+minimize)
+    install
+    shift
+    for target in ${*:-$targets_all}; do
+        merged=$(mktemp -d)
+        cargo +nightly fuzz cmin "$target" "fuzz/corpus/$target" "target/fuzz-campaign/$target" \
+            -- -merge=1 "$merged" >/dev/null 2>&1 || true
+        # cmin leaves the minimized set in its first directory.
+        echo "$target: $(ls "fuzz/corpus/$target" | wc -l) inputs"
+        rm -rf "$merged"
+    done
+    ;;
+*)
+    echo "usage: scripts/fuzz.sh install | check [SECONDS] | campaign SECONDS [TARGET...] | minimize [TARGET...]" >&2
+    exit 2
+    ;;
+esac
