@@ -14,6 +14,7 @@ pub mod detect;
 pub mod event;
 pub mod pool;
 pub mod proxy;
+pub mod rate;
 mod tip;
 pub mod v1;
 pub mod v2;

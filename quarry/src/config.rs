@@ -409,6 +409,15 @@ pub struct StratumConfig {
     pub max_invalid_lines: u32,
     /// Seconds a write to a miner may block before the miner is dropped.
     pub write_timeout_secs: u64,
+    /// Requests other than shares (subscribe, authorize, ...) per second per connection, on
+    /// average; a connection over its budget is closed.
+    pub control_requests_per_sec: u32,
+    /// ... and back to back.
+    pub control_requests_burst: u32,
+    /// Shares per second per connection, on average.
+    pub submits_per_sec: u32,
+    /// ... and back to back.
+    pub submits_burst: u32,
     /// Hex bytes every extranonce1 of this frontend starts with; frontends sharing a database
     /// must use different ones (e.g. "01", "02").
     pub extranonce1_prefix: String,
@@ -420,10 +429,14 @@ impl Default for StratumConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
             max_connections: 100_000,
             max_connections_per_ip: 2_000,
-            auth_timeout_secs: 60,
+            auth_timeout_secs: 30,
             idle_timeout_secs: 600,
             max_invalid_lines: 5,
             write_timeout_secs: 10,
+            control_requests_per_sec: 2,
+            control_requests_burst: 64,
+            submits_per_sec: 500,
+            submits_burst: 5_000,
             extranonce1_prefix: String::new(),
         }
     }
@@ -554,6 +567,14 @@ impl Config {
             auth_timeout_ms: stratum.auth_timeout_secs.saturating_mul(1000),
             idle_timeout_ms: stratum.idle_timeout_secs.saturating_mul(1000),
             max_invalid_lines: stratum.max_invalid_lines.max(1),
+            control_budget: quarry_stratum::rate::Budget {
+                per_sec: stratum.control_requests_per_sec,
+                burst: stratum.control_requests_burst.max(1),
+            },
+            submit_budget: quarry_stratum::rate::Budget {
+                per_sec: stratum.submits_per_sec,
+                burst: stratum.submits_burst.max(1),
+            },
             ..SessionConfig::default()
         };
         let mut rewards = self.rewards(network)?;

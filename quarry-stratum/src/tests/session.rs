@@ -369,6 +369,47 @@ fn aux_payout_addresses_come_from_the_password_and_ride_on_shares() {
     assert_eq!(share.address, ADDRESS, "Bitcoin credit unchanged");
 }
 
+/// 10,000 pipelined `mining.subscribe` on one connection get at most the burst of answers,
+/// then the connection closes: the pool never answers a flood in bulk.
+#[test]
+fn a_pipelined_request_flood_is_cut_off_at_the_budget() {
+    let mut miner = Miner::new(config());
+    miner.template(template(1, 7, HARD_BITS));
+    let flood: String = (0..10_000)
+        .map(|i| format!("{{\"id\":{i},\"method\":\"mining.subscribe\",\"params\":[]}}\n"))
+        .collect();
+    let answers = miner.send_raw(&flood);
+    let burst = config().control_budget.burst as usize;
+    assert_eq!(answers.len(), burst, "answered up to the burst");
+    let bytes_out: usize = answers.iter().map(|a| a.to_string().len()).sum();
+    assert!(
+        bytes_out < flood.len() / 50,
+        "no amplification: {bytes_out} bytes out"
+    );
+    assert_eq!(miner.closed(), Some(&CloseReason::Flood));
+}
+
+/// A miner within its budget is never cut off: shares at a steady rate, and the control
+/// budget refilling between bursts.
+#[test]
+fn requests_within_the_budget_are_all_answered() {
+    let mut miner = Miner::handshake(config(), HARD_BITS);
+    let job = miner.last_job();
+    let t = ntime(&miner);
+    for _ in 0..200 {
+        // Ten shares a second, far under the submit budget.
+        let (en2, nonce) = miner.find(&job, job.version, t, false);
+        miner.submit(&job, &en2, t, nonce, None);
+        miner.advance(100);
+    }
+    for _ in 0..100 {
+        // One suggest_difficulty a second: under the two a second allowed.
+        miner.call("mining.suggest_difficulty", json!([0.001]));
+        miner.advance(1000);
+    }
+    assert_eq!(miner.closed(), None);
+}
+
 #[test]
 fn session_resume_reuses_extranonce1() {
     let mut first = Miner::new(config());
@@ -467,7 +508,8 @@ fn overlong_line_closes_the_connection() {
 fn unauthenticated_and_idle_connections_time_out() {
     let mut miner = Miner::new(config());
     miner.call("mining.subscribe", json!([]));
-    miner.advance(59_000);
+    // 30 s by default: a subscribe alone does not keep a connection.
+    miner.advance(29_000);
     assert!(miner.closed().is_none());
     miner.advance(2_000);
     assert_eq!(miner.closed(), Some(&CloseReason::AuthTimeout));

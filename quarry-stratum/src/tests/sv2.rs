@@ -344,6 +344,32 @@ fn unsupported_flags_are_listed_in_the_error() {
     assert!(raw.session.close_reason().is_some());
 }
 
+/// A flood of channel opens past the budget (the V1 burst plus a full set of channels) closes
+/// the connection instead of being answered.
+#[test]
+fn a_flood_of_sv2_requests_closes_the_connection() {
+    let mut raw = Raw::connect();
+    raw.setup(flags::REQUIRES_VERSION_ROLLING);
+    let budget = config().control_budget.burst as usize + 1024;
+    let mut answered = 0;
+    for request_id in 0..(budget as u32 + 100) {
+        answered += raw
+            .send(Message::OpenStandardMiningChannel {
+                request_id,
+                user_identity: "not-an-address".into(),
+                nominal_hash_rate: 0.0,
+                max_target: [0xff; 32],
+            })
+            .len();
+        if raw.session.close_reason().is_some() {
+            break;
+        }
+    }
+    assert_eq!(raw.session.close_reason(), Some("request flood"));
+    // The SetupConnection took one token.
+    assert_eq!(answered, budget - 1);
+}
+
 /// SV2 has no password: `address.rig,<chain>=<address>` in user_identity names aux payout
 /// addresses; the channel's worker is the part before the comma, and a bad one is refused.
 #[test]

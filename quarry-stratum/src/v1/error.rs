@@ -123,4 +123,7 @@ pub enum CloseReason {
     /// An accepted share could not be made durable, so it is not acknowledged.
     #[error("share log unavailable: share not recorded")]
     ShareNotRecorded,
+    /// More requests than the connection's budget allows.
+    #[error("request flood")]
+    Flood,
 }

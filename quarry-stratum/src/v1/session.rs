@@ -29,6 +29,7 @@ use crate::accept::{accept, Validated};
 use crate::ack::AckHold;
 use crate::event::Event;
 use crate::pool::{Pool, PoolMode};
+use crate::rate::{Bucket, Budget};
 use crate::tip::Tip;
 use crate::worker::{AuxPayouts, Worker};
 
@@ -57,6 +58,10 @@ pub struct SessionConfig {
     pub max_workers: usize,
     /// Jobs remembered for late shares.
     pub max_jobs: usize,
+    /// Requests other than `mining.submit` (subscribe, authorize, configure, ...).
+    pub control_budget: Budget,
+    /// `mining.submit` requests: far above any vardiff'd miner, even a proxy for a farm.
+    pub submit_budget: Budget,
 }
 
 impl Default for SessionConfig {
@@ -68,11 +73,19 @@ impl Default for SessionConfig {
             version_mask: 0x1fff_e000,
             vardiff: VardiffConfig::default(),
             stale_grace_ms: 2_000,
-            auth_timeout_ms: 60_000,
+            auth_timeout_ms: 30_000,
             idle_timeout_ms: 600_000,
             max_invalid_lines: 5,
             max_workers: 16,
             max_jobs: 16,
+            control_budget: Budget {
+                per_sec: 2,
+                burst: 64,
+            },
+            submit_budget: Budget {
+                per_sec: 500,
+                burst: 5_000,
+            },
         }
     }
 }
@@ -118,6 +131,8 @@ pub struct Session {
     connected_ms: u64,
     last_line_ms: u64,
     invalid_lines: u32,
+    control_bucket: Bucket,
+    submit_bucket: Bucket,
     outbox: VecDeque<String>,
     /// Lines of `outbox` that wait for the share log ([`Session::share_recorded`]).
     hold: AckHold,
@@ -130,6 +145,8 @@ impl Session {
     /// connection that never subscribes holds none.
     pub fn new(config: Arc<SessionConfig>, now: Now) -> Self {
         let vardiff = Vardiff::new(config.vardiff, config.vardiff.start, now.mono_ms);
+        let control_bucket = Bucket::new(config.control_budget, now.mono_ms);
+        let submit_bucket = Bucket::new(config.submit_budget, now.mono_ms);
         Session {
             min_difficulty: config.vardiff.min,
             config,
@@ -147,6 +164,8 @@ impl Session {
             connected_ms: now.mono_ms,
             last_line_ms: now.mono_ms,
             invalid_lines: 0,
+            control_bucket,
+            submit_bucket,
             outbox: VecDeque::new(),
             hold: AckHold::default(),
             events: VecDeque::new(),
@@ -295,6 +314,17 @@ impl Session {
                 return;
             }
         };
+        let within_budget = match request {
+            Request::Submit(_) => self
+                .submit_bucket
+                .take(self.config.submit_budget, now.mono_ms),
+            _ => self
+                .control_bucket
+                .take(self.config.control_budget, now.mono_ms),
+        };
+        if !within_budget {
+            return self.close(CloseReason::Flood);
+        }
         match request {
             Request::Subscribe { session_id, .. } => self.on_subscribe(&id, session_id, pool),
             Request::Authorize { username, password } => {

@@ -26,6 +26,7 @@ use crate::accept::{accept, Validated};
 use crate::ack::AckHold;
 use crate::event::Event;
 use crate::pool::Pool;
+use crate::rate::{Bucket, Budget};
 use crate::tip::Tip;
 use crate::v1::SessionConfig;
 use crate::worker::{AuxPayouts, Worker};
@@ -161,6 +162,8 @@ pub struct PoolSession {
     hold: AckHold,
     events: VecDeque<Event>,
     closed: Option<String>,
+    control_bucket: Bucket,
+    submit_bucket: Bucket,
 }
 
 impl std::fmt::Debug for PoolSession {
@@ -169,6 +172,16 @@ impl std::fmt::Debug for PoolSession {
             .field("channels", &self.channels.len())
             .field("closed", &self.closed)
             .finish_non_exhaustive()
+    }
+}
+
+/// The budget for messages other than shares: a proxy opens one channel per miner behind it,
+/// so the burst covers a full set of channels on top of the V1 budget.
+fn control_budget(config: &SessionConfig, sv2: &Sv2Config) -> Budget {
+    let channels = u32::try_from(sv2.max_channels).unwrap_or(u32::MAX);
+    Budget {
+        per_sec: config.control_budget.per_sec,
+        burst: config.control_budget.burst.saturating_add(channels),
     }
 }
 
@@ -187,6 +200,8 @@ impl PoolSession {
             Err(e) => (None, Some(e.to_string())),
         };
         let standard_extranonce2 = vec![0; config.extranonce2_len];
+        let control_bucket = Bucket::new(control_budget(&config, &sv2), now.mono_ms);
+        let submit_bucket = Bucket::new(config.submit_budget, now.mono_ms);
         PoolSession {
             config,
             sv2,
@@ -205,6 +220,8 @@ impl PoolSession {
             hold: AckHold::default(),
             events: VecDeque::new(),
             closed,
+            control_bucket,
+            submit_bucket,
         }
     }
 
@@ -335,6 +352,20 @@ impl PoolSession {
     }
 
     fn handle_message(&mut self, message: Message, now: Now, pool: &dyn Pool) {
+        // Channel updates come with the shares (a proxy sends them per miner behind it).
+        let within_budget = match &message {
+            Message::SubmitSharesStandard { .. }
+            | Message::SubmitSharesExtended { .. }
+            | Message::UpdateChannel { .. } => self
+                .submit_bucket
+                .take(self.config.submit_budget, now.mono_ms),
+            _ => self
+                .control_bucket
+                .take(control_budget(&self.config, &self.sv2), now.mono_ms),
+        };
+        if !within_budget {
+            return self.close("request flood".into());
+        }
         match (&self.phase, message) {
             (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup),
             (Phase::Setup, other) => self.close(format!(
