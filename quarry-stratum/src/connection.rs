@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use quarry_work::template::WorkTemplate;
 
+use crate::bans::Offence;
 use crate::clock::Now;
 use crate::pool::Pool;
 use crate::v1::{Event, Session};
@@ -45,6 +46,10 @@ pub trait Connection {
     fn poll_timeout(&self) -> Option<u64>;
     /// The authorized worker, for the disconnect event.
     fn worker(&self) -> Option<&str> {
+        None
+    }
+    /// What the peer did that closed the session, if that is why it closed (for bans).
+    fn offence(&self) -> Option<Offence> {
         None
     }
     /// The connection is over: give back what it took from `shared`.
@@ -91,6 +96,9 @@ impl Connection for Session {
     fn worker(&self) -> Option<&str> {
         Session::worker(self)
     }
+    fn offence(&self) -> Option<Offence> {
+        Session::offence(self)
+    }
     fn release(&mut self, pool: &dyn Pool) {
         if let Some(extranonce1) = self.extranonce1() {
             pool.release_extranonce1(extranonce1);
@@ -136,6 +144,9 @@ impl Connection for PoolSession {
     }
     fn worker(&self) -> Option<&str> {
         PoolSession::worker(self)
+    }
+    fn offence(&self) -> Option<Offence> {
+        PoolSession::offence(self)
     }
     fn release(&mut self, pool: &dyn Pool) {
         PoolSession::release(self, pool)
@@ -217,6 +228,9 @@ impl<C: Connection + ?Sized> Connection for Box<C> {
     }
     fn worker(&self) -> Option<&str> {
         (**self).worker()
+    }
+    fn offence(&self) -> Option<Offence> {
+        (**self).offence()
     }
     fn release(&mut self, shared: &C::Shared) {
         (**self).release(shared)

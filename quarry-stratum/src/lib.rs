@@ -8,6 +8,7 @@
 
 mod accept;
 mod ack;
+pub mod bans;
 pub mod clock;
 pub mod connection;
 pub mod detect;

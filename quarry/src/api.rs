@@ -49,6 +49,8 @@ pub struct ApiState {
     pub threshold_sat: u64,
     /// The chains the admin payout run pays.
     pub wallets: Vec<crate::wallet::ChainWallet>,
+    /// Scores and bans per address.
+    pub bans: Arc<crate::server::Bans>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -78,6 +80,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/blocks", get(blocks))
         .route("/api/chains", get(chains))
         .route("/api/payments", get(payments))
+        .route("/api/bans", get(bans))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
         .route("/api/admin/payouts/run", post(admin_payout))
@@ -305,6 +308,28 @@ async fn payments(State(state): Shared, Query(q): Query<Limit>) -> Result<Json<V
     Ok(Json(json!(state.store.payouts(limit).await?)))
 }
 
+/// Addresses with a score or a ban, highest first; `banned_until_ms` is Unix time.
+async fn bans(State(state): Shared) -> Json<Value> {
+    let (mono, unix) = {
+        let now = crate::driver::now();
+        (now.mono_ms, now.unix_ms)
+    };
+    let list: Vec<Value> = state
+        .bans
+        .standings()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "ip": s.ip.to_string(),
+                "score": s.score,
+                "banned": state.bans.enabled && s.banned_until_ms.is_some(),
+                "banned_until_ms": s.banned_until_ms.map(|until| unix + until.saturating_sub(mono)),
+            })
+        })
+        .collect();
+    Json(json!({"enabled": state.bans.enabled, "addresses": list}))
+}
+
 async fn events(State(state): Shared) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = BroadcastStream::new(state.events.subscribe()).filter_map(|event| {
         // A lagging subscriber skips what it missed.
@@ -353,6 +378,25 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
         "gauge",
         "Open Stratum connections.",
         m.connections.load(Ordering::Relaxed).to_string(),
+    );
+    let (banned_now, banned_total) = state.bans.counts();
+    metric(
+        "quarry_bans_active",
+        "gauge",
+        "Addresses banned now.",
+        banned_now.to_string(),
+    );
+    metric(
+        "quarry_bans_total",
+        "counter",
+        "Bans imposed since start.",
+        banned_total.to_string(),
+    );
+    metric(
+        "quarry_ban_refusals_total",
+        "counter",
+        "Connections refused because their address was banned.",
+        state.bans.refused.load(Ordering::Relaxed).to_string(),
     );
     metric(
         "quarry_shares_accepted_total",
@@ -443,6 +487,7 @@ async fn openapi() -> Json<Value> {
             "/api/workers": get("Active workers"),
             "/api/blocks": get("Found blocks of every chain, newest first (?limit=&chain=)"),
             "/api/chains": get("Bitcoin and each merge-mined chain: node up, blocks by status, credits"),
+            "/api/bans": get("Addresses with an abuse score or a ban (invalid shares, garbage, floods, protocol violations)"),
             "/api/payments": get("Payouts of every chain (each with its chain), newest first (?limit=)"),
             "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected, MergeMiningReward"),
             "/api/admin/payouts/run": {"post": {

@@ -48,6 +48,49 @@ pub struct Config {
     pub aux: Vec<AuxConfig>,
     /// The merge-mining fee for the commons.
     pub merge_mining_fee: MergeMiningFeeToml,
+    /// Temporary bans for abusive peers.
+    pub bans: BansConfig,
+}
+
+/// `[bans]`: per-IP scores for invalid shares, garbage, floods and protocol violations, halving
+/// over time; an address that reaches the threshold is refused for a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BansConfig {
+    /// Bans are imposed when true (scores are kept either way).
+    pub enabled: bool,
+    /// Score at which an address is banned.
+    pub threshold: f64,
+    /// How long a ban lasts, seconds.
+    pub ban_secs: u64,
+    /// Scores halve every this many seconds.
+    pub half_life_secs: u64,
+}
+
+impl Default for BansConfig {
+    fn default() -> Self {
+        BansConfig {
+            enabled: true,
+            threshold: 100.0,
+            ban_secs: 600,
+            half_life_secs: 300,
+        }
+    }
+}
+
+impl BansConfig {
+    /// The policy, checked.
+    pub fn policy(&self) -> Result<quarry_stratum::bans::BanPolicy> {
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            bail!("bans.threshold must be a positive number");
+        }
+        Ok(quarry_stratum::bans::BanPolicy {
+            threshold: self.threshold,
+            ban_ms: self.ban_secs.saturating_mul(1000),
+            half_life_ms: self.half_life_secs.max(1).saturating_mul(1000),
+            ..quarry_stratum::bans::BanPolicy::default()
+        })
+    }
 }
 
 /// One merge-mined chain. Key names are `[[node]]`'s where they mean the same.
@@ -312,6 +355,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             payout: PayoutConfig::default(),
             api: ApiConfig::default(),
+            bans: BansConfig::default(),
             sv2: Sv2Toml::default(),
             tp: TpToml::default(),
             aux: Vec::new(),

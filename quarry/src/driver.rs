@@ -209,6 +209,11 @@ pub trait Sink<E>: Sync {
     /// Acts on one event, at once. An accepted share is queued for the share log here, and
     /// its [`Recording`] tells the driver when the session may answer it.
     fn handle(&self, event: E) -> Recording<'_>;
+    /// Whether the connection may go on (false once its peer is banned): checked after every
+    /// round of events.
+    fn keep_open(&self) -> bool {
+        true
+    }
 }
 
 /// What every connection of a listener shares.
@@ -294,6 +299,10 @@ where
             }
             if let Some(reason) = conn.close_reason() {
                 debug!(%peer, %reason, "closing");
+                break;
+            }
+            if !sink.keep_open() {
+                debug!(%peer, "closing: peer banned");
                 break;
             }
             let deadline = conn.poll_timeout();

@@ -122,6 +122,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         false => Some(aux::AuxChains::new(&resolved.aux)?),
     };
     let wallets = wallet::chain_wallets(&config, &nodes, aux.as_ref());
+    let bans = Arc::new(server::Bans::new(
+        config.bans.policy()?,
+        config.bans.enabled,
+    ));
     if let Some(listen) = config.api.listen {
         let state = Arc::new(api::ApiState {
             store: store.clone(),
@@ -132,6 +136,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             fee_percent: config.payout.fee_percent,
             threshold_sat: config.threshold_sat(),
             wallets: wallets.clone(),
+            bans: Arc::clone(&bans),
         });
         let http = TcpListener::bind(listen)
             .await
@@ -193,6 +198,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             events: Arc::clone(&events),
         },
         limits,
+        Arc::clone(&bans),
     );
     let listener = TcpListener::bind(config.stratum.listen)
         .await

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quarry_ledger::{Chain, Receipt, RecordError, ShareLog, ShareRecord};
+use quarry_stratum::bans::{BanBook, BanPolicy, Offence, Standing};
 use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::v2::{PoolSession, Sv2Config};
@@ -47,6 +48,55 @@ pub struct Outputs {
     pub events: Arc<EventBus>,
 }
 
+/// The ban book of one `quarry serve`, shared by its listeners and the API.
+pub struct Bans {
+    /// Bans are imposed when true; scores are kept either way.
+    pub enabled: bool,
+    book: Mutex<BanBook>,
+    /// Connections refused because their address was banned.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+impl Bans {
+    /// An empty book.
+    pub fn new(policy: BanPolicy, enabled: bool) -> Bans {
+        Bans {
+            enabled,
+            book: Mutex::new(BanBook::new(policy)),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `offence` against `peer`'s address.
+    pub fn offend(&self, peer: SocketAddr, offence: Offence) {
+        if let Some(until) = lock(&self.book).offend(peer.ip(), offence, driver::now().mono_ms) {
+            let secs = until.saturating_sub(driver::now().mono_ms) / 1000;
+            match self.enabled {
+                true => warn!(ip = %peer.ip(), ?offence, secs, "address banned"),
+                false => {
+                    info!(ip = %peer.ip(), ?offence, "address would be banned (bans.enabled = false)")
+                }
+            }
+        }
+    }
+
+    /// Whether `ip` is banned now (never when bans are off).
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.enabled && lock(&self.book).is_banned(ip, driver::now().mono_ms)
+    }
+
+    /// Every scored or banned address, highest score first.
+    pub fn standings(&self) -> Vec<Standing> {
+        lock(&self.book).standings(driver::now().mono_ms)
+    }
+
+    /// (banned now, banned since start).
+    pub fn counts(&self) -> (usize, u64) {
+        let book = lock(&self.book);
+        (book.banned_now(driver::now().mono_ms), book.banned_total())
+    }
+}
+
 /// Listener limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -72,6 +122,8 @@ pub struct Server {
     pub out: Outputs,
     /// Limits.
     pub limits: Limits,
+    /// Scores and bans per address.
+    pub bans: Arc<Bans>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     slots: Arc<Semaphore>,
 }
@@ -85,6 +137,7 @@ impl Server {
         work: watch::Receiver<Option<Arc<WorkTemplate>>>,
         out: Outputs,
         limits: Limits,
+        bans: Arc<Bans>,
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         Arc::new(Server {
@@ -94,6 +147,7 @@ impl Server {
             pool,
             work,
             limits,
+            bans,
             per_ip: Mutex::new(HashMap::new()),
             slots,
         })
@@ -119,6 +173,11 @@ impl Server {
                 debug!(%peer, "connection limit reached");
                 continue;
             };
+            if self.bans.is_banned(peer.ip()) {
+                self.bans.refused.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "refused: address banned");
+                continue;
+            }
             if !self.admit_ip(peer.ip()) {
                 debug!(%peer, "per-IP connection limit reached");
                 continue;
@@ -205,37 +264,42 @@ impl Server {
                 peer,
             };
             let sink = PoolSink { server: self, peer };
-            let worker = match (protocol, &self.sv2) {
+            let (worker, offence) = match (protocol, &self.sv2) {
                 // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
-                (Detected::V2, Some(sv2)) => drive(
-                    Box::new(PoolSession::new(
-                        Arc::clone(&self.session_config),
-                        Arc::clone(sv2),
-                        driver::now(),
-                    )),
-                    stream,
-                    first,
-                    env,
-                    &sink,
-                )
-                .await
-                .worker()
-                .map(str::to_string),
+                (Detected::V2, Some(sv2)) => {
+                    let session = drive(
+                        Box::new(PoolSession::new(
+                            Arc::clone(&self.session_config),
+                            Arc::clone(sv2),
+                            driver::now(),
+                        )),
+                        stream,
+                        first,
+                        env,
+                        &sink,
+                    )
+                    .await;
+                    (session.worker().map(str::to_string), session.offence())
+                }
                 (Detected::V2, None) => {
                     debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
                     return;
                 }
-                _ => drive(
-                    Session::new(Arc::clone(&self.session_config), driver::now()),
-                    stream,
-                    first,
-                    env,
-                    &sink,
-                )
-                .await
-                .worker()
-                .map(str::to_string),
+                _ => {
+                    let session = drive(
+                        Session::new(Arc::clone(&self.session_config), driver::now()),
+                        stream,
+                        first,
+                        env,
+                        &sink,
+                    )
+                    .await;
+                    (session.worker().map(str::to_string), session.offence())
+                }
             };
+            if let Some(offence) = offence {
+                self.bans.offend(peer, offence);
+            }
             if let Some(worker) = worker {
                 self.out.events.publish(
                     "MinerDisconnected",
@@ -300,6 +364,7 @@ impl Server {
             }
             Event::ShareRejected { worker, reason } => {
                 metrics.reject(reject_label(reason));
+                self.bans.offend(peer, Offence::BadShare(reason));
                 events.publish(
                     "ShareSubmitted",
                     json!({"worker": worker, "accepted": false, "reason": reason.to_string()}),
@@ -357,6 +422,10 @@ impl Sink<Event> for PoolSink<'_> {
         }
         server.on_event(event, self.peer);
         recording
+    }
+
+    fn keep_open(&self) -> bool {
+        !self.server.bans.is_banned(self.peer.ip())
     }
 }
 

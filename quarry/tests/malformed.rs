@@ -164,3 +164,92 @@ async fn idle_unauthenticated_connections_time_out_and_limits_hold() {
     drop(held);
     assert!(pool.is_running());
 }
+
+/// Reads until the pool closes the connection (or `limit` passes); returns the lines read.
+async fn until_closed(client: &mut V1Client, limit: Duration) -> usize {
+    let start = Instant::now();
+    let mut lines = 0;
+    while !client.closed && start.elapsed() < limit {
+        if client.read(Duration::from_millis(500)).await.is_some() {
+            lines += 1;
+        }
+    }
+    lines
+}
+
+/// A pipelined flood is cut off at the request budget; a flood and three garbage connections
+/// (50 + 3 × 25 points, less a little decay) ban the address: its next connection is refused, the API and metrics
+/// show the ban, and it lifts after `ban_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_and_garbage_ban_the_address_for_a_while() {
+    let api = free_port();
+    let (mut pool, port) = pool_without_node(
+        "bans",
+        &format!("\n[bans]\nban_secs = 3\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n"),
+    )
+    .await;
+
+    // 10,000 subscribes in one write: at most the burst (64) answered, then closed.
+    let mut flood = V1Client::connect(port).await;
+    let lines: String = (0..10_000)
+        .map(|i| format!("{{\"id\":{i},\"method\":\"mining.subscribe\",\"params\":[]}}\n"))
+        .collect();
+    flood.send_raw(lines.as_bytes()).await;
+    let answered = until_closed(&mut flood, Duration::from_secs(10)).await;
+    assert!(flood.closed, "the flood is closed");
+    assert!(answered <= 64, "{answered} answers to a flood");
+
+    for _ in 0..3 {
+        let mut garbage = V1Client::connect(port).await;
+        for _ in 0..5 {
+            garbage.send_raw(b"garbage, not stratum\n").await;
+        }
+        until_closed(&mut garbage, Duration::from_secs(10)).await;
+        assert!(garbage.closed);
+    }
+
+    // Banned: refused without an answer.
+    let mut refused = V1Client::connect(port).await;
+    refused
+        .send_raw(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n")
+        .await;
+    assert!(
+        refused.read(Duration::from_secs(2)).await.is_none(),
+        "{}",
+        pool.log_text()
+    );
+    assert!(refused.closed, "a banned address is refused");
+
+    let bans: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{api}/api/bans"))
+        .await
+        .expect("bans")
+        .json()
+        .await
+        .expect("JSON");
+    let entry = bans["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["ip"] == "127.0.0.1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["banned"], true, "{bans}");
+    assert!(entry["banned_until_ms"].as_u64().is_some(), "{bans}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{api}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("quarry_bans_active 1"), "{metrics}");
+    assert!(metrics.contains("quarry_bans_total 1"), "{metrics}");
+    assert!(
+        !metrics.contains("quarry_ban_refusals_total 0"),
+        "{metrics}"
+    );
+
+    // The ban lifts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut back = V1Client::connect(port).await;
+    let answer = back.call("mining.subscribe", json!(["back/1"])).await;
+    assert!(answer["result"][1].is_string(), "{answer}");
+    assert!(pool.is_running());
+}

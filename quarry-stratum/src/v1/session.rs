@@ -27,6 +27,7 @@ use super::message::{self, Incoming, Request, Submit};
 use super::notify;
 use crate::accept::{accept, Validated};
 use crate::ack::AckHold;
+use crate::bans::Offence;
 use crate::event::Event;
 use crate::pool::{Pool, PoolMode};
 use crate::rate::{Bucket, Budget};
@@ -713,6 +714,16 @@ impl Session {
 
     fn answer_error(&mut self, id: &Value, error: &RequestError) {
         self.outbox.push_back(message::error_line(id, error));
+    }
+
+    /// What the miner did that closed the session, if that is why it closed.
+    pub fn offence(&self) -> Option<Offence> {
+        match self.closed.as_ref()? {
+            CloseReason::Garbage | CloseReason::LineTooLong => Some(Offence::Garbage),
+            CloseReason::Flood => Some(Offence::Flood),
+            CloseReason::AuthTimeout => Some(Offence::AuthTimeout),
+            _ => None,
+        }
     }
 
     fn close(&mut self, reason: CloseReason) {

@@ -24,6 +24,7 @@ use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use super::noise::{ResponderHandshake, ResponderLink};
 use crate::accept::{accept, Validated};
 use crate::ack::AckHold;
+use crate::bans::Offence;
 use crate::event::Event;
 use crate::pool::Pool;
 use crate::rate::{Bucket, Budget};
@@ -162,6 +163,8 @@ pub struct PoolSession {
     hold: AckHold,
     events: VecDeque<Event>,
     closed: Option<String>,
+    /// What the peer did that closed the session, for the ban book.
+    offence: Option<Offence>,
     control_bucket: Bucket,
     submit_bucket: Bucket,
 }
@@ -220,6 +223,7 @@ impl PoolSession {
             hold: AckHold::default(),
             events: VecDeque::new(),
             closed,
+            offence: None,
             control_bucket,
             submit_bucket,
         }
@@ -312,7 +316,7 @@ impl PoolSession {
             return;
         };
         if let Err(e) = link.push(data, now.unix_secs() as u32, &mut self.outbox) {
-            return self.close(e.to_string());
+            return self.close_for(Offence::ProtocolViolation, e.to_string());
         }
         if matches!(self.phase, Phase::Handshake) && link.is_open() {
             self.phase = Phase::Setup;
@@ -329,11 +333,13 @@ impl PoolSession {
                         Ok(message) => self.handle_message(message, now, pool),
                         // Extensions we never negotiated: the spec says to ignore them.
                         Err(DecodeError::UnknownExtension(_)) => {}
-                        Err(e) => self.close(format!("bad frame: {e}")),
+                        Err(e) => {
+                            self.close_for(Offence::ProtocolViolation, format!("bad frame: {e}"))
+                        }
                     }
                 }
                 Ok(None) => break,
-                Err(e) => self.close(e.to_string()),
+                Err(e) => self.close_for(Offence::ProtocolViolation, e.to_string()),
             }
         }
         self.flush_successes();
@@ -351,6 +357,19 @@ impl PoolSession {
         }
     }
 
+    /// Closes for something the peer did wrong.
+    fn close_for(&mut self, offence: Offence, reason: String) {
+        if self.closed.is_none() {
+            self.offence = Some(offence);
+        }
+        self.close(reason);
+    }
+
+    /// What the peer did that closed the session, if that is why it closed.
+    pub fn offence(&self) -> Option<Offence> {
+        self.offence
+    }
+
     fn handle_message(&mut self, message: Message, now: Now, pool: &dyn Pool) {
         // Channel updates come with the shares (a proxy sends them per miner behind it).
         let within_budget = match &message {
@@ -364,14 +383,17 @@ impl PoolSession {
                 .take(control_budget(&self.config, &self.sv2), now.mono_ms),
         };
         if !within_budget {
-            return self.close("request flood".into());
+            return self.close_for(Offence::Flood, "request flood".into());
         }
         match (&self.phase, message) {
             (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup),
-            (Phase::Setup, other) => self.close(format!(
-                "expected SetupConnection, got type 0x{:02x}",
-                other.msg_type()
-            )),
+            (Phase::Setup, other) => self.close_for(
+                Offence::ProtocolViolation,
+                format!(
+                    "expected SetupConnection, got type 0x{:02x}",
+                    other.msg_type()
+                ),
+            ),
             (
                 Phase::Ready,
                 Message::OpenStandardMiningChannel {
@@ -465,10 +487,13 @@ impl PoolSession {
                     pool.release_extranonce1(&channel.extranonce1);
                 }
             }
-            (_, other) => self.close(format!(
-                "unexpected message type 0x{:02x} from a miner",
-                other.msg_type()
-            )),
+            (_, other) => self.close_for(
+                Offence::ProtocolViolation,
+                format!(
+                    "unexpected message type 0x{:02x} from a miner",
+                    other.msg_type()
+                ),
+            ),
         }
     }
 
@@ -925,7 +950,7 @@ impl PoolSession {
                     .connected_ms
                     .saturating_add(self.config.auth_timeout_ms)
         {
-            return self.close("no channel opened in time".into());
+            return self.close_for(Offence::AuthTimeout, "no channel opened in time".into());
         }
         if now.mono_ms >= self.next_retarget_ms {
             self.next_retarget_ms = now
