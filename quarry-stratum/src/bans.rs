@@ -74,9 +74,15 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whole seconds since the score was last brought up to date: offences within one second
+    /// add up exactly (four garbage connections in a burst are 100 points, not 99.999).
+    fn elapsed_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.at_ms) / 1000
+    }
+
     fn decayed(&self, now_ms: u64, half_life_ms: u64) -> f64 {
-        let elapsed = now_ms.saturating_sub(self.at_ms) as f64;
-        self.score * 0.5f64.powf(elapsed / half_life_ms.max(1) as f64)
+        let elapsed_ms = (self.elapsed_secs(now_ms) * 1000) as f64;
+        self.score * 0.5f64.powf(elapsed_ms / half_life_ms.max(1) as f64)
     }
 }
 
@@ -125,7 +131,7 @@ impl BanBook {
             banned_until_ms: 0,
         });
         entry.score = entry.decayed(now_ms, policy.half_life_ms) + points;
-        entry.at_ms = entry.at_ms.max(now_ms);
+        entry.at_ms += entry.elapsed_secs(now_ms) * 1000;
         if entry.banned_until_ms > now_ms || entry.score < policy.threshold {
             return None;
         }
@@ -215,15 +221,17 @@ mod tests {
         let mut book = BanBook::new(BanPolicy::default());
         let mut banned_at = None;
         for i in 0..200u64 {
-            // All in the same millisecond: a burst.
-            if let Some(until) = book.offend(IP, Offence::BadShare(ShareReject::LowDifficulty), 7) {
+            // A burst: within one second.
+            if let Some(until) =
+                book.offend(IP, Offence::BadShare(ShareReject::LowDifficulty), 7 + i)
+            {
                 banned_at = Some((i, until));
                 break;
             }
         }
         let (count, until) = banned_at.expect("banned");
         assert_eq!(count, 99, "the 100th low-difficulty share in a burst bans");
-        let at = 7;
+        let at = 7 + count;
         assert_eq!(until, at + 600_000);
         assert!(book.is_banned(IP, until - 1));
         assert!(!book.is_banned(OTHER, at));

@@ -303,3 +303,22 @@ pub mod v1_session {
         }
     }
 }
+
+/// Arbitrary first bytes from a trusted load balancer as a PROXY header: errors, never panics;
+/// a complete header is self-delimiting, and "need more" never outlasts the bound.
+/// `cargo fuzz run proxy_header`
+pub mod proxy_header {
+    use crate::proxy_header::{parse, ProxyHeader, MAX_HEADER_LEN};
+
+    /// One input.
+    pub fn run(data: &[u8]) {
+        match parse(data) {
+            ProxyHeader::Complete { len, client } => {
+                assert!(len <= data.len());
+                assert_eq!(parse(&data[..len]), ProxyHeader::Complete { len, client });
+            }
+            ProxyHeader::NeedMore => assert!(data.len() < MAX_HEADER_LEN),
+            ProxyHeader::Invalid(_) => {}
+        }
+    }
+}

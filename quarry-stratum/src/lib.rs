@@ -15,6 +15,7 @@ pub mod detect;
 pub mod event;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_header;
 pub mod rate;
 mod tip;
 pub mod v1;

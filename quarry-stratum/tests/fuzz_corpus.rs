@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Run)] = &[
     ("auxpow", fuzzing::auxpow::run),
     ("gbt_template", fuzzing::gbt_template::run),
     ("proxy", fuzzing::proxy::run),
+    ("proxy_header", fuzzing::proxy_header::run),
     ("sv2_frames", fuzzing::sv2_frames::run),
     ("sv2_session", fuzzing::sv2_session::run),
     ("tp_session", fuzzing::tp_session::run),

@@ -465,6 +465,9 @@ pub struct StratumConfig {
     /// Hex bytes every extranonce1 of this frontend starts with; frontends sharing a database
     /// must use different ones (e.g. "01", "02").
     pub extranonce1_prefix: String,
+    /// Load balancers (addresses or CIDR ranges) whose connections start with a PROXY protocol
+    /// header, v1 or v2, naming the miner; empty: none. Only these are read for one.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Default for StratumConfig {
@@ -482,6 +485,7 @@ impl Default for StratumConfig {
             submits_per_sec: 500,
             submits_burst: 5_000,
             extranonce1_prefix: String::new(),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

@@ -90,6 +90,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_connections: config.stratum.max_connections,
         max_per_ip: config.stratum.max_connections_per_ip,
         write_timeout: Duration::from_secs(config.stratum.write_timeout_secs.max(1)),
+        trusted_proxies: quarry_stratum::proxy_header::TrustedProxies::parse(
+            &config.stratum.proxy_protocol_from,
+        )
+        .map_err(|e| anyhow::anyhow!("stratum.proxy_protocol_from: {e}"))?,
     };
     let ledger_url = config.ledger_url();
     if ledger_url.starts_with("sqlite:") {

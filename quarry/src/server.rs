@@ -11,6 +11,7 @@ use std::time::Duration;
 use quarry_ledger::{Chain, Receipt, RecordError, ShareLog, ShareRecord};
 use quarry_stratum::bans::{BanBook, BanPolicy, Offence, Standing};
 use quarry_stratum::detect::{detect, Detected};
+use quarry_stratum::proxy_header::{self, ProxyHeader, TrustedProxies};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
 use quarry_stratum::v2::{PoolSession, Sv2Config};
 use quarry_stratum::{Pool, SharedPool};
@@ -106,6 +107,8 @@ pub struct Limits {
     pub max_per_ip: usize,
     /// How long a write may block.
     pub write_timeout: Duration,
+    /// Load balancers whose connections start with a PROXY header (v1 or v2).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Everything a connection task needs.
@@ -173,24 +176,29 @@ impl Server {
                 debug!(%peer, "connection limit reached");
                 continue;
             };
-            if self.bans.is_banned(peer.ip()) {
-                self.bans.refused.fetch_add(1, Ordering::Relaxed);
-                debug!(%peer, "refused: address banned");
-                continue;
-            }
-            if !self.admit_ip(peer.ip()) {
-                debug!(%peer, "per-IP connection limit reached");
+            // Behind a trusted load balancer the client's address comes in a PROXY header:
+            // limits and bans apply to it once read, in the connection's task.
+            let proxied = self.limits.trusted_proxies.contains(peer.ip());
+            if !proxied && !self.admit(peer) {
                 continue;
             }
             let server = Arc::clone(&self);
             let work = work.clone();
             tokio::spawn(async move {
+                let mut stream = stream;
+                let (peer, first) = match proxied {
+                    false => (peer, Vec::new()),
+                    true => match server.proxy_header(&mut stream, peer).await {
+                        Some((client, rest)) if server.admit(client) => (client, rest),
+                        _ => return,
+                    },
+                };
                 server
                     .out
                     .metrics
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
-                server.drive(stream, peer, work).await;
+                server.drive(stream, peer, first, work).await;
                 server
                     .out
                     .metrics
@@ -199,6 +207,50 @@ impl Server {
                 server.release_ip(peer.ip());
                 drop(permit);
             });
+        }
+    }
+
+    /// Bans, then the per-IP limit; true when `peer` may connect (it then holds a per-IP slot).
+    fn admit(&self, peer: SocketAddr) -> bool {
+        if self.bans.is_banned(peer.ip()) {
+            self.bans.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "refused: address banned");
+            return false;
+        }
+        if !self.admit_ip(peer.ip()) {
+            debug!(%peer, "per-IP connection limit reached");
+            return false;
+        }
+        true
+    }
+
+    /// Reads a trusted proxy's PROXY header: the client it names (the proxy itself for a health
+    /// check or UNKNOWN) and the bytes after the header. `None` closes the connection.
+    async fn proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        proxy: SocketAddr,
+    ) -> Option<(SocketAddr, Vec<u8>)> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
+        loop {
+            match proxy_header::parse(&buf) {
+                ProxyHeader::NeedMore => {}
+                ProxyHeader::Complete { len, client } => {
+                    buf.drain(..len);
+                    return Some((client.unwrap_or(proxy), buf));
+                }
+                ProxyHeader::Invalid(reason) => {
+                    warn!(%proxy, %reason, "trusted proxy sent no valid PROXY header: closing");
+                    return None;
+                }
+            }
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
         }
     }
 
@@ -222,10 +274,13 @@ impl Server {
         }
     }
 
-    /// Reads until the first bytes tell the protocol apart.
-    async fn sniff(&self, stream: &mut TcpStream) -> Option<(Detected, Vec<u8>)> {
+    /// Reads until the first bytes (`first` holds those read already) tell the protocol apart.
+    async fn sniff(
+        &self,
+        stream: &mut TcpStream,
+        mut first: Vec<u8>,
+    ) -> Option<(Detected, Vec<u8>)> {
         let mut buf = vec![0u8; 512];
-        let mut first = Vec::new();
         // One deadline for the whole sniff, so a client dripping bytes cannot stretch it.
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
@@ -249,11 +304,12 @@ impl Server {
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
+        first: Vec<u8>,
         work: watch::Receiver<driver::Work>,
     ) -> impl std::future::Future<Output = ()> + '_ {
         async move {
             let _ = stream.set_nodelay(true);
-            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
+            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream, first)).await else {
                 debug!(%peer, "closed before speaking");
                 return;
             };

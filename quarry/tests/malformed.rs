@@ -177,8 +177,8 @@ async fn until_closed(client: &mut V1Client, limit: Duration) -> usize {
     lines
 }
 
-/// A pipelined flood is cut off at the request budget; a flood and three garbage connections
-/// (50 + 3 × 25 points, less a little decay) ban the address: its next connection is refused, the API and metrics
+/// A pipelined flood is cut off at the request budget; a flood and garbage connections
+/// (50 + 25 each; three leave room for the scores' decay on a slow machine) ban the address: its next connection is refused, the API and metrics
 /// show the ban, and it lifts after `ban_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_and_garbage_ban_the_address_for_a_while() {
@@ -252,4 +252,101 @@ async fn floods_and_garbage_ban_the_address_for_a_while() {
     let answer = back.call("mining.subscribe", json!(["back/1"])).await;
     assert!(answer["result"][1].is_string(), "{answer}");
     assert!(pool.is_running());
+}
+
+/// A PROXY v2 header for a TCP over IPv4 connection from `client`.
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&client);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&3333u16.to_be_bytes());
+    header
+}
+
+/// Behind a trusted load balancer (here 127.0.0.1), the PROXY header's client is the peer:
+/// per-IP limits and bans apply to it, v1 and v2 headers both work, and a trusted connection
+/// without a header is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_give_limits_and_bans_the_miners_address() {
+    let api = free_port();
+    let (mut pool, port) = pool_without_node(
+        "proxy-protocol",
+        &format!(
+            "max_connections_per_ip = 2\nproxy_protocol_from = [\"127.0.0.1\"]\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n"
+        ),
+    )
+    .await;
+    let subscribe = b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"lb/1\"]}\n";
+
+    // Two miners from 203.0.113.9 (v1 and v2 headers) are served; a third from it is refused
+    // by the per-IP limit, while one from 198.51.100.4 is served.
+    let mut held = Vec::new();
+    for header in [
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 3333\r\n".to_vec(),
+        proxy_v2([203, 0, 113, 9], 5556),
+    ] {
+        let mut client = V1Client::connect(port).await;
+        client
+            .send_raw(&[header, subscribe.to_vec()].concat())
+            .await;
+        let answer = client.answer(Duration::from_secs(5)).await.expect("answer");
+        assert!(answer["result"][1].is_string(), "{answer}");
+        held.push(client);
+    }
+    let mut third = V1Client::connect(port).await;
+    third
+        .send_raw(&[proxy_v2([203, 0, 113, 9], 5557), subscribe.to_vec()].concat())
+        .await;
+    assert!(third.read(Duration::from_secs(2)).await.is_none() && third.closed);
+    let mut other = V1Client::connect(port).await;
+    other
+        .send_raw(&[proxy_v2([198, 51, 100, 4], 6000), subscribe.to_vec()].concat())
+        .await;
+    assert!(other.answer(Duration::from_secs(5)).await.is_some());
+    drop(held);
+
+    // Garbage from 192.0.2.50 behind the balancer bans 192.0.2.50, not the balancer (five
+    // connections: 125 points, room for decay).
+    for _ in 0..5 {
+        let mut garbage = V1Client::connect(port).await;
+        garbage.send_raw(&proxy_v2([192, 0, 2, 50], 7000)).await;
+        for _ in 0..5 {
+            garbage.send_raw(b"garbage, not stratum\n").await;
+        }
+        until_closed(&mut garbage, Duration::from_secs(10)).await;
+    }
+    let bans: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{api}/api/bans"))
+        .await
+        .expect("bans")
+        .json()
+        .await
+        .expect("JSON");
+    let addresses = bans["addresses"].as_array().cloned().unwrap_or_default();
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a["ip"] == "192.0.2.50" && a["banned"] == true),
+        "{bans}"
+    );
+    assert!(
+        !addresses.iter().any(|a| a["ip"] == "127.0.0.1"),
+        "the balancer is never scored: {bans}"
+    );
+    let mut served = V1Client::connect(port).await;
+    served
+        .send_raw(&[proxy_v2([198, 51, 100, 4], 6001), subscribe.to_vec()].concat())
+        .await;
+    assert!(served.answer(Duration::from_secs(5)).await.is_some());
+
+    // From a trusted balancer, no header is no service.
+    let mut bare = V1Client::connect(port).await;
+    bare.send_raw(subscribe).await;
+    assert!(bare.read(Duration::from_secs(3)).await.is_none() && bare.closed);
+    assert!(pool.is_running());
+    assert!(
+        pool.log_text().contains("no valid PROXY header"),
+        "{}",
+        pool.log_text()
+    );
 }
