@@ -174,8 +174,13 @@ impl TpArgs {
 /// `quarry mine`.
 #[derive(Debug, Args)]
 pub struct MineArgs {
-    /// Pool URL: stratum+tcp://host:port.
+    /// Pool URL: stratum+tcp://host:port, stratum+ssl://host:port (TLS), or
+    /// stratum2+tcp://host:port/<authority key>.
     pub url: String,
+    /// For stratum+ssl://: trust only the certificates in this PEM file (a pool's own CA or
+    /// self-signed certificate) instead of the web's roots.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Username: payout address, optionally `.worker`.
     #[arg(short, long)]
     pub user: String,

@@ -468,6 +468,12 @@ pub struct StratumConfig {
     /// Load balancers (addresses or CIDR ranges) whose connections start with a PROXY protocol
     /// header, v1 or v2, naming the miner; empty: none. Only these are read for one.
     pub proxy_protocol_from: Vec<String>,
+    /// A second listener for Stratum V1 over TLS (`stratum+ssl://`); unset: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// Its certificate chain, PEM (leaf first); reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for StratumConfig {
@@ -486,6 +492,9 @@ impl Default for StratumConfig {
             submits_burst: 5_000,
             extranonce1_prefix: String::new(),
             proxy_protocol_from: Vec::new(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

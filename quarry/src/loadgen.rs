@@ -41,8 +41,12 @@ use crate::node::Rpc;
 /// `quarry loadgen`.
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
-    /// Stratum endpoint, host:port (or stratum+tcp://host:port).
+    /// Stratum endpoint, host:port (or stratum+tcp://, stratum+ssl:// for TLS,
+    /// stratum2+tcp://host:port/<key>).
     pub url: String,
+    /// For stratum+ssl://: trust only the certificates in this PEM file.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Simulated miners.
     #[arg(short, long, default_value_t = 100)]
     pub miners: usize,
@@ -160,8 +164,16 @@ impl Stats {
 
 /// Runs the load and prints the report.
 pub async fn run(args: LoadgenArgs) -> Result<()> {
-    let (address, authority) =
+    let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    let (address, authority) = (endpoint.address, endpoint.authority);
+    let tls = match endpoint.tls {
+        true => Some(crate::tls::ClientTls::new(
+            &address,
+            args.tls_ca.as_deref(),
+        )?),
+        false => None,
+    };
     let target: SocketAddr = tokio::net::lookup_host(&address)
         .await
         .with_context(|| format!("resolving {address}"))?
@@ -179,11 +191,11 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
     let mut handles = Vec::with_capacity(args.miners);
     let pause = Duration::from_secs_f64(1.0 / args.connect_rate.max(1) as f64);
     for index in 0..args.miners {
-        let (stats, args) = (Arc::clone(&stats), Arc::clone(&args));
+        let (stats, args, tls) = (Arc::clone(&stats), Arc::clone(&args), tls.clone());
         handles.push(tokio::spawn(async move {
             let result = match authority {
                 Some(key) => miner_v2(index, target, &args, &stats, &key, submit_until).await,
-                None => miner_v1(index, target, &args, &stats, submit_until).await,
+                None => miner_v1(index, target, tls.as_ref(), &args, &stats, submit_until).await,
             };
             if let Err(e) = result {
                 tracing::debug!(index, error = %e, "miner ended");
@@ -499,11 +511,15 @@ impl Answer {
 async fn miner_v1(
     index: usize,
     target: SocketAddr,
+    tls: Option<&crate::tls::ClientTls>,
     args: &LoadgenArgs,
     stats: &Stats,
     submit_until: Instant,
 ) -> Result<()> {
-    let mut stream = connect(index, target, args, stats).await?;
+    let stream = connect(index, target, args, stats).await?;
+    let mut stream = crate::tls::ClientStream::connect(stream, tls)
+        .await
+        .context("TLS handshake")?;
     let mut buf = vec![0u8; 4096];
     let mut miner = V1Miner {
         client: Client::new(ClientConfig {

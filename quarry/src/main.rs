@@ -12,6 +12,7 @@ mod miner;
 mod node;
 mod proxy;
 mod server;
+mod tls;
 mod tp;
 mod wallet;
 
@@ -208,6 +209,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding stratum.listen {}", config.stratum.listen))?;
     info!(listen = %listener.local_addr()?, network = %config.network, mode = %config.mining.mode, "quarry stratum listening");
+    let tls_listener = match &config.stratum.tls_listen {
+        None => None,
+        Some(listen) => {
+            let (Some(cert), Some(key)) = (&config.stratum.tls_cert, &config.stratum.tls_key)
+            else {
+                anyhow::bail!("stratum.tls_listen needs stratum.tls_cert and stratum.tls_key");
+            };
+            let acceptor = Arc::new(tls::Acceptor::load(cert, key)?);
+            acceptor.reload_on_sighup()?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding stratum.tls_listen {listen}"))?;
+            info!(listen = %listener.local_addr()?, cert = %cert.display(), "stratum+ssl (TLS) listening; SIGHUP reloads the certificate");
+            Some((listener, acceptor))
+        }
+    };
 
     // Each template: a new duplicate generation on a new tip, metrics, MiningJobCreated.
     let mut templates = work.clone();
@@ -252,7 +269,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     ));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let accept = tokio::spawn(Arc::clone(&server).run(listener, shutdown_rx));
+    let accept = tokio::spawn(Arc::clone(&server).run(listener, None, shutdown_rx.clone()));
+    if let Some((listener, acceptor)) = tls_listener {
+        tokio::spawn(Arc::clone(&server).run(listener, Some(acceptor), shutdown_rx));
+    }
     shutdown_signal().await;
     info!("shutting down");
     let _ = shutdown_tx.send(true);

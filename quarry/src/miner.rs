@@ -66,8 +66,15 @@ struct Shared {
 
 /// Runs the miner until `--duration` passes (or forever), reconnecting on errors.
 pub async fn run(args: MineArgs) -> Result<()> {
-    let (address, authority) =
-        parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    let endpoint = parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    let (address, authority) = (endpoint.address, endpoint.authority);
+    let tls = match endpoint.tls {
+        true => Some(crate::tls::ClientTls::new(
+            &address,
+            args.tls_ca.as_deref(),
+        )?),
+        false => None,
+    };
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -111,6 +118,7 @@ pub async fn run(args: MineArgs) -> Result<()> {
             None => {
                 connect_and_mine(
                     &target,
+                    tls.as_ref(),
                     &args,
                     &shared,
                     &mut found_rx,
@@ -170,16 +178,20 @@ enum Next {
 
 async fn connect_and_mine(
     address: &str,
+    tls: Option<&crate::tls::ClientTls>,
     args: &MineArgs,
     shared: &Arc<Shared>,
     found_rx: &mut mpsc::Receiver<Found>,
     totals: &mut Totals,
     deadline: Option<Instant>,
 ) -> Result<Next> {
-    let mut stream = TcpStream::connect(address)
+    let stream = TcpStream::connect(address)
         .await
         .with_context(|| format!("connecting to {address}"))?;
     stream.set_nodelay(true)?;
+    let mut stream = crate::tls::ClientStream::connect(stream, tls)
+        .await
+        .with_context(|| format!("TLS handshake with {address}"))?;
     let mut client = Client::new(ClientConfig {
         user: args.user.clone(),
         password: args.password.clone(),
@@ -269,31 +281,63 @@ async fn connect_and_mine(
     }
 }
 
-/// `host:port` and, for SV2 (`sv2` or a `stratum2+tcp://` URL), the pinned authority key, from
-/// `authority_pubkey` or the URL's path. Shared by `quarry mine` and `quarry loadgen`.
+/// Where a miner connects.
+pub(crate) struct Endpoint {
+    /// `host:port`.
+    pub address: String,
+    /// SV2's pinned authority key.
+    pub authority: Option<[u8; 32]>,
+    /// Stratum V1 over TLS (`stratum+ssl://`).
+    pub tls: bool,
+}
+
+/// `host:port`, TLS for a `stratum+ssl://` URL and, for SV2 (`sv2` or a `stratum2+tcp://`
+/// URL), the pinned authority key, from `authority_pubkey` or the URL's path. Shared by
+/// `quarry mine` and `quarry loadgen`.
 pub(crate) fn parse_endpoint(
     url: &str,
     sv2: bool,
     authority_pubkey: Option<&str>,
-) -> Result<(String, Option<[u8; 32]>)> {
+) -> Result<Endpoint> {
     let url = url.trim_end_matches('/');
-    let (sv2, rest) = match url.strip_prefix("stratum2+tcp://") {
-        Some(rest) => (true, rest),
-        None => (sv2, url.strip_prefix("stratum+tcp://").unwrap_or(url)),
+    let (sv2, tls, rest) = if let Some(rest) = url.strip_prefix("stratum2+tcp://") {
+        (true, false, rest)
+    } else if let Some(rest) = url
+        .strip_prefix("stratum+ssl://")
+        .or_else(|| url.strip_prefix("stratum+tls://"))
+    {
+        (sv2, true, rest)
+    } else {
+        (
+            sv2,
+            false,
+            url.strip_prefix("stratum+tcp://").unwrap_or(url),
+        )
     };
+    if sv2 && tls {
+        bail!("Stratum V2 brings its own encryption (Noise): use stratum2+tcp://, not TLS");
+    }
     let (address, key_in_url) = match rest.split_once('/') {
         Some((address, key)) => (address, Some(key)),
         None => (rest, None),
     };
     if !sv2 {
-        return Ok((address.to_string(), None));
+        return Ok(Endpoint {
+            address: address.to_string(),
+            authority: None,
+            tls,
+        });
     }
     let key = authority_pubkey
         .or(key_in_url)
         .context("Stratum V2 needs the pool's authority public key: stratum2+tcp://host:port/<key> or --authority-pubkey")?;
     let key = quarry_stratum::v2::keys::decode_public(key)
         .map_err(|e| anyhow::anyhow!("authority public key: {e}"))?;
-    Ok((address.to_string(), Some(key)))
+    Ok(Endpoint {
+        address: address.to_string(),
+        authority: Some(key),
+        tls: false,
+    })
 }
 
 pub(crate) fn now_secs() -> u32 {

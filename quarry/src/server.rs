@@ -18,7 +18,7 @@ use quarry_stratum::{Pool, SharedPool};
 use quarry_work::share::ShareReject;
 use quarry_work::template::WorkTemplate;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
@@ -156,8 +156,13 @@ impl Server {
         })
     }
 
-    /// Accepts connections until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    /// Accepts connections until `shutdown` fires; with `tls`, each speaks TLS first.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::Acceptor>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let work = driver::follow(self.work.clone(), shutdown.clone());
         loop {
             let (stream, peer) = tokio::select! {
@@ -184,12 +189,23 @@ impl Server {
             }
             let server = Arc::clone(&self);
             let work = work.clone();
+            if let Some(tls) = &tls {
+                // Its own task type: plain connections, the many, carry none of TLS's state.
+                let acceptor = Arc::clone(tls);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    server
+                        .serve_tls(stream, peer, proxied, &acceptor, work)
+                        .await;
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 let mut stream = stream;
-                let (peer, first) = match proxied {
-                    false => (peer, Vec::new()),
-                    true => match server.proxy_header(&mut stream, peer).await {
-                        Some((client, rest)) if server.admit(client) => (client, rest),
+                let peer = match proxied {
+                    false => peer,
+                    true => match Box::pin(server.proxy_header(&mut stream, peer)).await {
+                        Some(client) if server.admit(client) => client,
                         _ => return,
                     },
                 };
@@ -198,7 +214,7 @@ impl Server {
                     .metrics
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
-                server.drive(stream, peer, first, work).await;
+                server.drive(stream, peer, work).await;
                 server
                     .out
                     .metrics
@@ -208,6 +224,45 @@ impl Server {
                 drop(permit);
             });
         }
+    }
+
+    /// One TLS connection: the PROXY header (from a trusted balancer), the handshake within
+    /// the auth timeout, then the session over the decrypted stream.
+    async fn serve_tls(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        proxied: bool,
+        tls: &crate::tls::Acceptor,
+        work: watch::Receiver<driver::Work>,
+    ) {
+        let peer = match proxied {
+            false => peer,
+            true => match self.proxy_header(&mut stream, peer).await {
+                Some(client) if self.admit(client) => client,
+                _ => return,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
+        let handshake = tokio::time::timeout(
+            Duration::from_millis(self.session_config.auth_timeout_ms.max(1000)),
+            tls.acceptor().accept(stream),
+        )
+        .await;
+        self.out.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        match handshake {
+            Ok(Ok(mut stream)) => {
+                if let Some((protocol, first)) = self.sniff(&mut stream, Vec::new()).await {
+                    let stream = driver::Buffered::new(stream, local);
+                    self.run_session(stream, peer, protocol, first, work).await;
+                }
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(%peer, "TLS handshake timed out"),
+        }
+        self.out.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        self.release_ip(peer.ip());
     }
 
     /// Bans, then the per-IP limit; true when `peer` may connect (it then holds a per-IP slot).
@@ -224,32 +279,37 @@ impl Server {
         true
     }
 
-    /// Reads a trusted proxy's PROXY header: the client it names (the proxy itself for a health
-    /// check or UNKNOWN) and the bytes after the header. `None` closes the connection.
-    async fn proxy_header(
-        &self,
-        stream: &mut TcpStream,
-        proxy: SocketAddr,
-    ) -> Option<(SocketAddr, Vec<u8>)> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 512];
+    /// Reads a trusted proxy's PROXY header, and nothing after it (the TLS handshake or the
+    /// protocol follows): the client it names, or the proxy itself for a health check or
+    /// UNKNOWN. `None` closes the connection.
+    async fn proxy_header(&self, stream: &mut TcpStream, proxy: SocketAddr) -> Option<SocketAddr> {
+        let mut buf = vec![0u8; proxy_header::MAX_HEADER_LEN];
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
+        let mut seen = 0;
         loop {
-            match proxy_header::parse(&buf) {
-                ProxyHeader::NeedMore => {}
+            // Peeked, so that exactly the header's bytes are taken off the socket below.
+            let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return None,
+            };
+            match proxy_header::parse(&buf[..n]) {
+                ProxyHeader::NeedMore if n == seen => {
+                    // Nothing new since the last peek: wait a little for the rest.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                ProxyHeader::NeedMore => seen = n,
                 ProxyHeader::Complete { len, client } => {
-                    buf.drain(..len);
-                    return Some((client.unwrap_or(proxy), buf));
+                    stream.read_exact(&mut buf[..len]).await.ok()?;
+                    return Some(client.unwrap_or(proxy));
                 }
                 ProxyHeader::Invalid(reason) => {
                     warn!(%proxy, %reason, "trusted proxy sent no valid PROXY header: closing");
                     return None;
                 }
             }
-            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
+            if tokio::time::Instant::now() >= deadline {
+                return None;
             }
         }
     }
@@ -275,9 +335,9 @@ impl Server {
     }
 
     /// Reads until the first bytes (`first` holds those read already) tell the protocol apart.
-    async fn sniff(
+    async fn sniff<R: AsyncRead + Unpin>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut R,
         mut first: Vec<u8>,
     ) -> Option<(Detected, Vec<u8>)> {
         let mut buf = vec![0u8; 512];
@@ -296,7 +356,7 @@ impl Server {
         }
     }
 
-    /// One connection: the protocol is sniffed, then the one driver runs its session.
+    /// One plain connection: the protocol is sniffed, then the one driver runs its session.
     // Not an `async fn`, and sessions are built inside the `drive` call: see driver::drive on
     // keeping each connection's task small.
     #[allow(clippy::manual_async_fn)]
@@ -304,15 +364,30 @@ impl Server {
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        first: Vec<u8>,
         work: watch::Receiver<driver::Work>,
     ) -> impl std::future::Future<Output = ()> + '_ {
         async move {
             let _ = stream.set_nodelay(true);
-            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream, first)).await else {
+            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream, Vec::new())).await
+            else {
                 debug!(%peer, "closed before speaking");
                 return;
             };
+            self.run_session(stream, peer, protocol, first, work).await
+        }
+    }
+
+    /// The session the first bytes asked for, over `stream`, until it ends.
+    #[allow(clippy::manual_async_fn)]
+    fn run_session<S: driver::ByteStream + 'static>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        protocol: Detected,
+        first: Vec<u8>,
+        work: watch::Receiver<driver::Work>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        async move {
             let env = Environment {
                 shared: &*self.pool as &dyn Pool,
                 work,
