@@ -648,6 +648,7 @@ mod tests {
             sv2: false,
             authority_pubkey: None,
             hashrate: None,
+            tls_ca: None,
         }
     }
 
@@ -671,6 +672,7 @@ mod tests {
         let deadline = Some(Instant::now() + Duration::from_secs(5));
         connect_and_mine(
             &address,
+            None,
             &args(),
             &shared(),
             &mut rx,
@@ -678,6 +680,16 @@ mod tests {
             deadline,
         )
         .await
+    }
+
+    #[test]
+    fn endpoints_name_the_transport() {
+        let tls = parse_endpoint("stratum+ssl://pool.example:3334", false, None).expect("ssl");
+        assert!(tls.tls && tls.authority.is_none());
+        assert_eq!(tls.address, "pool.example:3334");
+        let plain = parse_endpoint("stratum+tcp://pool.example:3333", false, None).expect("tcp");
+        assert!(!plain.tls);
+        assert!(parse_endpoint("stratum+ssl://pool:3334", true, None).is_err());
     }
 
     #[tokio::test]
