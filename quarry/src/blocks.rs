@@ -16,6 +16,36 @@ use tracing::{debug, error, info, warn};
 use crate::events::EventBus;
 use crate::node::{Nodes, SubmitOutcome};
 
+/// How long a block no node answered for is resubmitted.
+const RESUBMIT_FOR: Duration = Duration::from_secs(30 * 60);
+
+/// What became of a submission.
+enum Settled {
+    /// A node took it.
+    Accepted,
+    /// Every node that answered refused it, or left it off its best chain.
+    Rejected,
+    /// No node answered.
+    Unreachable,
+}
+
+/// The ledger's record of a found Bitcoin block.
+fn record_of(block: &FoundBlock, instance: &str) -> BlockRecord {
+    BlockRecord {
+        hash: to_display_hex(&block.hash),
+        height: i64::try_from(block.height).unwrap_or(i64::MAX),
+        status: BlockStatus::Submitted,
+        reward: i64::try_from(block.reward).unwrap_or(i64::MAX),
+        worker: block.worker.clone(),
+        address: block.address.clone(),
+        found_ms: i64::try_from(block.time_ms).unwrap_or(i64::MAX),
+        network_difficulty: block.network_difficulty,
+        instance: instance.to_string(),
+        reject_reason: None,
+        chain: Chain::BITCOIN,
+    }
+}
+
 /// What happens to blocks after a share meets the network target.
 pub struct BlockKeeper {
     /// Nodes to submit to and to check against.
@@ -57,10 +87,18 @@ impl BlockKeeper {
                     debug!(hash = %to_display_hex(&block.hash), "saved, not submitted: its parent already has an accepted child");
                     continue;
                 }
-                if submitter.handle(&block, hex).await {
-                    solved_parents.push_back(parent);
-                    if solved_parents.len() > 64 {
-                        solved_parents.pop_front();
+                match submitter.handle(&block, hex).await {
+                    Settled::Accepted => {
+                        solved_parents.push_back(parent);
+                        if solved_parents.len() > 64 {
+                            solved_parents.pop_front();
+                        }
+                    }
+                    Settled::Rejected => {}
+                    // No node answered (down, or killed mid-call): keep trying from the saved
+                    // hex, on its own task, so later blocks are not held up.
+                    Settled::Unreachable => {
+                        tokio::spawn(Arc::clone(&submitter).resubmit(block));
                     }
                 }
             }
@@ -76,29 +114,30 @@ impl BlockKeeper {
         tx
     }
 
-    /// Records, submits and credits one block; true when a node accepted it.
-    async fn handle(&self, block: &FoundBlock, hex: String) -> bool {
-        let record = BlockRecord {
-            hash: to_display_hex(&block.hash),
-            height: i64::try_from(block.height).unwrap_or(i64::MAX),
-            status: BlockStatus::Submitted,
-            reward: i64::try_from(block.reward).unwrap_or(i64::MAX),
-            worker: block.worker.clone(),
-            address: block.address.clone(),
-            found_ms: i64::try_from(block.time_ms).unwrap_or(i64::MAX),
-            network_difficulty: block.network_difficulty,
-            instance: self.instance.clone(),
-            reject_reason: None,
-            chain: Chain::BITCOIN,
-        };
+    /// Records, submits and credits one block.
+    async fn handle(&self, block: &FoundBlock, hex: String) -> Settled {
+        let record = record_of(block, &self.instance);
         if let Err(e) = self.store.insert_block(&record).await {
             // The block goes to the node regardless; the tracker can't see it, so say so loudly.
             error!(error = %e, hash = %record.hash, "could not record block in the ledger");
         }
+        self.submit(&record, block, hex).await
+    }
+
+    /// Submits to every node and settles the outcome: credited when a node took it, the
+    /// nodes' reasons recorded when all refused it.
+    async fn submit(&self, record: &BlockRecord, block: &FoundBlock, hex: String) -> Settled {
         let outcomes = Arc::clone(&self.nodes).submit_block(block, hex).await;
         let accepted = outcomes
             .iter()
             .any(|o| matches!(o, SubmitOutcome::Accepted | SubmitOutcome::Duplicate));
+        let unreachable = !outcomes.is_empty()
+            && outcomes
+                .iter()
+                .all(|o| matches!(o, SubmitOutcome::Failed(_)));
+        if unreachable {
+            return Settled::Unreachable;
+        }
         if accepted {
             self.nodes
                 .metrics
@@ -111,8 +150,10 @@ impl BlockKeeper {
                    "reward": record.reward, "accepted": accepted}),
         );
         if accepted {
-            self.credit(&record).await;
-        } else if let Some(reason) = rejection(&outcomes) {
+            self.credit(record).await;
+            return Settled::Accepted;
+        }
+        if let Some(reason) = rejection(&outcomes) {
             // Every node refused it: keep the node's words (Core's "bad-cb-amount", …) where the
             // operator looks, next to the block.
             error!(hash = %record.hash, height = record.height, %reason, "block rejected by every node");
@@ -120,7 +161,37 @@ impl BlockKeeper {
                 warn!(error = %e, hash = %record.hash, "could not record the block's rejection");
             }
         }
-        accepted
+        Settled::Rejected
+    }
+
+    /// Submits `block` again, from the hex saved before its first submission, until a node
+    /// answers (backing off to every 10 s, for up to half an hour: by then the chain has long
+    /// moved on).
+    async fn resubmit(self: Arc<Self>, block: FoundBlock) {
+        let record = record_of(&block, &self.instance);
+        let path = self.nodes.saved_block_path(&block);
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_secs(1);
+        while started.elapsed() < RESUBMIT_FOR {
+            warn!(hash = %record.hash, height = record.height, secs = wait.as_secs(), "no node answered submitblock: resubmitting from the saved block");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+            let hex = match tokio::fs::read_to_string(&path).await {
+                Ok(hex) => hex,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "saved block unreadable: resubmitting from memory");
+                    hex::encode(&block.block)
+                }
+            };
+            match self.submit(&record, &block, hex).await {
+                Settled::Unreachable => continue,
+                settled => {
+                    info!(hash = %record.hash, accepted = matches!(settled, Settled::Accepted), "resubmitted block answered");
+                    return;
+                }
+            }
+        }
+        error!(hash = %record.hash, "gave up resubmitting: no node answered for 30 min (the block is in data_dir/blocks)");
     }
 
     async fn credit(&self, record: &BlockRecord) {

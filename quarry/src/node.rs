@@ -122,8 +122,15 @@ impl Rpc {
                 message: error["message"].as_str().unwrap_or("").to_string(),
             });
         }
-        serde_json::from_value(value.get("result").cloned().unwrap_or(Value::Null))
-            .map_err(|e| RpcError::Decode(e.to_string()))
+        // A body without a `result` (a proxy's error page, `null`, `{}`) is no answer: never
+        // read as a null result, which for submitblock would mean "accepted".
+        let Some(result) = value.get("result") else {
+            return Err(RpcError::Transport(format!(
+                "HTTP {status}: not a JSON-RPC answer: {}",
+                text.chars().take(200).collect::<String>()
+            )));
+        };
+        serde_json::from_value(result.clone()).map_err(|e| RpcError::Decode(e.to_string()))
     }
 }
 
@@ -413,11 +420,16 @@ impl Nodes {
         Err(last)
     }
 
+    /// Where [`Nodes::save_block`] keeps `block`.
+    pub fn saved_block_path(&self, block: &FoundBlock) -> PathBuf {
+        let hash = to_display_hex(&block.hash);
+        self.blocks_dir.join(format!("{}-{hash}.hex", block.height))
+    }
+
     /// Writes the block hex to `blocks/<height>-<hash>.hex` before anything is sent.
     pub async fn save_block(&self, block: &FoundBlock) -> String {
-        let hash = to_display_hex(&block.hash);
         let block_hex = hex::encode(&block.block);
-        let path = self.blocks_dir.join(format!("{}-{hash}.hex", block.height));
+        let path = self.saved_block_path(block);
         if let Err(e) = tokio::fs::create_dir_all(&self.blocks_dir).await {
             error!(error = %e, "cannot create blocks dir");
         }

@@ -230,3 +230,141 @@ async fn bad_shares_get_their_codes_and_a_node_restart_keeps_miners() {
     .await;
     assert!(grew, "block after restart accepted:\n{}", pool.log_text());
 }
+
+/// A JSON-RPC proxy in front of node A that, at the first `submitblock`, stops node A before
+/// forwarding it (the node dies mid-call), then answers with a transport error. Later calls
+/// pass through. Returns its port and a flag set once node A has been stopped.
+async fn killing_proxy(
+    core_url: String,
+    datadir: String,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    let killed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&killed);
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (client, core_url, datadir, killed) = (
+                client.clone(),
+                core_url.clone(),
+                datadir.clone(),
+                Arc::clone(&flag),
+            );
+            async move {
+                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if request["method"] == "submitblock" && !killed.swap(true, Ordering::SeqCst) {
+                    let pid_file = std::path::Path::new(&datadir).join("regtest/bitcoind.pid");
+                    let pid = std::fs::read_to_string(&pid_file).expect("node A pid");
+                    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+                    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+                    while proc_dir.exists() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    return (StatusCode::BAD_GATEWAY, axum::Json(Value::Null));
+                }
+                let mut forward = client
+                    .post(&core_url)
+                    .timeout(Duration::from_secs(60))
+                    .body(body.to_vec());
+                if let Some(auth) = headers.get("authorization") {
+                    forward = forward.header("authorization", auth.as_bytes());
+                }
+                match forward.send().await {
+                    Ok(answer) => {
+                        let status = StatusCode::from_u16(answer.status().as_u16())
+                            .unwrap_or(StatusCode::BAD_GATEWAY);
+                        (
+                            status,
+                            axum::Json(answer.json().await.unwrap_or(Value::Null)),
+                        )
+                    }
+                    // Node A is down: the pool sees what it would see without the proxy.
+                    Err(_) => (StatusCode::BAD_GATEWAY, axum::Json(Value::Null)),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, killed)
+}
+
+/// The node goes down during `submitblock`: the pool keeps the block (saved before sending)
+/// and resubmits it from the saved hex until the restarted node takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_the_node_died_on_is_resubmitted_when_it_returns() {
+    let nodes = Regtest::single();
+    let dir = scratch_dir("resubmit");
+    let port = free_port();
+    let (proxy, killed) =
+        killing_proxy(nodes.rpc_url('A'), nodes.var("NODE_A_DATADIR").to_string()).await;
+    let config = pool_config(&nodes, &dir, port, "").replacen(
+        &format!("url = \"{}\"", nodes.rpc_url('A')),
+        &format!("url = \"http://127.0.0.1:{proxy}\""),
+        1,
+    );
+    let pool = start_pool(&dir, &config, port).await;
+    let user = format!("{}.rig", nodes.var("MINING_ADDRESS"));
+    let mut client = V1Client::connect(port).await;
+    let job = client.handshake(&user).await;
+    let en2 = vec![7u8; client.extranonce2_len];
+    let network = quarry_work::Target::from_compact(job.bits);
+    let nonce = client.find(&job, &en2, job.version, job.ntime, &network, true);
+    let hash = quarry_work::hash::to_display_hex(&job.hash(
+        &client.extranonce1,
+        &en2,
+        job.version,
+        job.ntime,
+        nonce,
+    ));
+    let answer = client
+        .submit(&user, &job, &en2, job.ntime, nonce, None)
+        .await;
+    assert_eq!(answer["result"], true, "{answer}");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            killed.load(std::sync::atomic::Ordering::SeqCst)
+        })
+        .await,
+        "the pool submitted the block"
+    );
+    assert!(nodes.rpc('A', "getblockcount", json!([])).await.is_err());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nodes.spawn_node_a();
+    assert!(
+        wait_until(Duration::from_secs(90), || async {
+            nodes
+                .rpc('A', "getblockheader", json!([hash]))
+                .await
+                .is_ok()
+        })
+        .await,
+        "the restarted node has the block {hash}\n{}",
+        pool.log_text()
+    );
+    assert_eq!(
+        nodes.rpc_ok('A', "getbestblockhash", json!([])).await,
+        json!(hash),
+        "and it is the tip"
+    );
+    let log = pool.log_text();
+    assert!(log.contains("resubmitting from the saved block"), "{log}");
+    let saved = std::fs::read_dir(dir.join("data").join("blocks"))
+        .expect("blocks dir")
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains(&hash));
+    assert!(
+        saved,
+        "the block's hex was saved before the first submission"
+    );
+}
