@@ -254,15 +254,42 @@ impl Postgres {
             .to_string();
         Postgres { dir, url }
     }
-}
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
+    /// Stops the server (the cluster stays on disk).
+    pub fn stop(&self) {
         let _ = Command::new("bash")
             .arg(repo_root().join("scripts/postgres.sh"))
             .arg("stop")
             .arg(&self.dir)
             .status();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .expect("port");
+        let output = Command::new("bash")
+            .env("PGPORT_OVERRIDE", port)
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("start")
+            .arg(&self.dir)
+            .output()
+            .expect("restart postgres");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
