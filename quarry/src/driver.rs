@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,12 +23,38 @@ use tracing::{debug, error};
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Milliseconds added to the wall clock: the injectable clock source (see [`follow_clock_file`]).
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
 /// Unix time in milliseconds: calendar time, for timestamps only (never for deadlines).
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
+    let real = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    u64::try_from(real.saturating_add(CLOCK_OFFSET_MS.load(Ordering::Relaxed))).unwrap_or(0)
+}
+
+/// Steps the pool's wall clock by the offset (milliseconds, may be negative) written in `path`,
+/// re-read every 100 ms: how the fault tests move the calendar under a running pool without
+/// changing the machine's clock (`QUARRY_CLOCK_OFFSET_FILE`). Deadlines run on the monotonic
+/// clock and never see it.
+pub fn follow_clock_file(path: std::path::PathBuf) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(text) = tokio::fs::read_to_string(&path).await {
+                if let Ok(offset) = text.trim().parse::<i64>() {
+                    if CLOCK_OFFSET_MS.swap(offset, Ordering::Relaxed) != offset {
+                        tracing::warn!(
+                            offset_ms = offset,
+                            "wall clock stepped (QUARRY_CLOCK_OFFSET_FILE)"
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 /// Both clocks, read once per event.

@@ -86,6 +86,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         JobFactory::new(resolved.layout.clone()),
         resolved.extranonce1_prefix.clone(),
     ));
+    if let Some(path) = std::env::var_os("QUARRY_CLOCK_OFFSET_FILE") {
+        driver::follow_clock_file(path.into());
+    }
     raise_open_file_limit(config.stratum.max_connections);
     let limits = Limits {
         max_connections: config.stratum.max_connections,

@@ -126,3 +126,64 @@ async fn postgres_down_for_30_s_under_load_keeps_every_acknowledged_share_once()
         "every acknowledged share stored exactly once"
     );
 }
+
+/// The pool's wall clock steps an hour forward, then an hour back (through its injectable
+/// clock source; the machine's clock is left alone) while 100 simulated miners submit: nobody
+/// is disconnected and no share a miner got right is refused for its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_under_load_disconnects_nobody_and_refuses_no_share() {
+    let nodes = Regtest::single();
+    let dir = scratch_dir("clock-step");
+    let port = free_port();
+    let clock = dir.join("clock-offset-ms");
+    std::fs::write(&clock, "0").expect("write");
+    let clock_path = clock.to_str().expect("utf-8").to_string();
+    let pool = start_pool_env(
+        &dir,
+        &pool_config(&nodes, &dir, port, ""),
+        port,
+        &[("QUARRY_CLOCK_OFFSET_FILE", &clock_path)],
+    )
+    .await;
+    let address = nodes.var("MINING_ADDRESS").to_string();
+    let mut loadgen = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--miners",
+            "100",
+            "--user",
+            &address,
+            "--rate",
+            "2",
+            "--duration",
+            "20",
+            "--json",
+        ],
+        &dir.join("loadgen.log"),
+    );
+    for offset in ["3600000", "-3600000", "0"] {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        std::fs::write(&clock, offset).expect("step the clock");
+    }
+    assert!(
+        loadgen.wait(Duration::from_secs(90)),
+        "loadgen stops by itself"
+    );
+    let text = loadgen.log_text();
+    let report: serde_json::Value = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON report:\n{text}"));
+    let log = pool.log_text();
+    assert!(
+        log.matches("wall clock stepped").count() >= 3,
+        "the pool saw each step:\n{log}"
+    );
+    assert_eq!(report["connections_established"], 100, "{report}");
+    assert_eq!(report["dropped"], 0, "nobody disconnected: {report}");
+    assert_eq!(report["rejected"], 0, "no share refused: {report}");
+    assert_eq!(report["unanswered"], 0, "{report}");
+    assert!(report["accepted"].as_u64() > Some(1_000), "{report}");
+}

@@ -785,9 +785,25 @@ fn a_wall_clock_step_closes_nothing_and_moves_only_ntime() {
     let answer = miner.submit(&job, &en2, t, nonce, None);
     assert_eq!(answer["result"], true, "{answer}");
 
+    // The wall clock steps back two hours: a share at the job's own ntime is still the miner
+    // getting it right (the bound runs from the job's ntime, not only from the pool's clock).
+    miner.now = Now {
+        mono_ms: miner.now.mono_ms + 10,
+        unix_ms: miner.now.unix_ms - 2 * 3600 * 1000,
+    };
+    let en2 = vec![0, 0, 0, 0, 0, 0, 1, 2];
+    let nonce = (0u32..)
+        .find(|n| {
+            Target::from_difficulty(Difficulty::new(miner.difficulty).expect("set"))
+                .is_met_by(&job.hash(&miner.extranonce1, &en2, job.version, t, *n))
+        })
+        .expect("a nonce");
+    let answer = miner.submit(&job, &en2, t, nonce, None);
+    assert_eq!(answer["result"], true, "after a step back: {answer}");
+
     // The real idle timeout still fires, on the monotonic clock.
     miner.now = Now {
-        mono_ms: START.mono_ms + 1000 + idle + 1,
+        mono_ms: miner.now.mono_ms + idle + 1,
         unix_ms: miner.now.unix_ms,
     };
     miner.session.handle_timeout(miner.now, &miner.pool);

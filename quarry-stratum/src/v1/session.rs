@@ -96,6 +96,9 @@ impl Default for SessionConfig {
 struct SentJob {
     /// Sent as lowercase hex.
     id: u64,
+    /// The ntime it was sent with: shares may run up to 2 h past it, whatever the wall clock
+    /// did since (a step back must not refuse what a miner got right).
+    ntime: u32,
     job: Arc<Job>,
     difficulty: Difficulty,
     target: Target,
@@ -544,7 +547,7 @@ impl Session {
             target: sent.target,
             version_mask: self.version_mask,
             extranonce2_len: self.config.extranonce2_len,
-            now_unix: now.unix_secs(),
+            now_unix: now.unix_secs().max(u64::from(sent.ntime)),
         };
         let submission = Submission {
             extranonce1: &self.extranonce1,
@@ -702,6 +705,7 @@ impl Session {
             self.jobs.retain(|j| tip.keeps(&j.job.template.prev_hash));
         }
         self.jobs.push_back(SentJob {
+            ntime,
             id,
             job,
             difficulty,

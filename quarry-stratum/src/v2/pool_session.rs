@@ -70,6 +70,9 @@ enum ChannelKind {
 #[derive(Debug)]
 struct ChannelJob {
     id: u32,
+    /// The ntime the job (or its SetNewPrevHash) carried: shares may run up to 2 h past it,
+    /// whatever the wall clock did since.
+    ntime: u32,
     job: Arc<Job>,
 }
 
@@ -769,7 +772,7 @@ impl PoolSession {
             target: Target::from_difficulty(easiest),
             version_mask: self.config.version_mask,
             extranonce2_len: self.config.extranonce2_len,
-            now_unix: now.unix_secs(),
+            now_unix: now.unix_secs().max(u64::from(sent.ntime)),
         };
         let submission = Submission {
             extranonce1: &channel.extranonce1,
@@ -920,7 +923,11 @@ impl PoolSession {
                     keep
                 });
             }
-            channel.jobs.push_back(ChannelJob { id: job_id, job });
+            channel.jobs.push_back(ChannelJob {
+                id: job_id,
+                ntime,
+                job,
+            });
             while channel.jobs.len() > max_jobs {
                 if let Some(old) = channel.jobs.pop_front() {
                     channel.dropped.push_back(old.id);

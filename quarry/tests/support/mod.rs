@@ -301,9 +301,15 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(args: &[&str], log: &Path) -> Process {
+        Process::spawn_env(args, log, &[])
+    }
+
+    /// Like [`Process::spawn`], with extra environment variables for the child alone.
+    pub fn spawn_env(args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Process {
         let file = std::fs::File::create(log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info,quarry::share=debug")
             .stdout(file.try_clone().expect("clone"))
             .stderr(file)
@@ -385,11 +391,17 @@ pub fn loadgen_report(args: &[&str], log: &Path, context: impl Fn() -> String) -
 
 /// Starts `quarry serve` with `config` (TOML) and waits until it listens on `port`.
 pub async fn start_pool(dir: &Path, config: &str, port: u16) -> Process {
+    start_pool_env(dir, config, port, &[]).await
+}
+
+/// [`start_pool`] with extra environment variables for the pool.
+pub async fn start_pool_env(dir: &Path, config: &str, port: u16, envs: &[(&str, &str)]) -> Process {
     let path = dir.join("quarry.toml");
     std::fs::write(&path, config).expect("write config");
-    let mut pool = Process::spawn(
+    let mut pool = Process::spawn_env(
         &["serve", "--config", path.to_str().expect("utf-8 path")],
         &dir.join("serve.log"),
+        envs,
     );
     let start = Instant::now();
     loop {
