@@ -6,7 +6,8 @@
 #                                             committed corpus, new inputs to a scratch dir (CI)
 #   scripts/fuzz.sh campaign SECONDS [T...]   each target (or T...) SECONDS into a kept corpus
 #                                             (target/fuzz-campaign), then prints a summary
-#   scripts/fuzz.sh minimize [T...]           merges the campaign corpus into fuzz/corpus (cmin)
+#   scripts/fuzz.sh minimize [T...]           merges the campaign corpus into fuzz/corpus (a set
+#                                             cover on edge coverage: small enough to commit)
 #
 # A crash stops the run and leaves its input under target/fuzz-artifacts/<target>/; keep it in
 # fuzz/regressions/<target>/ once fixed: quarry-stratum/tests/fuzz_corpus.rs replays it.
@@ -78,13 +79,23 @@ campaign)
 minimize)
     install
     shift
+    cargo +nightly fuzz build >/dev/null
     for target in ${*:-$targets_all}; do
+        pool=$(mktemp -d)
         merged=$(mktemp -d)
-        cargo +nightly fuzz cmin "$target" "fuzz/corpus/$target" "target/fuzz-campaign/$target" \
-            -- -merge=1 "$merged" >/dev/null 2>&1 || true
-        # cmin leaves the minimized set in its first directory.
-        echo "$target: $(ls "fuzz/corpus/$target" | wc -l) inputs"
-        rm -rf "$merged"
+        cp fuzz/corpus/"$target"/* "$pool"/ 2>/dev/null || true
+        cp target/fuzz-campaign/"$target"/* "$pool"/ 2>/dev/null || true
+        # A set cover on edge coverage alone (no hit counters): the fewest inputs that reach
+        # every edge the campaign reached, small enough to commit.
+        "fuzz/target/x86_64-unknown-linux-gnu/release/$target" -set_cover_merge=1 \
+            -use_counters=0 "$merged" "$pool" >/dev/null 2>&1
+        if [ -n "$(ls "$merged")" ]; then
+            rm -rf "fuzz/corpus/$target"
+            mkdir -p "fuzz/corpus/$target"
+            cp "$merged"/* "fuzz/corpus/$target/"
+        fi
+        echo "$target: $(ls "fuzz/corpus/$target" | wc -l) inputs, $(du -sh --apparent-size "fuzz/corpus/$target" | cut -f1)"
+        rm -rf "$pool" "$merged"
     done
     ;;
 *)
