@@ -18,7 +18,7 @@ use quarry_stratum::{Pool, SharedPool};
 use quarry_work::share::ShareReject;
 use quarry_work::template::WorkTemplate;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
@@ -214,6 +214,7 @@ impl Server {
                     .metrics
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
                 server.drive(stream, peer, work).await;
                 server
                     .out
@@ -252,11 +253,9 @@ impl Server {
         .await;
         self.out.metrics.connections.fetch_add(1, Ordering::Relaxed);
         match handshake {
-            Ok(Ok(mut stream)) => {
-                if let Some((protocol, first)) = self.sniff(&mut stream, Vec::new()).await {
-                    let stream = driver::Buffered::new(stream, local);
-                    self.run_session(stream, peer, protocol, first, work).await;
-                }
+            Ok(Ok(stream)) => {
+                self.drive(driver::Buffered::new(stream, local), peer, work)
+                    .await;
             }
             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -335,12 +334,9 @@ impl Server {
     }
 
     /// Reads until the first bytes (`first` holds those read already) tell the protocol apart.
-    async fn sniff<R: AsyncRead + Unpin>(
-        &self,
-        stream: &mut R,
-        mut first: Vec<u8>,
-    ) -> Option<(Detected, Vec<u8>)> {
-        let mut buf = vec![0u8; 512];
+    async fn sniff<S: driver::ByteStream>(&self, stream: &mut S) -> Option<(Detected, Vec<u8>)> {
+        let mut first = Vec::new();
+        let mut buf = [0u8; 512];
         // One deadline for the whole sniff, so a client dripping bytes cannot stretch it.
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
@@ -349,45 +345,36 @@ impl Server {
                 Detected::NeedMore => {}
                 decided => return Some((decided, first)),
             }
-            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => first.extend_from_slice(&buf[..n]),
+            let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+            match tokio::time::timeout_at(deadline, ready).await {
+                Ok(Ok(())) => {}
                 _ => return None,
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => first.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
             }
         }
     }
 
-    /// One plain connection: the protocol is sniffed, then the one driver runs its session.
+    /// One connection, plain or TLS: the protocol is sniffed, then the one driver runs its
+    /// session.
     // Not an `async fn`, and sessions are built inside the `drive` call: see driver::drive on
-    // keeping each connection's task small.
+    // keeping each connection's task small (one async layer here, not two).
     #[allow(clippy::manual_async_fn)]
-    fn drive(
+    fn drive<S: driver::ByteStream + 'static>(
         &self,
-        mut stream: TcpStream,
+        mut stream: S,
         peer: SocketAddr,
-        work: watch::Receiver<driver::Work>,
-    ) -> impl std::future::Future<Output = ()> + '_ {
-        async move {
-            let _ = stream.set_nodelay(true);
-            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream, Vec::new())).await
-            else {
-                debug!(%peer, "closed before speaking");
-                return;
-            };
-            self.run_session(stream, peer, protocol, first, work).await
-        }
-    }
-
-    /// The session the first bytes asked for, over `stream`, until it ends.
-    #[allow(clippy::manual_async_fn)]
-    fn run_session<S: driver::ByteStream + 'static>(
-        &self,
-        stream: S,
-        peer: SocketAddr,
-        protocol: Detected,
-        first: Vec<u8>,
         work: watch::Receiver<driver::Work>,
     ) -> impl std::future::Future<Output = ()> + Send + '_ {
         async move {
+            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
+                debug!(%peer, "closed before speaking");
+                return;
+            };
             let env = Environment {
                 shared: &*self.pool as &dyn Pool,
                 work,
