@@ -146,7 +146,21 @@ async fn writer(
         }
     }
     loop {
-        let Some(first) = receiver.recv().await else {
+        // With spooled shares waiting, an idle pool still replays them once the database is
+        // back, instead of waiting for the next share.
+        let first = tokio::select! {
+            first = receiver.recv() => first,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if spool.has_data() => {
+                if db_up.load(Ordering::Acquire) {
+                    if let Err(e) = spool.replay(&store).await {
+                        warn!(error = %e, "spool replay failed");
+                        mark_down(&store, &db_up);
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(first) = first else {
             return;
         };
         batch.push(first);
@@ -270,8 +284,24 @@ impl Spool {
             .append(true)
             .open(&path)
             .await?;
-        file.write_all(text.as_bytes()).await?;
-        file.sync_all().await?;
+        let before = file.metadata().await?.len();
+        let written = async {
+            file.write_all(text.as_bytes()).await?;
+            // tokio hands the write to a blocking thread and reports its error only on the
+            // next operation: without this flush a full disk's ENOSPC was lost, sync_all
+            // succeeded, and shares that never reached the file were acknowledged.
+            file.flush().await?;
+            file.sync_all().await
+        };
+        if let Err(e) = written.await {
+            // A full disk can leave part of the batch behind: cut it off, so the file holds
+            // only whole lines of acknowledged shares. Failing that, later batches go to a new
+            // file rather than after the torn one.
+            if file.set_len(before).await.is_err() || file.sync_all().await.is_err() {
+                self.current = None;
+            }
+            return Err(e);
+        }
         if let Ok(dir) = tokio::fs::File::open(&self.dir).await {
             // The new file's directory entry must be durable too.
             let _ = dir.sync_all().await;

@@ -2,61 +2,59 @@
 //! session queues after it, goes out only once the driver reports the share durable in the
 //! share log. Sessions count their outbox in their own units (V1 lines, SV2 bytes).
 
+use std::collections::VecDeque;
+
 /// Answers waiting for the share log.
 #[derive(Debug, Default)]
 pub(crate) struct AckHold {
-    /// Accepted shares the driver has not reported on yet.
-    unrecorded: u32,
-    /// While `unrecorded > 0`: how many outbox units ahead of the first unrecorded share's
-    /// answer may still go out.
-    sendable: usize,
+    /// Where each accepted share's answer sits in the outbox (units from its front), oldest
+    /// first, for the shares the driver has not reported on yet. Empty (no allocation) on an
+    /// idle connection.
+    pending: VecDeque<usize>,
 }
 
 impl AckHold {
     /// A share was accepted while `queued` units were in the outbox: those may still go; its
-    /// answer, queued next, waits.
+    /// answer, queued next (at `queued`), waits.
     pub(crate) fn accepted(&mut self, queued: usize) {
-        if self.unrecorded == 0 {
-            self.sendable = queued;
-        }
-        self.unrecorded += 1;
+        self.pending.push_back(queued);
     }
 
-    /// How many of the `queued` units may go out now.
+    /// How many of the `queued` units may go out now: everything before the oldest waiting
+    /// answer.
     pub(crate) fn releasable(&self, queued: usize) -> usize {
-        match self.unrecorded {
-            0 => queued,
-            _ => self.sendable.min(queued),
+        match self.pending.front() {
+            None => queued,
+            Some(&at) => at.min(queued),
         }
     }
 
-    /// `n` units went out.
+    /// `n` units went out from the front.
     pub(crate) fn sent(&mut self, n: usize) {
-        if self.unrecorded > 0 {
-            self.sendable = self.sendable.saturating_sub(n);
+        for at in &mut self.pending {
+            *at = at.saturating_sub(n);
         }
     }
 
     /// Accepted shares waiting for the driver's word.
     pub(crate) fn awaiting(&self) -> u32 {
-        self.unrecorded
+        u32::try_from(self.pending.len()).unwrap_or(u32::MAX)
     }
 
-    /// The driver's word on the oldest unreported share. `Some(keep)` when it was not
-    /// recorded: the session keeps only its first `keep` outbox units and closes.
+    /// The driver's word on the oldest unreported share. `Some(at)` when it was not
+    /// recorded: its answer is unit `at` of the outbox, for the session to replace with an
+    /// error (V1) or to cut the outbox at (SV2).
     pub(crate) fn recorded(&mut self, durable: bool) -> Option<usize> {
-        if self.unrecorded == 0 {
-            return None;
+        let at = self.pending.pop_front()?;
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
         }
-        if !durable {
-            self.unrecorded = 0;
-            return Some(std::mem::take(&mut self.sendable));
-        }
-        self.unrecorded -= 1;
-        if self.unrecorded == 0 {
-            self.sendable = 0;
-        }
-        None
+        (!durable).then_some(at)
+    }
+
+    /// Forgets every waiting answer (the session is closing).
+    pub(crate) fn clear(&mut self) {
+        self.pending = VecDeque::new();
     }
 }
 
@@ -65,7 +63,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_wait_for_every_share_before_them() {
+    fn each_answer_waits_for_its_own_share() {
         let mut hold = AckHold::default();
         assert_eq!(hold.releasable(3), 3);
         hold.accepted(2); // two lines ahead of the first answer
@@ -74,22 +72,22 @@ mod tests {
         hold.sent(2);
         assert_eq!(hold.releasable(5), 0);
         assert_eq!(hold.recorded(true), None);
-        assert_eq!(
-            hold.releasable(5),
-            0,
-            "the second share is still unrecorded"
-        );
+        // The first is durable: the lines up to the second answer may go.
+        assert_eq!(hold.releasable(5), 3);
         assert_eq!(hold.recorded(true), None);
         assert_eq!(hold.releasable(5), 5);
         assert_eq!(hold.recorded(true), None, "nothing to report");
     }
 
     #[test]
-    fn an_unrecorded_share_cuts_the_outbox_where_its_answer_starts() {
+    fn an_unrecorded_share_names_where_its_answer_is() {
         let mut hold = AckHold::default();
         hold.accepted(4);
+        hold.accepted(6);
         hold.sent(1);
         assert_eq!(hold.recorded(false), Some(3));
+        assert_eq!(hold.awaiting(), 1);
+        assert_eq!(hold.recorded(true), None);
         assert_eq!(hold.awaiting(), 0);
     }
 }

@@ -309,7 +309,7 @@ where
                     Some(receipt) => match receipt.durable().await {
                         Ok(()) => true,
                         Err(e) => {
-                            error!(%peer, error = %e, "share not durable: dropping the connection unacknowledged");
+                            error!(%peer, error = %e, "share not durable: not acknowledged (V1 answers an error, SV2 closes)");
                             false
                         }
                     },
@@ -494,7 +494,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_share_the_log_refuses_is_never_answered_and_the_connection_closes() {
+    async fn a_share_the_log_refuses_is_answered_with_an_error_and_the_connection_stays() {
         let sink = Arc::new(Refusing::default());
         let (_stop, shutdown) = watch::channel(false);
         let (mut rig, task) = start(Arc::clone(&sink), shutdown);
@@ -525,17 +525,26 @@ mod tests {
             format!("{ADDRESS}.rig"), job.job_id, hex::encode(en2),
             format!("{:08x}", job.ntime), format!("{nonce:08x}")]}))
             .await;
-        // The stream ends, and nothing on it answers the share.
-        while let Some(message) = rig.next().await {
-            assert_ne!(
-                message["id"],
-                json!(3),
-                "answered a share that is not in the log: {message}"
-            );
-        }
-        let session = task.await.expect("driver");
+        // The share is answered, never with true, and the connection serves on.
+        let answer = loop {
+            let message = rig.next().await.expect("an answer to the share");
+            if message["id"] == json!(3) {
+                break message;
+            }
+        };
+        assert_eq!(answer["result"], Value::Null, "{answer}");
+        assert_eq!(answer["error"][0], 20, "{answer}");
+        rig.send(json!({"id": 4, "method": "mining.extranonce.subscribe", "params": []}))
+            .await;
+        let next = rig.next().await.expect("still served");
+        assert_eq!(next["id"], 4, "{next}");
         assert_eq!(*sink.offered.lock().expect("lock"), 1);
-        assert!(session.close_reason().is_some());
+        drop(rig);
+        let session = task.await.expect("driver");
+        assert_ne!(
+            session.close_reason(),
+            Some(&quarry_stratum::v1::CloseReason::ShareNotRecorded)
+        );
     }
 
     #[tokio::test]

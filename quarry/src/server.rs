@@ -526,7 +526,7 @@ impl Sink<Event> for PoolSink<'_> {
             let settle = move |queued: Result<Receipt, RecordError>| match queued {
                 Ok(receipt) => Recording::Queued(receipt),
                 Err(e) => {
-                    error!(%peer, error = %e, "share log unavailable: dropping the connection unacknowledged");
+                    error!(%peer, error = %e, "share log unavailable: the share is not acknowledged");
                     Recording::Refused
                 }
             };

@@ -187,3 +187,131 @@ async fn a_wall_clock_step_under_load_disconnects_nobody_and_refuses_no_share() 
     assert_eq!(report["unanswered"], 0, "{report}");
     assert!(report["accepted"].as_u64() > Some(1_000), "{report}");
 }
+
+/// A tmpfs of `kib` KiB mounted at `at`, unmounted on drop. Needs root (CAP_SYS_ADMIN), as
+/// the test command has on the machines it runs on.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, kib: u64) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {kib} KiB tmpfs at {} failed: this test needs root",
+            at.display()
+        );
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Fills it with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// PostgreSQL is down and the spool's disk fills up: the pool answers shares with an error
+/// instead of acknowledging what it cannot keep, keeps the connection, and acknowledges again
+/// once space returns. Every share acknowledged is in the database after the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_gets_errors_not_acknowledgements_and_recovers() {
+    let nodes = Regtest::single();
+    let pg = Postgres::start();
+    let dir = scratch_dir("disk-full");
+    let disk = SmallDisk::mount(&dir.join("data").join("spool"), 256);
+    let port = free_port();
+    let mut config = pool_config(&nodes, &dir, port, "");
+    config.push_str(&format!("\n[ledger]\nurl = \"{}\"\n", pg.url));
+    let _pool = start_pool(&dir, &config, port).await;
+    let user = format!("{}.disk", nodes.var("MINING_ADDRESS"));
+    let mut client = V1Client::connect(port).await;
+    client.handshake(&user).await;
+    let mut acknowledged = 0i64;
+    let mut en2_counter = 0u64;
+    // One share on the newest job (on regtest every share is also a block: the node's own
+    // disk is not the one filled).
+    let mut submit = |client: &mut V1Client| {
+        en2_counter += 1;
+        let job = client.jobs.last().expect("job").clone();
+        let mut en2 = en2_counter.to_be_bytes().to_vec();
+        en2.resize(client.extranonce2_len, 0);
+        let share = client.share_target();
+        let nonce = client.find(&job, &en2, job.version, job.ntime, &share, true);
+        (job, en2, nonce)
+    };
+    for _ in 0..5 {
+        let (job, en2, nonce) = submit(&mut client);
+        let answer = client
+            .submit(&user, &job, &en2, job.ntime, nonce, None)
+            .await;
+        assert_eq!(answer["result"], true, "{answer}");
+        acknowledged += 1;
+    }
+
+    // The database goes away and the spool's disk is full: errors, never true, on the same
+    // connection.
+    pg.stop();
+    let filler = disk.fill();
+    let mut refused = 0;
+    for _ in 0..5 {
+        let (job, en2, nonce) = submit(&mut client);
+        let answer = client
+            .submit(&user, &job, &en2, job.ntime, nonce, None)
+            .await;
+        if answer["result"] == true {
+            // A batch the database took before its connection noticed it was gone.
+            acknowledged += 1;
+        } else {
+            assert_eq!(code(&answer), Some(20), "{answer}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 3, "a full disk refuses acknowledgements");
+    assert!(!client.closed, "the connection stays");
+
+    // Space returns: acknowledged again.
+    std::fs::remove_file(filler).expect("free the disk");
+    let mut back = 0;
+    for _ in 0..5 {
+        let (job, en2, nonce) = submit(&mut client);
+        let answer = client
+            .submit(&user, &job, &en2, job.ntime, nonce, None)
+            .await;
+        if answer["result"] == true {
+            back += 1;
+            acknowledged += 1;
+        }
+    }
+    assert!(back >= 4, "acknowledgements resume once there is space");
+
+    pg.restart();
+    let store = quarry_ledger::Store::open(&pg.url).await.expect("open");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let store = store.clone();
+            async move { store.share_count().await.is_ok_and(|n| n >= acknowledged) }
+        })
+        .await,
+        "every acknowledged share is stored: {} of {acknowledged}",
+        store.share_count().await.unwrap_or(-1)
+    );
+}

@@ -64,6 +64,10 @@ pub enum RequestError {
     /// The password names an aux payout address that cannot be one.
     #[error("invalid password: {0}")]
     BadAuxPayout(String),
+    /// The share was valid but the pool could not keep it (database and spool both failing):
+    /// it is not acknowledged, and not credited.
+    #[error("share not recorded: the pool cannot store shares right now")]
+    NotRecorded,
     /// Too many workers authorized on one connection.
     #[error("too many workers on one connection")]
     TooManyWorkers,

@@ -228,12 +228,19 @@ impl Session {
 
     /// The driver's word on the oldest unreported [`Event::ShareAccepted`], once per such
     /// event and in order: `true` once the share log has it durably. Answers go out only when
-    /// every share before them is recorded. `false` closes the session; the unrecorded share's
-    /// answer, and everything after it, is never sent.
+    /// every share before them is recorded. `false`: that share is answered with an error
+    /// instead of `true`, and the session goes on.
     pub fn share_recorded(&mut self, durable: bool) {
-        if let Some(keep) = self.hold.recorded(durable) {
-            self.outbox.truncate(keep);
-            self.close(CloseReason::ShareNotRecorded);
+        if let Some(at) = self.hold.recorded(durable) {
+            // The share's "true" never goes out: the same request gets an error instead, and
+            // the connection stays, so the miner carries on once the pool can store again.
+            let Some(line) = self.outbox.get_mut(at) else {
+                return self.close(CloseReason::ShareNotRecorded);
+            };
+            let id = serde_json::from_str::<Value>(line)
+                .map(|answer| answer["id"].clone())
+                .unwrap_or(Value::Null);
+            *line = message::error_line(&id, &RequestError::NotRecorded);
         }
     }
 

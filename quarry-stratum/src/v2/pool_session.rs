@@ -257,6 +257,7 @@ impl PoolSession {
     pub fn share_recorded(&mut self, durable: bool) {
         if let Some(keep) = self.hold.recorded(durable) {
             self.outbox.truncate(keep);
+            self.hold.clear();
             self.close("share log unavailable: share not recorded".into());
         }
     }
