@@ -188,14 +188,27 @@ async fn a_wall_clock_step_under_load_disconnects_nobody_and_refuses_no_share() 
     assert!(report["accepted"].as_u64() > Some(1_000), "{report}");
 }
 
-/// A tmpfs of `kib` KiB mounted at `at`, unmounted on drop. Needs root (CAP_SYS_ADMIN), as
-/// the test command has on the machines it runs on.
+/// A tmpfs of `kib` KiB mounted at `at`, unmounted on drop. Needs root or password-less sudo
+/// (CAP_SYS_ADMIN), as the test command has for apt on the machines it runs on.
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
     fn mount(at: &std::path::Path, kib: u64) -> SmallDisk {
         std::fs::create_dir_all(at).expect("mount point");
-        let status = std::process::Command::new("mount")
+        // As root directly; otherwise through sudo, as the test command installs packages.
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let mut mount = match root {
+            true => std::process::Command::new("mount"),
+            false => {
+                let mut sudo = std::process::Command::new("sudo");
+                sudo.args(["-n", "mount"]);
+                sudo
+            }
+        };
+        let status = mount
             .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
             .arg(at)
             .status()
@@ -222,10 +235,17 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        let unmounted = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = std::process::Command::new("sudo")
+                .args(["-n", "umount", "-l"])
+                .arg(&self.0)
+                .status();
+        }
     }
 }
 
