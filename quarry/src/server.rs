@@ -54,6 +54,10 @@ pub struct Bans {
     /// Bans are imposed when true; scores are kept either way.
     pub enabled: bool,
     book: Mutex<BanBook>,
+    /// The latest end of any ban (monotonic ms): before it the book is looked up, after it
+    /// nobody is banned and no lock is taken. Every connection asks after every round of
+    /// events, so the common case must not touch the shared mutex.
+    bans_until_ms: std::sync::atomic::AtomicU64,
     /// Connections refused because their address was banned.
     pub refused: std::sync::atomic::AtomicU64,
 }
@@ -64,14 +68,21 @@ impl Bans {
         Bans {
             enabled,
             book: Mutex::new(BanBook::new(policy)),
+            bans_until_ms: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Counts `offence` against `peer`'s address.
     pub fn offend(&self, peer: SocketAddr, offence: Offence) {
-        if let Some(until) = lock(&self.book).offend(peer.ip(), offence, driver::now().mono_ms) {
-            let secs = until.saturating_sub(driver::now().mono_ms) / 1000;
+        // Stale and duplicate shares score nothing: no lock for them.
+        if offence.points() <= 0.0 {
+            return;
+        }
+        let now_ms = driver::now().mono_ms;
+        if let Some(until) = lock(&self.book).offend(peer.ip(), offence, now_ms) {
+            self.bans_until_ms.fetch_max(until, Ordering::Relaxed);
+            let secs = until.saturating_sub(now_ms) / 1000;
             match self.enabled {
                 true => warn!(ip = %peer.ip(), ?offence, secs, "address banned"),
                 false => {
@@ -83,7 +94,12 @@ impl Bans {
 
     /// Whether `ip` is banned now (never when bans are off).
     pub fn is_banned(&self, ip: IpAddr) -> bool {
-        self.enabled && lock(&self.book).is_banned(ip, driver::now().mono_ms)
+        if !self.enabled {
+            return false;
+        }
+        let now_ms = driver::now().mono_ms;
+        now_ms < self.bans_until_ms.load(Ordering::Relaxed)
+            && lock(&self.book).is_banned(ip, now_ms)
     }
 
     /// Every scored or banned address, highest score first.
