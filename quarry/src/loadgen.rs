@@ -166,14 +166,8 @@ impl Stats {
 pub async fn run(args: LoadgenArgs) -> Result<()> {
     let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
     let (address, authority) = (endpoint.address, endpoint.authority);
-    let tls = match endpoint.tls {
-        true => Some(crate::tls::ClientTls::new(
-            &address,
-            args.tls_ca.as_deref(),
-        )?),
-        false => None,
-    };
     let target: SocketAddr = tokio::net::lookup_host(&address)
         .await
         .with_context(|| format!("resolving {address}"))?

@@ -67,14 +67,8 @@ struct Shared {
 /// Runs the miner until `--duration` passes (or forever), reconnecting on errors.
 pub async fn run(args: MineArgs) -> Result<()> {
     let endpoint = parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
     let (address, authority) = (endpoint.address, endpoint.authority);
-    let tls = match endpoint.tls {
-        true => Some(crate::tls::ClientTls::new(
-            &address,
-            args.tls_ca.as_deref(),
-        )?),
-        false => None,
-    };
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -289,6 +283,18 @@ pub(crate) struct Endpoint {
     pub authority: Option<[u8; 32]>,
     /// Stratum V1 over TLS (`stratum+ssl://`).
     pub tls: bool,
+}
+
+impl Endpoint {
+    /// The TLS settings for a `stratum+ssl://` endpoint (trusting `ca`, or the web's roots).
+    pub fn client_tls(
+        &self,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Option<crate::tls::ClientTls>> {
+        self.tls
+            .then(|| crate::tls::ClientTls::new(&self.address, ca))
+            .transpose()
+    }
 }
 
 /// `host:port`, TLS for a `stratum+ssl://` URL and, for SV2 (`sv2` or a `stratum2+tcp://`
