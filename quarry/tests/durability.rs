@@ -91,12 +91,7 @@ async fn postgres_down_for_30_s_under_load_keeps_every_acknowledged_share_once()
         loadgen.wait(Duration::from_secs(120)),
         "loadgen stops by itself"
     );
-    let text = loadgen.log_text();
-    let report: serde_json::Value = text
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{text}"));
+    let report = loadgen_json(&loadgen, || pool.log_text());
     let accepted = report["accepted"].as_i64().expect("accepted");
     assert!(accepted > 5_000, "load ran through the outage: {report}");
     assert_eq!(report["dropped"], 0, "no miner dropped: {report}");
@@ -170,12 +165,7 @@ async fn a_wall_clock_step_under_load_disconnects_nobody_and_refuses_no_share() 
         loadgen.wait(Duration::from_secs(90)),
         "loadgen stops by itself"
     );
-    let text = loadgen.log_text();
-    let report: serde_json::Value = text
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON report:\n{text}"));
+    let report = loadgen_json(&loadgen, || pool.log_text());
     let log = pool.log_text();
     assert!(
         log.matches("wall clock stepped").count() >= 3,

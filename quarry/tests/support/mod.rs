@@ -382,6 +382,11 @@ pub fn loadgen_report(args: &[&str], log: &Path, context: impl Fn() -> String) -
         "loadgen stops by itself:\n{}",
         context()
     );
+    loadgen_json(&loadgen, context)
+}
+
+/// The JSON report a finished `quarry loadgen --json` wrote last.
+pub fn loadgen_json(loadgen: &Process, context: impl Fn() -> String) -> Value {
     let text = loadgen.log_text();
     text.lines()
         .rev()
