@@ -165,6 +165,16 @@ async fn idle_unauthenticated_connections_time_out_and_limits_hold() {
     assert!(pool.is_running());
 }
 
+/// `GET /api/bans`.
+async fn bans_json(api: u16) -> serde_json::Value {
+    reqwest::get(format!("http://127.0.0.1:{api}/api/bans"))
+        .await
+        .expect("bans")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 /// Reads until the pool closes the connection (or `limit` passes); returns the lines read.
 async fn until_closed(client: &mut V1Client, limit: Duration) -> usize {
     let start = Instant::now();
@@ -220,12 +230,7 @@ async fn floods_and_garbage_ban_the_address_for_a_while() {
     );
     assert!(refused.closed, "a banned address is refused");
 
-    let bans: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{api}/api/bans"))
-        .await
-        .expect("bans")
-        .json()
-        .await
-        .expect("JSON");
+    let bans = bans_json(api).await;
     let entry = bans["addresses"]
         .as_array()
         .and_then(|a| a.iter().find(|e| e["ip"] == "127.0.0.1"))
@@ -316,12 +321,7 @@ async fn proxy_protocol_headers_give_limits_and_bans_the_miners_address() {
         }
         until_closed(&mut garbage, Duration::from_secs(10)).await;
     }
-    let bans: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{api}/api/bans"))
-        .await
-        .expect("bans")
-        .json()
-        .await
-        .expect("JSON");
+    let bans = bans_json(api).await;
     let addresses = bans["addresses"].as_array().cloned().unwrap_or_default();
     assert!(
         addresses
