@@ -5,6 +5,21 @@
 //! Each `run` takes arbitrary bytes and must never panic; the asserts inside are the targets'
 //! invariants.
 
+/// `data` split at 0xff bytes into SV2 frames (each header's length set to its payload's),
+/// encrypted: how the session targets reach the code behind the Noise layer.
+fn encrypted_frames(data: &[u8], transport: &mut crate::v2::noise::Transport) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for frame in data.split(|b| *b == 0xff) {
+        if frame.len() >= 6 {
+            let mut fixed = frame.to_vec();
+            let len = (frame.len() - 6) as u32;
+            fixed[3..6].copy_from_slice(&len.to_le_bytes()[..3]);
+            transport.encrypt(&fixed, &mut wire);
+        }
+    }
+    wire
+}
+
 /// Arbitrary bytes as an AuxPoW, as RSK work and as a coinbase: errors, never panics, and every
 /// AuxPoW that decodes encodes back to the same bytes. `cargo fuzz run auxpow`
 pub mod auxpow {
@@ -160,15 +175,7 @@ pub mod sv2_session {
         let mut transport = initiator
             .finish(&act2, now.unix_secs() as u32)
             .expect("trusted");
-        let mut wire = Vec::new();
-        for frame in data.split(|b| *b == 0xff) {
-            if frame.len() >= 6 {
-                let mut fixed = frame.to_vec();
-                let len = (frame.len() - 6) as u32;
-                fixed[3..6].copy_from_slice(&len.to_le_bytes()[..3]);
-                transport.encrypt(&fixed, &mut wire);
-            }
-        }
+        let wire = super::encrypted_frames(data, &mut transport);
         session.handle_bytes(&wire, now, &pool);
         while session.awaiting_record() > 0 {
             session.share_recorded(data.first().is_none_or(|b| b % 7 != 0));
@@ -217,15 +224,7 @@ pub mod tp_session {
         let mut transport = initiator
             .finish(&act2, now.unix_secs() as u32)
             .expect("trusted");
-        let mut wire = Vec::new();
-        for frame in data.split(|b| *b == 0xff) {
-            if frame.len() >= 6 {
-                let mut fixed = frame.to_vec();
-                let len = (frame.len() - 6) as u32;
-                fixed[3..6].copy_from_slice(&len.to_le_bytes()[..3]);
-                transport.encrypt(&fixed, &mut wire);
-            }
-        }
+        let wire = super::encrypted_frames(data, &mut transport);
         session.handle_bytes(&wire, now);
         session.handle_template(template);
         while session.poll_transmit().is_some() {}
