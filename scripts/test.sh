@@ -3,6 +3,8 @@
 # Works on a machine with only the Rust toolchain, pip and apt.
 set -euo pipefail
 export CARGO_TERM_COLOR=never
+# A CI clone builds once: incremental state would only fill the disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }

@@ -109,6 +109,8 @@ pub struct LoadgenArgs {
 #[derive(Default)]
 struct Stats {
     connected: AtomicU64,
+    /// Miners that have their first job: submitting starts when every miner has one.
+    ready: AtomicU64,
     failed_connects: AtomicU64,
     sent: AtomicU64,
     accepted: AtomicU64,
@@ -179,17 +181,22 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         tokio::spawn(follow_tips(endpoint.clone(), Arc::clone(&stats)));
     }
     let rss_before = args.pool_pid.and_then(rss_kib);
-    let started = Instant::now();
-    let submit_until = started + Duration::from_secs(args.duration);
     let args = Arc::new(args);
     let mut handles = Vec::with_capacity(args.miners);
     let pause = Duration::from_secs_f64(1.0 / args.connect_rate.max(1) as f64);
+    // When submitting ends: sent once every miner has its first job.
+    let (go, start) = tokio::sync::watch::channel(None::<Instant>);
     for index in 0..args.miners {
-        let (stats, args, tls) = (Arc::clone(&stats), Arc::clone(&args), tls.clone());
+        let (stats, args, tls, start) = (
+            Arc::clone(&stats),
+            Arc::clone(&args),
+            tls.clone(),
+            start.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let result = match authority {
-                Some(key) => miner_v2(index, target, &args, &stats, &key, submit_until).await,
-                None => miner_v1(index, target, tls.as_ref(), &args, &stats, submit_until).await,
+                Some(key) => miner_v2(index, target, &args, &stats, &key, start).await,
+                None => miner_v1(index, target, tls.as_ref(), &args, &stats, start).await,
             };
             if let Err(e) = result {
                 tracing::debug!(index, error = %e, "miner ended");
@@ -201,7 +208,11 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         }));
         tokio::time::sleep(pause).await;
     }
-    let ramped = Instant::now();
+    wait_until_ready(&stats, args.miners as u64).await;
+    let started = Instant::now();
+    let submit_until = started + Duration::from_secs(args.duration);
+    let _ = go.send(Some(submit_until));
+    let ramped = started;
     let held = stats.connected.load(Ordering::Relaxed);
     // The last miners' handshakes settle before the pool's memory is read.
     if args.pool_pid.is_some() {
@@ -234,6 +245,28 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         fanout,
     );
     Ok(())
+}
+
+/// Waits until every miner has its first job or has ended, for at most `READY_WAIT` (a miner
+/// still without work then simply starts late). A load test measures the steady state, and
+/// some pools cannot take a block while channels are still opening: SRI's `pool_sv2` 0.7.0 shuts
+/// down when a connection arrives between a block's future template and its prevhash.
+async fn wait_until_ready(stats: &Stats, miners: u64) {
+    const READY_WAIT: Duration = Duration::from_secs(30);
+    let deadline = Instant::now() + READY_WAIT;
+    while Instant::now() < deadline {
+        let settled = stats.ready.load(Ordering::Relaxed)
+            + stats.failed_connects.load(Ordering::Relaxed)
+            + stats.dropped.load(Ordering::Relaxed);
+        if settled >= miners {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warn!(
+        ready = stats.ready.load(Ordering::Relaxed),
+        miners, "not every miner had work after {READY_WAIT:?}; submitting anyway"
+    );
 }
 
 /// The node client and payout address for `--blocks`, checked before any miner starts.
@@ -336,54 +369,103 @@ async fn connect(
     Ok(stream)
 }
 
-/// When a miner submits: `rate` per second, spread over the interval across miners, until the
-/// end of the run; then it waits up to 5 s for its last answers.
+/// When a miner submits: `rate` per second, spread over the interval across miners, from the
+/// start signal until the end of the run; then it waits up to 5 s for its last answers.
 struct Pacer {
     interval: Option<Duration>,
+    offset: Duration,
+    /// The run's end, once every miner has work (`None` until then: nothing is submitted).
+    start: tokio::sync::watch::Receiver<Option<Instant>>,
+    window: Option<Window>,
+}
+
+struct Window {
     next: tokio::time::Instant,
     submit_until: tokio::time::Instant,
     answer_until: tokio::time::Instant,
 }
 
 impl Pacer {
-    fn new(index: usize, rate: f64, submit_until: Instant) -> Self {
+    fn new(index: usize, rate: f64, start: tokio::sync::watch::Receiver<Option<Instant>>) -> Self {
         let interval = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
         let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64((index % 997) as f64 / 997.0));
-        let submit_until = tokio::time::Instant::from_std(submit_until);
         Pacer {
             interval,
-            next: tokio::time::Instant::now() + offset,
-            submit_until,
-            answer_until: submit_until + Duration::from_secs(5),
+            offset,
+            start,
+            window: None,
         }
+    }
+
+    /// Opens the submit window once the start signal has come; call before each wait.
+    fn poll_start(&mut self) {
+        if self.window.is_some() {
+            return;
+        }
+        if let Some(until) = *self.start.borrow_and_update() {
+            let submit_until = tokio::time::Instant::from_std(until);
+            self.window = Some(Window {
+                next: tokio::time::Instant::now() + self.offset,
+                submit_until,
+                answer_until: submit_until + Duration::from_secs(5),
+            });
+        }
+    }
+
+    /// The start signal, to wait on while the window is not open.
+    fn signal(&self) -> Option<tokio::sync::watch::Receiver<Option<Instant>>> {
+        self.window.is_none().then(|| self.start.clone())
     }
 
     /// Whether the miner is done, given whether answers are still outstanding.
     fn done(&self, waiting: bool) -> bool {
+        let Some(window) = &self.window else {
+            return false;
+        };
         let now = tokio::time::Instant::now();
-        (now >= self.submit_until && !waiting) || now >= self.answer_until
+        (now >= window.submit_until && !waiting) || now >= window.answer_until
+    }
+
+    /// Stops waiting for answers (the pool asked the miner to reconnect).
+    fn stop(&mut self) {
+        if let Some(window) = &mut self.window {
+            window.answer_until = tokio::time::Instant::now();
+        }
     }
 
     fn wake(&self) -> tokio::time::Instant {
-        if tokio::time::Instant::now() >= self.submit_until {
-            return self.answer_until;
+        let Some(window) = &self.window else {
+            return tokio::time::Instant::now() + Duration::from_secs(3600);
+        };
+        if tokio::time::Instant::now() >= window.submit_until {
+            return window.answer_until;
         }
         match self.interval {
-            Some(_) => self.next.min(self.submit_until),
-            None => self.submit_until,
+            Some(_) => window.next.min(window.submit_until),
+            None => window.submit_until,
         }
     }
 
     /// Called on waking: whether a share is due now.
     fn due(&mut self) -> bool {
-        let Some(interval) = self.interval else {
+        let (Some(interval), Some(window)) = (self.interval, &mut self.window) else {
             return false;
         };
-        if tokio::time::Instant::now() >= self.submit_until {
+        if tokio::time::Instant::now() >= window.submit_until {
             return false;
         }
-        self.next += interval;
+        window.next += interval;
         true
+    }
+}
+
+/// The start signal's next change (never, when there is none to wait for).
+async fn changed(
+    signal: &mut Option<tokio::sync::watch::Receiver<Option<Instant>>>,
+) -> Option<Result<(), tokio::sync::watch::error::RecvError>> {
+    match signal {
+        Some(receiver) => Some(receiver.changed().await),
+        None => std::future::pending().await,
     }
 }
 
@@ -437,6 +519,9 @@ impl V1Miner {
                     stats.notifies.fetch_add(1, Ordering::Relaxed);
                     if self.work.as_ref().map(|w| w.job.prev_hash) != Some(work.job.prev_hash) {
                         stats.work_on(work.job.prev_hash, read_at);
+                    }
+                    if self.work.is_none() {
+                        stats.ready.fetch_add(1, Ordering::Relaxed);
                     }
                     self.work = Some(work);
                 }
@@ -508,7 +593,7 @@ async fn miner_v1(
     tls: Option<&crate::tls::ClientTls>,
     args: &LoadgenArgs,
     stats: &Stats,
-    submit_until: Instant,
+    start: tokio::sync::watch::Receiver<Option<Instant>>,
 ) -> Result<()> {
     let stream = connect(index, target, args, stats).await?;
     let mut stream = crate::tls::ClientStream::connect(stream, tls)
@@ -526,7 +611,7 @@ async fn miner_v1(
         pending: Vec::new(),
     };
     let mut counter = index as u64 * 1_000_003;
-    let mut pacer = Pacer::new(index, args.rate, submit_until);
+    let mut pacer = Pacer::new(index, args.rate, start);
     let mut ended = None;
     loop {
         let mut out = String::new();
@@ -539,10 +624,13 @@ async fn miner_v1(
                 .bytes_out
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
         }
+        pacer.poll_start();
         if pacer.done(!miner.pending.is_empty()) {
             break;
         }
+        let mut signal = pacer.signal();
         tokio::select! {
+            Some(Ok(())) = changed(&mut signal) => {}
             read_result = stream.read(&mut buf) => {
                 let n = match read_result {
                     Ok(0) => {
@@ -597,7 +685,7 @@ async fn miner_v2(
     args: &LoadgenArgs,
     stats: &Stats,
     authority: &[u8; 32],
-    submit_until: Instant,
+    start: tokio::sync::watch::Receiver<Option<Instant>>,
 ) -> Result<()> {
     let stream = connect(index, target, args, stats).await?;
     let (mut read, mut write) = stream.into_split();
@@ -617,7 +705,7 @@ async fn miner_v2(
     let mut pending: Vec<(u32, Instant, Hash32)> = Vec::new();
     let mut buf = vec![0u8; 4096];
     let mut read_at = Instant::now();
-    let mut pacer = Pacer::new(index, args.rate, submit_until);
+    let mut pacer = Pacer::new(index, args.rate, start);
     let mut ended = None;
     loop {
         if let Some(bytes) = client.poll_transmit() {
@@ -637,6 +725,9 @@ async fn miner_v2(
                         stats.work_on(new.prev_hash, read_at);
                     }
                     next_nonce = 0;
+                    if work.is_none() {
+                        stats.ready.fetch_add(1, Ordering::Relaxed);
+                    }
                     work = Some(new);
                 }
                 ClientEvent::Accepted {
@@ -671,7 +762,7 @@ async fn miner_v2(
                         }
                     }
                 }
-                ClientEvent::Reconnect { .. } => pacer.answer_until = tokio::time::Instant::now(),
+                ClientEvent::Reconnect { .. } => pacer.stop(),
             }
         }
         if let Some(reason) = client.close_reason() {
@@ -680,10 +771,13 @@ async fn miner_v2(
                 .fetch_add(pending.len() as u64, Ordering::Relaxed);
             anyhow::bail!("{reason}");
         }
+        pacer.poll_start();
         if pacer.done(!pending.is_empty()) {
             break;
         }
+        let mut signal = pacer.signal();
         tokio::select! {
+            Some(Ok(())) = changed(&mut signal) => {}
             read_result = read.read(&mut buf) => {
                 let n = match read_result {
                     Ok(0) => {
