@@ -6,6 +6,10 @@
 #   scripts/loadgen-bench.sh fanout [MINERS] [BLOCKS]  new block -> last miner notified (idle miners)
 #   scripts/loadgen-bench.sh shares [MINERS] [RATE]    accepted shares/s end to end, Stratum V1
 #   scripts/loadgen-bench.sh sv2    [MINERS] [RATE]    the same over Stratum V2 (Noise, standard channels)
+#   scripts/loadgen-bench.sh soak   [MINERS] [RATE]    pool mode (SQLite share log), a block every
+#                                                      30 s; the pool's RSS and descriptors every
+#                                                      minute into target/loadgen-bench/soak.csv
+#                                                      (LOADGEN_SECONDS defaults to 3600 here)
 #
 # POOL_CPUS and LOADGEN_CPUS (taskset lists, e.g. 0 and 1) pin each process to its own cores.
 # LOADGEN_SECONDS (default 30) is the run's length; extra arguments after the scenario's go to
@@ -19,9 +23,11 @@ case "$SCENARIO" in
     idle) MINERS=${2:-10000}; RATE=0; shift $(( $# < 2 ? $# : 2 )) ;;
     fanout) MINERS=${2:-10000}; BLOCKS=${3:-10}; RATE=0; shift $(( $# < 3 ? $# : 3 )) ;;
     shares | sv2) MINERS=${2:-1000}; RATE=${3:-5}; shift $(( $# < 3 ? $# : 3 )) ;;
-    *) echo "usage: $0 idle|fanout|shares|sv2 [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
+    soak) MINERS=${2:-5000}; RATE=${3:-0.2}; shift $(( $# < 3 ? $# : 3 ))
+        SECONDS_RUN=${LOADGEN_SECONDS:-3600}; BLOCKS=$((SECONDS_RUN / 30)) ;;
+    *) echo "usage: $0 idle|fanout|shares|sv2|soak [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
 esac
-SECONDS_RUN=${LOADGEN_SECONDS:-30}
+SECONDS_RUN=${SECONDS_RUN:-${LOADGEN_SECONDS:-30}}
 WORK=${LOADGEN_WORK:-$ROOT/target/loadgen-bench}
 LIMIT=$(ulimit -n)
 if [ "$LIMIT" != unlimited ] && [ "$MINERS" -gt $((LIMIT - 200)) ]; then
@@ -34,7 +40,9 @@ QUARRY="$ROOT/target/release/quarry"
 rm -rf "$WORK"
 mkdir -p "$WORK"
 POOL_PID=
+SAMPLER_PID=
 cleanup() {
+    [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
     [ -n "$POOL_PID" ] && kill "$POOL_PID" 2>/dev/null && wait "$POOL_PID" 2>/dev/null
     scripts/regtest-nodes.sh stop "$WORK/nodes" || true
 }
@@ -57,8 +65,12 @@ cookie_file = "$NODE_A_COOKIE"
 zmq_hashblock = "$NODE_A_ZMQ"
 
 [mining]
-mode = "solo"
+mode = "$([ "$SCENARIO" = soak ] && echo pool || echo solo)"
+pool_address = "$MINING_ADDRESS"
 poll_interval_secs = 1
+
+[payout]
+interval_secs = 0
 
 [stratum]
 listen = "127.0.0.1:$PORT"
@@ -89,7 +101,27 @@ case "$SCENARIO" in
     fanout) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
         --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS") ;;
     sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
+    soak) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
+        --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS")
+        # minute, pool RSS (KiB), open descriptors, threads: sampled until the run ends.
+        (
+            echo "minute,rss_kib,fds,threads"
+            minute=0
+            while kill -0 "$POOL_PID" 2>/dev/null; do
+                rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$POOL_PID/status")
+                threads=$(awk '/^Threads:/ { print $2 }' "/proc/$POOL_PID/status")
+                echo "$minute,$rss,$(ls "/proc/$POOL_PID/fd" | wc -l),$threads"
+                minute=$((minute + 1))
+                sleep 60
+            done
+        ) >"$WORK/soak.csv" &
+        SAMPLER_PID=$! ;;
 esac
 echo "loadgen-bench: $SCENARIO, $MINERS miners, ${SECONDS_RUN}s, pool pid $POOL_PID" >&2
 # shellcheck disable=SC2046
-RUST_LOG=${LOADGEN_LOG:-warn} $(pin "${LOADGEN_CPUS:-}") "$QUARRY" "${ARGS[@]}" "$@"
+RUST_LOG=${LOADGEN_LOG:-warn} $(pin "${LOADGEN_CPUS:-}") "$QUARRY" "${ARGS[@]}" "$@" | tee "$WORK/loadgen.out"
+if [ "$SCENARIO" = soak ]; then
+    # One last sample after the load, then the table.
+    echo "end,$(awk '/^VmRSS:/ { print $2 }' "/proc/$POOL_PID/status"),$(ls "/proc/$POOL_PID/fd" | wc -l),$(awk '/^Threads:/ { print $2 }' "/proc/$POOL_PID/status")" >>"$WORK/soak.csv"
+    cat "$WORK/soak.csv"
+fi
