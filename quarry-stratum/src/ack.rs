@@ -1,26 +1,26 @@
-//! The acknowledgement rule, for every session: an accepted share's answer, and everything a
-//! session queues after it, goes out only once the driver reports the share durable in the
-//! share log. Sessions count their outbox in their own units (V1 lines, SV2 bytes).
+//! The acknowledgement rule for V1 sessions: an accepted share's answer, and every line queued
+//! after it, goes out only once the driver reports the share durable in the share log. (SV2
+//! keeps the same rule with its own plaintext queue: its outbox is encrypted.)
 
 use std::collections::VecDeque;
 
 /// Answers waiting for the share log.
 #[derive(Debug, Default)]
 pub(crate) struct AckHold {
-    /// Where each accepted share's answer sits in the outbox (units from its front), oldest
+    /// Where each accepted share's answer sits in the outbox (lines from its front), oldest
     /// first, for the shares the driver has not reported on yet. Empty (no allocation) on an
     /// idle connection.
     pending: VecDeque<usize>,
 }
 
 impl AckHold {
-    /// A share was accepted while `queued` units were in the outbox: those may still go; its
+    /// A share was accepted while `queued` lines were in the outbox: those may still go; its
     /// answer, queued next (at `queued`), waits.
     pub(crate) fn accepted(&mut self, queued: usize) {
         self.pending.push_back(queued);
     }
 
-    /// How many of the `queued` units may go out now: everything before the oldest waiting
+    /// How many of the `queued` lines may go out now: everything before the oldest waiting
     /// answer.
     pub(crate) fn releasable(&self, queued: usize) -> usize {
         match self.pending.front() {
@@ -29,7 +29,7 @@ impl AckHold {
         }
     }
 
-    /// `n` units went out from the front.
+    /// `n` lines went out from the front.
     pub(crate) fn sent(&mut self, n: usize) {
         for at in &mut self.pending {
             *at = at.saturating_sub(n);
@@ -42,19 +42,14 @@ impl AckHold {
     }
 
     /// The driver's word on the oldest unreported share. `Some(at)` when it was not
-    /// recorded: its answer is unit `at` of the outbox, for the session to replace with an
-    /// error (V1) or to cut the outbox at (SV2).
+    /// recorded: its answer is line `at` of the outbox, for the session to replace with an
+    /// error.
     pub(crate) fn recorded(&mut self, durable: bool) -> Option<usize> {
         let at = self.pending.pop_front()?;
         if self.pending.is_empty() {
             self.pending = VecDeque::new();
         }
         (!durable).then_some(at)
-    }
-
-    /// Forgets every waiting answer (the session is closing).
-    pub(crate) fn clear(&mut self) {
-        self.pending = VecDeque::new();
     }
 }
 

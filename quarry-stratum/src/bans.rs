@@ -180,20 +180,24 @@ impl BanBook {
         self.banned_total
     }
 
-    /// Frees room: the unbanned address with the lowest score goes.
+    /// Frees room: the unbanned eighth of the book with the lowest scores goes, in one pass.
+    /// A flood from new addresses then costs a scan per `max_tracked / 8` of them instead of
+    /// one per address, all under the book's lock.
     fn forget_lowest(&mut self, now_ms: u64) {
         let half_life = self.policy.half_life_ms;
-        let lowest = self
+        let mut scores: Vec<(f64, IpAddr)> = self
             .entries
             .iter()
             .filter(|(_, e)| e.banned_until_ms <= now_ms)
-            .min_by(|a, b| {
-                a.1.decayed(now_ms, half_life)
-                    .total_cmp(&b.1.decayed(now_ms, half_life))
-            })
-            .map(|(ip, _)| *ip);
-        if let Some(ip) = lowest {
-            self.entries.remove(&ip);
+            .map(|(ip, e)| (e.decayed(now_ms, half_life), *ip))
+            .collect();
+        let drop = (self.policy.max_tracked / 8).clamp(1, scores.len().max(1));
+        if scores.len() < drop {
+            return;
+        }
+        scores.select_nth_unstable_by(drop - 1, |a, b| a.0.total_cmp(&b.0));
+        for (_, ip) in &scores[..drop] {
+            self.entries.remove(ip);
         }
     }
 }
@@ -285,5 +289,27 @@ mod tests {
             book.offend(ip, Offence::AuthTimeout, u64::from(i));
         }
         assert!(book.standings(10_000).len() <= 100);
+    }
+
+    /// A full book forgets its lowest scores first: the worst offenders and the banned stay.
+    #[test]
+    fn a_full_book_forgets_the_lowest_scores() {
+        let mut book = BanBook::new(BanPolicy {
+            max_tracked: 16,
+            ..BanPolicy::default()
+        });
+        let banned = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+        let worst = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 2));
+        book.offend(banned, Offence::Flood, 0);
+        assert!(book.offend(banned, Offence::Flood, 0).is_some());
+        book.offend(worst, Offence::Flood, 0);
+        for i in 0..1_000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            book.offend(ip, Offence::AuthTimeout, 1);
+        }
+        let standings = book.standings(2);
+        assert!(standings.len() <= 16);
+        assert!(standings.iter().any(|s| s.ip == banned));
+        assert!(standings.iter().any(|s| s.ip == worst));
     }
 }

@@ -309,7 +309,7 @@ where
                     Some(receipt) => match receipt.durable().await {
                         Ok(()) => true,
                         Err(e) => {
-                            error!(%peer, error = %e, "share not durable: not acknowledged (V1 answers an error, SV2 closes)");
+                            error!(%peer, error = %e, "share not durable: answered with an error, not acknowledged");
                             false
                         }
                     },

@@ -109,7 +109,12 @@ pub(super) fn connected_to(
 
 /// A nonce whose header meets `target` (and, with `block`, the work's network target too).
 pub(super) fn solve(work: &HeaderWork, target: &Target, version: u32) -> (u32, [u8; 32]) {
-    (0u32..)
+    solve_from(work, target, version, 0)
+}
+
+/// The first nonce from `from` whose header meets `target`.
+fn solve_from(work: &HeaderWork, target: &Target, version: u32, from: u32) -> (u32, [u8; 32]) {
+    (from..)
         .find_map(|nonce| {
             let header = header_bytes(
                 version,
@@ -694,7 +699,7 @@ fn endless_timeouts_never_overflow() {
 }
 
 /// SV2 holds SubmitShares.Success until the driver reports the shares recorded; an
-/// unrecorded share closes the session without it.
+/// unrecorded share gets SubmitShares.Error `share-not-recorded` instead, and the channel stays.
 #[test]
 fn success_waits_for_the_share_log() {
     for durable in [true, false] {
@@ -710,23 +715,82 @@ fn success_waits_for_the_share_log() {
             .iter()
             .any(|e| matches!(e, Event::ShareAccepted(_))));
         session.share_recorded(durable);
-        if durable {
-            let bytes = session.poll_transmit().expect("the success");
-            client.handle_bytes(&bytes, START.unix_secs() as u32);
-            assert_eq!(
-                client_events(&mut client),
-                vec![ClientEvent::Accepted {
-                    count: 1,
-                    last_sequence_number: 0
-                }]
-            );
-        } else {
-            assert_eq!(session.poll_transmit(), None);
-            assert!(session
-                .close_reason()
-                .is_some_and(|r| r.contains("not recorded")));
-        }
+        assert_eq!(session.awaiting_record(), 0);
+        let bytes = session.poll_transmit().expect("an answer");
+        client.handle_bytes(&bytes, START.unix_secs() as u32);
+        let expected = match durable {
+            true => ClientEvent::Accepted {
+                count: 1,
+                last_sequence_number: 0,
+            },
+            false => ClientEvent::Rejected {
+                sequence_number: 0,
+                code: "share-not-recorded".into(),
+            },
+        };
+        assert_eq!(client_events(&mut client), vec![expected]);
+        assert!(session.close_reason().is_none(), "the channel stays");
     }
+}
+
+/// Shares from one read, the middle one unrecorded: the miner hears a Success for the first,
+/// the Error for the second, a Success for the rest, in that order; and whatever the session
+/// queued behind them (a new job) comes after, once every share has its word.
+#[test]
+fn an_unrecorded_share_in_a_batch_splits_the_success() {
+    let (mut client, mut session, pool, work, target) = connected(HARD_BITS);
+    events(&mut session);
+    let mut from = 0;
+    let mut bytes = Vec::new();
+    for _ in 0..4 {
+        let (nonce, _) = solve_from(&work, &target, work.version, from);
+        from = nonce.wrapping_add(1);
+        client.submit(work.job_id, nonce, work.ntime, work.version);
+        bytes.extend(client.poll_transmit().expect("a submit"));
+    }
+    session.handle_bytes(&bytes, START, &pool);
+    assert_eq!(session.awaiting_record(), 4);
+    session.handle_template(template(2, 8, HARD_BITS), START, &pool);
+    assert_eq!(
+        session.poll_transmit(),
+        None,
+        "the job waits behind the shares"
+    );
+    session.share_recorded(true);
+    session.share_recorded(false);
+    assert_eq!(session.awaiting_record(), 2);
+    let first = session.poll_transmit().expect("the first two answers");
+    client.handle_bytes(&first, START.unix_secs() as u32);
+    assert_eq!(
+        client_events(&mut client),
+        vec![
+            ClientEvent::Accepted {
+                count: 1,
+                last_sequence_number: 0
+            },
+            ClientEvent::Rejected {
+                sequence_number: 1,
+                code: "share-not-recorded".into()
+            },
+        ]
+    );
+    session.share_recorded(true);
+    session.share_recorded(true);
+    let rest = session.poll_transmit().expect("the rest");
+    client.handle_bytes(&rest, START.unix_secs() as u32);
+    let heard = client_events(&mut client);
+    assert_eq!(
+        heard[0],
+        ClientEvent::Accepted {
+            count: 2,
+            last_sequence_number: 3
+        }
+    );
+    assert!(
+        matches!(heard.last(), Some(ClientEvent::Work(_))),
+        "{heard:?}"
+    );
+    assert!(session.close_reason().is_none());
 }
 
 /// SV2 too: a wall-clock jump neither closes the channel nor moves its deadline, and the next

@@ -23,7 +23,6 @@ use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use super::noise::{ResponderHandshake, ResponderLink};
 use crate::accept::{accept, Validated};
-use crate::ack::AckHold;
 use crate::bans::Offence;
 use crate::event::Event;
 use crate::pool::Pool;
@@ -91,9 +90,32 @@ struct Channel {
     /// Ids of jobs this channel was sent and has dropped since (the tip moved on, or too many
     /// jobs), newest last: a share on one is stale, while an id never sent here is invalid.
     dropped: VecDeque<u32>,
-    /// Accepted shares not acknowledged yet: (last sequence number, count, difficulty sum).
-    pending_success: Option<(u32, u32, f64)>,
 }
+
+/// What waits behind a share the share log has not confirmed, in plaintext: it is encrypted
+/// only once it may go, so the share's answer can still become an error.
+#[derive(Debug)]
+enum Queued {
+    Frame(Vec<u8>),
+    Share {
+        channel_id: u32,
+        sequence_number: u32,
+        credited: f64,
+        record: Record,
+    },
+}
+
+/// The driver's word on an accepted share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Record {
+    Awaiting,
+    Durable,
+    Lost,
+}
+
+/// The error code a share gets when the share log could not keep it: the miner may send it
+/// again later (the pool never saw it recorded), and the connection stays.
+pub const SHARE_NOT_RECORDED: &str = "share-not-recorded";
 
 /// Dropped job ids remembered per channel, to tell a stale share from an invalid job id: four
 /// times the 16 live jobs a channel keeps by default, which covers any share still in flight,
@@ -161,9 +183,13 @@ pub struct PoolSession {
     connected_ms: u64,
     last_frame_ms: u64,
     next_retarget_ms: u64,
+    /// Encrypted bytes ready to go.
     outbox: Vec<u8>,
-    /// Bytes of `outbox` that wait for the share log ([`PoolSession::share_recorded`]).
-    hold: AckHold,
+    /// Accepted shares waiting for the share log ([`PoolSession::share_recorded`]), and every
+    /// message queued after the oldest of them. Empty (no allocation) on an idle connection.
+    queue: VecDeque<Queued>,
+    /// `Record::Awaiting` shares in `queue`.
+    awaiting: u32,
     events: VecDeque<Event>,
     closed: Option<String>,
     /// What the peer did that closed the session, for the ban book.
@@ -223,7 +249,8 @@ impl PoolSession {
             last_frame_ms: now.mono_ms,
             next_retarget_ms: now.mono_ms,
             outbox: Vec::new(),
-            hold: AckHold::default(),
+            queue: VecDeque::new(),
+            awaiting: 0,
             events: VecDeque::new(),
             closed,
             offence: None,
@@ -235,30 +262,98 @@ impl PoolSession {
     /// Bytes to write, in order. A SubmitShares.Success, and whatever follows it, waits until
     /// the driver reports its shares recorded.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let ready = self.hold.releasable(self.outbox.len());
-        if ready == 0 {
+        self.release_queued();
+        if self.outbox.is_empty() {
             return None;
         }
-        self.hold.sent(ready);
-        if ready == self.outbox.len() {
-            return Some(std::mem::take(&mut self.outbox));
-        }
-        Some(self.outbox.drain(..ready).collect())
+        Some(std::mem::take(&mut self.outbox))
     }
 
     /// Accepted shares waiting for [`PoolSession::share_recorded`].
     pub fn awaiting_record(&self) -> u32 {
-        self.hold.awaiting()
+        self.awaiting
     }
 
     /// The driver's word on the oldest unreported [`Event::ShareAccepted`], once per such
-    /// event and in order: `true` once the share log has it durably. `false` closes the
-    /// session without the acknowledgement, or anything queued after it.
+    /// event and in order: `true` once the share log has it durably. `false`: that share gets
+    /// a SubmitShares.Error (`share-not-recorded`) instead of its place in a Success, and the
+    /// session goes on.
     pub fn share_recorded(&mut self, durable: bool) {
-        if let Some(keep) = self.hold.recorded(durable) {
-            self.outbox.truncate(keep);
-            self.hold.clear();
-            self.close("share log unavailable: share not recorded".into());
+        let oldest = self.queue.iter_mut().find_map(|queued| match queued {
+            Queued::Share { record, .. } if *record == Record::Awaiting => Some(record),
+            _ => None,
+        });
+        if let Some(record) = oldest {
+            *record = if durable {
+                Record::Durable
+            } else {
+                Record::Lost
+            };
+            self.awaiting -= 1;
+        }
+    }
+
+    /// Encrypts what may go from the front of the queue: frames, one Success for each run of
+    /// recorded shares on a channel, an Error for each lost one; up to the first share still
+    /// awaiting its record.
+    fn release_queued(&mut self) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        while let Some(front) = self.queue.front() {
+            match *front {
+                Queued::Frame(_) => {
+                    if let Some(Queued::Frame(frame)) = self.queue.pop_front() {
+                        link.encrypt(&frame, &mut self.outbox);
+                    }
+                }
+                Queued::Share {
+                    record: Record::Awaiting,
+                    ..
+                } => break,
+                Queued::Share {
+                    channel_id,
+                    sequence_number,
+                    record: Record::Lost,
+                    ..
+                } => {
+                    self.queue.pop_front();
+                    let error = Message::SubmitSharesError {
+                        channel_id,
+                        sequence_number,
+                        error_code: SHARE_NOT_RECORDED.into(),
+                    };
+                    link.encrypt(&error.to_frame_bytes(), &mut self.outbox);
+                }
+                Queued::Share {
+                    channel_id: batch, ..
+                } => {
+                    let (mut last, mut count, mut sum) = (0, 0u32, 0.0);
+                    while let Some(&Queued::Share {
+                        channel_id,
+                        sequence_number,
+                        credited,
+                        record: Record::Durable,
+                    }) = self.queue.front()
+                    {
+                        if channel_id != batch {
+                            break;
+                        }
+                        self.queue.pop_front();
+                        (last, count, sum) = (sequence_number, count + 1, sum + credited);
+                    }
+                    let success = Message::SubmitSharesSuccess {
+                        channel_id: batch,
+                        last_sequence_number: last,
+                        new_submits_accepted_count: count,
+                        new_shares_sum: sum.round() as u64,
+                    };
+                    link.encrypt(&success.to_frame_bytes(), &mut self.outbox);
+                }
+            }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
         }
     }
 
@@ -346,11 +441,14 @@ impl PoolSession {
                 Err(e) => self.close_for(Offence::ProtocolViolation, e.to_string()),
             }
         }
-        self.flush_successes();
     }
 
+    /// Encrypts `message` into the outbox, or queues it behind shares awaiting the share log.
     fn send(&mut self, message: Message) {
-        if let Some(link) = &mut self.link {
+        if !self.queue.is_empty() {
+            self.queue
+                .push_back(Queued::Frame(message.to_frame_bytes()));
+        } else if let Some(link) = &mut self.link {
             link.encrypt(&message.to_frame_bytes(), &mut self.outbox);
         }
     }
@@ -632,7 +730,6 @@ impl PoolSession {
                 previous: None,
                 jobs: VecDeque::new(),
                 dropped: VecDeque::new(),
-                pending_success: None,
             },
         );
         self.next_retarget_ms = now
@@ -700,10 +797,6 @@ impl PoolSession {
                 let Some(channel) = self.channels.get_mut(&channel_id) else {
                     return;
                 };
-                let pending = channel.pending_success.get_or_insert((0, 0, 0.0));
-                pending.0 = sequence_number;
-                pending.1 += 1;
-                pending.2 += credited.get();
                 channel.vardiff.record_share(credited, now.mono_ms);
                 let network = self.network_difficulty();
                 if let Some(channel) = self.channels.get_mut(&channel_id) {
@@ -725,8 +818,7 @@ impl PoolSession {
                         reason: *reason,
                     });
                 }
-                // Earlier acceptances first, so the miner's counts stay in order.
-                self.flush_success(channel_id);
+                // Queued behind earlier acceptances, so the miner's counts stay in order.
                 self.send(Message::SubmitSharesError {
                     channel_id,
                     sequence_number,
@@ -806,36 +898,15 @@ impl PoolSession {
             &mut self.events,
         )
         .map_err(Refusal::Share)?;
-        // Its SubmitShares.Success (sent after this read) waits for the share log.
-        self.hold.accepted(self.outbox.len());
+        // Its SubmitShares.Success waits for the share log.
+        self.queue.push_back(Queued::Share {
+            channel_id: share.channel_id,
+            sequence_number: share.sequence_number,
+            credited: credited.get(),
+            record: Record::Awaiting,
+        });
+        self.awaiting += 1;
         Ok(credited)
-    }
-
-    fn flush_success(&mut self, channel_id: u32) {
-        let Some(channel) = self.channels.get_mut(&channel_id) else {
-            return;
-        };
-        if let Some((last, count, sum)) = channel.pending_success.take() {
-            self.send(Message::SubmitSharesSuccess {
-                channel_id,
-                last_sequence_number: last,
-                new_submits_accepted_count: count,
-                new_shares_sum: sum.round() as u64,
-            });
-        }
-    }
-
-    /// One SubmitShares.Success per channel for everything accepted from one read.
-    fn flush_successes(&mut self) {
-        let ids: Vec<u32> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.pending_success.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.flush_success(id);
-        }
     }
 
     /// New work from the node.
