@@ -21,6 +21,15 @@ CARGO_FUZZ_VERSION=0.13.2
 root=${QUARRY_CARGO_FUZZ_ROOT:-$HOME/.cache/quarry/cargo-fuzz}
 export PATH="$root/bin:$PATH"
 targets_all=$(ls fuzz/fuzz_targets | sed 's/\.rs$//')
+built=fuzz/target/x86_64-unknown-linux-gnu/release
+
+# Builds every target (ASan, coverage) and copies the binaries where this run alone uses them.
+build() {
+    cargo +nightly fuzz build >/dev/null
+    bin=$(mktemp -d)
+    trap 'rm -rf "$bin"' EXIT
+    for target in $targets_all; do cp "$built/$target" "$bin/"; done
+}
 
 install() {
     if ! rustup toolchain list | grep -q '^nightly'; then
@@ -39,7 +48,9 @@ run() {
     mkdir -p "$out" "target/fuzz-artifacts/$target"
     log=$(mktemp)
     times=$(mktemp)
-    if ! /usr/bin/time -f '%U %S' -o "$times" cargo +nightly fuzz run "$target" "$out" "$@" -- \
+    # The binary itself, not `cargo fuzz run`: a source edit while a campaign runs must not
+    # rebuild it mid-way (or count the build as fuzzing).
+    if ! /usr/bin/time -f '%U %S' -o "$times" "$bin/$target" "$out" "$@" \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="target/fuzz-artifacts/$target/" >"$log" 2>&1; then
         tail -n 60 "$log"
@@ -66,7 +77,7 @@ install)
 check)
     install
     seconds=${2:-20}
-    cargo +nightly fuzz build >/dev/null
+    build
     scratch=$(mktemp -d)
     for target in $targets_all; do
         # New inputs go to the scratch dir: the committed corpus is only read.
@@ -79,7 +90,7 @@ campaign)
     install
     seconds=${2:?seconds per target}
     shift 2
-    cargo +nightly fuzz build >/dev/null
+    build
     for target in ${*:-$targets_all}; do
         out="target/fuzz-campaign/$target"
         cpu=0 wall=0 execs=0
@@ -99,7 +110,7 @@ campaign)
 minimize)
     install
     shift
-    cargo +nightly fuzz build >/dev/null
+    build
     for target in ${*:-$targets_all}; do
         pool=$(mktemp -d)
         merged=$(mktemp -d)
@@ -107,7 +118,7 @@ minimize)
         cp target/fuzz-campaign/"$target"/* "$pool"/ 2>/dev/null || true
         # A set cover on edge coverage alone (no hit counters): the fewest inputs that reach
         # every edge the campaign reached, small enough to commit.
-        "fuzz/target/x86_64-unknown-linux-gnu/release/$target" -set_cover_merge=1 \
+        "$bin/$target" -set_cover_merge=1 \
             -use_counters=0 "$merged" "$pool" >/dev/null 2>&1
         if [ -n "$(ls "$merged")" ]; then
             rm -rf "fuzz/corpus/$target"

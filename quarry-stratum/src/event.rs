@@ -55,6 +55,8 @@ pub struct FoundAux {
 /// An accepted share, as the ledger records it.
 #[derive(Debug, Clone)]
 pub struct AcceptedShare {
+    /// The ledger's key for the chain (`bitcoin`, `kaspa`).
+    pub chain: &'static str,
     /// Full username (`address.worker`).
     pub worker: String,
     /// Payout address.
@@ -82,11 +84,13 @@ pub struct AcceptedShare {
 /// A block to submit.
 #[derive(Debug, Clone)]
 pub struct FoundBlock {
-    /// Height.
+    /// The ledger's key for the chain (`bitcoin`, `kaspa`).
+    pub chain: &'static str,
+    /// Height (Kaspa: DAA score).
     pub height: u64,
     /// Block hash, internal byte order.
     pub hash: Hash32,
-    /// Serialized block.
+    /// The block as its chain's submitter takes it (Bitcoin: the serialized block).
     pub block: Vec<u8>,
     /// Who found it.
     pub worker: String,
@@ -112,6 +116,7 @@ impl FoundBlock {
     ) -> Self {
         let template = &job.template;
         FoundBlock {
+            chain: crate::accept::BITCOIN,
             height: template.height,
             hash: *share.hash(),
             block: job.block(share.header(), extranonce1, extranonce2),

@@ -6,7 +6,7 @@
 //! drive it with arbitrary bytes.
 #![warn(missing_docs)]
 
-mod accept;
+pub mod accept;
 mod ack;
 pub mod bans;
 pub mod clock;
@@ -17,7 +17,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_header;
 pub mod rate;
-mod tip;
+pub mod tip;
 pub mod v1;
 pub mod v2;
 pub mod worker;
@@ -33,5 +33,5 @@ mod tests;
 pub use clock::Now;
 pub use connection::Connection;
 pub use event::{AcceptedShare, Event, FoundAux, FoundBlock};
-pub use pool::{Pool, PoolMode, SharedPool};
+pub use pool::{Pool, PoolMode, ShareBook, SharedPool};
 pub use worker::{AuxPayouts, Worker};

@@ -21,21 +21,22 @@ pub enum PoolMode {
     },
 }
 
+/// The pool-wide memory the acceptance path consults, whatever the chain: which shares were
+/// seen, which parents already have the pool's block.
+pub trait ShareBook: Send + Sync {
+    /// Records a share's hash; false when it was seen before (a duplicate).
+    fn first_seen(&self, hash: &Hash32) -> bool;
+
+    /// Records a block found on `parent`; false when the pool already found one there.
+    fn claim_block(&self, parent: &Hash32) -> bool;
+}
+
 /// Pool-wide services a session consults. The runtime implements it over shared state; tests
 /// implement it with plain collections. Methods take `&self`: the implementor decides how to
 /// share (a lock, a sharded map) without the session knowing.
-pub trait Pool: Send + Sync {
+pub trait Pool: ShareBook {
     /// The job for `template` paying `payout_script`, built once and shared.
     fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>>;
-
-    /// Records a share's header hash; false when it was seen before (a duplicate). Keyed on the
-    /// header hash, so no two encodings of the same work count twice.
-    fn first_seen(&self, header_hash: &Hash32) -> bool;
-
-    /// Records a block found on `prev_hash`; false when the pool already found one there. A
-    /// second block on the same parent could only race (and orphan) the pool's own block, so
-    /// it is credited as a share and not submitted.
-    fn claim_block(&self, prev_hash: &Hash32) -> bool;
 
     /// A fresh extranonce1 (the coinbase layout's length), unique among live connections and
     /// channels; `None` once every id is in use, so the caller refuses the miner cleanly.
@@ -147,17 +148,8 @@ pub fn extranonce_space(size: usize) -> u64 {
     }
 }
 
-impl Pool for SharedPool {
-    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
-        match lock(&self.factory).job_for(template, payout_script) {
-            Ok(job) => Some(job),
-            Err(e) => {
-                warn!(error = %e, "cannot build job");
-                None
-            }
-        }
-    }
-
+/// Keyed on the header hash, so no two encodings of the same work count twice.
+impl ShareBook for SharedPool {
     fn first_seen(&self, header_hash: &Hash32) -> bool {
         // The low 8 bytes of a share hash are uniformly random; 64 bits are plenty.
         let mut key = [0u8; 8];
@@ -185,6 +177,18 @@ impl Pool for SharedPool {
         }
         solved.push_back(*prev_hash);
         true
+    }
+}
+
+impl Pool for SharedPool {
+    fn job_for(&self, template: &Arc<WorkTemplate>, payout_script: &[u8]) -> Option<Arc<Job>> {
+        match lock(&self.factory).job_for(template, payout_script) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                warn!(error = %e, "cannot build job");
+                None
+            }
+        }
     }
 
     fn allocate_extranonce1(&self) -> Option<Vec<u8>> {

@@ -6,7 +6,7 @@ use quarry_work::Hash32;
 
 /// A session's view of the tip.
 #[derive(Debug, Clone)]
-pub(crate) struct Tip {
+pub struct Tip {
     current: Option<Hash32>,
     previous: Option<Hash32>,
     changed_ms: u64,
@@ -14,7 +14,7 @@ pub(crate) struct Tip {
 
 impl Tip {
     /// No tip yet.
-    pub(crate) fn new(now_ms: u64) -> Self {
+    pub fn new(now_ms: u64) -> Self {
         Tip {
             current: None,
             previous: None,
@@ -23,7 +23,7 @@ impl Tip {
     }
 
     /// Records a template's parent; true when it is a new tip.
-    pub(crate) fn advance(&mut self, prev_hash: Hash32, now_ms: u64) -> bool {
+    pub fn advance(&mut self, prev_hash: Hash32, now_ms: u64) -> bool {
         if self.current == Some(prev_hash) {
             return false;
         }
@@ -34,7 +34,7 @@ impl Tip {
 
     /// Whether work on `prev_hash` is stale: neither the current tip nor, within `grace_ms` of
     /// the change, the previous one.
-    pub(crate) fn is_stale(&self, prev_hash: &Hash32, now_ms: u64, grace_ms: u64) -> bool {
+    pub fn is_stale(&self, prev_hash: &Hash32, now_ms: u64, grace_ms: u64) -> bool {
         if self.current.is_none() || self.current.as_ref() == Some(prev_hash) {
             return false;
         }
@@ -44,7 +44,7 @@ impl Tip {
     }
 
     /// Whether jobs on `prev_hash` are still worth remembering (current or previous tip).
-    pub(crate) fn keeps(&self, prev_hash: &Hash32) -> bool {
+    pub fn keeps(&self, prev_hash: &Hash32) -> bool {
         self.current.as_ref() == Some(prev_hash) || self.previous.as_ref() == Some(prev_hash)
     }
 }

@@ -456,7 +456,9 @@ impl Server {
             template_id: i64::try_from(share.template_id).unwrap_or(i64::MAX),
             is_block: share.is_block,
             instance: self.out.instance.clone(),
-            chain: Chain::BITCOIN,
+            // The session names its chain from a fixed set of keys; an unknown one would be a
+            // bug here, and is not worth losing the share over.
+            chain: Chain::new(share.chain).unwrap_or(Chain::BITCOIN),
             aux_payouts: share.aux_payouts.to_map(),
         }
     }

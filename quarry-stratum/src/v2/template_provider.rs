@@ -437,6 +437,7 @@ impl TpSession {
         }
         block.extend_from_slice(&template.transactions);
         self.events.push_back(TpEvent::Block(FoundBlock {
+            chain: crate::accept::BITCOIN,
             height: template.height,
             hash,
             block,
