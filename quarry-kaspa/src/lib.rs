@@ -7,9 +7,17 @@
 //!
 //! - [`target`]: stratum difficulty (2^224 / target, real numbers) and 256-bit targets.
 //! - [`work`]: a template's job, its kHeavyHash state built once and shared by every miner.
+//! - [`dialect`]: the IceRiver, Bitmain and generic variants, from the user agent.
+//! - [`session`]: one stratum connection; [`pool`]: what connections share.
 
+pub mod dialect;
+pub mod pool;
+pub mod session;
 pub mod target;
 pub mod work;
 
 /// The ledger's key for Kaspa.
 pub const KASPA: &str = "kaspa";
+
+#[cfg(test)]
+mod tests;

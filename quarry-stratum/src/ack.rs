@@ -1,4 +1,4 @@
-//! The acknowledgement rule for V1 sessions: an accepted share's answer, and every line queued
+//! The acknowledgement rule for line-based sessions (V1, Kaspa): an accepted share's answer, and every line queued
 //! after it, goes out only once the driver reports the share durable in the share log. (SV2
 //! keeps the same rule with its own plaintext queue: its outbox is encrypted.)
 
@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 /// Answers waiting for the share log.
 #[derive(Debug, Default)]
-pub(crate) struct AckHold {
+pub struct AckHold {
     /// Where each accepted share's answer sits in the outbox (lines from its front), oldest
     /// first, for the shares the driver has not reported on yet. Empty (no allocation) on an
     /// idle connection.
@@ -16,13 +16,13 @@ pub(crate) struct AckHold {
 impl AckHold {
     /// A share was accepted while `queued` lines were in the outbox: those may still go; its
     /// answer, queued next (at `queued`), waits.
-    pub(crate) fn accepted(&mut self, queued: usize) {
+    pub fn accepted(&mut self, queued: usize) {
         self.pending.push_back(queued);
     }
 
     /// How many of the `queued` lines may go out now: everything before the oldest waiting
     /// answer.
-    pub(crate) fn releasable(&self, queued: usize) -> usize {
+    pub fn releasable(&self, queued: usize) -> usize {
         match self.pending.front() {
             None => queued,
             Some(&at) => at.min(queued),
@@ -30,21 +30,21 @@ impl AckHold {
     }
 
     /// `n` lines went out from the front.
-    pub(crate) fn sent(&mut self, n: usize) {
+    pub fn sent(&mut self, n: usize) {
         for at in &mut self.pending {
             *at = at.saturating_sub(n);
         }
     }
 
     /// Accepted shares waiting for the driver's word.
-    pub(crate) fn awaiting(&self) -> u32 {
+    pub fn awaiting(&self) -> u32 {
         u32::try_from(self.pending.len()).unwrap_or(u32::MAX)
     }
 
     /// The driver's word on the oldest unreported share. `Some(at)` when it was not
     /// recorded: its answer is line `at` of the outbox, for the session to replace with an
     /// error.
-    pub(crate) fn recorded(&mut self, durable: bool) -> Option<usize> {
+    pub fn recorded(&mut self, durable: bool) -> Option<usize> {
         let at = self.pending.pop_front()?;
         if self.pending.is_empty() {
             self.pending = VecDeque::new();

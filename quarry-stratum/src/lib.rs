@@ -7,7 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
-mod ack;
+pub mod ack;
 pub mod bans;
 pub mod clock;
 pub mod connection;
