@@ -11,6 +11,8 @@
 //! - [`session`]: one stratum connection; [`pool`]: what connections share.
 
 pub mod dialect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pool;
 pub mod session;
 pub mod target;
