@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 
+use quarry_stratum::pool::SeenHashes;
 use quarry_stratum::ShareBook;
 use quarry_work::Hash32;
 
@@ -19,12 +20,10 @@ pub struct KaspaPool {
     generation_templates: u64,
 }
 
-#[derive(Default)]
 struct Seen {
     /// The first template id of the current generation.
     since: u64,
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
+    hashes: SeenHashes,
 }
 
 struct Extranonces {
@@ -36,7 +35,10 @@ impl KaspaPool {
     /// A pool whose connections keep `jobs_kept` jobs each.
     pub fn new(jobs_kept: usize) -> KaspaPool {
         KaspaPool {
-            seen: Mutex::new(Seen::default()),
+            seen: Mutex::new(Seen {
+                since: 0,
+                hashes: SeenHashes::new(MAX_SEEN_PER_GENERATION),
+            }),
             extranonces: Mutex::new(Extranonces {
                 next: 1,
                 in_use: HashSet::new(),
@@ -50,7 +52,7 @@ impl KaspaPool {
         let mut seen = lock(&self.seen);
         if template_id >= seen.since.saturating_add(self.generation_templates) {
             seen.since = template_id;
-            seen.previous = std::mem::take(&mut seen.current);
+            seen.hashes.next_generation();
         }
     }
 
@@ -90,17 +92,7 @@ impl KaspaPool {
 
 impl ShareBook for KaspaPool {
     fn first_seen(&self, hash: &Hash32) -> bool {
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&hash[..8]);
-        let key = u64::from_le_bytes(key);
-        let mut seen = lock(&self.seen);
-        if seen.previous.contains(&key) {
-            return false;
-        }
-        if seen.current.len() >= MAX_SEEN_PER_GENERATION {
-            seen.previous = std::mem::take(&mut seen.current);
-        }
-        seen.current.insert(key)
+        lock(&self.seen).hashes.first_seen(hash)
     }
 
     /// The DAG takes every block: nothing to claim.

@@ -73,8 +73,57 @@ pub struct SharedPool {
 #[derive(Default)]
 struct SeenShares {
     tip: Option<Hash32>,
+    hashes: SeenHashes,
+}
+
+/// Share hashes in two generations, the duplicate rule's memory for any chain: a hash is a
+/// duplicate while it is in the current or the previous generation. The owner decides when a
+/// generation ends (Bitcoin: a new tip; Kaspa: every so many templates); a full generation ends
+/// by itself, so memory stays bounded (`limit` hashes of 16 bytes each, twice).
+#[derive(Debug)]
+pub struct SeenHashes {
+    limit: usize,
     current: HashSet<u64>,
     previous: HashSet<u64>,
+}
+
+impl Default for SeenHashes {
+    fn default() -> Self {
+        SeenHashes::new(MAX_SEEN_PER_GENERATION)
+    }
+}
+
+impl SeenHashes {
+    /// Empty, with at most `limit` hashes per generation.
+    pub fn new(limit: usize) -> SeenHashes {
+        SeenHashes {
+            limit: limit.max(1),
+            current: HashSet::new(),
+            previous: HashSet::new(),
+        }
+    }
+
+    /// Records `hash`; false when it was seen before.
+    pub fn first_seen(&mut self, hash: &Hash32) -> bool {
+        // The low 8 bytes of a share hash are uniformly random; 64 bits are plenty.
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&hash[..8]);
+        let key = u64::from_le_bytes(key);
+        if self.previous.contains(&key) {
+            return false;
+        }
+        if self.current.len() >= self.limit {
+            // Bounded memory on a long block interval: shares older than two generations can
+            // no longer be told apart, a few minutes of shares at the busiest pools.
+            self.next_generation();
+        }
+        self.current.insert(key)
+    }
+
+    /// Ends the current generation: the previous one is forgotten.
+    pub fn next_generation(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
 }
 
 struct Extranonces {
@@ -134,7 +183,7 @@ impl SharedPool {
         let mut seen = lock(&self.seen);
         if seen.tip != Some(template.prev_hash) {
             seen.tip = Some(template.prev_hash);
-            seen.previous = std::mem::take(&mut seen.current);
+            seen.hashes.next_generation();
         }
     }
 }
@@ -151,20 +200,7 @@ pub fn extranonce_space(size: usize) -> u64 {
 /// Keyed on the header hash, so no two encodings of the same work count twice.
 impl ShareBook for SharedPool {
     fn first_seen(&self, header_hash: &Hash32) -> bool {
-        // The low 8 bytes of a share hash are uniformly random; 64 bits are plenty.
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&header_hash[..8]);
-        let key = u64::from_le_bytes(key);
-        let mut seen = lock(&self.seen);
-        if seen.previous.contains(&key) {
-            return false;
-        }
-        if seen.current.len() >= MAX_SEEN_PER_GENERATION {
-            // Bounded memory on a long block interval: shares older than two generations can
-            // no longer be told apart, a few minutes of shares at the busiest pools.
-            seen.previous = std::mem::take(&mut seen.current);
-        }
-        seen.current.insert(key)
+        lock(&self.seen).hashes.first_seen(header_hash)
     }
 
     fn claim_block(&self, prev_hash: &Hash32) -> bool {
