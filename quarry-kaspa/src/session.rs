@@ -801,3 +801,53 @@ fn pow2_floor(difficulty: Difficulty) -> Difficulty {
 pub fn share_target(difficulty: Difficulty) -> Uint256 {
     target_for(difficulty)
 }
+
+/// The one connection driver runs Kaspa sessions like every other.
+impl quarry_stratum::Connection for KaspaSession {
+    type Shared = KaspaPool;
+    type Event = Event;
+    type Work = KaspaJob;
+
+    fn protocol(&self) -> &'static str {
+        "kaspa-stratum"
+    }
+    fn handle_bytes(&mut self, data: &[u8], now: Now, pool: &KaspaPool) {
+        KaspaSession::handle_bytes(self, data, now, pool)
+    }
+    fn handle_template(&mut self, job: Arc<KaspaJob>, now: Now, _pool: &KaspaPool) {
+        self.handle_job(job, now)
+    }
+    fn handle_timeout(&mut self, now: Now, _pool: &KaspaPool) {
+        KaspaSession::handle_timeout(self, now)
+    }
+    fn handle_shutdown(&mut self, _host: &str, _port: u16) {
+        // The dialect has no reconnect message: miners redial on their own.
+        self.close("server shutting down".into())
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        KaspaSession::poll_event(self)
+    }
+    fn share_recorded(&mut self, durable: bool) {
+        KaspaSession::share_recorded(self, durable)
+    }
+    fn transmit(&mut self, out: &mut Vec<u8>) {
+        while let Some(lines) = self.poll_transmit() {
+            out.extend_from_slice(lines.as_bytes());
+        }
+    }
+    fn close_reason(&self) -> Option<String> {
+        KaspaSession::close_reason(self).map(ToString::to_string)
+    }
+    fn poll_timeout(&self) -> Option<u64> {
+        KaspaSession::poll_timeout(self)
+    }
+    fn worker(&self) -> Option<&str> {
+        KaspaSession::worker(self)
+    }
+    fn offence(&self) -> Option<Offence> {
+        KaspaSession::offence(self)
+    }
+    fn release(&mut self, pool: &KaspaPool) {
+        KaspaSession::release(self, pool)
+    }
+}

@@ -20,13 +20,15 @@ pub trait Connection {
     type Shared: ?Sized;
     /// What the session reports to the runtime.
     type Event;
+    /// The work the node hands out: Bitcoin's template, a Kaspa job.
+    type Work;
 
     /// For logs: `stratum-v1`, `stratum-v2`, `sv2-template-provider`.
     fn protocol(&self) -> &'static str;
     /// Bytes from the peer.
     fn handle_bytes(&mut self, data: &[u8], now: Now, shared: &Self::Shared);
     /// New work from the node.
-    fn handle_template(&mut self, template: Arc<WorkTemplate>, now: Now, shared: &Self::Shared);
+    fn handle_template(&mut self, template: Arc<Self::Work>, now: Now, shared: &Self::Shared);
     /// The deadline from [`Connection::poll_timeout`] passed.
     fn handle_timeout(&mut self, now: Now, shared: &Self::Shared);
     /// The server is going away: ask the peer back to `host:port` where the protocol can, and
@@ -59,6 +61,7 @@ pub trait Connection {
 impl Connection for Session {
     type Shared = dyn Pool;
     type Event = Event;
+    type Work = WorkTemplate;
 
     fn protocol(&self) -> &'static str {
         "stratum-v1"
@@ -109,6 +112,7 @@ impl Connection for Session {
 impl Connection for PoolSession {
     type Shared = dyn Pool;
     type Event = Event;
+    type Work = WorkTemplate;
 
     fn protocol(&self) -> &'static str {
         "stratum-v2"
@@ -157,6 +161,7 @@ impl Connection for PoolSession {
 impl Connection for TpSession {
     type Shared = ();
     type Event = TpEvent;
+    type Work = WorkTemplate;
 
     fn protocol(&self) -> &'static str {
         "sv2-template-provider"
@@ -195,6 +200,7 @@ impl Connection for TpSession {
 impl<C: Connection + ?Sized> Connection for Box<C> {
     type Shared = C::Shared;
     type Event = C::Event;
+    type Work = C::Work;
 
     fn protocol(&self) -> &'static str {
         (**self).protocol()
@@ -202,7 +208,7 @@ impl<C: Connection + ?Sized> Connection for Box<C> {
     fn handle_bytes(&mut self, data: &[u8], now: Now, shared: &C::Shared) {
         (**self).handle_bytes(data, now, shared)
     }
-    fn handle_template(&mut self, template: Arc<WorkTemplate>, now: Now, shared: &C::Shared) {
+    fn handle_template(&mut self, template: Arc<C::Work>, now: Now, shared: &C::Shared) {
         (**self).handle_template(template, now, shared)
     }
     fn handle_timeout(&mut self, now: Now, shared: &C::Shared) {

@@ -193,19 +193,38 @@ pub enum Recording<'a> {
 /// What a connection follows: the newest template, and the server's shutdown. One channel for
 /// both, so that each idle connection waits on one `changed()` future instead of two (120
 /// bytes each, in every connection's task).
-#[derive(Debug, Clone, Default)]
-pub struct Work {
-    /// The newest template.
-    pub template: Option<Arc<WorkTemplate>>,
+#[derive(Debug)]
+pub struct Work<W = WorkTemplate> {
+    /// The newest template (or Kaspa job).
+    pub template: Option<Arc<W>>,
     /// Set once when the server is going away.
     pub closing: bool,
 }
 
+// By hand: derived, both would ask `W` for what only `Arc<W>` needs.
+impl<W> Clone for Work<W> {
+    fn clone(&self) -> Self {
+        Work {
+            template: self.template.clone(),
+            closing: self.closing,
+        }
+    }
+}
+
+impl<W> Default for Work<W> {
+    fn default() -> Self {
+        Work {
+            template: None,
+            closing: false,
+        }
+    }
+}
+
 /// Follows `templates` into one [`Work`] channel until `shutdown` fires, then says closing.
-pub fn follow(
-    mut templates: watch::Receiver<Option<Arc<WorkTemplate>>>,
+pub fn follow<W: Send + Sync + 'static>(
+    mut templates: watch::Receiver<Option<Arc<W>>>,
     mut shutdown: watch::Receiver<bool>,
-) -> watch::Receiver<Work> {
+) -> watch::Receiver<Work<W>> {
     let first = Work {
         template: templates.borrow_and_update().clone(),
         closing: false,
@@ -244,11 +263,11 @@ pub trait Sink<E>: Sync {
 }
 
 /// What every connection of a listener shares.
-pub struct Environment<'a, T: ?Sized> {
+pub struct Environment<'a, T: ?Sized, W = WorkTemplate> {
     /// The sessions' shared state.
     pub shared: &'a T,
     /// The newest work, and whether the server is going away.
-    pub work: watch::Receiver<Work>,
+    pub work: watch::Receiver<Work<W>>,
     /// How long one write may block.
     pub write_timeout: Duration,
     /// The peer, for logs.
@@ -266,7 +285,7 @@ pub fn drive<'a, C, S, K>(
     mut conn: C,
     mut stream: S,
     first: Vec<u8>,
-    mut env: Environment<'a, C::Shared>,
+    mut env: Environment<'a, C::Shared, C::Work>,
     sink: &'a K,
 ) -> impl Future<Output = C> + 'a
 where
