@@ -150,7 +150,8 @@ pub struct KaspaSession {
     dialect: Dialect,
     subscribed: bool,
     extranonce: Option<Vec<u8>>,
-    worker: Option<Worker>,
+    /// Shared with each share's checks: cloning it per share would copy its strings.
+    worker: Option<Arc<Worker>>,
     vardiff: Vardiff,
     /// The difficulty before the last change, honoured until the deadline.
     previous: Option<(Difficulty, u64)>,
@@ -343,7 +344,7 @@ impl KaspaSession {
             address: worker.address.clone(),
             aux_payouts: Default::default(),
         });
-        self.worker = Some(worker);
+        self.worker = Some(Arc::new(worker));
         self.answer(id, Value::Bool(true));
         if !first {
             return;
