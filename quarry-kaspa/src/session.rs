@@ -368,10 +368,11 @@ impl KaspaSession {
         // The worker named must be the one authorized here, or a rig named only by its
         // worker part (many firmwares send just that).
         let named = submit.worker.as_str();
-        if !(named == worker.name
-            || named.is_empty()
-            || worker.name.ends_with(&format!(".{named}")))
-        {
+        let rig_only = worker
+            .name
+            .strip_suffix(named)
+            .is_some_and(|address| address.ends_with('.'));
+        if !(named == worker.name || named.is_empty() || rig_only) {
             return self.answer_error(id, &KaspaError::Unauthorized);
         }
         let nonce = match self.full_nonce(&submit.nonce) {
