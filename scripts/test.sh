@@ -75,6 +75,15 @@ fi
 export QUARRY_POOL_SV2="$sri_root/bin/pool_sv2"
 rm -rf "$sri_root/target"
 
+# kaspad 2.1.0 (rusty-kaspa's node, crates.io) for the Kaspa devnet test: built once into a cache
+# (about 15 min cold on 2 cores; Debian's clang, libclang-dev and protobuf-compiler).
+say "kaspad 2.1.0 (crates.io) for the Kaspa devnet test"
+started=$SECONDS
+kaspad_bin=$(scripts/kaspad.sh install | tail -n1)
+TIMES+=("kaspad: $((SECONDS - started)) s")
+"$kaspad_bin/kaspad" --version | head -n1
+export QUARRY_KASPAD="$kaspad_bin/kaspad"
+
 # Every fuzz target, briefly, from the committed corpus: a target that no longer builds or
 # crashes on its corpus fails the run (cargo-fuzz 0.13.2 from crates.io on the nightly toolchain).
 say "fuzz targets (cargo-fuzz, 20 s each)"

@@ -101,6 +101,31 @@ impl KaspaJob {
     }
 }
 
+/// A job as a miner sees it: only the pre-PoW hash and the timestamp come over the wire, so
+/// the kHeavyHash state is built from those (rusty-kaspa's own matrix and PoW hasher; the
+/// pool, which has the header, uses [`KaspaJob`]).
+pub struct MinerJob {
+    matrix: kaspa_pow::matrix::Matrix,
+    hasher: kaspa_hashes::PowHash,
+}
+
+impl MinerJob {
+    /// The job a `mining.notify` describes.
+    pub fn new(pre_pow_hash: Hash32, timestamp: u64) -> MinerJob {
+        let pre_pow = kaspa_hashes::Hash::from_bytes(pre_pow_hash);
+        MinerJob {
+            matrix: kaspa_pow::matrix::Matrix::generate(pre_pow),
+            hasher: kaspa_hashes::PowHash::new(pre_pow, timestamp),
+        }
+    }
+
+    /// kHeavyHash with `nonce`, as the integer targets are compared with.
+    pub fn pow(&self, nonce: u64) -> Uint256 {
+        let hash = self.hasher.clone().finalize_with_nonce(nonce);
+        Uint256::from_le_bytes(self.matrix.heavy_hash(hash).as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +219,22 @@ mod tests {
             "10715db954e2a2aa995f813c27f5fd2c3a2da8c8f71db37de6dbb266d79df268"
         );
         assert!(job_d.pow(nonce) > job_d.network_target);
+    }
+
+    /// The miner's job, built from the wire's pre-PoW hash and timestamp alone, hashes as the
+    /// pool's job built from the whole header.
+    #[test]
+    fn a_miner_job_from_the_wire_hashes_like_the_pools() {
+        let header = Header::from(&TESTNET_GENESIS);
+        let nonce = header.nonce;
+        let pool = job(header);
+        let miner = MinerJob::new(pool.pre_pow_hash, pool.timestamp);
+        for n in [0, 1, nonce, u64::MAX] {
+            assert_eq!(miner.pow(n), pool.pow(n));
+        }
+        assert_ne!(
+            MinerJob::new(pool.pre_pow_hash, pool.timestamp + 1).pow(nonce),
+            pool.pow(nonce)
+        );
     }
 }

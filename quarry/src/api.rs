@@ -51,6 +51,8 @@ pub struct ApiState {
     pub wallets: Vec<crate::wallet::ChainWallet>,
     /// Scores and bans per address.
     pub bans: Arc<crate::server::Bans>,
+    /// The Kaspa port's counters, when `[kaspa]` is on.
+    pub kaspa: Option<Arc<Metrics>>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -468,7 +470,73 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
         );
     }
     crate::aux::render_metrics(m, &mut out);
+    if let Some(kaspa) = &state.kaspa {
+        render_kaspa(kaspa, &mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The Kaspa port's series, each named `quarry_kaspa_*`: Kaspa's difficulty, DAA score and
+/// blocks never add up with Bitcoin's.
+fn render_kaspa(m: &Metrics, out: &mut String) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let series = [
+        (
+            "quarry_kaspa_connections",
+            "gauge",
+            "Open Kaspa stratum connections.",
+            load(&m.connections),
+        ),
+        (
+            "quarry_kaspa_shares_accepted_total",
+            "counter",
+            "Accepted Kaspa shares.",
+            load(&m.accepted),
+        ),
+        (
+            "quarry_kaspa_share_difficulty_total",
+            "counter",
+            "Sum of accepted Kaspa share difficulty (1 = 2^32 hashes).",
+            (m.difficulty_micro.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+        ),
+        (
+            "quarry_kaspa_blocks_found_total",
+            "counter",
+            "Kaspa blocks found.",
+            load(&m.blocks_found),
+        ),
+        (
+            "quarry_kaspa_blocks_accepted_total",
+            "counter",
+            "Kaspa blocks kaspad accepted.",
+            load(&m.blocks_accepted),
+        ),
+        (
+            "quarry_kaspa_daa_score",
+            "gauge",
+            "DAA score of the Kaspa template being mined.",
+            load(&m.height),
+        ),
+        (
+            "quarry_kaspa_network_difficulty",
+            "gauge",
+            "Kaspa network difficulty (stratum units).",
+            m.network_difficulty().to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let _ = writeln!(out, "# HELP quarry_kaspa_shares_rejected_total Rejected Kaspa shares by reason.\n# TYPE quarry_kaspa_shares_rejected_total counter");
+    for (reason, count) in m.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "quarry_kaspa_shares_rejected_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
 }
 
 async fn openapi() -> Json<Value> {

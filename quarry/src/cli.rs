@@ -206,4 +206,11 @@ pub struct MineArgs {
     /// thread.
     #[arg(long)]
     pub hashrate: Option<f32>,
+    /// `bitcoin` (SHA-256d, Stratum V1 or V2) or `kaspa` (kHeavyHash, the Kaspa dialect).
+    #[arg(long, default_value = "bitcoin")]
+    pub coin: String,
+    /// Kaspa: the user agent sent with `mining.subscribe`; it picks the job encoding
+    /// (`IceRiverMiner/...`: one hex string; `GodMiner/...`: Bitmain's; others: arrays).
+    #[arg(long)]
+    pub agent: Option<String>,
 }

@@ -50,6 +50,183 @@ pub struct Config {
     pub merge_mining_fee: MergeMiningFeeToml,
     /// Temporary bans for abusive peers.
     pub bans: BansConfig,
+    /// The Kaspa pool, on its own port.
+    pub kaspa: KaspaToml,
+}
+
+/// `[kaspa]`: a Kaspa stratum port (kHeavyHash ASICs and GPU miners) on work from kaspad, in
+/// the same process as Bitcoin's or alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KaspaToml {
+    /// Serve Kaspa.
+    pub enabled: bool,
+    /// The Kaspa stratum listen address.
+    pub listen: SocketAddr,
+    /// `mainnet`, `testnet`, `devnet` or `simnet`: miners' addresses must be on it.
+    pub network: String,
+    /// kaspad wRPC (borsh) URLs, `ws://host:port` (`--rpclisten-borsh`), in order of preference.
+    pub nodes: Vec<String>,
+    /// What the coinbase pays: the pool's Kaspa address.
+    pub pool_address: Option<String>,
+    /// Coinbase payload after kaspad's version.
+    pub extra_data: String,
+    /// Milliseconds between template requests when no notification comes.
+    pub poll_ms: u64,
+    /// Confirmations (DAA score) a blue block needs before its credits are payable.
+    pub maturity: u64,
+    /// Pool fee in percent of each Kaspa block reward.
+    pub fee_percent: f64,
+    /// Where the fee goes (a Kaspa address); needed when `fee_percent` is above zero.
+    pub fee_address: Option<String>,
+    /// Difficulty of a new connection (stratum units: 1 = 2^32 hashes per share).
+    pub start_difficulty: f64,
+    /// Lowest difficulty.
+    pub min_difficulty: f64,
+    /// Highest difficulty.
+    pub max_difficulty: f64,
+    /// Shares per minute vardiff aims for.
+    pub shares_per_minute: f64,
+    /// Seconds between retargets.
+    pub retarget_secs: f64,
+    /// Round difficulties down to a power of two (some IceRiver and Bitmain firmware).
+    pub pow2_clamp: bool,
+    /// Extranonce bytes (0 to 3) for every miner but Bitmain's (0).
+    pub extranonce_bytes: usize,
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for KaspaToml {
+    fn default() -> Self {
+        KaspaToml {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 5555)),
+            network: "mainnet".into(),
+            nodes: vec!["ws://127.0.0.1:17110".into()],
+            pool_address: None,
+            extra_data: "Quarry".into(),
+            poll_ms: 1000,
+            maturity: 100,
+            fee_percent: 0.0,
+            fee_address: None,
+            start_difficulty: 64.0,
+            min_difficulty: 1e-6,
+            max_difficulty: 1e15,
+            shares_per_minute: 20.0,
+            retarget_secs: 60.0,
+            pow2_clamp: false,
+            extranonce_bytes: 2,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
+}
+
+/// `[kaspa]`, checked.
+#[derive(Debug)]
+pub struct KaspaResolved {
+    /// Session settings.
+    pub session: quarry_kaspa::session::KaspaConfig,
+    /// Who the coinbase pays.
+    pub pay: kaspa_addresses::Address,
+    /// Kaspa's scheme and fee.
+    pub rewards: Rewards,
+}
+
+impl KaspaToml {
+    /// Checks `[kaspa]`; `scheme` and `pplns_n` come from `[payout]`.
+    pub fn resolve(&self, payout: &PayoutConfig) -> Result<KaspaResolved> {
+        use kaspa_addresses::{Address, Prefix};
+        let network = match self.network.as_str() {
+            "mainnet" => Prefix::Mainnet,
+            "testnet" => Prefix::Testnet,
+            "devnet" => Prefix::Devnet,
+            "simnet" => Prefix::Simnet,
+            other => {
+                bail!("kaspa.network must be mainnet, testnet, devnet or simnet (got {other})")
+            }
+        };
+        if self.nodes.is_empty() {
+            bail!("kaspa.nodes needs at least one wRPC URL (ws://host:port)");
+        }
+        let kaspa_address = |key: &str, text: &str| -> Result<Address> {
+            let address = Address::try_from(text)
+                .map_err(|e| anyhow::anyhow!("{key}: invalid Kaspa address '{text}': {e}"))?;
+            if address.prefix != network {
+                bail!("{key}: '{text}' is not a {network} address");
+            }
+            Ok(address)
+        };
+        let Some(pool_address) = &self.pool_address else {
+            bail!("kaspa.pool_address is required: the coinbase pays it");
+        };
+        let pay = kaspa_address("kaspa.pool_address", pool_address)?;
+        if !(0.0..=100.0).contains(&self.fee_percent) {
+            bail!("kaspa.fee_percent must be 0 to 100");
+        }
+        let split = match (&self.fee_address, self.fee_percent > 0.0) {
+            (Some(address), _) => vec![SplitDestination {
+                label: "pool-fee".into(),
+                address: kaspa_address("kaspa.fee_address", address)?.to_string(),
+                ppm: 1_000_000,
+            }],
+            (None, true) => bail!("kaspa.fee_address is required when kaspa.fee_percent > 0"),
+            (None, false) => Vec::new(),
+        };
+        if !(1..=60_000).contains(&self.poll_ms) {
+            bail!("kaspa.poll_ms must be 1 to 60000");
+        }
+        if self.extranonce_bytes > 3 {
+            bail!("kaspa.extranonce_bytes must be 0 to 3");
+        }
+        if !(self.shares_per_minute.is_finite() && self.shares_per_minute > 0.0) {
+            bail!("kaspa.shares_per_minute must be a positive number");
+        }
+        let difficulty = |key: &str, value: f64| {
+            Difficulty::new(value).with_context(|| format!("kaspa.{key} must be a positive number"))
+        };
+        let (start, min, max) = (
+            difficulty("start_difficulty", self.start_difficulty)?,
+            difficulty("min_difficulty", self.min_difficulty)?,
+            difficulty("max_difficulty", self.max_difficulty)?,
+        );
+        if min.get() > max.get() || start.get() < min.get() || start.get() > max.get() {
+            bail!("kaspa difficulties need min_difficulty <= start_difficulty <= max_difficulty");
+        }
+        let scheme = Scheme::parse(&payout.scheme, payout.pplns_n).with_context(|| {
+            format!(
+                "payout.scheme must be pplns, prop, pps or solo, not {}",
+                payout.scheme
+            )
+        })?;
+        let defaults = quarry_kaspa::session::KaspaConfig::default();
+        let session = quarry_kaspa::session::KaspaConfig {
+            network,
+            vardiff: VardiffConfig {
+                start,
+                min,
+                max,
+                target_interval_secs: 60.0 / self.shares_per_minute,
+                retarget_secs: self.retarget_secs.max(1.0),
+                ..defaults.vardiff
+            },
+            pow2_clamp: self.pow2_clamp,
+            extranonce_bytes: self.extranonce_bytes,
+            ..defaults
+        };
+        let policy = FeePolicy {
+            fee_ppm: (self.fee_percent * 10_000.0).round() as u64,
+            split,
+        };
+        Ok(KaspaResolved {
+            session,
+            pay,
+            rewards: Rewards::new(scheme, policy),
+        })
+    }
 }
 
 /// `[bans]`: per-IP scores for invalid shares, garbage, floods and protocol violations, halving
@@ -360,6 +537,7 @@ impl Default for Config {
             tp: TpToml::default(),
             aux: Vec::new(),
             merge_mining_fee: MergeMiningFeeToml::default(),
+            kaspa: KaspaToml::default(),
         }
     }
 }
@@ -932,11 +1110,58 @@ mod tests {
         example.payout.split.clone_from(&defaults.payout.split);
         example.api.listen = defaults.api.listen;
         example.aux.clone_from(&defaults.aux);
+        example.kaspa.pool_address = None;
         example
             .merge_mining_fee
             .commons
             .clone_from(&defaults.merge_mining_fee.commons);
         assert_eq!(format!("{example:#?}"), format!("{defaults:#?}"));
+    }
+
+    /// `[kaspa]` as the example has it, with a pool address: resolves to the session defaults;
+    /// an address of another network, or none, is refused with the key named.
+    #[test]
+    fn kaspa_is_checked_at_start() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../quarry.example.toml");
+        let mut config = Config::load(&path).expect("example parses");
+        let error = format!(
+            "{:#}",
+            config
+                .kaspa
+                .resolve(&config.payout)
+                .expect_err("no address")
+        );
+        assert!(error.contains("kaspa.pool_address"), "{error}");
+        let address = kaspa_addresses::Address::new(
+            kaspa_addresses::Prefix::Mainnet,
+            kaspa_addresses::Version::PubKey,
+            &[3; 32],
+        );
+        config.kaspa.pool_address = Some(address.to_string());
+        let resolved = config.kaspa.resolve(&config.payout).expect("resolves");
+        assert_eq!(resolved.pay, address);
+        assert_eq!(resolved.session.extranonce_bytes, 2);
+        assert_eq!(resolved.session.vardiff.start.get(), 64.0);
+        assert!((resolved.session.vardiff.target_interval_secs - 3.0).abs() < 1e-9);
+        config.kaspa.network = "devnet".into();
+        let error = format!(
+            "{:#}",
+            config
+                .kaspa
+                .resolve(&config.payout)
+                .expect_err("mainnet address")
+        );
+        assert!(error.contains("not a kaspadev address"), "{error}");
+        config.kaspa.network = "mainnet".into();
+        config.kaspa.fee_percent = 1.0;
+        let error = format!(
+            "{:#}",
+            config
+                .kaspa
+                .resolve(&config.payout)
+                .expect_err("no fee address")
+        );
+        assert!(error.contains("kaspa.fee_address"), "{error}");
     }
 
     /// The example's [[aux]] entries, enabled: two AuxPoW chains and RSK resolve, and what

@@ -53,6 +53,9 @@ pub struct LoadgenArgs {
     /// Username each miner authorizes with (`.N` is appended).
     #[arg(short, long)]
     pub user: String,
+    /// Password each miner authorizes with (may carry `d=<difficulty>`).
+    #[arg(long, default_value = "x")]
+    pub password: String,
     /// Shares per second per miner (0: connect, subscribe and stay idle).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
@@ -104,6 +107,13 @@ pub struct LoadgenArgs {
     /// Address the `--blocks` pay to.
     #[arg(long)]
     pub block_address: Option<String>,
+    /// Speak Kaspa's stratum dialect (kHeavyHash shares) instead of Bitcoin's.
+    #[arg(long)]
+    pub kaspa: bool,
+    /// Kaspa: the user agent, which picks the job encoding (`IceRiverMiner`: hex strings,
+    /// `GodMiner`: Bitmain's, others: arrays).
+    #[arg(long, default_value = "quarry-loadgen")]
+    pub agent: String,
 }
 
 #[derive(Default)]
@@ -195,6 +205,7 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         );
         handles.push(tokio::spawn(async move {
             let result = match authority {
+                _ if args.kaspa => miner_kaspa(index, target, &args, &stats, start).await,
                 Some(key) => miner_v2(index, target, &args, &stats, &key, start).await,
                 None => miner_v1(index, target, tls.as_ref(), &args, &stats, start).await,
             };
@@ -234,7 +245,11 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         .min(args.duration as f64)
         .max(0.001);
     let fanout = fanout(&stats, ramped, held);
-    let protocol = if authority.is_some() { "sv2" } else { "v1" };
+    let protocol = match (args.kaspa, authority.is_some()) {
+        (true, _) => "kaspa",
+        (false, true) => "sv2",
+        (false, false) => "v1",
+    };
     report(
         &args,
         protocol,
@@ -603,7 +618,7 @@ async fn miner_v1(
     let mut miner = V1Miner {
         client: Client::new(ClientConfig {
             user: format!("{}.{index}", args.user),
-            password: "x".into(),
+            password: args.password.clone(),
             agent: "quarry-loadgen".into(),
             version_rolling: None,
         }),
@@ -813,6 +828,164 @@ async fn miner_v2(
                     pending.push((sequence, Instant::now(), job.prev_hash));
                     stats.sent.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+    stats
+        .unanswered
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+    ended.map_or(Ok(()), Err)
+}
+
+/// kHeavyHash nonces tried per Kaspa submit attempt: a hash costs microseconds, so far fewer
+/// than `HASH_BUDGET` keep each search to a few milliseconds on the runtime's threads.
+const KASPA_HASH_BUDGET: u64 = 1 << 14;
+
+/// One Kaspa miner: subscribe with `--agent`, authorize, shares in the dialect's 3-param form
+/// with the nonce's extranonce bytes left for the pool to add, as ASICs send them.
+async fn miner_kaspa(
+    index: usize,
+    target: SocketAddr,
+    args: &LoadgenArgs,
+    stats: &Stats,
+    start: tokio::sync::watch::Receiver<Option<Instant>>,
+) -> Result<()> {
+    use kaspa_math::Uint256;
+    use quarry_kaspa::work::MinerJob;
+    use tokio::io::AsyncBufReadExt;
+    const MAX_LINE: u64 = 64 * 1024;
+    let stream = connect(index, target, args, stats).await?;
+    let (read, mut write) = stream.into_split();
+    // Bounded per line: the limit is reset after each line.
+    let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE);
+    let user = format!("{}.{index}", args.user);
+    let line = |value: Value| format!("{value}\n");
+    let hello = [
+        line(json!({"id": 1, "method": "mining.subscribe", "params": [args.agent, "EthereumStratum/1.0.0"]})),
+        line(json!({"id": 2, "method": "mining.authorize", "params": [user, args.password]})),
+    ]
+    .concat();
+    write.write_all(hello.as_bytes()).await?;
+    stats
+        .bytes_out
+        .fetch_add(hello.len() as u64, Ordering::Relaxed);
+    let mut extranonce: Vec<u8> = Vec::new();
+    let mut share_target = Uint256::MAX;
+    let mut work: Option<(String, MinerJob)> = None;
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut next_id = 3u64;
+    let mut counter = index as u64 * 1_000_003;
+    let mut pacer = Pacer::new(index, args.rate, start);
+    let mut buf = Vec::new();
+    let mut ended = None;
+    loop {
+        pacer.poll_start();
+        if pacer.done(!pending.is_empty()) {
+            break;
+        }
+        let mut signal = pacer.signal();
+        tokio::select! {
+            Some(Ok(())) = changed(&mut signal) => {}
+            // A line cut short by another branch stays in `buf` and is read on next time.
+            read_result = reader.read_until(b'\n', &mut buf) => {
+                match read_result {
+                    Ok(0) => {
+                        ended = Some(match reader.limit() {
+                            0 => anyhow::anyhow!("the pool sent a line over {MAX_LINE} bytes"),
+                            _ => anyhow::anyhow!("the pool closed the connection"),
+                        });
+                        break;
+                    }
+                    Ok(n) => stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed),
+                    Err(e) => {
+                        ended = Some(e.into());
+                        break;
+                    }
+                };
+                if !buf.ends_with(b"\n") {
+                    continue;
+                }
+                reader.set_limit(MAX_LINE);
+                let parsed = serde_json::from_slice::<Value>(&buf);
+                buf.clear();
+                let Ok(message) = parsed else {
+                    stats.rejected_sample("unreadable line from the pool".into());
+                    continue;
+                };
+                match message["method"].as_str() {
+                    Some("mining.set_extranonce") => {
+                        extranonce = message["params"][0].as_str().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
+                    }
+                    Some("mining.set_difficulty") => {
+                        if let Some(d) = message["params"][0].as_f64().and_then(|d| quarry_work::Difficulty::new(d)) {
+                            share_target = quarry_kaspa::target::target_for(d);
+                        }
+                    }
+                    Some("mining.notify") => {
+                        if let Some((job_id, pre_pow, timestamp)) = crate::kaspa::miner::parse_job(&message["params"]) {
+                            stats.notifies.fetch_add(1, Ordering::Relaxed);
+                            if work.is_none() {
+                                stats.ready.fetch_add(1, Ordering::Relaxed);
+                            }
+                            work = Some((job_id, MinerJob::new(pre_pow, timestamp)));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        let id = message["id"].as_u64().unwrap_or(0);
+                        if id == 1 && message["result"][0].is_null() {
+                            // Bitmain's subscribe answer carries the extranonce.
+                            if let Some(hex) = message["result"][1].as_str() {
+                                extranonce = hex::decode(hex).unwrap_or_default();
+                            }
+                        }
+                        if id == 2 && message["result"] != json!(true) {
+                            stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                            anyhow::bail!("authorization refused: {}", message["error"]);
+                        }
+                        let Some(at) = pending.iter().position(|p| p.id == id) else { continue };
+                        let share = pending.swap_remove(at);
+                        stats.answered(share.sent);
+                        match (message["result"] == json!(true), message["error"][0].as_i64()) {
+                            (true, _) => {
+                                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            }
+                            (false, Some(21)) => {
+                                stats.stale.fetch_add(1, Ordering::Relaxed);
+                            }
+                            (false, _) => stats.rejected(message["error"].to_string()),
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(pacer.wake()) => {
+                if !pacer.due() || !under_cap(args, stats) {
+                    continue;
+                }
+                let Some((job_id, job)) = &work else { continue };
+                let free_bits = 64 - 8 * extranonce.len().min(3) as u32;
+                let prefix = extranonce
+                    .iter()
+                    .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+                    .checked_shl(free_bits)
+                    .unwrap_or(0);
+                let mask = u64::MAX.checked_shr(64 - free_bits).unwrap_or(u64::MAX);
+                let found = (counter..counter + KASPA_HASH_BUDGET)
+                    .find(|low| job.pow(prefix | (low & mask)) <= share_target);
+                let Some(low) = found else {
+                    counter += KASPA_HASH_BUDGET;
+                    stats.hash_budget_misses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                counter = low + 1;
+                let digits = (free_bits / 4) as usize;
+                let submit = line(json!({"id": next_id, "method": "mining.submit",
+                    "params": [user, job_id, format!("{:0digits$x}", low & mask)]}));
+                write.write_all(submit.as_bytes()).await?;
+                stats.bytes_out.fetch_add(submit.len() as u64, Ordering::Relaxed);
+                pending.push(Pending { id: next_id, sent: Instant::now(), prev_hash: [0; 32] });
+                next_id += 1;
+                stats.sent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod driver;
 mod events;
+mod kaspa;
 mod loadgen;
 mod miner;
 mod node;
@@ -43,7 +44,13 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
-        Command::Mine(args) => runtime.block_on(miner::run(args)),
+        Command::Mine(args) => match args.coin.as_str() {
+            "bitcoin" => runtime.block_on(miner::run(args)),
+            "kaspa" => runtime.block_on(kaspa::miner::run(args)),
+            other => Err(anyhow::anyhow!(
+                "--coin must be bitcoin or kaspa, not {other}"
+            )),
+        },
         Command::Payout(args) => runtime.block_on(payout(*args)),
         Command::Tp(args) => runtime.block_on(tp::run(*args)),
         Command::Proxy(args) => runtime.block_on(proxy::run(*args)),
@@ -72,9 +79,102 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
+/// The ledger, its share log and this instance's name.
+async fn open_ledger(
+    config: &config::Config,
+) -> Result<(quarry_ledger::Store, quarry_ledger::ShareLog, String)> {
+    let ledger_url = config.ledger_url();
+    if ledger_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    }
+    let store = quarry_ledger::Store::open(&ledger_url)
+        .await
+        .with_context(|| format!("opening ledger.url {}", redact(&ledger_url)))?;
+    info!(ledger = %redact(&ledger_url), backend = ?store.backend(), "share log open");
+    let share_log = quarry_ledger::ShareLog::spawn(store.clone(), config.data_dir.join("spool"));
+    let instance = config
+        .ledger
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("quarry-{}", config.stratum.listen.port()));
+    Ok((store, share_log, instance))
+}
+
+/// `[kaspa]` without any `[[node]]`: the Kaspa port alone, with the API.
+async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved) -> Result<()> {
+    let (store, share_log, instance) = open_ledger(&config).await?;
+    let events = Arc::new(events::EventBus::default());
+    let bans = Arc::new(server::Bans::new(
+        config.bans.policy()?,
+        config.bans.enabled,
+    ));
+    raise_open_file_limit(config.kaspa.max_connections);
+    let scheme = kaspa.rewards.scheme.name().to_string();
+    let metrics = Arc::new(events::Metrics::default());
+    let (server, listener) = kaspa::start(
+        &config.kaspa,
+        kaspa,
+        Arc::clone(&metrics),
+        kaspa::Shared {
+            store: store.clone(),
+            share_log,
+            instance,
+            data_dir: config.data_dir.clone(),
+            events: Arc::clone(&events),
+            bans: Arc::clone(&bans),
+        },
+    )
+    .await?;
+    if let Some(listen) = config.api.listen {
+        let state = Arc::new(api::ApiState {
+            store,
+            metrics: Arc::new(events::Metrics::default()),
+            events,
+            admin_token: config.api.admin_token.clone(),
+            scheme,
+            fee_percent: config.kaspa.fee_percent,
+            threshold_sat: config.threshold_sat(),
+            wallets: Vec::new(),
+            bans,
+            kaspa: Some(metrics),
+        });
+        spawn_api(listen, state).await?;
+    }
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let accept = tokio::spawn(server.run(listener, None, shutdown_rx));
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
+    Ok(())
+}
+
+async fn spawn_api(listen: std::net::SocketAddr, state: Arc<api::ApiState>) -> Result<()> {
+    let http = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding api.listen {listen}"))?;
+    info!(listen = %http.local_addr()?, "HTTP API listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, api::router(state)).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = args.config()?;
+    let kaspa = match config.kaspa.enabled {
+        true => Some(config.kaspa.resolve(&config.payout)?),
+        false => None,
+    };
+    let kaspa = match (config.nodes.is_empty(), kaspa) {
+        (true, Some(kaspa)) => return serve_kaspa_alone(config, kaspa).await,
+        (_, kaspa) => kaspa,
+    };
     let resolved = config.resolve()?;
+    let kaspa_metrics = kaspa.as_ref().map(|_| Arc::new(events::Metrics::default()));
     let nodes = Nodes::new(
         &config.nodes,
         config.data_dir.join("blocks"),
@@ -99,21 +199,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("stratum.proxy_protocol_from: {e}"))?,
     };
-    let ledger_url = config.ledger_url();
-    if ledger_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    }
-    let store = quarry_ledger::Store::open(&ledger_url)
-        .await
-        .with_context(|| format!("opening ledger.url {}", redact(&ledger_url)))?;
-    info!(ledger = %redact(&ledger_url), backend = ?store.backend(), "share log open");
-    let share_log = quarry_ledger::ShareLog::spawn(store.clone(), config.data_dir.join("spool"));
-    let instance = config
-        .ledger
-        .instance
-        .clone()
-        .unwrap_or_else(|| format!("quarry-{}", config.stratum.listen.port()));
+    let (store, share_log, instance) = open_ledger(&config).await?;
     let events = Arc::new(events::EventBus::default());
     let metrics = Arc::clone(&nodes.metrics);
     let blocks = blocks::BlockKeeper {
@@ -145,16 +231,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             threshold_sat: config.threshold_sat(),
             wallets: wallets.clone(),
             bans: Arc::clone(&bans),
+            kaspa: kaspa_metrics.clone(),
         });
-        let http = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding api.listen {listen}"))?;
-        info!(listen = %http.local_addr()?, "HTTP API listening");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, api::router(state)).await {
-                tracing::error!(error = %e, "HTTP API stopped");
-            }
-        });
+        spawn_api(listen, state).await?;
     }
     tokio::spawn(ledger_upkeep(
         store.clone(),
@@ -193,13 +272,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         info!(authority_public_key = %sv2.authority.public_text(), "Stratum V2 enabled on the stratum port (miners pin this key)");
     }
     let server = Server::new(
-        resolved.session,
-        sv2,
-        Arc::clone(&pool),
-        work.clone(),
+        server::Protocol::bitcoin(resolved.session, sv2, Arc::clone(&pool), work.clone()),
         server::Outputs {
-            ledger: share_log,
-            instance,
+            ledger: share_log.clone(),
+            instance: instance.clone(),
             blocks,
             aux_blocks,
             metrics: Arc::clone(&metrics),
@@ -272,6 +348,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
     ));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    if let (Some(kaspa), Some(metrics)) = (kaspa, kaspa_metrics) {
+        let (server, listener) = kaspa::start(
+            &config.kaspa,
+            kaspa,
+            metrics,
+            kaspa::Shared {
+                store: store.clone(),
+                share_log: share_log.clone(),
+                instance: instance.clone(),
+                data_dir: config.data_dir.clone(),
+                events: Arc::clone(&events),
+                bans: Arc::clone(&bans),
+            },
+        )
+        .await?;
+        tokio::spawn(server.run(listener, None, shutdown_rx.clone()));
+    }
     let accept = tokio::spawn(Arc::clone(&server).run(listener, None, shutdown_rx.clone()));
     if let Some((listener, acceptor)) = tls_listener {
         tokio::spawn(Arc::clone(&server).run(listener, Some(acceptor), shutdown_rx));

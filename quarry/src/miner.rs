@@ -655,6 +655,8 @@ mod tests {
             authority_pubkey: None,
             hashrate: None,
             tls_ca: None,
+            coin: "bitcoin".into(),
+            agent: None,
         }
     }
 

@@ -1,6 +1,6 @@
-//! The stratum listener and the loop that moves bytes between a socket and its session: a V1
-//! [`Session`] or an SV2 [`PoolSession`], told apart by the first bytes on the one port. No
-//! protocol decisions are made here.
+//! The stratum listeners and the loop that moves bytes between a socket and its session: on a
+//! Bitcoin port a V1 [`Session`] or an SV2 [`PoolSession`], told apart by the first bytes; on
+//! a Kaspa port a [`KaspaSession`]. No protocol decisions are made here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quarry_kaspa::pool::KaspaPool;
+use quarry_kaspa::session::{KaspaConfig, KaspaSession};
+use quarry_kaspa::work::KaspaJob;
 use quarry_ledger::{Chain, Receipt, RecordError, ShareLog, ShareRecord};
 use quarry_stratum::bans::{BanBook, BanPolicy, Offence, Standing};
 use quarry_stratum::detect::{detect, Detected};
@@ -127,16 +130,75 @@ pub struct Limits {
     pub trusted_proxies: TrustedProxies,
 }
 
+/// What a listener speaks, and the state its sessions share.
+pub enum Protocol {
+    /// Bitcoin: Stratum V1 and V2 on one port.
+    Bitcoin {
+        /// Session settings.
+        session_config: Arc<SessionConfig>,
+        /// SV2 settings; SV2 clients are turned away when unset.
+        sv2: Option<Arc<Sv2Config>>,
+        /// Shared pool state.
+        pool: Arc<SharedPool>,
+        /// The work sessions follow: Bitcoin templates, with the aux chains folded in.
+        work: watch::Receiver<Option<Arc<WorkTemplate>>>,
+    },
+    /// Kaspa's stratum dialect.
+    Kaspa {
+        /// Session settings.
+        config: Arc<KaspaConfig>,
+        /// Shared pool state.
+        pool: Arc<KaspaPool>,
+        /// The newest job.
+        work: watch::Receiver<Option<Arc<KaspaJob>>>,
+    },
+}
+
+/// The work a listener's connections follow.
+#[derive(Clone)]
+enum Followed {
+    Bitcoin(watch::Receiver<driver::Work>),
+    Kaspa(watch::Receiver<driver::Work<KaspaJob>>),
+}
+
+impl Protocol {
+    /// Bitcoin's protocols.
+    pub fn bitcoin(
+        session_config: SessionConfig,
+        sv2: Option<Sv2Config>,
+        pool: Arc<SharedPool>,
+        work: watch::Receiver<Option<Arc<WorkTemplate>>>,
+    ) -> Protocol {
+        Protocol::Bitcoin {
+            session_config: Arc::new(session_config),
+            sv2: sv2.map(Arc::new),
+            pool,
+            work,
+        }
+    }
+
+    /// How long a connection may take to say who it is.
+    fn auth_timeout_ms(&self) -> u64 {
+        match self {
+            Protocol::Bitcoin { session_config, .. } => session_config.auth_timeout_ms,
+            Protocol::Kaspa { config, .. } => config.auth_timeout_ms,
+        }
+    }
+
+    fn follow(&self, shutdown: watch::Receiver<bool>) -> Followed {
+        match self {
+            Protocol::Bitcoin { work, .. } => {
+                Followed::Bitcoin(driver::follow(work.clone(), shutdown))
+            }
+            Protocol::Kaspa { work, .. } => Followed::Kaspa(driver::follow(work.clone(), shutdown)),
+        }
+    }
+}
+
 /// Everything a connection task needs.
 pub struct Server {
-    /// Session settings.
-    pub session_config: Arc<SessionConfig>,
-    /// SV2 settings; SV2 clients are turned away when unset.
-    pub sv2: Option<Arc<Sv2Config>>,
-    /// Shared pool state.
-    pub pool: Arc<SharedPool>,
-    /// The work sessions follow: Bitcoin templates, with the aux chains folded in.
-    pub work: watch::Receiver<Option<Arc<WorkTemplate>>>,
+    /// The protocol and its shared state.
+    pub protocol: Protocol,
     /// Share log, blocks, metrics, events.
     pub out: Outputs,
     /// Limits.
@@ -149,22 +211,11 @@ pub struct Server {
 
 impl Server {
     /// A server; call [`Server::run`].
-    pub fn new(
-        session_config: SessionConfig,
-        sv2: Option<Sv2Config>,
-        pool: Arc<SharedPool>,
-        work: watch::Receiver<Option<Arc<WorkTemplate>>>,
-        out: Outputs,
-        limits: Limits,
-        bans: Arc<Bans>,
-    ) -> Arc<Self> {
+    pub fn new(protocol: Protocol, out: Outputs, limits: Limits, bans: Arc<Bans>) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         Arc::new(Server {
             out,
-            session_config: Arc::new(session_config),
-            sv2: sv2.map(Arc::new),
-            pool,
-            work,
+            protocol,
             limits,
             bans,
             per_ip: Mutex::new(HashMap::new()),
@@ -179,7 +230,7 @@ impl Server {
         tls: Option<Arc<crate::tls::Acceptor>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let work = driver::follow(self.work.clone(), shutdown.clone());
+        let work = self.protocol.follow(shutdown.clone());
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -251,7 +302,7 @@ impl Server {
         peer: SocketAddr,
         proxied: bool,
         tls: &crate::tls::Acceptor,
-        work: watch::Receiver<driver::Work>,
+        work: Followed,
     ) {
         let peer = match proxied {
             false => peer,
@@ -263,7 +314,7 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
         let handshake = tokio::time::timeout(
-            Duration::from_millis(self.session_config.auth_timeout_ms.max(1000)),
+            Duration::from_millis(self.protocol.auth_timeout_ms().max(1000)),
             tls.acceptor().accept(stream),
         )
         .await;
@@ -300,7 +351,7 @@ impl Server {
     async fn proxy_header(&self, stream: &mut TcpStream, proxy: SocketAddr) -> Option<SocketAddr> {
         let mut buf = vec![0u8; proxy_header::MAX_HEADER_LEN];
         let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
+            + Duration::from_millis(self.protocol.auth_timeout_ms().max(1000));
         let mut seen = 0;
         loop {
             // Peeked, so that exactly the header's bytes are taken off the socket below.
@@ -355,7 +406,7 @@ impl Server {
         let mut buf = [0u8; 512];
         // One deadline for the whole sniff, so a client dripping bytes cannot stretch it.
         let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.session_config.auth_timeout_ms.max(1000));
+            + Duration::from_millis(self.protocol.auth_timeout_ms().max(1000));
         loop {
             match detect(&first) {
                 Detected::NeedMore => {}
@@ -375,61 +426,58 @@ impl Server {
         }
     }
 
-    /// One connection, plain or TLS: the protocol is sniffed, then the one driver runs its
-    /// session.
+    /// One connection, plain or TLS, on the one driver.
     // Not an `async fn`, and sessions are built inside the `drive` call: see driver::drive on
     // keeping each connection's task small (one async layer here, not two).
     #[allow(clippy::manual_async_fn)]
     fn drive<S: driver::ByteStream + 'static>(
         &self,
-        mut stream: S,
+        stream: S,
         peer: SocketAddr,
-        work: watch::Receiver<driver::Work>,
+        work: Followed,
     ) -> impl std::future::Future<Output = ()> + Send + '_ {
         async move {
-            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
-                debug!(%peer, "closed before speaking");
-                return;
-            };
-            let env = Environment {
-                shared: &*self.pool as &dyn Pool,
-                work,
-                write_timeout: self.limits.write_timeout,
-                peer,
-            };
             let sink = PoolSink { server: self, peer };
-            let (worker, offence) = match (protocol, &self.sv2) {
-                // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
-                (Detected::V2, Some(sv2)) => {
+            let ended = match (&self.protocol, work) {
+                (
+                    Protocol::Bitcoin {
+                        session_config,
+                        sv2,
+                        pool,
+                        ..
+                    },
+                    Followed::Bitcoin(work),
+                ) => {
+                    let env = Environment {
+                        shared: &**pool as &dyn Pool,
+                        work,
+                        write_timeout: self.limits.write_timeout,
+                        peer,
+                    };
+                    Box::pin(self.drive_bitcoin(stream, session_config, sv2.as_ref(), env, &sink))
+                        .await
+                }
+                (Protocol::Kaspa { config, pool, .. }, Followed::Kaspa(work)) => {
+                    let env = Environment {
+                        shared: &**pool,
+                        work,
+                        write_timeout: self.limits.write_timeout,
+                        peer,
+                    };
                     let session = drive(
-                        Box::new(PoolSession::new(
-                            Arc::clone(&self.session_config),
-                            Arc::clone(sv2),
-                            driver::now(),
-                        )),
+                        KaspaSession::new(Arc::clone(config), driver::now()),
                         stream,
-                        first,
+                        Vec::new(),
                         env,
                         &sink,
                     )
                     .await;
-                    (session.worker().map(str::to_string), session.offence())
+                    Some((session.worker().map(str::to_string), session.offence()))
                 }
-                (Detected::V2, None) => {
-                    debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
-                    return;
-                }
-                _ => {
-                    let session = drive(
-                        Session::new(Arc::clone(&self.session_config), driver::now()),
-                        stream,
-                        first,
-                        env,
-                        &sink,
-                    )
-                    .await;
-                    (session.worker().map(str::to_string), session.offence())
-                }
+                _ => None,
+            };
+            let Some((worker, offence)) = ended else {
+                return;
             };
             if let Some(offence) = offence {
                 self.bans.offend(peer, offence);
@@ -441,6 +489,59 @@ impl Server {
                 );
             }
             debug!(%peer, "disconnected");
+        }
+    }
+
+    /// A Bitcoin connection: the protocol is sniffed, then its session runs. Returns the
+    /// worker and the offence that closed it, if any; `None` when no session ran.
+    async fn drive_bitcoin<S: driver::ByteStream + 'static>(
+        &self,
+        mut stream: S,
+        session_config: &Arc<SessionConfig>,
+        sv2: Option<&Arc<Sv2Config>>,
+        env: Environment<'_, dyn Pool>,
+        sink: &PoolSink<'_>,
+    ) -> Option<(Option<String>, Option<Offence>)> {
+        let peer = env.peer;
+        {
+            let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
+                debug!(%peer, "closed before speaking");
+                return None;
+            };
+            let ended = match (protocol, sv2) {
+                // Boxed: V1 connections, the many, do not pay for the larger SV2 session.
+                (Detected::V2, Some(sv2)) => {
+                    let session = drive(
+                        Box::new(PoolSession::new(
+                            Arc::clone(session_config),
+                            Arc::clone(sv2),
+                            driver::now(),
+                        )),
+                        stream,
+                        first,
+                        env,
+                        sink,
+                    )
+                    .await;
+                    (session.worker().map(str::to_string), session.offence())
+                }
+                (Detected::V2, None) => {
+                    debug!(%peer, "SV2 client turned away: no [sv2] authority key configured");
+                    return None;
+                }
+                _ => {
+                    let session = drive(
+                        Session::new(Arc::clone(session_config), driver::now()),
+                        stream,
+                        first,
+                        env,
+                        sink,
+                    )
+                    .await;
+                    (session.worker().map(str::to_string), session.offence())
+                }
+            };
+            Some(ended)
         }
     }
 

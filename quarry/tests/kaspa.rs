@@ -1,0 +1,373 @@
+//! Kaspa end to end on a real kaspad (2.1.0, built by scripts/kaspad.sh; `QUARRY_KASPAD`): a
+//! private devnet, `quarry serve` with only a `[kaspa]` section, and `quarry mine --coin kaspa`
+//! as an IceRiver (one hex string per job), a Bitmain (`GodMiner`: array jobs, no extranonce)
+//! and a generic miner (array jobs, 2-byte extranonce), all at once.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kaspa_addresses::{Address, Prefix, Version};
+use kaspa_wrpc_client::prelude::{RpcApi, RpcBlockColor};
+use kaspa_wrpc_client::{KaspaRpcClient, WrpcEncoding};
+use quarry_ledger::{BlockStatus, Chain, Store};
+use serde_json::Value;
+use support::{free_port, loadgen_report, run_miner, scratch_dir, start_pool, Process};
+
+/// kaspad on a private devnet, killed on drop.
+struct Kaspad {
+    child: Child,
+    log: std::path::PathBuf,
+    borsh_port: u16,
+}
+
+impl Kaspad {
+    fn start(dir: &Path) -> Kaspad {
+        let binary = std::env::var("QUARRY_KASPAD")
+            .expect("QUARRY_KASPAD names kaspad 2.1.0 (scripts/test.sh builds it: scripts/kaspad.sh install)");
+        let (borsh_port, grpc_port, p2p_port) = (free_port(), free_port(), free_port());
+        let log = dir.join("kaspad.log");
+        let file = std::fs::File::create(&log).expect("kaspad log");
+        let child = Command::new(binary)
+            .args([
+                "--devnet",
+                "--enable-unsynced-mining",
+                "--nodnsseed",
+                "--disable-upnp",
+                "--utxoindex",
+                "--yes",
+                &format!("--appdir={}", dir.join("kaspad").display()),
+                &format!("--rpclisten-borsh=127.0.0.1:{borsh_port}"),
+                &format!("--rpclisten=127.0.0.1:{grpc_port}"),
+                &format!("--listen=127.0.0.1:{p2p_port}"),
+            ])
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn kaspad");
+        Kaspad {
+            child,
+            log,
+            borsh_port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.borsh_port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A wRPC client once the node answers.
+    async fn client(&mut self) -> KaspaRpcClient {
+        let start = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.borsh_port)).is_ok() {
+                break;
+            }
+            assert!(
+                matches!(self.child.try_wait(), Ok(None)),
+                "kaspad exited:\n{}",
+                self.log_text()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kaspad did not listen:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let client = KaspaRpcClient::new(WrpcEncoding::Borsh, Some(&self.url()), None, None, None)
+            .expect("client");
+        client.connect(None).await.expect("connect to kaspad");
+        client
+    }
+}
+
+impl Drop for Kaspad {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn devnet_address(seed: u8) -> Address {
+    Address::new(Prefix::Devnet, Version::PubKey, &[seed; 32])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asics_in_each_dialect_mine_devnet_blocks_that_kaspad_accepts() {
+    let dir = scratch_dir("kaspa");
+    let mut kaspad = Kaspad::start(&dir);
+    let node = kaspad.client().await;
+    let before = node.get_block_dag_info().await.expect("dag info");
+    let pool_address = devnet_address(7);
+    let miner_address = devnet_address(9);
+    let port = free_port();
+    let api_port = free_port();
+    let config = format!(
+        r#"
+data_dir = "{data}"
+
+[payout]
+scheme = "pplns"
+
+[api]
+listen = "127.0.0.1:{api_port}"
+
+[kaspa]
+enabled = true
+listen = "127.0.0.1:{port}"
+network = "devnet"
+nodes = ["{url}"]
+pool_address = "{pool_address}"
+poll_ms = 500
+maturity = 5
+start_difficulty = 0.00001
+min_difficulty = 0.0000001
+"#,
+        data = dir.join("data").display(),
+        url = kaspad.url(),
+    );
+    let pool = start_pool(&dir, &config, port).await;
+    let url = format!("stratum+tcp://127.0.0.1:{port}");
+    let dialects = [
+        ("iceriver", "IceRiverMiner-v1.1"),
+        ("bitmain", "GodMiner/2.0.0"),
+        ("generic", "lolMiner 1.88"),
+    ];
+    // All three at once, each on one thread, for 25 s.
+    let miners: Vec<_> = dialects
+        .iter()
+        .map(|(rig, agent)| {
+            let user = format!("{miner_address}.{rig}");
+            let log = dir.join(format!("miner-{rig}.log"));
+            let url = url.clone();
+            let agent = agent.to_string();
+            std::thread::spawn(move || {
+                run_miner(
+                    &url,
+                    &user,
+                    25,
+                    &["--coin", "kaspa", "--agent", &agent],
+                    &log,
+                )
+            })
+        })
+        .collect();
+    let miners: Vec<Process> = miners
+        .into_iter()
+        .map(|m| m.join().expect("miner thread"))
+        .collect();
+    let context = || {
+        format!(
+            "serve:\n{}\nkaspad (tail):\n{}",
+            pool.log_text(),
+            tail(&kaspad.log_text(), 40)
+        )
+    };
+    for ((rig, _), miner) in dialects.iter().zip(&miners) {
+        let text = miner.log_text();
+        let summary = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("accepted="))
+            .unwrap_or_else(|| panic!("{rig}: a summary line:\n{text}"));
+        let count = |key: &str| -> u64 {
+            summary
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            count("accepted") > 0,
+            "{rig}: shares accepted: {summary}\n{text}\n{}",
+            context()
+        );
+        assert_eq!(
+            count("rejected"),
+            0,
+            "{rig}: no share rejected: {summary}\n{text}"
+        );
+    }
+
+    // kaspad took blocks from every dialect: its DAG grew, and each block Quarry recorded as
+    // accepted is one kaspad knows.
+    let after = node.get_block_dag_info().await.expect("dag info");
+    assert!(
+        after.virtual_daa_score > before.virtual_daa_score,
+        "DAA score grows: {} -> {}\n{}",
+        before.virtual_daa_score,
+        after.virtual_daa_score,
+        context()
+    );
+    let blocks: Value = reqwest::get(format!(
+        "http://127.0.0.1:{api_port}/api/blocks?chain=kaspa&limit=1000"
+    ))
+    .await
+    .expect("api")
+    .json()
+    .await
+    .expect("json");
+    let blocks = blocks.as_array().expect("blocks").clone();
+    assert!(!blocks.is_empty(), "kaspa blocks recorded\n{}", context());
+    for (rig, _) in &dialects {
+        let mine: Vec<&Value> = blocks
+            .iter()
+            .filter(|b| {
+                b["worker"]
+                    .as_str()
+                    .is_some_and(|w| w.ends_with(&format!(".{rig}")))
+            })
+            .collect();
+        assert!(!mine.is_empty(), "{rig} found a block\n{}", context());
+        for block in mine {
+            assert_ne!(block["status"], "rejected", "{block}\n{}", context());
+        }
+    }
+    assert!(
+        after.block_count >= before.block_count + blocks.len() as u64,
+        "kaspad holds every accepted block: {} -> {} for {} found",
+        before.block_count,
+        after.block_count,
+        blocks.len()
+    );
+    let first_hash = blocks[0]["hash"].as_str().expect("hash");
+    let hash = kaspa_wrpc_client::prelude::RpcHash::from_bytes(
+        hex::decode(first_hash)
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes"),
+    );
+    let known = node
+        .get_block(hash, false)
+        .await
+        .expect("kaspad has the block");
+    assert_eq!(hex::encode(known.header.hash.as_bytes()), first_hash);
+
+    // The blocks pay the configured address: later blocks merge them and pay their reward to
+    // the pool's address (kaspad's UTXO index has it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let balance = node
+            .get_balance_by_address(pool_address.clone())
+            .await
+            .expect("balance (utxoindex)");
+        if balance > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool address is paid\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        node.get_balance_by_address(miner_address.clone())
+            .await
+            .expect("balance"),
+        0,
+        "pool mode: the coinbase pays the pool, not the miner"
+    );
+
+    // The load generator speaks the dialect too: 20 miners, two shares a second each.
+    let report = loadgen_report(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--kaspa",
+            "--miners",
+            "20",
+            "--rate",
+            "2",
+            "--duration",
+            "5",
+            "--user",
+            &format!("{miner_address}"),
+            "--password",
+            "d=0.0000001",
+            "--json",
+        ],
+        &dir.join("loadgen.log"),
+        context,
+    );
+    assert_eq!(report["protocol"], "kaspa", "{report}");
+    assert!(report["accepted"].as_u64().unwrap_or(0) > 50, "{report}");
+    assert_eq!(report["rejected"], 0, "{report}");
+    assert_eq!(report["unanswered"], 0, "{report}");
+
+    // Shares are in the ledger under Kaspa, by worker, apart from Bitcoin's.
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.join("data/quarry.db").display()
+    ))
+    .await
+    .expect("ledger");
+    let kaspa = Chain::new("kaspa").expect("chain");
+    let shares = store
+        .shares_newest_first(&kaspa, i64::MAX, 100_000)
+        .await
+        .expect("shares");
+    for (rig, _) in &dialects {
+        assert!(
+            shares
+                .iter()
+                .any(|s| s.worker.ends_with(&format!(".{rig}"))),
+            "{rig}'s shares are in the ledger"
+        );
+    }
+    assert!(shares
+        .iter()
+        .all(|s| s.address == miner_address.to_string()));
+    let bitcoin = store
+        .shares_newest_first(&Chain::BITCOIN, i64::MAX, 10)
+        .await
+        .expect("shares");
+    assert!(bitcoin.is_empty(), "no Kaspa share counts as Bitcoin's");
+
+    // Blue blocks mature: credited to the miner (PPLNS on Kaspa shares), then confirmed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let confirmed = store
+            .blocks(Some(BlockStatus::Confirmed), 1000)
+            .await
+            .expect("blocks");
+        if confirmed.iter().any(|b| b.chain == kaspa) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a kaspa block confirms\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let info = node.get_block_reward_info(hash).await.expect("reward info");
+    assert!(matches!(
+        info.block_color,
+        RpcBlockColor::Blue | RpcBlockColor::Red
+    ));
+    let balances = store.balances().await.expect("balances");
+    assert!(
+        balances
+            .iter()
+            .any(|b| b.chain == kaspa && b.address == miner_address.to_string()),
+        "the miner has a Kaspa balance: {balances:?}"
+    );
+    assert!(
+        balances.iter().all(|b| b.chain != Chain::BITCOIN),
+        "no Bitcoin balance from Kaspa blocks: {balances:?}"
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
