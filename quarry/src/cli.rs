@@ -23,7 +23,7 @@ pub enum Command {
     /// Run the pool: Stratum V1 server on work from Bitcoin nodes.
     Serve(Box<ServeArgs>),
     /// CPU miner speaking Stratum V1 (version rolling), for tests and demos.
-    Mine(MineArgs),
+    Mine(Box<MineArgs>),
     /// One payout run: pay every mature balance at or above the threshold from the node wallet.
     Payout(Box<ServeArgs>),
     /// Print a new Stratum V2 authority key pair (for `[sv2]`; miners pin the public key).

@@ -617,6 +617,8 @@ impl Default for MiningConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StratumConfig {
+    /// Serve Bitcoin. False runs only `[kaspa]`, with no Bitcoin node.
+    pub enabled: bool,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Connections in total.
@@ -657,6 +659,7 @@ pub struct StratumConfig {
 impl Default for StratumConfig {
     fn default() -> Self {
         StratumConfig {
+            enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
             max_connections: 100_000,
             max_connections_per_ip: 2_000,

@@ -917,7 +917,7 @@ async fn miner_kaspa(
                         extranonce = message["params"][0].as_str().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
                     }
                     Some("mining.set_difficulty") => {
-                        if let Some(d) = message["params"][0].as_f64().and_then(|d| quarry_work::Difficulty::new(d)) {
+                        if let Some(d) = message["params"][0].as_f64().and_then(quarry_work::Difficulty::new) {
                             share_target = quarry_kaspa::target::target_for(d);
                         }
                     }

@@ -45,8 +45,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Mine(args) => match args.coin.as_str() {
-            "bitcoin" => runtime.block_on(miner::run(args)),
-            "kaspa" => runtime.block_on(kaspa::miner::run(args)),
+            "bitcoin" => runtime.block_on(miner::run(*args)),
+            "kaspa" => runtime.block_on(kaspa::miner::run(*args)),
             other => Err(anyhow::anyhow!(
                 "--coin must be bitcoin or kaspa, not {other}"
             )),
@@ -101,7 +101,7 @@ async fn open_ledger(
     Ok((store, share_log, instance))
 }
 
-/// `[kaspa]` without any `[[node]]`: the Kaspa port alone, with the API.
+/// `[kaspa]` with `stratum.enabled = false`: the Kaspa port alone, with the API.
 async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved) -> Result<()> {
     let (store, share_log, instance) = open_ledger(&config).await?;
     let events = Arc::new(events::EventBus::default());
@@ -169,9 +169,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         true => Some(config.kaspa.resolve(&config.payout)?),
         false => None,
     };
-    let kaspa = match (config.nodes.is_empty(), kaspa) {
-        (true, Some(kaspa)) => return serve_kaspa_alone(config, kaspa).await,
-        (_, kaspa) => kaspa,
+    let kaspa = match (config.stratum.enabled, kaspa) {
+        (false, Some(kaspa)) => return serve_kaspa_alone(config, kaspa).await,
+        (false, None) => {
+            anyhow::bail!("stratum.enabled = false and [kaspa] is off: nothing to serve")
+        }
+        (true, kaspa) => kaspa,
     };
     let resolved = config.resolve()?;
     let kaspa_metrics = kaspa.as_ref().map(|_| Arc::new(events::Metrics::default()));

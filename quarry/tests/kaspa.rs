@@ -1,5 +1,5 @@
 //! Kaspa end to end on a real kaspad (2.1.0, built by scripts/kaspad.sh; `QUARRY_KASPAD`): a
-//! private devnet, `quarry serve` with only a `[kaspa]` section, and `quarry mine --coin kaspa`
+//! private devnet, `quarry serve` with Bitcoin off and a `[kaspa]` section, and `quarry mine --coin kaspa`
 //! as an IceRiver (one hex string per job), a Bitmain (`GodMiner`: array jobs, no extranonce)
 //! and a generic miner (array jobs, 2-byte extranonce), all at once.
 
@@ -113,6 +113,9 @@ async fn asics_in_each_dialect_mine_devnet_blocks_that_kaspad_accepts() {
     let config = format!(
         r#"
 data_dir = "{data}"
+
+[stratum]
+enabled = false
 
 [payout]
 scheme = "pplns"
@@ -334,13 +337,13 @@ min_difficulty = 0.0000001
 
     // Blue blocks mature: credited to the miner (PPLNS on Kaspa shares), then confirmed.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let confirmed = loop {
         let confirmed = store
             .blocks(Some(BlockStatus::Confirmed), 1000)
             .await
             .expect("blocks");
-        if confirmed.iter().any(|b| b.chain == kaspa) {
-            break;
+        if let Some(block) = confirmed.into_iter().find(|b| b.chain == kaspa) {
+            break block;
         }
         assert!(
             Instant::now() < deadline,
@@ -348,12 +351,17 @@ min_difficulty = 0.0000001
             context()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    // kaspad agrees: blue, at least `maturity` (5) deep.
+    let hash = kaspa_wrpc_client::prelude::RpcHash::from_bytes(
+        hex::decode(&confirmed.hash)
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes"),
+    );
     let info = node.get_block_reward_info(hash).await.expect("reward info");
-    assert!(matches!(
-        info.block_color,
-        RpcBlockColor::Blue | RpcBlockColor::Red
-    ));
+    assert!(matches!(info.block_color, RpcBlockColor::Blue), "{info:?}");
+    assert!(info.confirmation_count.unwrap_or(0) >= 5, "{info:?}");
     let balances = store.balances().await.expect("balances");
     assert!(
         balances

@@ -201,48 +201,44 @@ impl KaspaKeeper {
                     // Unknown to the node yet (or no node): next pass.
                     Err(_) => continue,
                 };
+                // Settled at most once: each transition only moves a block still in `status`.
+                let confirm = || {
+                    self.store.transition_block(
+                        &block.hash,
+                        BlockStatus::Pending,
+                        BlockStatus::Confirmed,
+                        Some((CreditStatus::Immature, CreditStatus::Mature)),
+                    )
+                };
+                let orphan = || {
+                    self.store.transition_block(
+                        &block.hash,
+                        status,
+                        BlockStatus::Orphaned,
+                        Some((CreditStatus::Immature, CreditStatus::Reversed)),
+                    )
+                };
                 match (status, info.block_color) {
                     (BlockStatus::Submitted, RpcBlockColor::Blue | RpcBlockColor::Unknown) => {
                         self.credit(&block).await
                     }
                     (BlockStatus::Pending, RpcBlockColor::Blue)
-                        if info.confirmation_count.unwrap_or(0) >= self.maturity =>
+                        if info.confirmation_count.unwrap_or(0) >= self.maturity
+                            && confirm().await? =>
                     {
-                        if self
-                            .store
-                            .transition_block(
-                                &block.hash,
-                                BlockStatus::Pending,
-                                BlockStatus::Confirmed,
-                                Some((CreditStatus::Immature, CreditStatus::Mature)),
-                            )
-                            .await?
-                        {
-                            info!(hash = %block.hash, reward = ?info.reward_amount, "kaspa block confirmed (blue); credits are payable");
-                            self.events.publish(
-                                "BlockConfirmed",
-                                json!({"chain": quarry_kaspa::KASPA, "hash": block.hash,
-                                       "height": block.height, "reward": info.reward_amount}),
-                            );
-                        }
+                        info!(hash = %block.hash, reward = ?info.reward_amount, "kaspa block confirmed (blue); credits are payable");
+                        self.events.publish(
+                            "BlockConfirmed",
+                            json!({"chain": quarry_kaspa::KASPA, "hash": block.hash,
+                                   "height": block.height, "reward": info.reward_amount}),
+                        );
                     }
-                    (_, RpcBlockColor::Red) => {
-                        if self
-                            .store
-                            .transition_block(
-                                &block.hash,
-                                status,
-                                BlockStatus::Orphaned,
-                                Some((CreditStatus::Immature, CreditStatus::Reversed)),
-                            )
-                            .await?
-                        {
-                            warn!(hash = %block.hash, "kaspa block is red (not rewarded); credits reversed");
-                            self.events.publish(
-                                "BlockOrphaned",
-                                json!({"chain": quarry_kaspa::KASPA, "hash": block.hash, "height": block.height}),
-                            );
-                        }
+                    (_, RpcBlockColor::Red) if orphan().await? => {
+                        warn!(hash = %block.hash, "kaspa block is red (not rewarded); credits reversed");
+                        self.events.publish(
+                            "BlockOrphaned",
+                            json!({"chain": quarry_kaspa::KASPA, "hash": block.hash, "height": block.height}),
+                        );
                     }
                     _ => {}
                 }

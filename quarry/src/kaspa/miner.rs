@@ -200,7 +200,7 @@ async fn session(
                         extranonce = message["params"][0].as_str().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
                     }
                     Some("mining.set_difficulty") => {
-                        if let Some(d) = message["params"][0].as_f64().and_then(|d| Difficulty::new(d)) {
+                        if let Some(d) = message["params"][0].as_f64().and_then(Difficulty::new) {
                             target = target_for(d);
                         }
                     }
@@ -220,11 +220,10 @@ async fn session(
                                 extranonce = hex::decode(hex).unwrap_or_default();
                             }
                         }
-                        Some(2) => {
-                            if message["result"] != json!(true) {
-                                bail!("authorization refused: {}", message["error"]);
-                            }
+                        Some(2) if message["result"] != json!(true) => {
+                            bail!("authorization refused: {}", message["error"]);
                         }
+                        Some(2) => {}
                         Some(_) => match message["result"] == json!(true) {
                             true => totals.accepted += 1,
                             false => {

@@ -187,7 +187,9 @@ async fn follow_notifications(
         client
             .start_notify(listener, Scope::NewBlockTemplate(NewBlockTemplateScope {}))
             .await
-            .context("subscribing to NewBlockTemplate")
+            .context("subscribing to NewBlockTemplate")?;
+        info!(%url, "following kaspad's NewBlockTemplate notifications");
+        anyhow::Ok(())
     };
     if client.is_connected() {
         subscribe().await?;
