@@ -1,6 +1,7 @@
 //! Kaspa's pool-wide state: the shares seen (the duplicate rule) and the extranonces handed out.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use quarry_stratum::pool::SeenHashes;
@@ -18,7 +19,15 @@ pub struct KaspaPool {
     /// Templates per duplicate generation: at least the jobs a connection keeps, so a share on
     /// any job still answerable is checked against every earlier share on it.
     generation_templates: u64,
+    /// Solo mode: the addresses authorized miners pay to, with how many connections each.
+    payees: Mutex<BTreeMap<String, usize>>,
+    /// Bumped whenever an address is added: the template follower fetches its template then.
+    payees_version: AtomicU64,
 }
+
+/// Distinct addresses solo mode fetches templates for (one `GetBlockTemplate` each per new
+/// block): a bound on what a flood of addresses can ask of kaspad.
+pub const MAX_SOLO_ADDRESSES: usize = 256;
 
 struct Seen {
     /// The first template id of the current generation.
@@ -44,7 +53,46 @@ impl KaspaPool {
                 in_use: HashSet::new(),
             }),
             generation_templates: jobs_kept.max(1) as u64,
+            payees: Mutex::new(BTreeMap::new()),
+            payees_version: AtomicU64::new(0),
         }
+    }
+
+    /// Solo mode: a connection mines for `address`. False when [`MAX_SOLO_ADDRESSES`] other
+    /// addresses are mined for already.
+    pub fn add_payee(&self, address: &str) -> bool {
+        let mut payees = lock(&self.payees);
+        if let Some(count) = payees.get_mut(address) {
+            *count += 1;
+            return true;
+        }
+        if payees.len() >= MAX_SOLO_ADDRESSES {
+            return false;
+        }
+        payees.insert(address.to_string(), 1);
+        self.payees_version.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Solo mode: a connection mining for `address` ended.
+    pub fn remove_payee(&self, address: &str) {
+        let mut payees = lock(&self.payees);
+        if let Some(count) = payees.get_mut(address) {
+            *count -= 1;
+            if *count == 0 {
+                payees.remove(address);
+            }
+        }
+    }
+
+    /// Solo mode: every address some connection mines for.
+    pub fn payees(&self) -> Vec<String> {
+        lock(&self.payees).keys().cloned().collect()
+    }
+
+    /// Changes whenever an address is added.
+    pub fn payees_version(&self) -> u64 {
+        self.payees_version.load(Ordering::Relaxed)
     }
 
     /// A new template: the duplicate memory moves on a generation every `jobs_kept` of them.
@@ -124,6 +172,24 @@ mod tests {
         );
         pool.on_template(8);
         assert!(pool.first_seen(&hash), "two generations on, forgotten");
+    }
+
+    #[test]
+    fn solo_payees_are_counted_and_bounded() {
+        let pool = KaspaPool::new(4);
+        assert!(pool.add_payee("a"));
+        let version = pool.payees_version();
+        assert!(pool.add_payee("a"), "a second rig on the same address");
+        assert_eq!(pool.payees_version(), version, "nothing new to fetch");
+        pool.remove_payee("a");
+        assert_eq!(pool.payees(), ["a"]);
+        pool.remove_payee("a");
+        assert!(pool.payees().is_empty());
+        for i in 0..MAX_SOLO_ADDRESSES {
+            assert!(pool.add_payee(&i.to_string()));
+        }
+        assert!(!pool.add_payee("one too many"));
+        assert!(pool.add_payee("0"), "an address already mined for");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use crate::dialect::{Dialect, JobEncoding};
 use crate::pool::KaspaPool;
 use crate::target::{difficulty_of, target_for};
-use crate::work::KaspaJob;
+use crate::work::{KaspaJob, KaspaWork};
 use crate::KASPA;
 
 /// Settings shared by every Kaspa connection.
@@ -61,6 +61,8 @@ pub struct KaspaConfig {
     pub submit_budget: Budget,
     /// Lines that are not requests, in a row, before the connection closes.
     pub max_invalid_lines: u32,
+    /// Solo mode: each miner mines a template paying its own address.
+    pub solo: bool,
 }
 
 impl Default for KaspaConfig {
@@ -93,6 +95,7 @@ impl Default for KaspaConfig {
                 burst: 5000,
             },
             max_invalid_lines: 10,
+            solo: false,
         }
     }
 }
@@ -162,6 +165,10 @@ pub struct KaspaSession {
     next_job_id: u64,
     /// The newest job, sent once the miner is authorized.
     latest: Option<Arc<KaspaJob>>,
+    /// The newest work the pool published: this miner's job is picked from it.
+    work: Option<Arc<KaspaWork>>,
+    /// Solo mode: the address registered with the pool for templates.
+    payee: Option<String>,
     /// Kaspa has no stale rule by parent (the DAG takes blocks on older parents); a share is
     /// current while its job is kept. This tip never advances.
     tip: Tip,
@@ -219,6 +226,8 @@ impl KaspaSession {
             jobs: VecDeque::new(),
             next_job_id: 1,
             latest: None,
+            work: None,
+            payee: None,
             tip: Tip::new(now.mono_ms),
             connected_ms: now.mono_ms,
             last_line_ms: now.mono_ms,
@@ -293,7 +302,9 @@ impl KaspaSession {
         match request {
             Request::Subscribe { agent } => self.on_subscribe(&id, &agent, pool),
             Request::ExtranonceSubscribe => self.answer(&id, Value::Bool(true)),
-            Request::Authorize { user, password } => self.on_authorize(&id, &user, &password, now),
+            Request::Authorize { user, password } => {
+                self.on_authorize(&id, &user, &password, now, pool)
+            }
             Request::Submit(submit) => self.on_submit(&id, submit, now, pool),
         }
     }
@@ -319,7 +330,7 @@ impl KaspaSession {
         self.answer(id, result);
     }
 
-    fn on_authorize(&mut self, id: &Value, user: &str, password: &str, now: Now) {
+    fn on_authorize(&mut self, id: &Value, user: &str, password: &str, now: Now, pool: &KaspaPool) {
         if !self.subscribed {
             return self.answer_error(id, &KaspaError::NotSubscribed);
         }
@@ -328,6 +339,15 @@ impl KaspaSession {
             Err(reason) => return self.answer_error(id, &KaspaError::Other(reason)),
         };
         let first = self.worker.is_none();
+        if first && self.config.solo {
+            if !pool.add_payee(&worker.address) {
+                return self.answer_error(
+                    id,
+                    &KaspaError::Other("solo pool full: too many addresses mined for".into()),
+                );
+            }
+            self.payee = Some(worker.address.clone());
+        }
         // `d=<difficulty>` in the password: the miner's own starting difficulty.
         if first {
             let asked = password
@@ -356,7 +376,16 @@ impl KaspaSession {
         };
         self.notify("mining.set_extranonce", params);
         self.send_difficulty();
-        if let Some(job) = self.latest.take() {
+        let address = self
+            .worker
+            .as_ref()
+            .map(|w| w.address.clone())
+            .unwrap_or_default();
+        let mine = self
+            .work
+            .as_ref()
+            .and_then(|work| work.job_for(&address).cloned());
+        if let Some(job) = mine.or_else(|| self.latest.take()) {
             self.send_job(job, now);
         }
     }
@@ -485,6 +514,28 @@ impl KaspaSession {
             false => text.to_string(),
         };
         u64::from_str_radix(&full, 16).map_err(|_| invalid("nonce must be hex"))
+    }
+
+    /// What the pool published: this miner's job from it (the pool's, or in solo mode its
+    /// address's), sent when it is new.
+    pub fn handle_work(&mut self, work: Arc<KaspaWork>, now: Now) {
+        if self.closed.is_some() {
+            return;
+        }
+        let job = self
+            .worker
+            .as_ref()
+            .and_then(|w| work.job_for(&w.address).cloned());
+        self.work = Some(work);
+        if let Some(job) = job {
+            let sent = self
+                .jobs
+                .back()
+                .is_some_and(|(_, last)| Arc::ptr_eq(last, &job));
+            if !sent {
+                self.handle_job(job, now);
+            }
+        }
     }
 
     /// New work: a job for this connection, sent when the miner is authorized.
@@ -654,6 +705,9 @@ impl KaspaSession {
         if let Some(extranonce) = self.extranonce.take() {
             pool.release_extranonce(&extranonce);
         }
+        if let Some(address) = self.payee.take() {
+            pool.remove_payee(&address);
+        }
     }
 
     fn reject(&mut self, worker: &Worker, reason: ShareReject) {
@@ -808,7 +862,7 @@ pub fn share_target(difficulty: Difficulty) -> Uint256 {
 impl quarry_stratum::Connection for KaspaSession {
     type Shared = KaspaPool;
     type Event = Event;
-    type Work = KaspaJob;
+    type Work = KaspaWork;
 
     fn protocol(&self) -> &'static str {
         "kaspa-stratum"
@@ -816,8 +870,8 @@ impl quarry_stratum::Connection for KaspaSession {
     fn handle_bytes(&mut self, data: &[u8], now: Now, pool: &KaspaPool) {
         KaspaSession::handle_bytes(self, data, now, pool)
     }
-    fn handle_template(&mut self, job: Arc<KaspaJob>, now: Now, _pool: &KaspaPool) {
-        self.handle_job(job, now)
+    fn handle_template(&mut self, work: Arc<KaspaWork>, now: Now, _pool: &KaspaPool) {
+        self.handle_work(work, now)
     }
     fn handle_timeout(&mut self, now: Now, _pool: &KaspaPool) {
         KaspaSession::handle_timeout(self, now)

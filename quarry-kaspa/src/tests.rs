@@ -412,3 +412,60 @@ fn a_miner_that_never_authorizes_times_out() {
     assert!(miner.session.close_reason().is_some());
     assert!(miner.session.offence().is_some());
 }
+
+/// Solo mode: a miner registers its address with the pool on authorize, mines the job the pool
+/// published for that address (not another's), and gives the address back when it goes.
+#[test]
+fn solo_miners_mine_their_own_address_jobs() {
+    use crate::work::KaspaWork;
+    let mut config = (*config()).clone();
+    config.solo = true;
+    let pool = KaspaPool::new(64);
+    let mine = address(Prefix::Devnet);
+    let other = Address::new(Prefix::Devnet, Version::PubKey, &[8u8; 32]).to_string();
+    let (job_mine, job_other) = (job(1, 1_700_000_000_000), job(2, 1_700_000_000_500));
+    let work = |jobs: &[(&str, &Arc<KaspaJob>)]| {
+        Arc::new(KaspaWork {
+            pool: None,
+            solo: jobs
+                .iter()
+                .map(|(a, j)| (a.to_string(), Arc::clone(j)))
+                .collect(),
+        })
+    };
+    let mut session = KaspaSession::new(Arc::new(config), START);
+    // Work for someone else only: nothing to mine yet.
+    session.handle_work(work(&[(&other, &job_other)]), START);
+    for line in [
+        json!({"id": 1, "method": "mining.subscribe", "params": ["IceRiverMiner-v1.1"]}),
+        json!({"id": 2, "method": "mining.authorize", "params": [format!("{mine}.rig"), "x"]}),
+    ] {
+        session.handle_bytes(format!("{line}\n").as_bytes(), START, &pool);
+    }
+    assert_eq!(pool.payees(), [mine.clone()]);
+    let notified = |session: &mut KaspaSession| -> Vec<Value> {
+        std::iter::from_fn(|| session.poll_transmit())
+            .flat_map(|t| {
+                t.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|m| m["method"] == "mining.notify")
+            .collect()
+    };
+    assert!(
+        notified(&mut session).is_empty(),
+        "no job of another address"
+    );
+    // The pool fetched this address's template: that job, once; the same work again sends
+    // nothing new.
+    let both = work(&[(&other, &job_other), (&mine, &job_mine)]);
+    session.handle_work(Arc::clone(&both), START);
+    let jobs = notified(&mut session);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["params"][1], job_mine.hex());
+    session.handle_work(both, START);
+    assert!(notified(&mut session).is_empty());
+    session.release(&pool);
+    assert!(pool.payees().is_empty(), "the address is given back");
+}

@@ -101,6 +101,31 @@ impl KaspaJob {
     }
 }
 
+/// What the pool publishes to every Kaspa connection: the job paying the pool (pool mode), or
+/// one job per miner address (solo mode: each miner's blocks pay that miner).
+#[derive(Debug, Default)]
+pub struct KaspaWork {
+    /// The job whose coinbase pays the pool.
+    pub pool: Option<Arc<KaspaJob>>,
+    /// Solo mode: the job whose coinbase pays each address.
+    pub solo: std::collections::HashMap<String, Arc<KaspaJob>>,
+}
+
+impl KaspaWork {
+    /// Pool mode's work: one job for everyone.
+    pub fn pool(job: Arc<KaspaJob>) -> KaspaWork {
+        KaspaWork {
+            pool: Some(job),
+            solo: Default::default(),
+        }
+    }
+
+    /// The job a miner paying `address` mines.
+    pub fn job_for(&self, address: &str) -> Option<&Arc<KaspaJob>> {
+        self.solo.get(address).or(self.pool.as_ref())
+    }
+}
+
 /// A job as a miner sees it: only the pre-PoW hash and the timestamp come over the wire, so
 /// the kHeavyHash state is built from those (rusty-kaspa's own matrix and PoW hasher; the
 /// pool, which has the header, uses [`KaspaJob`]).

@@ -67,7 +67,10 @@ pub struct KaspaToml {
     pub network: String,
     /// kaspad wRPC (borsh) URLs, `ws://host:port` (`--rpclisten-borsh`), in order of preference.
     pub nodes: Vec<String>,
-    /// What the coinbase pays: the pool's Kaspa address.
+    /// `pool`: the coinbase pays `pool_address` and blocks are shared by `[payout].scheme`;
+    /// `solo`: each miner mines a template paying its own address.
+    pub mode: String,
+    /// What the coinbase pays in pool mode: the pool's Kaspa address.
     pub pool_address: Option<String>,
     /// Coinbase payload after kaspad's version.
     pub extra_data: String,
@@ -106,6 +109,7 @@ impl Default for KaspaToml {
             listen: SocketAddr::from(([0, 0, 0, 0], 5555)),
             network: "mainnet".into(),
             nodes: vec!["ws://127.0.0.1:17110".into()],
+            mode: "pool".into(),
             pool_address: None,
             extra_data: "Quarry".into(),
             poll_ms: 1000,
@@ -131,7 +135,7 @@ pub struct KaspaResolved {
     /// Session settings.
     pub session: quarry_kaspa::session::KaspaConfig,
     /// Who the coinbase pays.
-    pub pay: kaspa_addresses::Address,
+    pub pay: crate::kaspa::PayTo,
     /// Kaspa's scheme and fee.
     pub rewards: Rewards,
 }
@@ -160,10 +164,20 @@ impl KaspaToml {
             }
             Ok(address)
         };
-        let Some(pool_address) = &self.pool_address else {
-            bail!("kaspa.pool_address is required: the coinbase pays it");
+        let solo = match self.mode.as_str() {
+            "pool" => false,
+            "solo" => true,
+            other => bail!("kaspa.mode must be pool or solo (got {other})"),
         };
-        let pay = kaspa_address("kaspa.pool_address", pool_address)?;
+        let pay = match (solo, &self.pool_address) {
+            (true, _) => crate::kaspa::PayTo::Solo,
+            (false, Some(address)) => {
+                crate::kaspa::PayTo::Pool(kaspa_address("kaspa.pool_address", address)?)
+            }
+            (false, None) => {
+                bail!("kaspa.pool_address is required in pool mode: the coinbase pays it")
+            }
+        };
         if !(0.0..=100.0).contains(&self.fee_percent) {
             bail!("kaspa.fee_percent must be 0 to 100");
         }
@@ -196,12 +210,16 @@ impl KaspaToml {
         if min.get() > max.get() || start.get() < min.get() || start.get() > max.get() {
             bail!("kaspa difficulties need min_difficulty <= start_difficulty <= max_difficulty");
         }
-        let scheme = Scheme::parse(&payout.scheme, payout.pplns_n).with_context(|| {
-            format!(
-                "payout.scheme must be pplns, prop, pps or solo, not {}",
-                payout.scheme
-            )
-        })?;
+        let scheme = match solo {
+            // The coinbase pays the finder: nothing to share.
+            true => Scheme::Solo,
+            false => Scheme::parse(&payout.scheme, payout.pplns_n).with_context(|| {
+                format!(
+                    "payout.scheme must be pplns, prop, pps or solo, not {}",
+                    payout.scheme
+                )
+            })?,
+        };
         let defaults = quarry_kaspa::session::KaspaConfig::default();
         let session = quarry_kaspa::session::KaspaConfig {
             network,
@@ -215,6 +233,7 @@ impl KaspaToml {
             },
             pow2_clamp: self.pow2_clamp,
             extranonce_bytes: self.extranonce_bytes,
+            solo,
             ..defaults
         };
         let policy = FeePolicy {
@@ -1142,7 +1161,17 @@ mod tests {
         );
         config.kaspa.pool_address = Some(address.to_string());
         let resolved = config.kaspa.resolve(&config.payout).expect("resolves");
-        assert_eq!(resolved.pay, address);
+        assert!(matches!(&resolved.pay, crate::kaspa::PayTo::Pool(a) if *a == address));
+        assert!(!resolved.session.solo);
+        let mut solo = config.kaspa.clone();
+        solo.mode = "solo".into();
+        solo.pool_address = None;
+        let resolved_solo = solo
+            .resolve(&config.payout)
+            .expect("solo needs no pool address");
+        assert!(matches!(resolved_solo.pay, crate::kaspa::PayTo::Solo));
+        assert!(resolved_solo.session.solo);
+        assert_eq!(resolved_solo.rewards.scheme, Scheme::Solo);
         assert_eq!(resolved.session.extranonce_bytes, 2);
         assert_eq!(resolved.session.vardiff.start.get(), 64.0);
         assert!((resolved.session.vardiff.target_interval_secs - 3.0).abs() < 1e-9);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quarry_kaspa::pool::KaspaPool;
 use quarry_kaspa::session::{KaspaConfig, KaspaSession};
-use quarry_kaspa::work::KaspaJob;
+use quarry_kaspa::work::KaspaWork;
 use quarry_ledger::{Chain, Receipt, RecordError, ShareLog, ShareRecord};
 use quarry_stratum::bans::{BanBook, BanPolicy, Offence, Standing};
 use quarry_stratum::detect::{detect, Detected};
@@ -149,8 +149,8 @@ pub enum Protocol {
         config: Arc<KaspaConfig>,
         /// Shared pool state.
         pool: Arc<KaspaPool>,
-        /// The newest job.
-        work: watch::Receiver<Option<Arc<KaspaJob>>>,
+        /// The newest work (the pool's job, or each address's in solo mode).
+        work: watch::Receiver<Option<Arc<KaspaWork>>>,
     },
 }
 
@@ -158,7 +158,7 @@ pub enum Protocol {
 #[derive(Clone)]
 enum Followed {
     Bitcoin(watch::Receiver<driver::Work>),
-    Kaspa(watch::Receiver<driver::Work<KaspaJob>>),
+    Kaspa(watch::Receiver<driver::Work<KaspaWork>>),
 }
 
 impl Protocol {

@@ -1,7 +1,8 @@
 //! Kaspa end to end on a real kaspad (2.1.0, built by scripts/kaspad.sh; `QUARRY_KASPAD`): a
 //! private devnet, `quarry serve` with Bitcoin off and a `[kaspa]` section, and `quarry mine --coin kaspa`
 //! as an IceRiver (one hex string per job), a Bitmain (`GodMiner`: array jobs, no extranonce)
-//! and a generic miner (array jobs, 2-byte extranonce), all at once.
+//! and a generic miner (array jobs, 2-byte extranonce), all at once; and solo mode, where each
+//! miner's blocks pay that miner.
 
 mod support;
 
@@ -14,7 +15,7 @@ use kaspa_wrpc_client::prelude::{RpcApi, RpcBlockColor};
 use kaspa_wrpc_client::{KaspaRpcClient, WrpcEncoding};
 use quarry_ledger::{BlockStatus, Chain, Store};
 use serde_json::Value;
-use support::{free_port, loadgen_report, run_miner, scratch_dir, start_pool, Process};
+use support::{free_port, loadgen_report, run_miner, scratch_dir, start_pool};
 
 /// kaspad on a private devnet, killed on drop.
 struct Kaspad {
@@ -100,8 +101,13 @@ fn devnet_address(seed: u8) -> Address {
     Address::new(Prefix::Devnet, Version::PubKey, &[seed; 32])
 }
 
+/// One devnet at a time: both tests mine on the CPU, and sharing two cores would halve each
+/// one's blocks.
+static DEVNET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asics_in_each_dialect_mine_devnet_blocks_that_kaspad_accepts() {
+    let _one_devnet_at_a_time = DEVNET.lock().await;
     let dir = scratch_dir("kaspa");
     let mut kaspad = Kaspad::start(&dir);
     let node = kaspad.client().await;
@@ -138,34 +144,14 @@ min_difficulty = 0.0000001
         url = kaspad.url(),
     );
     let pool = start_pool(&dir, &config, port).await;
-    let url = format!("stratum+tcp://127.0.0.1:{port}");
     let dialects = [
         ("iceriver", "IceRiverMiner-v1.1"),
         ("bitmain", "GodMiner/2.0.0"),
         ("generic", "lolMiner 1.88"),
     ];
-    // All three at once, each on one thread, for 25 s.
-    let miners: Vec<_> = dialects
+    let rigs: Vec<(String, &str)> = dialects
         .iter()
-        .map(|(rig, agent)| {
-            let user = format!("{miner_address}.{rig}");
-            let log = dir.join(format!("miner-{rig}.log"));
-            let url = url.clone();
-            let agent = agent.to_string();
-            std::thread::spawn(move || {
-                run_miner(
-                    &url,
-                    &user,
-                    25,
-                    &["--coin", "kaspa", "--agent", &agent],
-                    &log,
-                )
-            })
-        })
-        .collect();
-    let miners: Vec<Process> = miners
-        .into_iter()
-        .map(|m| m.join().expect("miner thread"))
+        .map(|(rig, agent)| (format!("{miner_address}.{rig}"), *agent))
         .collect();
     let context = || {
         format!(
@@ -174,31 +160,7 @@ min_difficulty = 0.0000001
             tail(&kaspad.log_text(), 40)
         )
     };
-    for ((rig, _), miner) in dialects.iter().zip(&miners) {
-        let text = miner.log_text();
-        let summary = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("accepted="))
-            .unwrap_or_else(|| panic!("{rig}: a summary line:\n{text}"));
-        let count = |key: &str| -> u64 {
-            summary
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        assert!(
-            count("accepted") > 0,
-            "{rig}: shares accepted: {summary}\n{text}\n{}",
-            context()
-        );
-        assert_eq!(
-            count("rejected"),
-            0,
-            "{rig}: no share rejected: {summary}\n{text}"
-        );
-    }
+    let blocks = mine_until_each_finds_a_block(&dir, port, api_port, &rigs, context).await;
 
     // kaspad took blocks from every dialect: its DAG grew, and each block Quarry recorded as
     // accepted is one kaspad knows.
@@ -210,30 +172,6 @@ min_difficulty = 0.0000001
         after.virtual_daa_score,
         context()
     );
-    let blocks: Value = reqwest::get(format!(
-        "http://127.0.0.1:{api_port}/api/blocks?chain=kaspa&limit=1000"
-    ))
-    .await
-    .expect("api")
-    .json()
-    .await
-    .expect("json");
-    let blocks = blocks.as_array().expect("blocks").clone();
-    assert!(!blocks.is_empty(), "kaspa blocks recorded\n{}", context());
-    for (rig, _) in &dialects {
-        let mine: Vec<&Value> = blocks
-            .iter()
-            .filter(|b| {
-                b["worker"]
-                    .as_str()
-                    .is_some_and(|w| w.ends_with(&format!(".{rig}")))
-            })
-            .collect();
-        assert!(!mine.is_empty(), "{rig} found a block\n{}", context());
-        for block in mine {
-            assert_ne!(block["status"], "rejected", "{block}\n{}", context());
-        }
-    }
     assert!(
         after.block_count >= before.block_count + blocks.len() as u64,
         "kaspad holds every accepted block: {} -> {} for {} found",
@@ -256,22 +194,7 @@ min_difficulty = 0.0000001
 
     // The blocks pay the configured address: later blocks merge them and pay their reward to
     // the pool's address (kaspad's UTXO index has it).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let balance = node
-            .get_balance_by_address(pool_address.clone())
-            .await
-            .expect("balance (utxoindex)");
-        if balance > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pool address is paid\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_paid(&node, &pool_address, context).await;
     assert_eq!(
         node.get_balance_by_address(miner_address.clone())
             .await
@@ -336,21 +259,30 @@ min_difficulty = 0.0000001
     assert!(bitcoin.is_empty(), "no Kaspa share counts as Bitcoin's");
 
     // Blue blocks mature: credited to the miner (PPLNS on Kaspa shares), then confirmed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let confirmed = loop {
-        let confirmed = store
-            .blocks(Some(BlockStatus::Confirmed), 1000)
-            .await
-            .expect("blocks");
-        if let Some(block) = confirmed.into_iter().find(|b| b.chain == kaspa) {
-            break block;
+    // Blocks deepen only as the DAG grows: mine on (the generic rig) until one is 5 deep.
+    let mut round = 0;
+    let confirmed = 'deep: loop {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let confirmed = store
+                .blocks(Some(BlockStatus::Confirmed), 1000)
+                .await
+                .expect("blocks");
+            if let Some(block) = confirmed.into_iter().find(|b| b.chain == kaspa) {
+                break 'deep block;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "a kaspa block confirms\n{}",
-            context()
+        assert!(round < 4, "a kaspa block confirms\n{}", context());
+        mine_round(
+            &dir,
+            port,
+            &rigs[2..],
+            8,
+            &format!("deeper-{round}"),
+            &context,
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        round += 1;
     };
     // kaspad agrees: blue, at least `maturity` (5) deep.
     let hash = kaspa_wrpc_client::prelude::RpcHash::from_bytes(
@@ -372,6 +304,196 @@ min_difficulty = 0.0000001
     assert!(
         balances.iter().all(|b| b.chain != Chain::BITCOIN),
         "no Bitcoin balance from Kaspa blocks: {balances:?}"
+    );
+}
+
+/// One round: each `(user, agent)` mines at once, one thread each, for `secs`. Every miner's
+/// shares are accepted and none rejected.
+fn mine_round(
+    dir: &Path,
+    port: u16,
+    rigs: &[(String, &str)],
+    secs: u64,
+    round: &str,
+    context: &impl Fn() -> String,
+) {
+    let url = format!("stratum+tcp://127.0.0.1:{port}");
+    let miners: Vec<_> = rigs
+        .iter()
+        .map(|(user, agent)| {
+            let log = dir.join(format!("miner-{}-{round}.log", user.replace(':', "_")));
+            let (url, user, agent) = (url.clone(), user.clone(), agent.to_string());
+            std::thread::spawn(move || {
+                run_miner(
+                    &url,
+                    &user,
+                    secs,
+                    &["--coin", "kaspa", "--agent", &agent],
+                    &log,
+                )
+            })
+        })
+        .collect();
+    for ((user, _), miner) in rigs.iter().zip(miners) {
+        let miner = miner.join().expect("miner thread");
+        let text = miner.log_text();
+        let summary = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("accepted="))
+            .unwrap_or_else(|| panic!("{user}: a summary line:\n{text}"))
+            .to_string();
+        let count = |key: &str| -> u64 {
+            summary
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            count("accepted") > 0,
+            "{user}: shares accepted: {summary}\n{text}\n{}",
+            context()
+        );
+        assert_eq!(
+            count("rejected"),
+            0,
+            "{user}: no share rejected: {summary}\n{text}"
+        );
+    }
+}
+
+/// Mines in rounds of 15 s until every user has a block kaspad took (at most four rounds),
+/// and no block was rejected. Returns the pool's Kaspa blocks (`/api/blocks?chain=kaspa`).
+async fn mine_until_each_finds_a_block(
+    dir: &Path,
+    port: u16,
+    api_port: u16,
+    rigs: &[(String, &str)],
+    context: impl Fn() -> String,
+) -> Vec<Value> {
+    let mut waiting: Vec<(String, &str)> = rigs.to_vec();
+    for round in 0..4 {
+        mine_round(dir, port, &waiting, 15, &round.to_string(), &context);
+        let blocks = kaspa_blocks(api_port).await;
+        for block in &blocks {
+            assert_ne!(block["status"], "rejected", "{block}\n{}", context());
+        }
+        waiting.retain(|(user, _)| !blocks.iter().any(|b| b["worker"] == user.as_str()));
+        if waiting.is_empty() {
+            return blocks;
+        }
+    }
+    panic!("no block from {waiting:?} in four rounds\n{}", context());
+}
+
+async fn kaspa_blocks(api_port: u16) -> Vec<Value> {
+    let blocks: Value = reqwest::get(format!(
+        "http://127.0.0.1:{api_port}/api/blocks?chain=kaspa&limit=1000"
+    ))
+    .await
+    .expect("api")
+    .json()
+    .await
+    .expect("json");
+    blocks.as_array().expect("blocks").clone()
+}
+
+/// Whether kaspad's UTXO index shows `address` paid.
+async fn paid(node: &KaspaRpcClient, address: &Address) -> bool {
+    node.get_balance_by_address(address.clone())
+        .await
+        .expect("balance (utxoindex)")
+        > 0
+}
+
+/// Waits until kaspad's UTXO index shows `address` paid: a block's reward is paid by the
+/// chain block that merges it, and counts once a later one accepts that.
+async fn wait_paid(node: &KaspaRpcClient, address: &Address, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !paid(node, address).await {
+        assert!(
+            Instant::now() < deadline,
+            "{address} is paid\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Solo mode: each miner mines a template paying its own address, so kaspad pays each miner
+/// for its own blocks and the ledger credits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solo_miners_are_paid_by_their_own_blocks() {
+    let _one_devnet_at_a_time = DEVNET.lock().await;
+    let dir = scratch_dir("kaspa-solo");
+    let mut kaspad = Kaspad::start(&dir);
+    let node = kaspad.client().await;
+    let (alice, bob) = (devnet_address(21), devnet_address(22));
+    let port = free_port();
+    let api_port = free_port();
+    let config = format!(
+        r#"
+data_dir = "{data}"
+
+[stratum]
+enabled = false
+
+[api]
+listen = "127.0.0.1:{api_port}"
+
+[kaspa]
+enabled = true
+mode = "solo"
+listen = "127.0.0.1:{port}"
+network = "devnet"
+nodes = ["{url}"]
+poll_ms = 500
+start_difficulty = 0.00001
+min_difficulty = 0.0000001
+"#,
+        data = dir.join("data").display(),
+        url = kaspad.url(),
+    );
+    let pool = start_pool(&dir, &config, port).await;
+    let context = || {
+        format!(
+            "serve:\n{}\nkaspad (tail):\n{}",
+            pool.log_text(),
+            tail(&kaspad.log_text(), 40)
+        )
+    };
+    let rigs = [
+        (format!("{alice}.iceriver"), "IceRiverMiner-v1.1"),
+        (format!("{bob}.generic"), "lolMiner 1.88"),
+    ];
+    let blocks = mine_until_each_finds_a_block(&dir, port, api_port, &rigs, context).await;
+    for block in &blocks {
+        let address = block["address"].as_str().expect("address");
+        assert!(
+            block["worker"]
+                .as_str()
+                .is_some_and(|w| w.starts_with(address)),
+            "a solo block is its finder's: {block}"
+        );
+    }
+    // Their rewards come with the blocks that merge theirs: mine on until both are paid.
+    for round in 0..4 {
+        if paid(&node, &alice).await && paid(&node, &bob).await {
+            break;
+        }
+        assert!(round < 3, "both solo miners are paid\n{}", context());
+        mine_round(&dir, port, &rigs, 8, &format!("paid-{round}"), &context);
+    }
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.join("data/quarry.db").display()
+    ))
+    .await
+    .expect("ledger");
+    assert!(
+        store.balances().await.expect("balances").is_empty(),
+        "solo: the coinbase paid the finders, nothing is credited"
     );
 }
 

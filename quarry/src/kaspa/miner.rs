@@ -295,7 +295,9 @@ fn hash_loop(index: usize, threads: usize, shared: &Shared, found: &mpsc::Sender
             .checked_shl(free_bits)
             .unwrap_or(0);
         let digits = (free_bits / 4) as usize;
-        let mut low = index as u64;
+        // A random start, as ASICs have: a rig without an extranonce (Bitmain's) that
+        // reconnects to the same template must not send its earlier shares again.
+        let mut low = random_start().wrapping_add(index as u64);
         let mut counted = 0u64;
         while shared.generation.load(Ordering::Relaxed) == generation
             && !shared.stop.load(Ordering::Relaxed)
@@ -318,6 +320,20 @@ fn hash_loop(index: usize, threads: usize, shared: &Shared, found: &mpsc::Sender
         }
         let _ = counted;
     }
+}
+
+/// A start in the nonce space, different on every call (the clock, mixed by splitmix64).
+fn random_start() -> u64 {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = nanos ^ CALLS.fetch_add(1, Ordering::Relaxed).rotate_left(32);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn mask(bits: u32) -> u64 {

@@ -16,7 +16,7 @@ use kaspa_consensus_core::hashing::header::hash_override_nonce_time;
 use kaspa_consensus_core::header::Header;
 use kaspa_wrpc_client::prelude::RpcRawBlock;
 use quarry_kaspa::pool::KaspaPool;
-use quarry_kaspa::work::{KaspaJob, KaspaTemplate};
+use quarry_kaspa::work::{KaspaJob, KaspaTemplate, KaspaWork};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -27,21 +27,22 @@ use node::KaspaNodes;
 /// still answer is completed from here.
 pub struct Templates {
     kept: Mutex<VecDeque<(u64, Arc<RpcRawBlock>)>>,
-    capacity: usize,
+    /// Kept per address mined for.
+    per_address: usize,
 }
 
 impl Templates {
-    /// Keeps the newest `capacity`.
-    pub fn new(capacity: usize) -> Templates {
+    /// Keeps the newest `per_address` for each address mined for.
+    pub fn new(per_address: usize) -> Templates {
         Templates {
-            kept: Mutex::new(VecDeque::with_capacity(capacity)),
-            capacity: capacity.max(1),
+            kept: Mutex::new(VecDeque::new()),
+            per_address: per_address.max(1),
         }
     }
 
-    fn insert(&self, id: u64, block: RpcRawBlock) {
+    fn insert(&self, id: u64, block: RpcRawBlock, addresses: usize) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() == self.capacity {
+        while kept.len() >= self.per_address * addresses.max(1) {
             kept.pop_front();
         }
         kept.push_back((id, Arc::new(block)));
@@ -57,17 +58,26 @@ impl Templates {
     }
 }
 
+/// Who a template's coinbase pays.
+#[derive(Debug, Clone)]
+pub enum PayTo {
+    /// Pool mode: the pool's address, one template for every miner.
+    Pool(Address),
+    /// Solo mode: each miner's own address, a template for each.
+    Solo,
+}
+
 /// What the template follower needs.
 pub struct Follower {
     /// The nodes.
     pub nodes: Arc<KaspaNodes>,
     /// Who the coinbase pays.
-    pub pay: Address,
+    pub pay: PayTo,
     /// Coinbase payload after kaspad's version.
     pub extra_data: Vec<u8>,
     /// How often to ask when no notification comes.
     pub poll: Duration,
-    /// The duplicate rule's generations follow the templates.
+    /// The duplicate rule's generations follow the templates; solo mode's addresses.
     pub pool: Arc<KaspaPool>,
     /// Where templates are kept for submission.
     pub templates: Arc<Templates>,
@@ -77,57 +87,131 @@ pub struct Follower {
     pub events: Arc<EventBus>,
 }
 
+/// The follower's state between rounds.
+#[derive(Default)]
+struct Current {
+    /// Template ids handed out.
+    id: u64,
+    /// Rounds that brought new work: the duplicate rule's generations count these, since each
+    /// gives every connection at most one new job.
+    round: u64,
+    /// Per address: the pre-PoW hash of its newest template, and its job.
+    jobs: std::collections::HashMap<String, ([u8; 32], Arc<KaspaJob>)>,
+    failing: bool,
+}
+
 impl Follower {
-    /// Publishes a job for every new template: on each `NewBlockTemplate` notification, and
-    /// every `poll` in case none comes. A template differing only in its timestamp is not new.
-    pub fn spawn(self) -> watch::Receiver<Option<Arc<KaspaJob>>> {
-        let (publish, jobs) = watch::channel(None);
+    /// Publishes new work whenever a template changes: on each `NewBlockTemplate`
+    /// notification, every `poll` in case none comes, and (solo mode) as soon as a new address
+    /// is mined for. A template differing only in its timestamp is not new.
+    pub fn spawn(self) -> watch::Receiver<Option<Arc<KaspaWork>>> {
+        let (publish, work) = watch::channel(None);
         let wake = Arc::new(Notify::new());
         self.nodes.on_new_templates(Arc::clone(&wake));
         tokio::spawn(async move {
-            let mut id = 0u64;
-            let mut current = None;
-            let mut failing = false;
+            let mut current = Current::default();
             loop {
-                let started = std::time::Instant::now();
-                match self.nodes.template(&self.pay, &self.extra_data).await {
-                    Ok((block, synced)) => {
-                        failing = false;
-                        self.metrics
-                            .rpc_micros
-                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        match Header::try_from(&block.header) {
-                            Ok(header) => {
-                                let pre_pow = hash_override_nonce_time(&header, 0, 0);
-                                if current != Some(pre_pow) {
-                                    current = Some(pre_pow);
-                                    id += 1;
-                                    let job = self.publish(id, header, block, synced);
-                                    if publish.send(Some(job)).is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) => warn!(error = %e, "kaspa template with an unusable header"),
-                        }
-                    }
-                    Err(e) => {
-                        if !failing {
-                            warn!(error = %e, "no kaspa template; retrying");
-                        }
-                        failing = true;
+                let payees_seen = self.pool.payees_version();
+                if let Some(work) = self.round(&mut current).await {
+                    if publish.send(Some(work)).is_err() {
+                        return;
                     }
                 }
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(self.poll) => {}
+                    _ = new_payee(&self.pool, payees_seen), if matches!(self.pay, PayTo::Solo) => {}
                 }
             }
         });
-        jobs
+        work
     }
 
-    fn publish(&self, id: u64, header: Header, block: RpcRawBlock, synced: bool) -> Arc<KaspaJob> {
+    /// One round: a template for each address; the new work when any changed.
+    async fn round(&self, current: &mut Current) -> Option<Arc<KaspaWork>> {
+        let addresses: Vec<Address> = match &self.pay {
+            PayTo::Pool(address) => vec![address.clone()],
+            PayTo::Solo => self
+                .pool
+                .payees()
+                .iter()
+                .filter_map(|a| Address::try_from(a.as_str()).ok())
+                .collect(),
+        };
+        let mut changed = false;
+        for address in &addresses {
+            let started = std::time::Instant::now();
+            let (block, synced) = match self.nodes.template(address, &self.extra_data).await {
+                Ok(template) => template,
+                Err(e) => {
+                    if !current.failing {
+                        warn!(error = %e, "no kaspa template; retrying");
+                    }
+                    current.failing = true;
+                    continue;
+                }
+            };
+            current.failing = false;
+            self.metrics
+                .rpc_micros
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let header = match Header::try_from(&block.header) {
+                Ok(header) => header,
+                Err(e) => {
+                    warn!(error = %e, "kaspa template with an unusable header");
+                    continue;
+                }
+            };
+            let pre_pow = hash_override_nonce_time(&header, 0, 0).as_bytes();
+            let key = address.to_string();
+            if current.jobs.get(&key).map(|(hash, _)| *hash) == Some(pre_pow) {
+                continue;
+            }
+            current.id += 1;
+            let job = self.publish(current.id, header, block, synced, addresses.len());
+            current.jobs.insert(key, (pre_pow, job));
+            changed = true;
+        }
+        if let PayTo::Solo = self.pay {
+            // Addresses nobody mines for any more get no work.
+            let before = current.jobs.len();
+            let live: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+            current.jobs.retain(|address, _| live.contains(address));
+            changed |= current.jobs.len() != before;
+        }
+        if !changed {
+            return None;
+        }
+        current.round += 1;
+        self.pool.on_template(current.round);
+        let work = match &self.pay {
+            PayTo::Pool(address) => KaspaWork {
+                pool: current
+                    .jobs
+                    .get(&address.to_string())
+                    .map(|(_, job)| Arc::clone(job)),
+                solo: Default::default(),
+            },
+            PayTo::Solo => KaspaWork {
+                pool: None,
+                solo: current
+                    .jobs
+                    .iter()
+                    .map(|(address, (_, job))| (address.clone(), Arc::clone(job)))
+                    .collect(),
+            },
+        };
+        Some(Arc::new(work))
+    }
+
+    fn publish(
+        &self,
+        id: u64,
+        header: Header,
+        block: RpcRawBlock,
+        synced: bool,
+        addresses: usize,
+    ) -> Arc<KaspaJob> {
         // What this template's coinbase pays out: the pool's expected reward per block (it
         // pays the blocks it merges, whose subsidy is this block's to within a DAA step).
         let reward = block
@@ -141,8 +225,7 @@ impl Follower {
             header,
             reward,
         })));
-        self.templates.insert(id, block);
-        self.pool.on_template(id);
+        self.templates.insert(id, block, addresses);
         let now = crate::driver::unix_ms();
         self.metrics.template_ms.store(now, Ordering::Relaxed);
         self.metrics.height.store(daa_score, Ordering::Relaxed);
@@ -158,6 +241,13 @@ impl Follower {
             info!(daa_score, synced, "first kaspa template");
         }
         job
+    }
+}
+
+/// Solo mode: returns once an address was added since `seen`.
+async fn new_payee(pool: &KaspaPool, seen: u64) {
+    while pool.payees_version() == seen {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -239,6 +329,6 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(toml.listen)
         .await
         .with_context(|| format!("binding kaspa.listen {}", toml.listen))?;
-    info!(listen = %listener.local_addr()?, network = %toml.network, pool_address = %resolved.pay, "kaspa stratum listening");
+    info!(listen = %listener.local_addr()?, network = %toml.network, pay = ?resolved.pay, "kaspa stratum listening");
     Ok((server, listener))
 }
