@@ -90,6 +90,13 @@ impl Kaspad {
     }
 }
 
+impl Kaspad {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Kaspad {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -308,7 +315,7 @@ min_difficulty = 0.0000001
 }
 
 /// One round: each `(user, agent)` mines at once, one thread each, for `secs`. Every miner's
-/// shares are accepted and none rejected.
+/// shares are accepted and none rejected; returns how many were accepted.
 fn mine_round(
     dir: &Path,
     port: u16,
@@ -316,8 +323,9 @@ fn mine_round(
     secs: u64,
     round: &str,
     context: &impl Fn() -> String,
-) {
+) -> u64 {
     let url = format!("stratum+tcp://127.0.0.1:{port}");
+    let mut accepted = 0;
     let miners: Vec<_> = rigs
         .iter()
         .map(|(user, agent)| {
@@ -360,7 +368,9 @@ fn mine_round(
             0,
             "{user}: no share rejected: {summary}\n{text}"
         );
+        accepted += count("accepted");
     }
+    accepted
 }
 
 /// Mines in rounds of 15 s until every user has a block kaspad took (at most four rounds),
@@ -374,7 +384,7 @@ async fn mine_until_each_finds_a_block(
 ) -> Vec<Value> {
     let mut waiting: Vec<(String, &str)> = rigs.to_vec();
     for round in 0..4 {
-        mine_round(dir, port, &waiting, 15, &round.to_string(), &context);
+        let _ = mine_round(dir, port, &waiting, 15, &round.to_string(), &context);
         let blocks = kaspa_blocks(api_port).await;
         for block in &blocks {
             assert_ne!(block["status"], "rejected", "{block}\n{}", context());
@@ -385,6 +395,26 @@ async fn mine_until_each_finds_a_block(
         }
     }
     panic!("no block from {waiting:?} in four rounds\n{}", context());
+}
+
+/// Mines in rounds of 6 s until `node` holds more blocks than it did; the shares accepted.
+async fn mine_onto(
+    node: &KaspaRpcClient,
+    name: &str,
+    dir: &Path,
+    port: u16,
+    rigs: &[(String, &str)],
+    context: &impl Fn() -> String,
+) -> u64 {
+    let before = node.get_block_dag_info().await.expect("dag").block_count;
+    let mut accepted = 0;
+    for round in 0..5 {
+        accepted += mine_round(dir, port, rigs, 6, &format!("{name}-{round}"), context);
+        if node.get_block_dag_info().await.expect("dag").block_count > before {
+            return accepted;
+        }
+    }
+    panic!("node {name} took no block\n{}", context());
 }
 
 async fn kaspa_blocks(api_port: u16) -> Vec<Value> {
@@ -483,7 +513,7 @@ min_difficulty = 0.0000001
             break;
         }
         assert!(round < 3, "both solo miners are paid\n{}", context());
-        mine_round(&dir, port, &rigs, 8, &format!("paid-{round}"), &context);
+        let _ = mine_round(&dir, port, &rigs, 8, &format!("paid-{round}"), &context);
     }
     let store = Store::open(&format!(
         "sqlite://{}",
@@ -494,6 +524,77 @@ min_difficulty = 0.0000001
     assert!(
         store.balances().await.expect("balances").is_empty(),
         "solo: the coinbase paid the finders, nothing is credited"
+    );
+}
+
+/// Two kaspads, not peered. The preferred one is killed mid-run: the pool fails over to the
+/// other, miners keep mining (the shares on the last job are answered and kept), and the
+/// other node takes the blocks. Every acknowledged share is in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kaspad_that_goes_away_fails_over_and_no_share_is_lost() {
+    let _one_devnet_at_a_time = DEVNET.lock().await;
+    let dir = scratch_dir("kaspa-failover");
+    let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&dir_a).expect("dir");
+    std::fs::create_dir_all(&dir_b).expect("dir");
+    let mut kaspad_a = Kaspad::start(&dir_a);
+    let mut kaspad_b = Kaspad::start(&dir_b);
+    let node_a = kaspad_a.client().await;
+    let node_b = kaspad_b.client().await;
+    let address = devnet_address(31);
+    let (port, api_port) = (free_port(), free_port());
+    let config = format!(
+        r#"
+data_dir = "{data}"
+
+[stratum]
+enabled = false
+
+[api]
+listen = "127.0.0.1:{api_port}"
+
+[kaspa]
+enabled = true
+listen = "127.0.0.1:{port}"
+network = "devnet"
+nodes = ["{url_a}", "{url_b}"]
+pool_address = "{address}"
+poll_ms = 500
+start_difficulty = 0.00001
+min_difficulty = 0.0000001
+"#,
+        data = dir.join("data").display(),
+        url_a = kaspad_a.url(),
+        url_b = kaspad_b.url(),
+    );
+    let pool = start_pool(&dir, &config, port).await;
+    let context = || pool.log_text();
+    let rigs = [(format!("{address}.rig"), "lolMiner 1.88")];
+    let mut accepted = mine_onto(&node_a, "a", &dir, port, &rigs, &context).await;
+    kaspad_a.kill();
+    // With A gone, the same miners go on, and B takes their blocks.
+    accepted += mine_onto(&node_b, "b", &dir, port, &rigs, &context).await;
+    assert!(
+        pool.log_text().contains("kaspa node disconnected"),
+        "A's loss is logged\n{}",
+        context()
+    );
+
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.join("data/quarry.db").display()
+    ))
+    .await
+    .expect("ledger");
+    let kaspa = Chain::new("kaspa").expect("chain");
+    let recorded = store
+        .shares_newest_first(&kaspa, i64::MAX, 1_000_000)
+        .await
+        .expect("shares")
+        .len() as u64;
+    assert!(
+        recorded >= accepted,
+        "every acknowledged share is in the ledger: {recorded} recorded, {accepted} acknowledged"
     );
 }
 

@@ -42,7 +42,7 @@ pub enum Submitted {
 /// The nodes, first preferred; calls go to the preferred one and fail over in order.
 pub struct KaspaNodes {
     nodes: Vec<KaspaNode>,
-    /// The node that answered last.
+    /// The node templates came from last (to log a change).
     current: AtomicUsize,
 }
 
@@ -78,12 +78,20 @@ impl KaspaNodes {
         }))
     }
 
-    /// The nodes, in the order to try them: the one that answered last first.
+    /// The nodes, in the order to try them: connected ones in order of preference (so the pool
+    /// goes back to the first node once it returns), then the rest.
     fn in_order(&self) -> impl Iterator<Item = (usize, &KaspaNode)> {
-        let first = self.current.load(Ordering::Relaxed) % self.nodes.len();
-        (0..self.nodes.len())
-            .map(move |i| (first + i) % self.nodes.len())
-            .map(|i| (i, &self.nodes[i]))
+        let connected = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.client.is_connected());
+        let others = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.client.is_connected());
+        connected.chain(others)
     }
 
     /// A block template paying `pay`, with `extra_data` in the coinbase payload (kaspad puts
