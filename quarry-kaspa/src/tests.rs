@@ -442,7 +442,7 @@ fn solo_miners_mine_their_own_address_jobs() {
     ] {
         session.handle_bytes(format!("{line}\n").as_bytes(), START, &pool);
     }
-    assert_eq!(pool.payees(), [mine.clone()]);
+    assert_eq!(pool.payees(), std::slice::from_ref(&mine));
     let notified = |session: &mut KaspaSession| -> Vec<Value> {
         std::iter::from_fn(|| session.poll_transmit())
             .flat_map(|t| {
