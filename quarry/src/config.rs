@@ -220,6 +220,10 @@ impl KaspaToml {
                 )
             })?,
         };
+        if scheme == Scheme::Pps && (self.fee_percent - payout.fee_percent).abs() > 1e-9 {
+            // One PPS accrual credits every chain's shares, at one fee.
+            bail!("kaspa.fee_percent must equal payout.fee_percent under PPS");
+        }
         let defaults = quarry_kaspa::session::KaspaConfig::default();
         let session = quarry_kaspa::session::KaspaConfig {
             network,

@@ -111,6 +111,11 @@ async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved)
     ));
     raise_open_file_limit(config.kaspa.max_connections);
     let scheme = kaspa.rewards.scheme.name().to_string();
+    tokio::spawn(ledger_upkeep(
+        store.clone(),
+        kaspa.rewards.clone(),
+        config.ledger.retention_days.unwrap_or(90.0),
+    ));
     let metrics = Arc::new(events::Metrics::default());
     let (server, listener) = kaspa::start(
         &config.kaspa,
