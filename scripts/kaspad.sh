@@ -15,7 +15,9 @@ apt_install() {
 
 case ${1:-install} in
 install)
-    if ! "$root/bin/kaspad" --version 2>/dev/null | grep -q "$KASPAD_VERSION"; then
+    # `kaspad --version` exits with 1 after printing: read what it says, not its status.
+    installed=$("$root/bin/kaspad" --version 2>/dev/null || true)
+    if ! grep -q "$KASPAD_VERSION" <<<"$installed"; then
         missing=()
         command -v clang >/dev/null 2>&1 || missing+=(clang)
         [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
