@@ -179,6 +179,34 @@ min_difficulty = 0.0000001
         after.virtual_daa_score,
         context()
     );
+    // /metrics carries the coin: Kaspa's own series, counting what the miners did.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{api_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    assert!(
+        series("quarry_kaspa_shares_accepted_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        series("quarry_kaspa_blocks_accepted_total") >= blocks.len() as f64,
+        "{metrics}"
+    );
+    assert!(series("quarry_kaspa_network_difficulty") > 0.0, "{metrics}");
+    assert_eq!(
+        series("quarry_shares_accepted_total"),
+        0.0,
+        "no Bitcoin share counted"
+    );
     assert!(
         after.block_count >= before.block_count + blocks.len() as u64,
         "kaspad holds every accepted block: {} -> {} for {} found",
