@@ -494,16 +494,19 @@ impl Server {
 
     /// A Bitcoin connection: the protocol is sniffed, then its session runs. Returns the
     /// worker and the offence that closed it, if any; `None` when no session ran.
-    async fn drive_bitcoin<S: driver::ByteStream + 'static>(
-        &self,
+    // Not an `async fn`, for the reason on `drive`: its arguments are not copied again.
+    #[allow(clippy::manual_async_fn)]
+    fn drive_bitcoin<'a, S: driver::ByteStream + 'static>(
+        &'a self,
         mut stream: S,
-        session_config: &Arc<SessionConfig>,
-        sv2: Option<&Arc<Sv2Config>>,
-        env: Environment<'_, dyn Pool>,
-        sink: &PoolSink<'_>,
-    ) -> Option<(Option<String>, Option<Offence>)> {
-        let peer = env.peer;
-        {
+        session_config: &'a Arc<SessionConfig>,
+        sv2: Option<&'a Arc<Sv2Config>>,
+        env: Environment<'a, dyn Pool>,
+        sink: &'a PoolSink<'a>,
+    ) -> impl std::future::Future<Output = Option<(Option<String>, Option<Offence>)>> + Send + 'a
+    {
+        async move {
+            let peer = env.peer;
             let Some((protocol, first)) = Box::pin(self.sniff(&mut stream)).await else {
                 debug!(%peer, "closed before speaking");
                 return None;
