@@ -464,13 +464,15 @@ impl Server {
                         write_timeout: self.limits.write_timeout,
                         peer,
                     };
-                    let session = drive(
+                    // Boxed, like Bitcoin's: neither protocol's task carries room for the other's
+                    // session.
+                    let session = Box::pin(drive(
                         KaspaSession::new(Arc::clone(config), driver::now()),
                         stream,
                         Vec::new(),
                         env,
                         &sink,
-                    )
+                    ))
                     .await;
                     Some((session.worker().map(str::to_string), session.offence()))
                 }
