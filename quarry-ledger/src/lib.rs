@@ -8,6 +8,7 @@
 pub mod accounting;
 pub mod amount;
 pub mod chain;
+pub mod history;
 pub mod payouts;
 pub mod schemes;
 pub mod share_log;
@@ -16,6 +17,7 @@ pub mod store;
 pub use accounting::{MergeMiningFee, Rewards, Scheme};
 pub use amount::{Msat, Sat};
 pub use chain::Chain;
+pub use history::{HistoryBook, HistoryShare, Retention, Scope};
 pub use share_log::{Receipt, RecordError, ShareLog};
 pub use store::{
     Backend, Balance, BlockRecord, BlockStatus, Credit, CreditStatus, ShareRecord, Store,

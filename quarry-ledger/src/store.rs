@@ -316,6 +316,10 @@ impl Store {
         self.backend
     }
 
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Inserts shares in one transaction: all or none.
     ///
     /// # Errors

@@ -955,3 +955,222 @@ async fn postgres_aux_blocks_are_credited_from_parent_shares_after_the_merge_min
     let store = Store::open(&pg.url).await.expect("open");
     merged_credits::aux_block(&store).await;
 }
+
+/// Hashrate history on a simulated clock: minute buckets roll up into hours with the sum of
+/// difficulty unchanged, late minutes still reach their hour, and both are pruned on time.
+mod history {
+    use quarry_ledger::history::{Bucket, HistoryShare, HOUR_MS, MINUTE_MS};
+    use quarry_ledger::{Chain, HistoryBook, Retention, Scope, Store};
+
+    /// An hour boundary in 2027.
+    const T0: i64 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
+
+    fn total(rows: &[quarry_ledger::history::BucketRow], pool: bool) -> f64 {
+        rows.iter()
+            .filter(|r| r.worker.is_empty() == pool)
+            .map(|r| r.bucket.difficulty)
+            .sum()
+    }
+
+    pub async fn roll_up_and_prune(store: &Store) {
+        let mut book = HistoryBook::new();
+        let mut expected = 0.0;
+        // Three hours of two workers, a write every 15 simulated seconds.
+        let mut now = T0;
+        while now < T0 + 3 * HOUR_MS {
+            for (i, worker) in ["miner1.a", "miner1.b", "miner2.x"].iter().enumerate() {
+                let difficulty = 0.001 * (1 + i as i64 + (now / 15_000) % 5) as f64;
+                expected += difficulty;
+                book.accepted(&HistoryShare {
+                    chain: "bitcoin",
+                    address: worker.split('.').next().unwrap_or(worker),
+                    worker,
+                    difficulty,
+                    achieved: difficulty * 3.0,
+                    time_ms: now + 7,
+                });
+            }
+            if now % (20 * MINUTE_MS) == 0 {
+                book.rejected("bitcoin", "miner2", "miner2.x", "stale", now + 9);
+            }
+            store.write_history(&book.take()).await.expect("write");
+            now += 15_000;
+        }
+        let minutes = store.history_rows(60).await.expect("rows");
+        assert_eq!(
+            minutes.iter().filter(|r| r.worker.is_empty()).count(),
+            180,
+            "one pool row per minute"
+        );
+        assert!((total(&minutes, false) - expected).abs() < 1e-9);
+        assert!(
+            (total(&minutes, true) - expected).abs() < 1e-9,
+            "pool = sum of workers"
+        );
+
+        // One minute after the third hour ends: within the grace, only two hours roll up.
+        let report = store
+            .roll_up_history(T0 + 3 * HOUR_MS + MINUTE_MS, Retention::default())
+            .await
+            .expect("roll up");
+        assert_eq!(report.rolled_until_ms, T0 + 2 * HOUR_MS);
+        assert_eq!(
+            report.hours_written,
+            2 * 4,
+            "two hours of three workers and the pool"
+        );
+        assert_eq!(report.minutes_pruned, 0, "minutes are kept a day");
+        let report = store
+            .roll_up_history(T0 + 3 * HOUR_MS + 3 * MINUTE_MS, Retention::default())
+            .await
+            .expect("roll up");
+        assert_eq!(report.rolled_until_ms, T0 + 3 * HOUR_MS);
+        assert_eq!(report.hours_written, 4);
+        // Run again: nothing is added twice.
+        let again = store
+            .roll_up_history(T0 + 3 * HOUR_MS + 4 * MINUTE_MS, Retention::default())
+            .await
+            .expect("roll up");
+        assert_eq!(again.hours_written, 0);
+        let hours = store.history_rows(3600).await.expect("rows");
+        assert_eq!(hours.iter().filter(|r| r.worker.is_empty()).count(), 3);
+        assert!(
+            (total(&hours, true) - expected).abs() < 1e-9,
+            "the roll-up keeps the sum"
+        );
+        assert!((total(&hours, false) - expected).abs() < 1e-9);
+        let rejected: i64 = hours
+            .iter()
+            .filter(|r| r.worker.is_empty())
+            .map(|r| r.bucket.rejected)
+            .sum();
+        assert_eq!(rejected, 9, "a stale share every 20 minutes");
+
+        // A late minute of the first hour (an instance that was cut off): it reaches the hour.
+        book.accepted(&HistoryShare {
+            chain: "bitcoin",
+            address: "miner2",
+            worker: "miner2.x",
+            difficulty: 0.5,
+            achieved: 100.0,
+            time_ms: T0 + 30 * MINUTE_MS,
+        });
+        expected += 0.5;
+        store.write_history(&book.take()).await.expect("late write");
+        let hours = store.history_rows(3600).await.expect("rows");
+        assert!(
+            (total(&hours, true) - expected).abs() < 1e-9,
+            "late minute in its hour"
+        );
+
+        // The series: hour steps read hour buckets, minute steps minute buckets, same sums.
+        let hourly = store
+            .history(&Chain::BITCOIN, Scope::Pool, T0, T0 + 3 * HOUR_MS, HOUR_MS)
+            .await
+            .expect("series");
+        assert_eq!(hourly.len(), 3);
+        let sum = |series: &[Bucket]| series.iter().map(|b| b.difficulty).sum::<f64>();
+        assert!((sum(&hourly) - expected).abs() < 1e-9);
+        let tenths = store
+            .history(
+                &Chain::BITCOIN,
+                Scope::Pool,
+                T0,
+                T0 + 3 * HOUR_MS,
+                10 * MINUTE_MS,
+            )
+            .await
+            .expect("series");
+        assert_eq!(tenths.len(), 18);
+        assert!((sum(&tenths) - expected).abs() < 1e-9);
+        let miner = store
+            .history(
+                &Chain::BITCOIN,
+                Scope::Miner("miner1"),
+                T0,
+                T0 + 3 * HOUR_MS,
+                HOUR_MS,
+            )
+            .await
+            .expect("series");
+        let worker = store
+            .history(
+                &Chain::BITCOIN,
+                Scope::Worker("miner2", "miner2.x"),
+                T0,
+                T0 + 3 * HOUR_MS,
+                HOUR_MS,
+            )
+            .await
+            .expect("series");
+        assert!((sum(&miner) + sum(&worker) - expected).abs() < 1e-9);
+
+        // A day later the minutes are pruned; the hours, and the sum, stay.
+        let report = store
+            .roll_up_history(T0 + 27 * HOUR_MS + 5 * MINUTE_MS, Retention::default())
+            .await
+            .expect("roll up");
+        assert_eq!(
+            report.minutes_pruned as usize,
+            minutes.len(),
+            "every minute row (the late one added to its own)"
+        );
+        assert!(store.history_rows(60).await.expect("rows").is_empty());
+        let hourly = store
+            .history(&Chain::BITCOIN, Scope::Pool, T0, T0 + 3 * HOUR_MS, HOUR_MS)
+            .await
+            .expect("series");
+        assert!(
+            (sum(&hourly) - expected).abs() < 1e-9,
+            "hours outlive minutes"
+        );
+        // A year later the hours go too: the history is bounded.
+        let report = store
+            .roll_up_history(T0 + 366 * 24 * HOUR_MS, Retention::default())
+            .await
+            .expect("roll up");
+        assert_eq!(report.hours_pruned, 3 * 4);
+        assert!(store.history_rows(3600).await.expect("rows").is_empty());
+
+        // Workers: best share ever and since the last block, last difficulty, rejects by reason.
+        let workers = store
+            .worker_summaries(&Chain::BITCOIN, "miner2")
+            .await
+            .expect("workers");
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].best_difficulty, 100.0);
+        assert_eq!(workers[0].rejects.get("stale"), Some(&9));
+        book.block_found("bitcoin");
+        store.write_history(&book.take()).await.expect("reset");
+        let workers = store
+            .worker_summaries(&Chain::BITCOIN, "miner2")
+            .await
+            .expect("workers");
+        assert_eq!(
+            (workers[0].best_difficulty, workers[0].round_best_difficulty),
+            (100.0, 0.0)
+        );
+        let pool = store
+            .worker_summaries(&Chain::BITCOIN, "")
+            .await
+            .expect("pool");
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool[0].shares, 3 * 720 + 1);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_history_rolls_up_and_prunes_on_a_simulated_clock() {
+    let dir = scratch("history");
+    let store = Store::open(&format!("sqlite://{}", dir.join("l.db").display()))
+        .await
+        .expect("open");
+    history::roll_up_and_prune(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_history_rolls_up_and_prunes_on_a_simulated_clock() {
+    let pg = Postgres::start("history");
+    let store = Store::open(&pg.url).await.expect("open");
+    history::roll_up_and_prune(&store).await;
+}
