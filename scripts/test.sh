@@ -85,6 +85,18 @@ TIMES+=("kaspad: $((SECONDS - started)) s")
 "$kaspad_bin/kaspad" --version || true
 export QUARRY_KASPAD="$kaspad_bin/kaspad"
 
+# The dashboard's browser test: Debian's chromium, driven by playwright-core and checked by
+# axe-core, both from npm at the versions quarry/tests/browser/package-lock.json pins.
+say "Chromium (Debian) and the browser test's npm packages"
+browser_packages=()
+command -v chromium >/dev/null 2>&1 || browser_packages+=(chromium)
+command -v npm >/dev/null 2>&1 || browser_packages+=(nodejs npm)
+if [ ${#browser_packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${browser_packages[@]}"; else sudo apt-get update -qq && sudo apt-get install -y -qq "${browser_packages[@]}"; fi
+fi
+chromium --version 2>/dev/null | head -n1 || true
+timed "npm ci (browser test)" npm ci --prefix quarry/tests/browser --no-audit --no-fund --loglevel=error
+
 # Every fuzz target, briefly, from the committed corpus: a target that no longer builds or
 # crashes on its corpus fails the run (cargo-fuzz 0.13.2 from crates.io on the nightly toolchain).
 say "fuzz targets (cargo-fuzz, 20 s each)"

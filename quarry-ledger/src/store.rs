@@ -449,6 +449,33 @@ impl Store {
         Ok(())
     }
 
+    /// Found blocks of `chain` (every chain when `None`), newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn blocks_of(
+        &self,
+        chain: Option<&Chain>,
+        limit: i64,
+    ) -> Result<Vec<BlockRecord>, StoreError> {
+        let Some(chain) = chain else {
+            return self.blocks(None, limit).await;
+        };
+        let rows = sqlx::query(
+            "SELECT hash, height, status, reward, worker, address, found_ms, network_difficulty, \
+             instance, reject_reason, chain FROM blocks WHERE chain = $1 \
+             ORDER BY height DESC, found_ms DESC LIMIT $2",
+        )
+        .bind(chain.as_str().to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(block_from_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Blocks, newest first, optionally only those with `status`.
     ///
     /// # Errors
@@ -480,22 +507,7 @@ impl Store {
             }
         };
         rows.iter()
-            .map(|row| {
-                let status: String = row.try_get(2)?;
-                Ok(BlockRecord {
-                    hash: row.try_get(0)?,
-                    height: row.try_get(1)?,
-                    status: BlockStatus::parse(&status).unwrap_or(BlockStatus::Submitted),
-                    reward: row.try_get(3)?,
-                    worker: row.try_get(4)?,
-                    address: row.try_get(5)?,
-                    found_ms: row.try_get(6)?,
-                    network_difficulty: row.try_get(7)?,
-                    instance: row.try_get(8)?,
-                    reject_reason: row.try_get(9)?,
-                    chain: stored_chain(row, 10)?,
-                })
-            })
+            .map(block_from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
@@ -916,6 +928,84 @@ impl Store {
         Ok(row.try_get::<f64, _>(0)?)
     }
 
+    /// Sum of `chain`'s share difficulty accepted after `from_ms` and up to `to_ms` (a
+    /// block's effort: the shares between the block before it and it).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn difficulty_between(
+        &self,
+        chain: &Chain,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<f64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(difficulty), 0.0) FROM shares \
+             WHERE chain = $1 AND created_ms > $2 AND created_ms <= $3",
+        )
+        .bind(chain.as_str().to_string())
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<f64, _>(0)?)
+    }
+
+    /// The oldest share still stored, Unix ms (older blocks' effort cannot be known).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn oldest_share_ms(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(created_ms) FROM shares")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Payouts that paid `address`, newest first: (payout, this address's amount, what it
+    /// received on chain once sent).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payouts_to(
+        &self,
+        address: &str,
+        limit: i64,
+    ) -> Result<Vec<(PayoutRecord, i64, Option<i64>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, \
+             i.amount_sat, i.received_sat, p.chain FROM payouts p \
+             JOIN payout_items i ON i.payout_id = p.id WHERE i.address = $1 \
+             ORDER BY p.id DESC LIMIT $2",
+        )
+        .bind(address.to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let amount: i64 = row.try_get(7)?;
+                Ok((
+                    PayoutRecord {
+                        id: row.try_get(0)?,
+                        tag: row.try_get(1)?,
+                        status: row.try_get(2)?,
+                        txid: row.try_get(3)?,
+                        created_ms: row.try_get(4)?,
+                        sent_ms: row.try_get(5)?,
+                        error: row.try_get(6)?,
+                        total_sat: amount,
+                        recipients: 1,
+                        chain: stored_chain(row, 9)?,
+                    },
+                    amount,
+                    row.try_get(8)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Payouts, newest first.
     ///
     /// # Errors
@@ -1081,6 +1171,24 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A `blocks` row, columns in the order the block queries select them.
+fn block_from_row(row: &sqlx::any::AnyRow) -> Result<BlockRecord, sqlx::Error> {
+    let status: String = row.try_get(2)?;
+    Ok(BlockRecord {
+        hash: row.try_get(0)?,
+        height: row.try_get(1)?,
+        status: BlockStatus::parse(&status).unwrap_or(BlockStatus::Submitted),
+        reward: row.try_get(3)?,
+        worker: row.try_get(4)?,
+        address: row.try_get(5)?,
+        found_ms: row.try_get(6)?,
+        network_difficulty: row.try_get(7)?,
+        instance: row.try_get(8)?,
+        reject_reason: row.try_get(9)?,
+        chain: stored_chain(row, 10)?,
+    })
 }
 
 /// A stored chain key; one that breaks the rules (written by hand) is a decode error, not a

@@ -25,11 +25,11 @@ use crate::driver::unix_ms;
 use crate::events::{EventBus, Metrics};
 
 /// Window for hashrates and active miners.
-const WINDOW_MS: i64 = 10 * 60 * 1000;
+pub(crate) const WINDOW_MS: i64 = 10 * 60 * 1000;
 /// How far back a miner's shares are read for the aux addresses they name.
 const AUX_PAYOUTS_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// 2^32: expected hashes per difficulty-1 share.
-const HASHES_PER_DIFF1: f64 = 4_294_967_296.0;
+pub(crate) const HASHES_PER_DIFF1: f64 = 4_294_967_296.0;
 
 /// What the handlers read.
 pub struct ApiState {
@@ -53,6 +53,153 @@ pub struct ApiState {
     pub bans: Arc<crate::server::Bans>,
     /// The Kaspa port's counters, when `[kaspa]` is on.
     pub kaspa: Option<Arc<Metrics>>,
+    /// What the dashboard tells miners to connect to.
+    pub connect: crate::dashboard::Connect,
+    /// The share log's commit counters.
+    pub share_log: Arc<quarry_ledger::share_log::ShareLogStats>,
+}
+
+impl ApiState {
+    /// The chains this instance's own ports mine, the first being the overview's default.
+    pub fn chains(&self) -> Vec<Chain> {
+        let mut chains = Vec::new();
+        if self.connect.stratum.is_some() {
+            chains.push(Chain::BITCOIN);
+        }
+        if self.kaspa.is_some() {
+            chains.extend(Chain::new("kaspa").ok());
+        }
+        if chains.is_empty() {
+            chains.push(Chain::BITCOIN);
+        }
+        chains
+    }
+
+    /// The counters of `chain`'s port (Bitcoin's also for its merge-mined chains).
+    pub fn metrics_of(&self, chain: &Chain) -> &Metrics {
+        match (&self.kaspa, chain.as_str()) {
+            (Some(kaspa), "kaspa") => kaspa,
+            _ => &self.metrics,
+        }
+    }
+}
+
+/// A chart window: how far back, in steps of what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// `1h`, `24h`, `7d`, `30d`, `1y`.
+    pub name: &'static str,
+    /// How far back.
+    pub span_ms: i64,
+    /// One point per step.
+    pub step_ms: i64,
+}
+
+/// The windows `?window=` takes; the first is the default.
+pub(crate) const WINDOWS: [Window; 5] = [
+    Window {
+        name: "1h",
+        span_ms: 3_600_000,
+        step_ms: 60_000,
+    },
+    Window {
+        name: "24h",
+        span_ms: 86_400_000,
+        step_ms: 600_000,
+    },
+    Window {
+        name: "7d",
+        span_ms: 7 * 86_400_000,
+        step_ms: 3_600_000,
+    },
+    Window {
+        name: "30d",
+        span_ms: 30 * 86_400_000,
+        step_ms: 6 * 3_600_000,
+    },
+    Window {
+        name: "1y",
+        span_ms: 365 * 86_400_000,
+        step_ms: 86_400_000,
+    },
+];
+
+/// The window named, the default when none is.
+pub(crate) fn window(name: Option<&str>) -> Option<Window> {
+    match name {
+        None | Some("") => Some(WINDOWS[0]),
+        Some(name) => WINDOWS.iter().find(|w| w.name == name).copied(),
+    }
+}
+
+/// A hashrate series: `(from, to, points)`, each point a complete step (the step in progress
+/// is left out: it would read low).
+pub(crate) async fn series(
+    store: &Store,
+    chain: &Chain,
+    scope: quarry_ledger::Scope<'_>,
+    window: Window,
+) -> Result<(i64, i64, Vec<quarry_ledger::history::Bucket>), quarry_ledger::StoreError> {
+    let now = unix_ms() as i64;
+    let to = now - now.rem_euclid(window.step_ms);
+    let from = to - window.span_ms;
+    let buckets = store
+        .history(chain, scope, from, to, window.step_ms)
+        .await?;
+    Ok((from, to, buckets))
+}
+
+/// A found block with its effort (the round's shares over the network difficulty; `None`
+/// once its round's shares are pruned) and, while pending, its confirmations.
+pub(crate) struct BlockView {
+    pub record: quarry_ledger::BlockRecord,
+    pub effort: Option<f64>,
+    pub confirmations: Option<i64>,
+}
+
+/// The newest `limit` blocks (of `chain`, or all; found by `address`, or anyone), newest
+/// first. Effort is looked up only for the blocks returned.
+pub(crate) async fn blocks_with_effort(
+    state: &ApiState,
+    chain: Option<&Chain>,
+    address: Option<&str>,
+    limit: usize,
+) -> Result<Vec<BlockView>, quarry_ledger::StoreError> {
+    let all = state.store.blocks_of(chain, 10_000).await?;
+    let oldest_share = state.store.oldest_share_ms().await?.unwrap_or(i64::MAX);
+    let mut views = Vec::with_capacity(limit.min(all.len()));
+    let chosen = all
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| address.is_none_or(|a| b.address == a))
+        .take(limit);
+    for (i, block) in chosen {
+        // Blocks come newest first: the round began at the same chain's next older block.
+        let previous = all[i + 1..]
+            .iter()
+            .find(|b| b.chain == block.chain)
+            .map(|b| b.found_ms);
+        let effort = match previous {
+            Some(start) if start < oldest_share => None,
+            _ if block.network_difficulty <= 0.0 => None,
+            start => Some(
+                state
+                    .store
+                    .difficulty_between(&block.chain, start.unwrap_or(0), block.found_ms)
+                    .await?
+                    / block.network_difficulty,
+            ),
+        };
+        let confirmations = (block.status == BlockStatus::Pending && block.chain == Chain::BITCOIN)
+            .then(|| state.metrics.height.load(Ordering::Relaxed) as i64 - block.height)
+            .filter(|c| *c >= 0);
+        views.push(BlockView {
+            record: block.clone(),
+            effort,
+            confirmations,
+        });
+    }
+    Ok(views)
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -77,7 +224,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/pool", get(pool))
         .route("/api/network", get(network))
+        .route("/api/history", get(pool_history))
         .route("/api/miners/{address}", get(miner))
+        .route("/api/miners/{address}/history", get(miner_history))
         .route("/api/workers", get(workers))
         .route("/api/blocks", get(blocks))
         .route("/api/chains", get(chains))
@@ -87,6 +236,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/admin/payouts/run", post(admin_payout))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
 }
@@ -162,6 +312,10 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .into_iter()
         .filter(|w| w.chain == Chain::BITCOIN && w.address == address)
         .collect();
+    let summaries = state
+        .store
+        .worker_summaries(&Chain::BITCOIN, &address)
+        .await?;
     // On merge-mined chains the miner's shares may name other addresses (`<chain>=<address>`).
     let aux_payouts = state
         .store
@@ -190,10 +344,31 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .await?
         .get(&address)
         .copied();
-    if workers.is_empty() && balances.is_empty() && paid.is_none() {
+    if workers.is_empty() && balances.is_empty() && paid.is_none() && summaries.is_empty() {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown miner".into()));
     }
     let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
+    // Best shares, last difficulty and rejects, kept by the hashrate history (workers seen
+    // before the last 10 minutes are listed too, with no hashrate).
+    let mut listed: Vec<Value> = workers
+        .iter()
+        .map(|w| {
+            let s = summaries.iter().find(|s| s.worker == w.worker);
+            worker_json(
+                &w.worker,
+                hashrate(w.difficulty, WINDOW_MS),
+                w.shares,
+                w.last_share_ms,
+                s,
+            )
+        })
+        .collect();
+    for s in summaries
+        .iter()
+        .filter(|s| !workers.iter().any(|w| w.worker == s.worker))
+    {
+        listed.push(worker_json(&s.worker, 0.0, 0, s.last_share_ms, Some(s)));
+    }
     let payable = state
         .store
         .payable(&Chain::BITCOIN)
@@ -204,12 +379,7 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
     Ok(Json(json!({
         "address": address,
         "hashrate": hashrate(difficulty, WINDOW_MS),
-        "workers": workers.iter().map(|w| json!({
-            "worker": w.worker,
-            "hashrate": hashrate(w.difficulty, WINDOW_MS),
-            "shares": w.shares,
-            "last_share_ms": w.last_share_ms,
-        })).collect::<Vec<_>>(),
+        "workers": listed,
         "balance": {
             "mature_msat": balance.as_ref().map_or(0, |b| b.mature_msat),
             "immature_msat": balance.as_ref().map_or(0, |b| b.immature_msat),
@@ -219,6 +389,26 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         "received_sat": paid.map_or(0, |p| p.1),
         "merged": merged,
     })))
+}
+
+fn worker_json(
+    worker: &str,
+    rate: f64,
+    shares: i64,
+    last_share_ms: i64,
+    summary: Option<&quarry_ledger::history::WorkerSummary>,
+) -> Value {
+    json!({
+        "worker": worker,
+        "hashrate": rate,
+        "shares": shares,
+        "last_share_ms": last_share_ms,
+        "difficulty": summary.map(|s| s.last_difficulty),
+        "best_difficulty": summary.map(|s| s.best_difficulty),
+        "round_best_difficulty": summary.map(|s| s.round_best_difficulty),
+        "rejected": summary.map_or(0, |s| s.rejected),
+        "rejects": summary.map(|s| json!(s.rejects)).unwrap_or(json!({})),
+    })
 }
 
 async fn workers(State(state): Shared) -> Result<Json<Value>, ApiError> {
@@ -246,12 +436,100 @@ async fn blocks(
     Query(q): Query<BlocksQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let mut blocks = state.store.blocks(None, 10_000).await?;
-    if let Some(chain) = &q.chain {
-        blocks.retain(|b| b.chain.as_str() == chain);
+    let chain = q.chain.as_deref().map(chain_param).transpose()?;
+    let views = blocks_with_effort(&state, chain.as_ref(), None, limit as usize).await?;
+    Ok(Json(json!(views
+        .into_iter()
+        .map(|v| {
+            let mut block = json!(v.record);
+            block["effort"] = json!(v.effort);
+            block["confirmations"] = json!(v.confirmations);
+            block
+        })
+        .collect::<Vec<_>>())))
+}
+
+/// A `?chain=` value.
+fn chain_param(text: &str) -> Result<Chain, ApiError> {
+    Chain::new(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// `?window=&chain=&worker=`.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    window: Option<String>,
+    chain: Option<String>,
+    worker: Option<String>,
+}
+
+fn history_json(
+    chain: &Chain,
+    window: Window,
+    from: i64,
+    to: i64,
+    buckets: &[quarry_ledger::history::Bucket],
+) -> Value {
+    let step_secs = window.step_ms as f64 / 1000.0;
+    json!({
+        "chain": chain,
+        "window": window.name,
+        "step_secs": step_secs,
+        "from_ms": from,
+        "to_ms": to,
+        "points": buckets.iter().map(|b| json!({
+            "t": b.start_ms,
+            "hashrate": b.difficulty * HASHES_PER_DIFF1 / step_secs,
+            "difficulty": b.difficulty,
+            "shares": b.shares,
+            "rejected": b.rejected,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn window_param(q: &HistoryQuery) -> Result<Window, ApiError> {
+    window(q.window.as_deref()).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "window must be one of 1h, 24h, 7d, 30d, 1y".into(),
+        )
+    })
+}
+
+/// Pool-wide hashrate history.
+async fn pool_history(
+    State(state): Shared,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let window = window_param(&q)?;
+    let chain = match q.chain.as_deref() {
+        Some(c) => chain_param(c)?,
+        None => state.chains()[0].clone(),
+    };
+    let (from, to, buckets) =
+        series(&state.store, &chain, quarry_ledger::Scope::Pool, window).await?;
+    Ok(Json(history_json(&chain, window, from, to, &buckets)))
+}
+
+/// One miner's (or, with `?worker=`, one worker's) hashrate history.
+async fn miner_history(
+    State(state): Shared,
+    Path(address): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if address.is_empty() || address.len() > 128 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid address".into()));
     }
-    blocks.truncate(limit as usize);
-    Ok(Json(json!(blocks)))
+    let window = window_param(&q)?;
+    let chain = match q.chain.as_deref() {
+        Some(c) => chain_param(c)?,
+        None => state.chains()[0].clone(),
+    };
+    let scope = match q.worker.as_deref() {
+        Some(worker) => quarry_ledger::Scope::Worker(&address, worker),
+        None => quarry_ledger::Scope::Miner(&address),
+    };
+    let (from, to, buckets) = series(&state.store, &chain, scope, window).await?;
+    Ok(Json(history_json(&chain, window, from, to, &buckets)))
 }
 
 /// `?limit=&chain=`.
@@ -410,7 +688,7 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
         "quarry_share_difficulty_total",
         "counter",
         "Sum of accepted share difficulty.",
-        (m.difficulty_micro.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+        m.difficulty.get().to_string(),
     );
     metric(
         "quarry_blocks_found_total",
@@ -462,6 +740,31 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
             hashrate(difficulty, WINDOW_MS).to_string(),
         );
     }
+    let log = &state.share_log;
+    for (name, help, value) in [
+        (
+            "quarry_share_log_committed_total",
+            "Shares committed to the database.",
+            log.committed.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "quarry_share_log_spooled_total",
+            "Shares written to the disk spool while the database was down.",
+            log.spooled.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "quarry_share_log_commits_total",
+            "Share log commits (each a batch of shares).",
+            log.commits.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "quarry_share_log_commit_seconds_total",
+            "Time spent in share log commits.",
+            (log.commit_micros.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+        ),
+    ] {
+        metric(name, "counter", help, value);
+    }
     let _ = writeln!(out, "# HELP quarry_shares_rejected_total Rejected shares by reason.\n# TYPE quarry_shares_rejected_total counter");
     for (reason, count) in m.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let _ = writeln!(
@@ -497,7 +800,7 @@ fn render_kaspa(m: &Metrics, out: &mut String) {
             "quarry_kaspa_share_difficulty_total",
             "counter",
             "Sum of accepted Kaspa share difficulty (1 = 2^32 hashes).",
-            (m.difficulty_micro.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+            m.difficulty.get().to_string(),
         ),
         (
             "quarry_kaspa_blocks_found_total",
@@ -548,12 +851,30 @@ async fn openapi() -> Json<Value> {
             "/api/pool": get("Pool hashrate, miners, blocks, effort, time to block"),
             "/api/network": get("Height, network difficulty, template age"),
             "/api/miners/{address}": {"get": {
-                "summary": "One miner: hashrate, workers, balance, payments, and merged: its balance on each merge-mined chain (with the address credited)",
+                "summary": "One miner: hashrate, workers (hashrate, difficulty, best share ever and since the last block, last share, rejects by reason), balance, payments, and merged: its balance on each merge-mined chain (with the address credited)",
                 "parameters": [{"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "OK"}, "404": {"description": "Unknown miner"}}
             }},
+            "/api/history": {"get": {
+                "summary": "Pool-wide hashrate history: one point per complete step (1h: 1 min, 24h: 10 min, 7d: 1 h, 30d: 6 h, 1y: 1 day), each with hashrate (H/s), accepted difficulty, shares and rejected shares",
+                "parameters": [
+                    {"name": "window", "in": "query", "required": false, "schema": {"type": "string", "enum": ["1h", "24h", "7d", "30d", "1y"], "default": "1h"}},
+                    {"name": "chain", "in": "query", "required": false, "schema": {"type": "string", "example": "bitcoin"}}
+                ],
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/History"}}}}, "400": {"description": "Unknown window or chain"}}
+            }},
+            "/api/miners/{address}/history": {"get": {
+                "summary": "One miner's hashrate history (every worker of the address), or one worker's with ?worker=<full username>",
+                "parameters": [
+                    {"name": "address", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "window", "in": "query", "required": false, "schema": {"type": "string", "enum": ["1h", "24h", "7d", "30d", "1y"], "default": "1h"}},
+                    {"name": "chain", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "worker", "in": "query", "required": false, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/History"}}}}, "400": {"description": "Unknown window, chain or bad address"}}
+            }},
             "/api/workers": get("Active workers"),
-            "/api/blocks": get("Found blocks of every chain, newest first (?limit=&chain=)"),
+            "/api/blocks": get("Found blocks of every chain, newest first, with effort (the round's difficulty over the network's) and, while pending, confirmations (?limit=&chain=)"),
             "/api/chains": get("Bitcoin and each merge-mined chain: node up, blocks by status, credits"),
             "/api/bans": get("Addresses with an abuse score or a ban (invalid shares, garbage, floods, protocol violations)"),
             "/api/payments": get("Payouts of every chain (each with its chain), newest first (?limit=)"),
@@ -562,7 +883,25 @@ async fn openapi() -> Json<Value> {
                 "summary": "Run payouts now on every paid chain (Authorization: Bearer <api.admin_token>)",
                 "responses": {"200": {"description": "OK"}, "401": {"description": "Bad token"}, "403": {"description": "Admin disabled"}}
             }},
-            "/metrics": get("Prometheus metrics"),
-        }
+            "/metrics": get("Prometheus metrics (names and meaning: docs/metrics.md)"),
+        },
+        "components": {"schemas": {"History": {
+            "type": "object",
+            "required": ["chain", "window", "step_secs", "from_ms", "to_ms", "points"],
+            "properties": {
+                "chain": {"type": "string"},
+                "window": {"type": "string"},
+                "step_secs": {"type": "number"},
+                "from_ms": {"type": "integer", "description": "Unix ms, inclusive"},
+                "to_ms": {"type": "integer", "description": "Unix ms, exclusive: the step in progress is left out"},
+                "points": {"type": "array", "items": {"type": "object", "properties": {
+                    "t": {"type": "integer", "description": "Step start, Unix ms"},
+                    "hashrate": {"type": "number", "description": "H/s: difficulty x 2^32 / step"},
+                    "difficulty": {"type": "number", "description": "Sum of accepted share difficulty"},
+                    "shares": {"type": "integer"},
+                    "rejected": {"type": "integer"}
+                }}}
+            }
+        }}}
     }))
 }

@@ -15,6 +15,16 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Log warnings and errors only (RUST_LOG, when set, still decides).
+    #[arg(short, long, global = true, env = "QUARRY_QUIET")]
+    pub quiet: bool,
+    /// `text` (for people) or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "QUARRY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// `quarry serve`'s status line (hashrate, shares, blocks, last block) every this many
+    /// seconds; 0 = never.
+    #[arg(long, global = true, env = "QUARRY_STATUS_SECS", default_value_t = 10)]
+    pub status_secs: u64,
 }
 
 /// Subcommands.

@@ -531,6 +531,25 @@ pub struct LedgerConfig {
     /// Days raw shares are kept (shares still inside the window of an uncredited block, or not
     /// yet credited by PPS, are kept longer).
     pub retention_days: Option<f64>,
+    /// Hours minute buckets of the hashrate history are kept (24).
+    pub history_minutes_hours: Option<f64>,
+    /// Days hour buckets of the hashrate history are kept (365).
+    pub history_hours_days: Option<f64>,
+}
+
+impl LedgerConfig {
+    /// How long the hashrate history keeps each resolution.
+    pub fn history_retention(&self) -> quarry_ledger::Retention {
+        let default = quarry_ledger::Retention::default();
+        quarry_ledger::Retention {
+            minutes_ms: self
+                .history_minutes_hours
+                .map_or(default.minutes_ms, |h| (h.max(1.0) * 3_600_000.0) as i64),
+            hours_ms: self
+                .history_hours_days
+                .map_or(default.hours_ms, |d| (d.max(1.0) * 86_400_000.0) as i64),
+        }
+    }
 }
 
 impl Config {

@@ -5,6 +5,7 @@ mod aux;
 mod blocks;
 mod cli;
 mod config;
+mod dashboard;
 mod driver;
 mod events;
 mod kaspa;
@@ -33,14 +34,26 @@ use crate::node::Nodes;
 use crate::server::{Limits, Server};
 use quarry_stratum::SharedPool;
 
+/// `--status-secs`, read by `serve`.
+static STATUS_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10);
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // --quiet keeps the status line (its own target) unless RUST_LOG says otherwise.
+    let default_filter = match cli.quiet {
+        true => "warn,quarry::status=info",
+        false => "info",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format.as_str() {
+        "json" => logs.json().flatten_event(true).init(),
+        _ => logs.init(),
+    }
+    STATUS_SECS.store(cli.status_secs, Ordering::Relaxed);
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
@@ -101,9 +114,26 @@ async fn open_ledger(
     Ok((store, share_log, instance))
 }
 
+/// The hashrate history book, and its writer.
+fn start_history(
+    store: &quarry_ledger::Store,
+    config: &config::Config,
+) -> Arc<std::sync::Mutex<quarry_ledger::HistoryBook>> {
+    let book = Arc::new(std::sync::Mutex::new(quarry_ledger::HistoryBook::new()));
+    tokio::spawn(server::write_history(
+        store.clone(),
+        Arc::clone(&book),
+        config.ledger.history_retention(),
+        Duration::from_secs(5),
+    ));
+    book
+}
+
 /// `[kaspa]` with `stratum.enabled = false`: the Kaspa port alone, with the API.
 async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved) -> Result<()> {
     let (store, share_log, instance) = open_ledger(&config).await?;
+    let share_log_stats = Arc::clone(share_log.stats());
+    let history = start_history(&store, &config);
     let events = Arc::new(events::EventBus::default());
     let bans = Arc::new(server::Bans::new(
         config.bans.policy()?,
@@ -128,12 +158,13 @@ async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved)
             data_dir: config.data_dir.clone(),
             events: Arc::clone(&events),
             bans: Arc::clone(&bans),
+            history: Arc::clone(&history),
         },
     )
     .await?;
     if let Some(listen) = config.api.listen {
         let state = Arc::new(api::ApiState {
-            store,
+            store: store.clone(),
             metrics: Arc::new(events::Metrics::default()),
             events,
             admin_token: config.api.admin_token.clone(),
@@ -143,6 +174,13 @@ async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved)
             wallets: Vec::new(),
             bans,
             kaspa: Some(metrics),
+            share_log: Arc::clone(&share_log_stats),
+            connect: dashboard::Connect {
+                kaspa: Some(config.kaspa.listen),
+                network: config.kaspa.network.clone(),
+                mode: config.kaspa.mode.clone(),
+                ..dashboard::Connect::default()
+            },
         });
         spawn_api(listen, state).await?;
     }
@@ -152,6 +190,7 @@ async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved)
     info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
+    server::flush_history(&store, &history).await;
     Ok(())
 }
 
@@ -159,7 +198,8 @@ async fn spawn_api(listen: std::net::SocketAddr, state: Arc<api::ApiState>) -> R
     let http = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding api.listen {listen}"))?;
-    info!(listen = %http.local_addr()?, "HTTP API listening");
+    let local = http.local_addr()?;
+    info!(listen = %local, dashboard = %dashboard::url(local), "HTTP API and dashboard listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, api::router(state)).await {
             tracing::error!(error = %e, "HTTP API stopped");
@@ -208,6 +248,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("stratum.proxy_protocol_from: {e}"))?,
     };
     let (store, share_log, instance) = open_ledger(&config).await?;
+    let history = start_history(&store, &config);
     let events = Arc::new(events::EventBus::default());
     let metrics = Arc::clone(&nodes.metrics);
     let blocks = blocks::BlockKeeper {
@@ -228,6 +269,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.bans.policy()?,
         config.bans.enabled,
     ));
+    let sv2 = config.sv2()?;
+    if let Some(sv2) = &sv2 {
+        info!(authority_public_key = %sv2.authority.public_text(), "Stratum V2 enabled on the stratum port (miners pin this key)");
+    }
     if let Some(listen) = config.api.listen {
         let state = Arc::new(api::ApiState {
             store: store.clone(),
@@ -240,6 +285,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             wallets: wallets.clone(),
             bans: Arc::clone(&bans),
             kaspa: kaspa_metrics.clone(),
+            share_log: Arc::clone(share_log.stats()),
+            connect: dashboard::Connect {
+                stratum: Some(config.stratum.listen),
+                tls: config.stratum.tls_listen,
+                sv2_key: sv2.as_ref().map(|s| s.authority.public_text()),
+                kaspa: config.kaspa.enabled.then_some(config.kaspa.listen),
+                network: config.network.clone(),
+                mode: config.mining.mode.clone(),
+            },
         });
         spawn_api(listen, state).await?;
     }
@@ -275,10 +329,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
             metrics: Arc::clone(&metrics),
         })
     });
-    let sv2 = config.sv2()?;
-    if let Some(sv2) = &sv2 {
-        info!(authority_public_key = %sv2.authority.public_text(), "Stratum V2 enabled on the stratum port (miners pin this key)");
-    }
     let server = Server::new(
         server::Protocol::bitcoin(resolved.session, sv2, Arc::clone(&pool), work.clone()),
         server::Outputs {
@@ -288,6 +338,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             aux_blocks,
             metrics: Arc::clone(&metrics),
             events: Arc::clone(&events),
+            history: Arc::clone(&history),
         },
         limits,
         Arc::clone(&bans),
@@ -350,10 +401,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     });
     tokio::spawn(Arc::clone(&nodes).run());
-    tokio::spawn(server::report(
-        Arc::clone(&metrics),
-        Duration::from_secs(10),
-    ));
+    let status_secs = STATUS_SECS.load(Ordering::Relaxed);
+    if status_secs > 0 {
+        tokio::spawn(server::report(
+            Arc::clone(&metrics),
+            Duration::from_secs(status_secs),
+        ));
+    }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     if let (Some(kaspa), Some(metrics)) = (kaspa, kaspa_metrics) {
@@ -368,6 +422,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 data_dir: config.data_dir.clone(),
                 events: Arc::clone(&events),
                 bans: Arc::clone(&bans),
+                history: Arc::clone(&history),
             },
         )
         .await?;
@@ -383,6 +438,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // Let connection tasks flush their client.reconnect.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
+    server::flush_history(&store, &history).await;
     Ok(())
 }
 

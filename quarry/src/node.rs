@@ -264,10 +264,16 @@ impl Nodes {
                     self.metrics
                         .rpc_micros
                         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    self.metrics
+                        .node_answered(index, &rpc.name, Ok(started.elapsed()));
                     debug!(node = %rpc.name, ms = started.elapsed().as_millis() as u64, height = gbt.height, "template");
                     return Some((index, gbt));
                 }
-                Err(e) => warn!(node = %rpc.name, error = %e, "getblocktemplate failed"),
+                Err(e) => {
+                    warn!(node = %rpc.name, error = %e, "getblocktemplate failed");
+                    self.metrics
+                        .node_answered(index, &rpc.name, Err(e.to_string()));
+                }
             }
         }
         None

@@ -11,7 +11,9 @@ use std::time::Duration;
 use quarry_kaspa::pool::KaspaPool;
 use quarry_kaspa::session::{KaspaConfig, KaspaSession};
 use quarry_kaspa::work::KaspaWork;
-use quarry_ledger::{Chain, Receipt, RecordError, ShareLog, ShareRecord};
+use quarry_ledger::{
+    Chain, HistoryBook, HistoryShare, Receipt, RecordError, ShareLog, ShareRecord,
+};
 use quarry_stratum::bans::{BanBook, BanPolicy, Offence, Standing};
 use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::proxy_header::{self, ProxyHeader, TrustedProxies};
@@ -50,6 +52,8 @@ pub struct Outputs {
     pub metrics: Arc<Metrics>,
     /// The event stream.
     pub events: Arc<EventBus>,
+    /// Hashrate history, written to the ledger every few seconds ([`write_history`]).
+    pub history: Arc<Mutex<HistoryBook>>,
 }
 
 /// The ban book of one `quarry serve`, shared by its listeners and the API.
@@ -162,6 +166,14 @@ enum Followed {
 }
 
 impl Protocol {
+    /// The ledger's key for the chain this listener mines.
+    pub fn chain(&self) -> &'static str {
+        match self {
+            Protocol::Bitcoin { .. } => quarry_stratum::accept::BITCOIN,
+            Protocol::Kaspa { .. } => "kaspa",
+        }
+    }
+
     /// Bitcoin's protocols.
     pub fn bitcoin(
         session_config: SessionConfig,
@@ -574,6 +586,13 @@ impl Server {
         match event {
             Event::BlockFound(block) => {
                 metrics.blocks_found.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .last_block_height
+                    .store(block.height, Ordering::Relaxed);
+                metrics
+                    .last_block_ms
+                    .store(block.time_ms, Ordering::Relaxed);
+                lock(&self.out.history).block_found(block.chain);
                 if let Err(tokio::sync::mpsc::error::TrySendError::Full(block)) =
                     self.out.blocks.try_send(block)
                 {
@@ -594,9 +613,15 @@ impl Server {
             }
             Event::ShareAccepted(share) => {
                 metrics.accepted.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .difficulty_micro
-                    .fetch_add((share.difficulty.get() * 1e6) as u64, Ordering::Relaxed);
+                lock(&self.out.history).accepted(&HistoryShare {
+                    chain: share.chain,
+                    address: &share.address,
+                    worker: &share.worker,
+                    difficulty: share.difficulty.get(),
+                    achieved: share.achieved,
+                    time_ms: i64::try_from(share.time_ms).unwrap_or(i64::MAX),
+                });
+                metrics.difficulty.add(share.difficulty.get());
                 events.publish(
                     "ShareSubmitted",
                     json!({"worker": share.worker, "address": share.address, "accepted": true,
@@ -606,6 +631,15 @@ impl Server {
             }
             Event::ShareRejected { worker, reason } => {
                 metrics.reject(reject_label(reason));
+                // Usernames are `address[.worker]` in every dialect.
+                let address = worker.split('.').next().unwrap_or_default();
+                lock(&self.out.history).rejected(
+                    self.protocol.chain(),
+                    address,
+                    &worker,
+                    reject_label(reason),
+                    i64::try_from(driver::unix_ms()).unwrap_or(i64::MAX),
+                );
                 self.bans.offend(peer, Offence::BadShare(reason));
                 events.publish(
                     "ShareSubmitted",
@@ -685,22 +719,72 @@ fn reject_label(reason: ShareReject) -> &'static str {
     }
 }
 
-/// Logs a status line every `every`.
+/// Writes the hashrate history to the ledger every `every` and rolls it up every minute; a
+/// write the database refuses goes back into the book for the next one.
+pub async fn write_history(
+    store: quarry_ledger::Store,
+    book: Arc<Mutex<HistoryBook>>,
+    retention: quarry_ledger::Retention,
+    every: Duration,
+) {
+    let mut last_roll_up = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        flush_history(&store, &book).await;
+        if last_roll_up.elapsed() >= Duration::from_secs(60) {
+            last_roll_up = std::time::Instant::now();
+            let now = i64::try_from(driver::unix_ms()).unwrap_or(i64::MAX);
+            match store.roll_up_history(now, retention).await {
+                Ok(report) => debug!(?report, "history rolled up"),
+                Err(e) => warn!(error = %e, "history roll-up failed; will retry"),
+            }
+        }
+    }
+}
+
+/// One history write (also the last one, at shutdown).
+pub async fn flush_history(store: &quarry_ledger::Store, book: &Mutex<HistoryBook>) {
+    let batch = lock(book).take();
+    if let Err(e) = store.write_history(&batch).await {
+        warn!(error = %e, "history write failed; kept for the next one");
+        let mut book = lock(book);
+        book.restore(batch);
+        if book.dropped() > 0 {
+            warn!(
+                dropped_minutes = book.dropped(),
+                "history minutes dropped while the database was down"
+            );
+        }
+    }
+}
+
+/// Logs a status line every `every` (target `quarry::status`, kept by `--quiet`).
 pub async fn report(stats: Arc<Metrics>, every: Duration) {
-    let mut last = (0u64, 0u64);
+    let mut last = (0u64, 0.0f64);
     loop {
         tokio::time::sleep(every).await;
         let accepted = stats.accepted.load(Ordering::Relaxed);
-        let difficulty = stats.difficulty_micro.load(Ordering::Relaxed);
-        let hashrate =
-            (difficulty - last.1) as f64 / 1e6 * 4_294_967_296.0 / every.as_secs_f64().max(1.0);
+        let difficulty = stats.difficulty.get();
+        let secs = every.as_secs_f64().max(1.0);
+        let hashrate = (difficulty - last.1) * 4_294_967_296.0 / secs;
+        let blocks = stats.blocks_found.load(Ordering::Relaxed);
+        let last_block = match stats.last_block_ms.load(Ordering::Relaxed) {
+            0 => "none yet".to_string(),
+            ms => format!(
+                "{} ({} s ago)",
+                stats.last_block_height.load(Ordering::Relaxed),
+                driver::unix_ms().saturating_sub(ms) / 1000
+            ),
+        };
         info!(
-            connections = stats.connections.load(Ordering::Relaxed),
-            accepted,
-            rejected = stats.rejected_total(),
-            blocks = stats.blocks_found.load(Ordering::Relaxed),
-            shares_per_min = (accepted - last.0) as f64 * 60.0 / every.as_secs_f64().max(1.0),
+            target: "quarry::status",
             hashrate = %format_hashrate(hashrate),
+            shares = accepted,
+            shares_per_min = format!("{:.0}", (accepted - last.0) as f64 * 60.0 / secs),
+            rejected = stats.rejected_total(),
+            blocks,
+            last_block = %last_block,
+            connections = stats.connections.load(Ordering::Relaxed),
             "pool status"
         );
         last = (accepted, difficulty);

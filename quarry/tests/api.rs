@@ -30,6 +30,59 @@ async fn api_admin_payout_run_pays_and_is_announced() {
     describe_the_pool(Regtest::with_wallet()).await;
 }
 
+/// Every series /metrics exports is in docs/metrics.md, and so is every series the Grafana
+/// dashboard in contrib/ charts; the pool's own (not Kaspa's or an aux chain's) are exported.
+fn metrics_are_documented_and_charted(metrics: &str) {
+    let root = repo_root();
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).expect("docs/metrics.md");
+    let grafana: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("contrib/grafana/quarry.json")).expect("dashboard"),
+    )
+    .expect("the Grafana dashboard is JSON");
+    let names = |text: &str| -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("quarry_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.push(name);
+        }
+        names.sort();
+        names.dedup();
+        names
+    };
+    // HELP/TYPE lines too: a labelled series (rejects by reason) has no sample until it happens.
+    let exported: Vec<String> = names(metrics);
+    let documented =
+        |name: &str| docs.contains(&format!("`{name}`")) || docs.contains(&format!("`{name}{{"));
+    assert!(exported.len() >= 15, "{exported:?}");
+    for name in &exported {
+        assert!(
+            documented(name),
+            "{name} is exported but not in docs/metrics.md"
+        );
+    }
+    let mut charted = Vec::new();
+    for panel in grafana["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            charted.extend(names(target["expr"].as_str().unwrap_or("")));
+        }
+    }
+    assert!(charted.len() >= 20, "{charted:?}");
+    for name in &charted {
+        assert!(documented(name), "Grafana charts {name}, undocumented");
+        if !name.starts_with("quarry_kaspa_") && !name.starts_with("quarry_aux_") {
+            assert!(
+                exported.contains(name),
+                "Grafana charts {name}, which /metrics lacks"
+            );
+        }
+    }
+}
+
 async fn describe_the_pool(nodes: Regtest) {
     let pays = nodes.kind == NodeKind::Wallet;
     let dir = scratch_dir("api");
@@ -158,6 +211,34 @@ async fn describe_the_pool(nodes: Regtest) {
         .and_then(|v| v.parse().ok())
         .expect("accepted counter");
     assert!(accepted >= 1.0);
+    metrics_are_documented_and_charted(&metrics);
+
+    // History: the API serves the windows it documents and refuses others.
+    let (status, history) = get(&format!("{base}/api/history?window=24h")).await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["window"], "24h");
+    assert_eq!(history["step_secs"], 600.0);
+    assert_eq!(history["points"].as_array().expect("points").len(), 144);
+    let (status, _) = get(&format!("{base}/api/history?window=2w")).await;
+    assert_eq!(status, 400);
+    let (status, mine) = get(&format!(
+        "{base}/api/miners/{miner_address}/history?window=1h"
+    ))
+    .await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["points"].as_array().expect("points").len(), 60);
+    assert!(openapi["paths"]["/api/history"]["get"]["parameters"].is_array());
+    assert!(openapi["paths"]["/api/miners/{address}/history"].is_object());
+    // The worker's best share reaches the ledger within a history write or two.
+    let best = wait_until(Duration::from_secs(20), || async {
+        let (_, miner) = get(&format!("{base}/api/miners/{miner_address}")).await;
+        miner["workers"][0]["best_difficulty"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    assert!(best, "the worker's best share is served");
 
     // Admin: refused without the token, runs with it.
     let client = reqwest::Client::new();

@@ -265,6 +265,8 @@ pub struct Shared {
     pub events: Arc<EventBus>,
     /// The ban book.
     pub bans: Arc<crate::server::Bans>,
+    /// Hashrate history, shared with the Bitcoin port: one ledger keyed by chain.
+    pub history: Arc<std::sync::Mutex<quarry_ledger::HistoryBook>>,
 }
 
 /// Connects to kaspad, follows its templates, binds the Kaspa port: the server to run on it
@@ -317,6 +319,7 @@ pub async fn start(
             aux_blocks: None,
             metrics: Arc::clone(&metrics),
             events: shared.events,
+            history: shared.history,
         },
         crate::server::Limits {
             max_connections: toml.max_connections,
