@@ -12,9 +12,9 @@
 #
 # The image ships quarry.example.toml as /etc/quarry/quarry.toml, a starting point only: mount
 # your own config over it. Two things to change for a container:
-#   - [api] listen defaults to 127.0.0.1:8080, which is unreachable from outside the container.
-#     Set `listen = "0.0.0.0:8080"` under [api] in the config (there is no flag or environment
-#     variable for the API address).
+#   - [api] listen in the example is 127.0.0.1:8080, unreachable from outside the container:
+#     the image sets QUARRY_API_LISTEN=0.0.0.0:8080 (the dashboard and API; the flag is
+#     --api-listen). Put a reverse proxy with TLS in front of it on a public host.
 #   - [[node]] url must point at a bitcoind the container can reach (not 127.0.0.1, unless you
 #     run with --network host). QUARRY_NODE_URL, QUARRY_RPC_USER, QUARRY_RPC_PASSWORD and
 #     QUARRY_RPC_COOKIE override the first node; `quarry serve --help` lists every QUARRY_*.
@@ -49,6 +49,7 @@ RUN apt-get update \
 COPY --from=builder /out/quarry /usr/local/bin/quarry
 COPY quarry.example.toml /etc/quarry/quarry.toml
 
+ENV QUARRY_API_LISTEN=0.0.0.0:8080
 USER quarry
 WORKDIR /var/lib/quarry
 VOLUME /var/lib/quarry

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Maximum difficulty.
     #[arg(long, env = "QUARRY_MAX_DIFFICULTY")]
     pub max_difficulty: Option<f64>,
+    /// HTTP API and dashboard listen address, e.g. 0.0.0.0:8080 (off unless set here or in
+    /// `[api] listen`).
+    #[arg(long, env = "QUARRY_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
     /// Ledger database URL (sqlite://… or postgres://…).
     #[arg(long, env = "QUARRY_LEDGER_URL", hide_env_values = true)]
     pub ledger_url: Option<String>,
@@ -154,6 +158,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.ledger_url {
             config.ledger.url = Some(v.clone());
+        }
+        if let Some(v) = self.api_listen {
+            config.api.listen = Some(v);
         }
         Ok(config)
     }
