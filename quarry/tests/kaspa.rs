@@ -207,6 +207,26 @@ min_difficulty = 0.0000001
         0.0,
         "no Bitcoin share counted"
     );
+    // The dashboard and the history know the coin: Kaspa's pool page, its node, its workers.
+    let page = reqwest::get(format!("http://127.0.0.1:{api_port}/?chain=kaspa"))
+        .await
+        .expect("dashboard")
+        .text()
+        .await
+        .expect("html");
+    assert!(page.contains("Kaspa pool") && page.contains("serving work"), "{page}");
+    let miner_page = reqwest::get(format!(
+        "http://127.0.0.1:{api_port}/miners/{miner_address}?chain=kaspa"
+    ))
+    .await
+    .expect("miner page")
+    .text()
+    .await
+    .expect("html");
+    assert!(
+        miner_page.contains(&format!("data-worker=\"{miner_address}.")),
+        "the Kaspa miner page lists its workers: {miner_page}"
+    );
     assert!(
         after.block_count >= before.block_count + blocks.len() as u64,
         "kaspad holds every accepted block: {} -> {} for {} found",

@@ -327,9 +327,9 @@ fn connect_box(state: &ApiState, headers: &HeaderMap) -> Markup {
     }
 }
 
-fn nodes_box(state: &ApiState) -> Markup {
+fn nodes_box(state: &ApiState, chain: &Chain) -> Markup {
     let nodes = state
-        .metrics
+        .metrics_of(chain)
         .nodes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -438,7 +438,7 @@ async fn overview(
                 p { a href="/blocks" { "All blocks" } }
             }
             (connect_box(&state, &headers))
-            (nodes_box(&state))
+            (nodes_box(&state, &chain))
         },
     ))
 }

@@ -278,7 +278,7 @@ pub async fn start(
     shared: Shared,
 ) -> anyhow::Result<(Arc<crate::server::Server>, tokio::net::TcpListener)> {
     use anyhow::Context;
-    let nodes = KaspaNodes::connect(&toml.nodes).await?;
+    let nodes = KaspaNodes::connect(&toml.nodes, Arc::clone(&metrics)).await?;
     let session = Arc::new(resolved.session);
     let pool = Arc::new(KaspaPool::new(session.jobs_kept));
     // Twice the jobs a connection keeps: any share a miner may still send finds its template.

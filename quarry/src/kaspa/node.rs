@@ -44,11 +44,16 @@ pub struct KaspaNodes {
     nodes: Vec<KaspaNode>,
     /// The node templates came from last (to log a change).
     current: AtomicUsize,
+    /// Each node's last answer, for the dashboard.
+    metrics: Arc<crate::events::Metrics>,
 }
 
 impl KaspaNodes {
     /// Starts connecting to every node (in the background, retrying until each answers).
-    pub async fn connect(urls: &[String]) -> Result<Arc<KaspaNodes>> {
+    pub async fn connect(
+        urls: &[String],
+        metrics: Arc<crate::events::Metrics>,
+    ) -> Result<Arc<KaspaNodes>> {
         if urls.is_empty() {
             bail!("kaspa.nodes needs at least one wRPC URL");
         }
@@ -75,6 +80,7 @@ impl KaspaNodes {
         Ok(Arc::new(KaspaNodes {
             nodes,
             current: AtomicUsize::new(0),
+            metrics,
         }))
     }
 
@@ -102,8 +108,11 @@ impl KaspaNodes {
             let call = node
                 .client
                 .get_block_template(pay.clone(), extra_data.to_vec());
+            let started = std::time::Instant::now();
             match tokio::time::timeout(CALL_TIMEOUT, call).await {
                 Ok(Ok(response)) => {
+                    self.metrics
+                        .node_answered(i, &node.url, Ok(started.elapsed()));
                     if self.current.swap(i, Ordering::Relaxed) != i {
                         info!(url = %node.url, "kaspa templates from this node");
                     }
@@ -113,6 +122,7 @@ impl KaspaNodes {
                 Err(_) => last = anyhow!("{}: getblocktemplate timed out", node.url),
             }
             debug!(error = %last, "kaspa node did not give a template");
+            self.metrics.node_answered(i, &node.url, Err(last.to_string()));
         }
         Err(last)
     }

@@ -72,7 +72,7 @@ try {
   await page.goto(base + "/", { waitUntil: "load" });
   await page.waitForTimeout(500);
   const transferred = sizes.reduce((sum, s) => sum + s.bytes, 0);
-  report.pages.overview = { transferred_bytes: transferred, requests: sizes };
+  report.pages.overview = { transferred_bytes: transferred, requests: sizes.slice() };
   check(transferred > 0 && transferred < PAGE_BUDGET, `overview transferred ${transferred} B (budget ${PAGE_BUDGET})`);
 
   const hashrate = Number(await page.getAttribute('[data-testid="pool-hashrate"]', "data-value"));
