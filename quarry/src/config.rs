@@ -521,7 +521,7 @@ pub struct SplitConfig {
 }
 
 /// Where accepted shares are kept.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     /// `sqlite://path` (embedded, default `<data_dir>/quarry.db`) or `postgres://user:pw@host/db`.
@@ -531,23 +531,31 @@ pub struct LedgerConfig {
     /// Days raw shares are kept (shares still inside the window of an uncredited block, or not
     /// yet credited by PPS, are kept longer).
     pub retention_days: Option<f64>,
-    /// Hours minute buckets of the hashrate history are kept (24).
-    pub history_minutes_hours: Option<f64>,
-    /// Days hour buckets of the hashrate history are kept (365).
-    pub history_hours_days: Option<f64>,
+    /// Hours minute buckets of the hashrate history are kept.
+    pub history_minutes_hours: f64,
+    /// Days hour buckets of the hashrate history are kept.
+    pub history_hours_days: f64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        let retention = quarry_ledger::Retention::default();
+        LedgerConfig {
+            url: None,
+            instance: None,
+            retention_days: None,
+            history_minutes_hours: retention.minutes_ms as f64 / 3_600_000.0,
+            history_hours_days: retention.hours_ms as f64 / 86_400_000.0,
+        }
+    }
 }
 
 impl LedgerConfig {
-    /// How long the hashrate history keeps each resolution.
+    /// How long the hashrate history keeps each resolution (an hour and a day at least).
     pub fn history_retention(&self) -> quarry_ledger::Retention {
-        let default = quarry_ledger::Retention::default();
         quarry_ledger::Retention {
-            minutes_ms: self
-                .history_minutes_hours
-                .map_or(default.minutes_ms, |h| (h.max(1.0) * 3_600_000.0) as i64),
-            hours_ms: self
-                .history_hours_days
-                .map_or(default.hours_ms, |d| (d.max(1.0) * 86_400_000.0) as i64),
+            minutes_ms: (self.history_minutes_hours.max(1.0) * 3_600_000.0) as i64,
+            hours_ms: (self.history_hours_days.max(1.0) * 86_400_000.0) as i64,
         }
     }
 }
