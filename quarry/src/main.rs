@@ -199,7 +199,8 @@ async fn spawn_api(listen: std::net::SocketAddr, state: Arc<api::ApiState>) -> R
         .await
         .with_context(|| format!("binding api.listen {listen}"))?;
     let local = http.local_addr()?;
-    info!(listen = %local, dashboard = %dashboard::url(local), "HTTP API and dashboard listening");
+    // On the status target: --quiet keeps it, so the URL is always printed.
+    info!(target: "quarry::status", listen = %local, dashboard = %dashboard::url(local), "HTTP API and dashboard listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, api::router(state)).await {
             tracing::error!(error = %e, "HTTP API stopped");
