@@ -78,7 +78,10 @@ fn write(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let store = runtime
-        .block_on(Store::open(&format!("sqlite://{}", dir.join("h.db").display())))
+        .block_on(Store::open(&format!(
+            "sqlite://{}",
+            dir.join("h.db").display()
+        )))
         .expect("open");
     let mut group = c.benchmark_group("history");
     group.sample_size(10);
@@ -90,10 +93,19 @@ fn write(c: &mut Criterion) {
             || {
                 let mut book = HistoryBook::new();
                 minute += 1;
-                fill(&mut book, &names, WORKERS, 1_800_000_000_000 + minute * 60_000);
+                fill(
+                    &mut book,
+                    &names,
+                    WORKERS,
+                    1_800_000_000_000 + minute * 60_000,
+                );
                 book.take()
             },
-            |batch| runtime.block_on(store.write_history(&batch)).expect("write"),
+            |batch| {
+                runtime
+                    .block_on(store.write_history(&batch))
+                    .expect("write")
+            },
             BatchSize::LargeInput,
         )
     });

@@ -158,14 +158,19 @@ pub(crate) struct BlockView {
 }
 
 /// The newest `limit` blocks (of `chain`, or all; found by `address`, or anyone), newest
-/// first. Effort is looked up only for the blocks returned.
+/// first, and how many match (of the newest 10,000). Effort is looked up only for the blocks
+/// returned.
 pub(crate) async fn blocks_with_effort(
     state: &ApiState,
     chain: Option<&Chain>,
     address: Option<&str>,
     limit: usize,
-) -> Result<Vec<BlockView>, quarry_ledger::StoreError> {
+) -> Result<(Vec<BlockView>, usize), quarry_ledger::StoreError> {
     let all = state.store.blocks_of(chain, 10_000).await?;
+    let matching = all
+        .iter()
+        .filter(|b| address.is_none_or(|a| b.address == a))
+        .count();
     let oldest_share = state.store.oldest_share_ms().await?.unwrap_or(i64::MAX);
     let mut views = Vec::with_capacity(limit.min(all.len()));
     let chosen = all
@@ -199,7 +204,7 @@ pub(crate) async fn blocks_with_effort(
             confirmations,
         });
     }
-    Ok(views)
+    Ok((views, matching))
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -437,7 +442,7 @@ async fn blocks(
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let chain = q.chain.as_deref().map(chain_param).transpose()?;
-    let views = blocks_with_effort(&state, chain.as_ref(), None, limit as usize).await?;
+    let (views, _) = blocks_with_effort(&state, chain.as_ref(), None, limit as usize).await?;
     Ok(Json(json!(views
         .into_iter()
         .map(|v| {

@@ -214,7 +214,10 @@ min_difficulty = 0.0000001
         .text()
         .await
         .expect("html");
-    assert!(page.contains("Kaspa pool") && page.contains("serving work"), "{page}");
+    assert!(
+        page.contains("Kaspa pool") && page.contains("serving work"),
+        "{page}"
+    );
     let miner_page = reqwest::get(format!(
         "http://127.0.0.1:{api_port}/miners/{miner_address}?chain=kaspa"
     ))

@@ -389,7 +389,7 @@ async fn overview(
     let height = metrics.height.load(Ordering::Relaxed);
     let pool_row = state.store.worker_summaries(&chain, "").await?;
     let round_best = pool_row.first().map_or(0.0, |p| p.round_best_difficulty);
-    let views = api::blocks_with_effort(&state, Some(&chain), None, 10).await?;
+    let (views, _) = api::blocks_with_effort(&state, Some(&chain), None, 10).await?;
     let last_block_ms = views
         .iter()
         .filter(|v| {
@@ -526,7 +526,7 @@ async fn miner(
         .filter(|b| b.address == address)
         .collect();
     let payouts = state.store.payouts_to(&address, 20).await?;
-    let found = api::blocks_with_effort(&state, None, Some(&address), 50).await?;
+    let (found, found_count) = api::blocks_with_effort(&state, None, Some(&address), 20).await?;
     if rows.is_empty() && balances.is_empty() && payouts.is_empty() && found.is_empty() {
         return Err(PageError(
             StatusCode::NOT_FOUND,
@@ -560,7 +560,7 @@ async fn miner(
                 (stat("Hashrate (10 min)", &format::hashrate(rate), "miner-hashrate", Some(rate)))
                 (stat("Workers online", &format!("{online} of {}", rows.len()), "miner-workers", Some(online as f64)))
                 (stat("Best share", &format::difficulty(best), "miner-best", Some(best)))
-                (stat("Blocks found", &found.len().to_string(), "miner-blocks", Some(found.len() as f64)))
+                (stat("Blocks found", &found_count.to_string(), "miner-blocks", Some(found_count as f64)))
             }
             section aria-labelledby="hashrate" {
                 h2 #hashrate { "Hashrate" }
@@ -651,7 +651,7 @@ async fn miner(
                 }
             }
             section aria-labelledby="found" {
-                h2 #found { "Blocks this address found" }
+                h2 #found { "Blocks this address found" @if found_count > found.len() { span.muted { " (the newest " (found.len()) ")" } } }
                 (blocks_table(now, &found, true, "miner-blocks-table"))
             }
         },
@@ -660,7 +660,7 @@ async fn miner(
 
 async fn blocks(State(state): Shared) -> Result<Html<String>, PageError> {
     let now = unix_ms() as i64;
-    let views = api::blocks_with_effort(&state, None, None, 200).await?;
+    let (views, _) = api::blocks_with_effort(&state, None, None, 200).await?;
     Ok(layout(
         "Blocks",
         "/blocks",

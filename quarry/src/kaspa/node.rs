@@ -122,7 +122,8 @@ impl KaspaNodes {
                 Err(_) => last = anyhow!("{}: getblocktemplate timed out", node.url),
             }
             debug!(error = %last, "kaspa node did not give a template");
-            self.metrics.node_answered(i, &node.url, Err(last.to_string()));
+            self.metrics
+                .node_answered(i, &node.url, Err(last.to_string()));
         }
         Err(last)
     }
