@@ -292,12 +292,30 @@ impl HistoryBook {
     /// Counts an accepted share. Unnamed workers and chain keys outside the ledger's rules
     /// are not counted (the sessions never produce them).
     pub fn accepted(&mut self, share: &HistoryShare<'_>) {
-        if share.worker.is_empty() || !self.room_for(share.chain, share.worker, share.time_ms) {
+        if share.worker.is_empty() {
             return;
         }
-        let Some(pending) = self.pending(share.chain, share.address, share.worker) else {
+        // The steady state, one hash lookup: a known worker in a minute it already has.
+        let start_ms = share.time_ms - share.time_ms.rem_euclid(MINUTE_MS);
+        let known = self
+            .chains
+            .iter_mut()
+            .find(|(c, _)| c.as_str() == share.chain)
+            .and_then(|(_, workers)| workers.get_mut(share.worker))
+            .filter(|p| p.minutes.last().is_some_and(|b| b.start_ms == start_ms));
+        if let Some(pending) = known {
+            Self::count(pending, share);
             return;
-        };
+        }
+        if !self.room_for(share.chain, share.worker, share.time_ms) {
+            return;
+        }
+        if let Some(pending) = self.pending(share.chain, share.address, share.worker) {
+            Self::count(pending, share);
+        }
+    }
+
+    fn count(pending: &mut Pending, share: &HistoryShare<'_>) {
         let bucket = pending.minute(share.time_ms);
         bucket.difficulty += share.difficulty;
         bucket.shares += 1;
