@@ -108,7 +108,7 @@ for line in sys.stdin:
         event = json.loads(line)
     except ValueError:
         continue
-    if event.get("target") == "quarry::status":
+    if event.get("message") == "pool status":
         print("status: {hashrate} · {shares} shares ({shares_per_min}/min) · {rejected} rejected · "
               "{blocks} blocks · last block {last_block}".format(**event), flush=True)
     elif event.get("level") in ("WARN", "ERROR"):
