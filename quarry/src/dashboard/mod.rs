@@ -227,9 +227,16 @@ fn status_badge(view: &BlockView) -> Markup {
     html! { span class=(format!("badge {}", status.as_str())) { (text) } }
 }
 
+/// `0123456789…abcdefgh` for a long hash or address. By characters: the miner page's address
+/// comes from the URL, and slicing a multi-byte character would panic.
 fn short_hash(hash: &str) -> String {
-    match hash.len() > 20 {
-        true => format!("{}…{}", &hash[..10], &hash[hash.len() - 8..]),
+    let count = hash.chars().count();
+    match count > 20 {
+        true => {
+            let head: String = hash.chars().take(10).collect();
+            let tail: String = hash.chars().skip(count - 8).collect();
+            format!("{head}…{tail}")
+        }
         false => hash.to_string(),
     }
 }
@@ -722,4 +729,23 @@ pub fn url(listen: SocketAddr) -> String {
         ip => ip.to_string(),
     };
     format!("http://{host}:{}/", listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_shorten_by_characters_not_bytes() {
+        assert_eq!(
+            short_hash("0123456789abcdefghijklmnop"),
+            "0123456789…ijklmnop"
+        );
+        assert_eq!(short_hash("bc1q"), "bc1q");
+        // A miner page's address comes from the URL: multi-byte text must not panic.
+        assert_eq!(
+            short_hash(&"é".repeat(30)),
+            format!("{}…{}", "é".repeat(10), "é".repeat(8))
+        );
+    }
 }
