@@ -11,13 +11,12 @@
 //! worker. History is derived data; the share log stays the record a payout is computed from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use serde::Serialize;
 use sqlx::Row;
 
 use crate::chain::Chain;
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{values_sql, Backend, Store, StoreError};
 
 /// One minute, the finest bucket.
 pub const MINUTE_MS: i64 = 60_000;
@@ -511,32 +510,6 @@ pub struct RollUp {
 
 /// Rows per upsert statement (each row 8 to 9 parameters).
 const ROWS_PER_UPSERT: usize = 100;
-
-/// `(?,?,…),(…)` for SQLite, `($1,$2,…),(…)` for PostgreSQL.
-fn values_sql(rows: usize, columns: usize, backend: Backend) -> String {
-    let mut sql = String::with_capacity(rows * columns * 4);
-    let mut n = 1;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push(',');
-            }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    let _ = write!(sql, "${n}");
-                }
-            }
-            n += 1;
-        }
-        sql.push(')');
-    }
-    sql
-}
 
 /// The larger of two values, in the backend's dialect.
 fn greatest(backend: Backend) -> &'static str {

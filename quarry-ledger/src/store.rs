@@ -1247,14 +1247,22 @@ async fn insert_shares_in(
 /// A multi-row INSERT. SQLite gets anonymous `?` placeholders: sqlx resolves named `$N` ones
 /// per parameter, which made a 10,000-parameter statement cost 180 ms.
 fn insert_sql(rows: usize, backend: Backend) -> String {
-    let mut sql = format!("INSERT INTO shares ({SHARE_COLUMNS}) VALUES ");
+    format!(
+        "INSERT INTO shares ({SHARE_COLUMNS}) VALUES {}",
+        values_sql(rows, SHARE_COLUMN_COUNT, backend)
+    )
+}
+
+/// `(?,?,…),(…)` for SQLite, `($1,$2,…),(…)` for PostgreSQL: a multi-row VALUES list.
+pub(crate) fn values_sql(rows: usize, columns: usize, backend: Backend) -> String {
+    let mut sql = String::with_capacity(rows * columns * 4);
     let mut n = 1;
     for row in 0..rows {
         if row > 0 {
             sql.push(',');
         }
         sql.push('(');
-        for column in 0..SHARE_COLUMN_COUNT {
+        for column in 0..columns {
             if column > 0 {
                 sql.push(',');
             }
