@@ -962,8 +962,8 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
-    /// Payouts that paid `address`, newest first: (payout, this address's amount, what it
-    /// received on chain once sent).
+    /// Payouts that paid `address`, newest first, each with `total_sat` this address's amount
+    /// and `recipients` 1, and what it received on chain once sent.
     ///
     /// # Errors
     /// Any database error.
@@ -971,10 +971,10 @@ impl Store {
         &self,
         address: &str,
         limit: i64,
-    ) -> Result<Vec<(PayoutRecord, i64, Option<i64>)>, StoreError> {
+    ) -> Result<Vec<(PayoutRecord, Option<i64>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, \
-             i.amount_sat, i.received_sat, p.chain FROM payouts p \
+             i.amount_sat, CAST(1 AS BIGINT), p.chain, i.received_sat FROM payouts p \
              JOIN payout_items i ON i.payout_id = p.id WHERE i.address = $1 \
              ORDER BY p.id DESC LIMIT $2",
         )
@@ -983,25 +983,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                let amount: i64 = row.try_get(7)?;
-                Ok((
-                    PayoutRecord {
-                        id: row.try_get(0)?,
-                        tag: row.try_get(1)?,
-                        status: row.try_get(2)?,
-                        txid: row.try_get(3)?,
-                        created_ms: row.try_get(4)?,
-                        sent_ms: row.try_get(5)?,
-                        error: row.try_get(6)?,
-                        total_sat: amount,
-                        recipients: 1,
-                        chain: stored_chain(row, 9)?,
-                    },
-                    amount,
-                    row.try_get(8)?,
-                ))
-            })
+            .map(|row| Ok((payout_from_row(row)?, row.try_get(10)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
@@ -1022,20 +1004,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(PayoutRecord {
-                    id: row.try_get(0)?,
-                    tag: row.try_get(1)?,
-                    status: row.try_get(2)?,
-                    txid: row.try_get(3)?,
-                    created_ms: row.try_get(4)?,
-                    sent_ms: row.try_get(5)?,
-                    error: row.try_get(6)?,
-                    total_sat: row.try_get(7)?,
-                    recipients: row.try_get(8)?,
-                    chain: stored_chain(row, 9)?,
-                })
-            })
+            .map(payout_from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
@@ -1171,6 +1140,23 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A payout row: id, tag, status, txid, created_ms, sent_ms, error, total_sat, recipients,
+/// chain, in that order.
+fn payout_from_row(row: &sqlx::any::AnyRow) -> Result<PayoutRecord, sqlx::Error> {
+    Ok(PayoutRecord {
+        id: row.try_get(0)?,
+        tag: row.try_get(1)?,
+        status: row.try_get(2)?,
+        txid: row.try_get(3)?,
+        created_ms: row.try_get(4)?,
+        sent_ms: row.try_get(5)?,
+        error: row.try_get(6)?,
+        total_sat: row.try_get(7)?,
+        recipients: row.try_get(8)?,
+        chain: stored_chain(row, 9)?,
+    })
 }
 
 /// A `blocks` row, columns in the order the block queries select them.

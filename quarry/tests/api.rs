@@ -287,7 +287,7 @@ async fn describe_the_pool(nodes: Regtest) {
         "MinerDisconnected",
     ];
     if pays {
-        pay_from_the_admin_endpoint(&client, &admin, &base).await;
+        pay_from_the_admin_endpoint(&client, &admin, &base, &miner_address).await;
         expected.push("PayoutSent");
     }
     assert!(
@@ -305,7 +305,12 @@ async fn describe_the_pool(nodes: Regtest) {
     );
 }
 
-async fn pay_from_the_admin_endpoint(client: &reqwest::Client, admin: &str, base: &str) {
+async fn pay_from_the_admin_endpoint(
+    client: &reqwest::Client,
+    admin: &str,
+    base: &str,
+    miner: &str,
+) {
     let response = client
         .post(admin)
         .bearer_auth("s3cret")
@@ -320,4 +325,16 @@ async fn pay_from_the_admin_endpoint(client: &reqwest::Client, admin: &str, base
     );
     let (_, payments) = get(&format!("{base}/api/payments")).await;
     assert_eq!(payments[0]["status"], "sent", "{payments}");
+    // The miner's dashboard page lists the payout that paid it, by its transaction.
+    let txid = payments[0]["txid"].as_str().expect("txid");
+    let page = reqwest::get(format!("{base}/miners/{miner}"))
+        .await
+        .expect("miner page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        page.contains(&txid[..10]),
+        "payout {txid} on the miner page:\n{page}"
+    );
 }

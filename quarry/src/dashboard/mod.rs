@@ -643,10 +643,10 @@ async fn miner(
                         table {
                             thead { tr { th scope="col" { "Chain" } th scope="col" { "Amount" } th scope="col" { "Status" } th scope="col" { "Transaction" } th scope="col" { "When" } } }
                             tbody {
-                                @for (p, amount, _) in &payouts {
+                                @for (p, _) in &payouts {
                                     tr {
                                         td { (p.chain) }
-                                        td.num { (format::coins(*amount)) }
+                                        td.num { (format::coins(p.total_sat)) }
                                         td { (p.status) }
                                         td.mono { (p.txid.as_deref().map_or("–".into(), short_hash)) }
                                         td { (time(now, p.sent_ms.unwrap_or(p.created_ms))) }
