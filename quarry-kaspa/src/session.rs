@@ -467,6 +467,7 @@ impl KaspaSession {
             reward: template.reward,
             network_difficulty: job.network_difficulty(),
             time_ms: now.unix_ms,
+            payouts: None,
         };
         let accepted = accept_candidate(
             candidate,

@@ -26,6 +26,7 @@ fn share(i: u64) -> ShareRecord {
         instance: "bench".into(),
         chain: quarry_ledger::Chain::BITCOIN,
         aux_payouts: Default::default(),
+        hash: None,
     }
 }
 

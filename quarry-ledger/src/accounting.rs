@@ -26,16 +26,24 @@ pub enum Scheme {
     Pps,
     /// Solo: the coinbase pays the finder; nothing to credit.
     Solo,
+    /// PPLNS paid in the coinbase: each block pays the window's miners directly, by the table
+    /// its job committed (see [`crate::coinbase`]); what is too small for an output is carried
+    /// as a balance into a later coinbase.
+    CoinbasePplns {
+        /// Window size in multiples of the network difficulty.
+        n: f64,
+    },
 }
 
 impl Scheme {
-    /// Parses `pplns`, `prop`, `pps` or `solo`.
+    /// Parses `pplns`, `prop`, `pps`, `solo` or `coinbase-pplns`.
     pub fn parse(name: &str, pplns_n: f64) -> Option<Scheme> {
         Some(match name {
             "pplns" => Scheme::Pplns { n: pplns_n },
             "prop" => Scheme::Prop,
             "pps" => Scheme::Pps,
             "solo" => Scheme::Solo,
+            "coinbase-pplns" => Scheme::CoinbasePplns { n: pplns_n },
             _ => return None,
         })
     }
@@ -47,6 +55,7 @@ impl Scheme {
             Scheme::Prop => "prop",
             Scheme::Pps => "pps",
             Scheme::Solo => "solo",
+            Scheme::CoinbasePplns { .. } => "coinbase-pplns",
         }
     }
 }
@@ -134,6 +143,23 @@ impl Rewards {
                 reward = rest;
             }
         }
+        if let (Scheme::CoinbasePplns { .. }, false) = (&self.scheme, merged) {
+            // Exactly what the coinbase committed to. A block with no table (found before the
+            // window had a share) paid everything to the pool's output: it is credited by plain
+            // PPLNS below, as balances for later coinbases.
+            if let Some((table, _)) = store.coinbase_table(&block.hash).await? {
+                if !table.is_empty() {
+                    return Ok(crate::coinbase::table_credits(&table)
+                        .into_iter()
+                        .map(|(address, sat, kind)| Credit {
+                            address,
+                            amount_msat: sat.to_msat(),
+                            kind: kind.to_string(),
+                        })
+                        .collect());
+                }
+            }
+        }
         let payout = match &self.scheme {
             // A Bitcoin block pays its finder (solo) or the pool (PPS) in its coinbase; an aux
             // block's coinbase pays the pool's aux address, so it is credited: all of it to the
@@ -145,7 +171,8 @@ impl Rewards {
                 &self.policy,
             ),
             Scheme::Pps => share_reward(reward, &BTreeMap::new(), &self.policy),
-            Scheme::Pplns { n } => {
+            // Aux chains' blocks, and Bitcoin blocks without a table: plain PPLNS.
+            Scheme::Pplns { n } | Scheme::CoinbasePplns { n } => {
                 let shares = store
                     .shares_newest_first(shares_of, block.found_ms, MAX_WINDOW_SHARES)
                     .await?;
@@ -208,7 +235,7 @@ impl Rewards {
         let mut cutoff = now_ms.saturating_sub(retention_ms);
         for block in store.blocks(Some(BlockStatus::Submitted), 10_000).await? {
             let start = match &self.scheme {
-                Scheme::Pplns { n } => {
+                Scheme::Pplns { n } | Scheme::CoinbasePplns { n } => {
                     let window = crate::schemes::weight(n * block.network_difficulty);
                     let mut filled = 0u128;
                     let mut start = block.found_ms;

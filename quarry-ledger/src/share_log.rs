@@ -448,6 +448,7 @@ mod tests {
             instance: "t".into(),
             chain: Chain::BITCOIN,
             aux_payouts: Default::default(),
+            hash: None,
         }
     }
 

@@ -70,6 +70,10 @@ pub struct ShareRecord {
     /// password): aux rewards this share earns go there.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aux_payouts: BTreeMap<String, String>,
+    /// The share's header hash, display-order hex: published with the PPLNS window so anyone
+    /// can check the work behind a split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 impl ShareRecord {
@@ -248,8 +252,8 @@ pub struct Balance {
 }
 
 const SHARE_COLUMNS: &str = "created_ms, address, worker, difficulty, network_difficulty, \
-                             block_reward, height, template_id, is_block, instance, chain, aux_payouts";
-const SHARE_COLUMN_COUNT: usize = 12;
+                             block_reward, height, template_id, is_block, instance, chain, aux_payouts, hash";
+const SHARE_COLUMN_COUNT: usize = 13;
 /// Rows per INSERT statement on PostgreSQL (65,535 bound values at most).
 const ROWS_PER_STATEMENT: usize = 1000;
 /// Rows per INSERT statement on SQLite: sqlx binds SQLite parameters slowly in large
@@ -418,6 +422,7 @@ impl Store {
                     instance: row.try_get(9)?,
                     chain: stored_chain(row, 10)?,
                     aux_payouts: stored_aux_payouts(row, 11)?,
+                    hash: row.try_get(12)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -518,6 +523,7 @@ impl Store {
     /// # Errors
     /// Any database error.
     pub async fn reject_block(&self, hash: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE blocks SET status = $1, reject_reason = $2 WHERE hash = $3 AND status = $4",
         )
@@ -525,9 +531,13 @@ impl Store {
         .bind(reason.to_string())
         .bind(hash.to_string())
         .bind(BlockStatus::Submitted.as_str().to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if moved > 0 {
+            settle_coinbase_payout(&mut tx, hash, BlockStatus::Rejected, 0).await?;
+        }
+        tx.commit().await?;
         Ok(moved > 0)
     }
 
@@ -562,6 +572,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        settle_coinbase_payout(&mut tx, hash, status, now_unix_ms()).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -727,8 +738,12 @@ impl Store {
         .bind(chain.as_str().to_string())
         .fetch_all(&self.pool)
         .await?;
+        // Everything in a payout counts, sent or intended or in an immature coinbase; a coinbase
+        // that left the chain ('void') paid nothing.
         let paid = sqlx::query(
-            "SELECT address, CAST(SUM(amount_sat) AS BIGINT) FROM payout_items WHERE chain = $1 GROUP BY address",
+            "SELECT i.address, CAST(SUM(i.amount_sat) AS BIGINT) FROM payout_items i \
+             JOIN payouts p ON p.id = i.payout_id WHERE i.chain = $1 AND p.status <> 'void' \
+             GROUP BY i.address",
         )
         .bind(chain.as_str().to_string())
         .fetch_all(&self.pool)
@@ -1136,10 +1151,223 @@ impl Store {
         )
     }
 
+    /// Records a block found on a coinbase payout table, in one transaction: the block
+    /// (`submitted`), its table, and its outputs as a payout (tag [`coinbase_payout_tag`],
+    /// status `coinbase`, txid the coinbase's), so the balances it pays are reserved at once.
+    /// A second call for the same block changes nothing.
+    ///
+    /// # Errors
+    /// Any database error; nothing is written then.
+    pub async fn insert_coinbase_block(
+        &self,
+        block: &BlockRecord,
+        table: &crate::coinbase::CoinbaseTable,
+        coinbase_txid: &str,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(table).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let mut tx = self.pool.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO coinbase_tables (block_hash, chain, coinbase_txid, table_json) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (block_hash) DO NOTHING",
+        )
+        .bind(block.hash.clone())
+        .bind(block.chain.as_str().to_string())
+        .bind(coinbase_txid.to_string())
+        .bind(json)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !fresh {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, share_id, \
+             network_difficulty, instance, chain) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(block.hash.clone())
+        .bind(block.height)
+        .bind(block.status.as_str().to_string())
+        .bind(block.reward)
+        .bind(block.worker.clone())
+        .bind(block.address.clone())
+        .bind(block.found_ms)
+        .bind(block.network_difficulty)
+        .bind(block.instance.clone())
+        .bind(block.chain.as_str().to_string())
+        .execute(&mut *tx)
+        .await?;
+        let mut outputs: BTreeMap<&str, u64> = BTreeMap::new();
+        for (address, sat) in table.outputs() {
+            *outputs.entry(address).or_default() += sat;
+        }
+        if !outputs.is_empty() {
+            let id: i64 = sqlx::query(
+                "INSERT INTO payouts (tag, status, txid, created_ms, chain) \
+                 VALUES ($1, 'coinbase', $2, $3, $4) RETURNING id",
+            )
+            .bind(coinbase_payout_tag(&block.hash))
+            .bind(coinbase_txid.to_string())
+            .bind(block.found_ms)
+            .bind(block.chain.as_str().to_string())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            for (address, sat) in outputs {
+                let sat = Sat(sat).to_db();
+                sqlx::query(
+                    "INSERT INTO payout_items (payout_id, address, amount_sat, received_sat, chain) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(address.to_string())
+                .bind(sat)
+                .bind(sat)
+                .bind(block.chain.as_str().to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The payout table a block's coinbase committed to, and the coinbase's txid.
+    ///
+    /// # Errors
+    /// Any database error, or a stored table that does not decode.
+    pub async fn coinbase_table(
+        &self,
+        block_hash: &str,
+    ) -> Result<Option<(crate::coinbase::CoinbaseTable, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT table_json, coinbase_txid FROM coinbase_tables WHERE block_hash = $1",
+        )
+        .bind(block_hash.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let json: String = row.try_get(0)?;
+        let table =
+            serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(Some((table, row.try_get(1)?)))
+    }
+
+    /// Shares of `chain` after `after_id`, oldest first, at most `limit`: the id-ordered prefix
+    /// of those accepted before `settled_before_ms`, so that a commit still in flight with a
+    /// lower id is not passed over (as PPS reads them).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn window_shares_after(
+        &self,
+        chain: &Chain,
+        after_id: i64,
+        settled_before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::coinbase::WindowShare>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, address, difficulty, created_ms FROM shares WHERE chain = $1 AND id > $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(chain.as_str().to_string())
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut shares = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<i64, _>(3)? >= settled_before_ms {
+                break;
+            }
+            shares.push(crate::coinbase::WindowShare {
+                id: row.try_get(0)?,
+                address: row.try_get(1)?,
+                difficulty: row.try_get(2)?,
+            });
+        }
+        Ok(shares)
+    }
+
+    /// Shares of `chain` up to id `until_id`, newest first, at most `limit`, as published for
+    /// verification.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn published_shares(
+        &self,
+        chain: &Chain,
+        until_id: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::coinbase::PublishedShare>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, created_ms, address, worker, difficulty, hash FROM shares \
+             WHERE chain = $1 AND id <= $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(chain.as_str().to_string())
+        .bind(until_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::coinbase::PublishedShare {
+                    id: row.try_get(0)?,
+                    created_ms: row.try_get(1)?,
+                    address: row.try_get(2)?,
+                    worker: row.try_get(3)?,
+                    difficulty: row.try_get(4)?,
+                    hash: row.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The tag of the payout a block's coinbase makes (scheme `coinbase-pplns`).
+pub fn coinbase_payout_tag(block_hash: &str) -> String {
+    format!("coinbase-{block_hash}")
+}
+
+/// Moves the payout a block's coinbase made (if it made one) with the block: paid once the
+/// block is confirmed, void once it left the chain or was never taken (what it paid from
+/// balances is owed again).
+async fn settle_coinbase_payout(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    hash: &str,
+    status: BlockStatus,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let (to, sent_ms) = match status {
+        BlockStatus::Confirmed => ("sent", Some(now_ms)),
+        BlockStatus::Orphaned | BlockStatus::Rejected => ("void", None),
+        BlockStatus::Submitted | BlockStatus::Pending => return Ok(()),
+    };
+    sqlx::query(
+        "UPDATE payouts SET status = $1, sent_ms = COALESCE($2, sent_ms) WHERE tag = $3 AND status = 'coinbase'",
+    )
+    .bind(to.to_string())
+    .bind(sent_ms)
+    .bind(coinbase_payout_tag(hash))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A payout row: id, tag, status, txid, created_ms, sent_ms, error, total_sat, recipients,
@@ -1223,7 +1451,8 @@ async fn insert_shares_in(
                 .bind(
                     (!share.aux_payouts.is_empty())
                         .then(|| serde_json::to_string(&share.aux_payouts).unwrap_or_default()),
-                );
+                )
+                .bind(share.hash.clone());
         }
         query.execute(&mut **tx).await?;
     }
@@ -1273,9 +1502,9 @@ mod tests {
     fn insert_sql_numbers_placeholders_in_order() {
         let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.ends_with(
-            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12),($13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)"
+            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13),($14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)"
         ));
         let sql = insert_sql(1, Backend::Sqlite);
-        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?,?,?)"));
+        assert!(sql.ends_with("(?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 }

@@ -104,6 +104,7 @@ fn share(i: i64) -> ShareRecord {
         instance: "test".into(),
         chain: Chain::BITCOIN,
         aux_payouts: Default::default(),
+        hash: None,
     }
 }
 
@@ -282,6 +283,7 @@ mod blocks {
             instance: "test".into(),
             chain: Chain::BITCOIN,
             aux_payouts: Default::default(),
+            hash: None,
         }
     }
 
@@ -468,6 +470,7 @@ mod accrual_and_retention {
             instance: "t".into(),
             chain: Chain::BITCOIN,
             aux_payouts: Default::default(),
+            hash: None,
         }
     }
 
@@ -824,6 +827,7 @@ mod merged_credits {
             instance: "test".into(),
             chain: chain.clone(),
             aux_payouts: Default::default(),
+            hash: None,
         };
         let namecoin = Chain::new("namecoin").expect("key");
         let kaspa = Chain::new("kaspa").expect("key");
@@ -833,6 +837,7 @@ mod merged_credits {
                 // Bob names his namecoin address: his namecoin credits go there.
                 ShareRecord {
                     aux_payouts: BTreeMap::from([("namecoin".into(), "nc-bob".into())]),
+                    hash: None,
                     ..share("bob", 8.0, 2, &Chain::BITCOIN)
                 },
                 // Another chain's work is never in Bitcoin's window.

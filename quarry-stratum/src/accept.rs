@@ -107,6 +107,7 @@ pub fn accept_candidate<B: ShareBook + ?Sized>(
         is_block,
         block_reward: share.block_reward,
         time_ms: now.unix_ms,
+        hash: *share.hash,
     }));
     Ok(is_block)
 }

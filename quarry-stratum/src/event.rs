@@ -79,6 +79,8 @@ pub struct AcceptedShare {
     pub block_reward: u64,
     /// When it was accepted, Unix milliseconds.
     pub time_ms: u64,
+    /// The share's hash (Bitcoin: the header hash), internal byte order.
+    pub hash: Hash32,
 }
 
 /// A block to submit.
@@ -102,6 +104,17 @@ pub struct FoundBlock {
     pub network_difficulty: f64,
     /// When it was found, Unix milliseconds.
     pub time_ms: u64,
+    /// The payout table its coinbase committed to (payouts in the coinbase), if any.
+    pub payouts: Option<BlockPayouts>,
+}
+
+/// What a block's coinbase paid by a payout table: the ledger credits exactly this.
+#[derive(Debug, Clone)]
+pub struct BlockPayouts {
+    /// The table.
+    pub table: std::sync::Arc<quarry_work::coinbase::CommittedPayouts>,
+    /// The coinbase's txid, internal byte order.
+    pub coinbase_txid: Hash32,
 }
 
 impl FoundBlock {
@@ -125,6 +138,10 @@ impl FoundBlock {
             reward: template.coinbase_value,
             network_difficulty: template.network_target.difficulty(),
             time_ms: now_ms,
+            payouts: template.payouts.as_ref().map(|table| BlockPayouts {
+                table: std::sync::Arc::clone(table),
+                coinbase_txid: job.coinbase.txid(extranonce1, extranonce2),
+            }),
         }
     }
 }

@@ -160,6 +160,7 @@ impl Channel {
             longpoll_id: None,
             // The upstream pool does its own merged mining, if any.
             merged: None,
+            payouts: None,
         };
         let job = Job::from_parts(
             Arc::new(template),

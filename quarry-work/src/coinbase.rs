@@ -88,6 +88,33 @@ pub struct Payouts {
     pub fixed: Vec<TxOutput>,
 }
 
+/// Payout outputs a pool commits to in every coinbase built on a template (payouts in the
+/// coinbase), with the ledger's record of them, which a block found on them carries to the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedPayouts {
+    /// The table's id (increasing).
+    pub id: u64,
+    /// The outputs, after the pool's remainder output, in coinbase order.
+    pub outputs: Vec<TxOutput>,
+    /// The ledger's record of the table (JSON), stored with a block found on it.
+    pub record: String,
+}
+
+/// Weight units one output adds to a transaction: 4 × (8-byte value, script length, script).
+pub fn output_weight(script_len: usize) -> u64 {
+    let mut len = Vec::new();
+    write_compact_size(script_len as u64, &mut len);
+    4 * (8 + len.len() + script_len) as u64
+}
+
+/// The weight of a coinbase as it goes into a block (with its witness on segwit chains).
+pub fn coinbase_weight(parts: &CoinbaseParts, extranonce_len: usize) -> u64 {
+    let base = (parts.coinb1.len() + extranonce_len + parts.coinb2.len()) as u64;
+    // Segwit: marker and flag, one witness item count, a 32-byte item with its length.
+    let witness = if parts.segwit { 2 + 1 + 1 + 32 } else { 0 };
+    4 * base + witness
+}
+
 /// Everything a coinbase carries besides the template's own data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoinbaseSpec {
@@ -432,6 +459,7 @@ mod tests {
             fees: 0,
             longpoll_id: None,
             merged: None,
+            payouts: None,
         }
     }
 

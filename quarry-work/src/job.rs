@@ -187,6 +187,9 @@ impl JobFactory {
             spec.commitments = merged.commitments();
             spec.extra_outputs = merged.extra_outputs();
         }
+        if let Some(payouts) = &template.payouts {
+            spec.payouts.fixed.clone_from(&payouts.outputs);
+        }
         let job = Arc::new(Job::from_spec(Arc::clone(template), &spec)?);
         self.jobs.insert(payout_script.to_vec(), Arc::clone(&job));
         Ok(job)

@@ -160,6 +160,8 @@ pub struct WorkTemplate {
     pub longpoll_id: Option<String>,
     /// The aux chains' blocks every job on this template commits to (merged mining).
     pub merged: Option<std::sync::Arc<crate::merged::MergedWork>>,
+    /// Payout outputs every job on this template commits to (payouts in the coinbase).
+    pub payouts: Option<std::sync::Arc<crate::coinbase::CommittedPayouts>>,
 }
 
 impl WorkTemplate {
@@ -269,6 +271,7 @@ impl WorkTemplate {
             fees,
             longpoll_id: gbt.longpollid.clone(),
             merged: None,
+            payouts: None,
         })
     }
 }

@@ -57,6 +57,18 @@ pub struct ApiState {
     pub connect: crate::dashboard::Connect,
     /// The share log's commit counters.
     pub share_log: Arc<quarry_ledger::share_log::ShareLogStats>,
+    /// Payouts in the coinbase, when the scheme is `coinbase-pplns`.
+    pub coinbase: Option<CoinbaseApi>,
+}
+
+/// What the `coinbase-pplns` endpoints read.
+pub struct CoinbaseApi {
+    /// The table in force.
+    pub view: crate::coinbase_payouts::View,
+    /// The pool's own output's address.
+    pub pool_address: String,
+    /// The network, for verifiers decoding the coinbase.
+    pub network: String,
 }
 
 impl ApiState {
@@ -237,6 +249,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/chains", get(chains))
         .route("/api/payments", get(payments))
         .route("/api/bans", get(bans))
+        .route("/api/pplns/window", get(pplns_window))
+        .route("/api/pplns/shares", get(pplns_shares))
+        .route("/api/blocks/{hash}/coinbase", get(block_coinbase))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
         .route("/api/admin/payouts/run", post(admin_payout))
@@ -244,6 +259,112 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
+}
+
+fn coinbase_api(state: &ApiState) -> Result<&CoinbaseApi, ApiError> {
+    state.coinbase.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "this pool does not pay in the coinbase (payout.scheme is not coinbase-pplns)".into(),
+        )
+    })
+}
+
+/// The payout table in force: the window, each address's part of the current template's
+/// value, and the outputs every job pays now.
+async fn pplns_window(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let api = coinbase_api(&state)?;
+    let table = api.view.borrow().clone();
+    Ok(Json(json!({
+        "pool_address": api.pool_address,
+        "network": api.network,
+        "table": table.as_deref(),
+        "remainder_sat": table.as_ref().map(|t| t.remainder_sat()),
+        "shares": "/api/pplns/shares",
+    })))
+}
+
+#[derive(Deserialize)]
+struct SharesQuery {
+    block: Option<String>,
+}
+
+/// The shares behind a block's table (`?block=<hash>`), or behind the table in force: newest
+/// first, each with its header hash, so anyone can recompute the split (`quarry verify`).
+async fn pplns_shares(
+    State(state): Shared,
+    Query(query): Query<SharesQuery>,
+) -> Result<Response, ApiError> {
+    let api = coinbase_api(&state)?;
+    let table = match &query.block {
+        Some(hash) => {
+            check_block_hash(hash)?;
+            state
+                .store
+                .coinbase_table(hash)
+                .await?
+                .map(|(table, _)| table)
+                .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no payout table for that block".into()))?
+        }
+        None => api
+            .view
+            .borrow()
+            .as_deref()
+            .cloned()
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no table yet".into()))?,
+    };
+    let limit = i64::try_from(table.window_shares)
+        .unwrap_or(i64::MAX)
+        .min(quarry_ledger::coinbase::MAX_WINDOW_SHARES as i64);
+    let shares = state
+        .store
+        .published_shares(&Chain::BITCOIN, table.window_end_id, limit)
+        .await?;
+    let body = json!({
+        "block": query.block,
+        "table": table.id,
+        "window_start_id": table.window_start_id,
+        "window_end_id": table.window_end_id,
+        "window_difficulty": table.window_difficulty,
+        "shares": shares,
+    });
+    Ok((
+        [(header::CONTENT_DISPOSITION, "attachment; filename=\"pplns-shares.json\"")],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// The table a block's coinbase committed to, with the coinbase's txid.
+async fn block_coinbase(
+    State(state): Shared,
+    Path(hash): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let api = coinbase_api(&state)?;
+    check_block_hash(&hash)?;
+    let (table, txid) = state
+        .store
+        .coinbase_table(&hash)
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no payout table for that block".into()))?;
+    Ok(Json(json!({
+        "block": hash,
+        "coinbase_txid": txid,
+        "pool_address": api.pool_address,
+        "network": api.network,
+        "remainder_sat": table.remainder_sat(),
+        "table": table,
+    })))
+}
+
+fn check_block_hash(hash: &str) -> Result<(), ApiError> {
+    match hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        true => Ok(()),
+        false => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a block hash is 64 hex characters".into(),
+        )),
+    }
 }
 
 fn hashrate(difficulty: f64, window_ms: i64) -> f64 {
@@ -882,7 +1003,18 @@ async fn openapi() -> Json<Value> {
             "/api/blocks": get("Found blocks of every chain, newest first, with effort (the round's difficulty over the network's) and, while pending, confirmations (?limit=&chain=)"),
             "/api/chains": get("Bitcoin and each merge-mined chain: node up, blocks by status, credits"),
             "/api/bans": get("Addresses with an abuse score or a ban (invalid shares, garbage, floods, protocol violations)"),
-            "/api/payments": get("Payouts of every chain (each with its chain), newest first (?limit=)"),
+            "/api/payments": get("Payouts of every chain (each with its chain), newest first (?limit=); under coinbase-pplns each found block's coinbase outputs are a payout (tag coinbase-<block>, txid the coinbase's): status coinbase while immature, sent once confirmed, void if the block left the chain"),
+            "/api/pplns/window": get("coinbase-pplns: the payout table in force (window share ids and difficulty, fee policy, limits, per address earned, carried and output satoshis) and the pool's remainder"),
+            "/api/pplns/shares": {"get": {
+                "summary": "coinbase-pplns: the shares behind a block's payout table (?block=<hash>) or the table in force, newest first, each with id, time, address, worker, difficulty and header hash: enough to recompute the split (quarry verify)",
+                "parameters": [{"name": "block", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "OK"}, "400": {"description": "Bad block hash"}, "404": {"description": "No table for that block, or not coinbase-pplns"}}
+            }},
+            "/api/blocks/{hash}/coinbase": {"get": {
+                "summary": "coinbase-pplns: the payout table a block's coinbase committed to, the coinbase txid, the pool's address and network",
+                "parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "OK"}, "400": {"description": "Bad block hash"}, "404": {"description": "No table for that block, or not coinbase-pplns"}}
+            }},
             "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected, MergeMiningReward"),
             "/api/admin/payouts/run": {"post": {
                 "summary": "Run payouts now on every paid chain (Authorization: Bearer <api.admin_token>)",

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_ledger::{BlockRecord, BlockStatus, Chain, CreditStatus, Rewards, Store};
+use quarry_ledger::coinbase::CoinbaseTable;
+use quarry_stratum::event::BlockPayouts;
 use quarry_stratum::v1::FoundBlock;
 use quarry_work::hash::to_display_hex;
 use quarry_work::Hash32;
@@ -60,6 +62,8 @@ pub struct BlockKeeper {
     pub instance: String,
     /// The event stream.
     pub events: Arc<EventBus>,
+    /// Payouts in the coinbase: blocks found on a table are counted here while recorded.
+    pub coinbase_epochs: Option<Arc<crate::coinbase_payouts::BlockEpochs>>,
 }
 
 impl BlockKeeper {
@@ -117,11 +121,52 @@ impl BlockKeeper {
     /// Records, submits and credits one block.
     async fn handle(&self, block: &FoundBlock, hex: String) -> Settled {
         let record = record_of(block, &self.instance);
-        if let Err(e) = self.store.insert_block(&record).await {
-            // The block goes to the node regardless; the tracker can't see it, so say so loudly.
-            error!(error = %e, hash = %record.hash, "could not record block in the ledger");
+        match (&block.payouts, &self.coinbase_epochs) {
+            (Some(payouts), Some(epochs)) => {
+                // Recorded before any node has it, so no table built on its child can pay the
+                // balances it paid.
+                epochs.found.fetch_add(1, Ordering::SeqCst);
+                self.record_with_table(&record, payouts).await;
+                epochs.recorded.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {
+                if let Err(e) = self.store.insert_block(&record).await {
+                    // The block goes to the node regardless; the tracker can't see it, so say so
+                    // loudly.
+                    error!(error = %e, hash = %record.hash, "could not record block in the ledger");
+                }
+            }
         }
         self.submit(&record, block, hex).await
+    }
+
+    /// Records a block with the payout table its coinbase committed to, retrying a few times: the
+    /// table reserves the balances the coinbase pays.
+    async fn record_with_table(&self, record: &BlockRecord, payouts: &BlockPayouts) {
+        let table: CoinbaseTable = match serde_json::from_str(&payouts.table.record) {
+            Ok(table) => table,
+            Err(e) => {
+                error!(error = %e, hash = %record.hash, "a payout table does not decode: recording the block without it");
+                if let Err(e) = self.store.insert_block(record).await {
+                    error!(error = %e, hash = %record.hash, "could not record block in the ledger");
+                }
+                return;
+            }
+        };
+        let txid = to_display_hex(&payouts.coinbase_txid);
+        for attempt in 1..=5u32 {
+            match self.store.insert_coinbase_block(record, &table, &txid).await {
+                Ok(()) => {
+                    info!(hash = %record.hash, table = table.id, outputs = table.outputs().count(), remainder_sat = table.remainder_sat(), "block recorded with its coinbase payouts");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, hash = %record.hash, attempt, "could not record the block and its coinbase payouts; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+            }
+        }
+        error!(hash = %record.hash, "could not record the block and its coinbase payouts: the balances it paid are not reserved");
     }
 
     /// Submits to every node and settles the outcome: credited when a node took it, the

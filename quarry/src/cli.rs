@@ -44,6 +44,9 @@ pub enum Command {
     Proxy(Box<crate::proxy::ProxyArgs>),
     /// Simulate many Stratum V1 or V2 miners against any pool and report throughput and latency.
     Loadgen(Box<crate::loadgen::LoadgenArgs>),
+    /// Recompute a block's coinbase payouts (coinbase-pplns) from the pool's published shares and
+    /// check them against the block on your own node.
+    Verify(Box<crate::verify::VerifyArgs>),
 }
 
 /// `quarry serve`.

@@ -215,7 +215,7 @@ impl KaspaToml {
             true => Scheme::Solo,
             false => Scheme::parse(&payout.scheme, payout.pplns_n).with_context(|| {
                 format!(
-                    "payout.scheme must be pplns, prop, pps or solo, not {}",
+                    "payout.scheme must be pplns, coinbase-pplns, prop, pps or solo, not {}",
                     payout.scheme
                 )
             })?,
@@ -492,6 +492,16 @@ pub struct PayoutConfig {
     pub threshold_btc: f64,
     /// Seconds between payout runs inside `serve` (pool mode); 0 turns them off.
     pub interval_secs: u64,
+    /// `coinbase-pplns`: payout outputs per coinbase at most, besides the pool's own.
+    pub coinbase_max_outputs: usize,
+    /// `coinbase-pplns`: the node's `-blockreservedweight` (Bitcoin Core's default 8000): header,
+    /// transaction count and coinbase must fit in it.
+    pub coinbase_reserved_weight: u64,
+    /// `coinbase-pplns`: rebuild jobs between templates when the window's split moved by more
+    /// than this fraction (0.01 = 1 % of the reward changes hands).
+    pub coinbase_rebuild_tolerance: f64,
+    /// `coinbase-pplns`: seconds between reads of the share log into the window.
+    pub coinbase_refresh_secs: f64,
 }
 
 impl Default for PayoutConfig {
@@ -504,6 +514,10 @@ impl Default for PayoutConfig {
             maturity: 100,
             threshold_btc: 0.001,
             interval_secs: 600,
+            coinbase_max_outputs: 100,
+            coinbase_reserved_weight: 8000,
+            coinbase_rebuild_tolerance: 0.01,
+            coinbase_refresh_secs: 2.0,
         }
     }
 }
@@ -871,12 +885,56 @@ impl Config {
             rewards.parents.insert(key, quarry_ledger::Chain::BITCOIN);
         }
         rewards.merge_mining_fee = self.merge_mining_fee(&aux)?;
+        let coinbase = match (&rewards.scheme, &session.mode) {
+            (Scheme::CoinbasePplns { n }, PoolMode::Pool { payout_script }) => {
+                Some(self.coinbase_settings(*n, &rewards, payout_script, network, &layout)?)
+            }
+            _ => None,
+        };
         Ok(Resolved {
             layout,
             session,
             rewards,
             extranonce1_prefix: prefix,
             aux,
+            coinbase,
+        })
+    }
+
+    /// `coinbase-pplns`, checked.
+    fn coinbase_settings(
+        &self,
+        n: f64,
+        rewards: &Rewards,
+        pool_script: &[u8],
+        network: Network,
+        layout: &CoinbaseLayout,
+    ) -> Result<crate::coinbase_payouts::Settings> {
+        let payout = &self.payout;
+        if payout.coinbase_max_outputs == 0 {
+            bail!("payout.coinbase_max_outputs must be at least 1");
+        }
+        if !(1000..=4_000_000).contains(&payout.coinbase_reserved_weight) {
+            bail!("payout.coinbase_reserved_weight must be the node's -blockreservedweight (1000 to 4000000)");
+        }
+        if !(0.0..1.0).contains(&payout.coinbase_rebuild_tolerance) {
+            bail!("payout.coinbase_rebuild_tolerance must be in [0, 1)");
+        }
+        if !positive(payout.coinbase_refresh_secs) {
+            bail!("payout.coinbase_refresh_secs must be a positive number");
+        }
+        Ok(crate::coinbase_payouts::Settings {
+            n,
+            policy: rewards.policy.clone(),
+            min_output_sat: self.threshold_sat(),
+            max_outputs: payout.coinbase_max_outputs,
+            reserved_weight: payout.coinbase_reserved_weight,
+            tolerance: payout.coinbase_rebuild_tolerance,
+            refresh: std::time::Duration::from_secs_f64(payout.coinbase_refresh_secs),
+            pool_script: pool_script.to_vec(),
+            pool_address: self.mining.pool_address.clone().unwrap_or_default(),
+            network,
+            layout: layout.clone(),
         })
     }
 
@@ -969,7 +1027,7 @@ impl Config {
             }
             Scheme::parse(&payout.scheme, payout.pplns_n).with_context(|| {
                 format!(
-                    "payout.scheme must be pplns, prop, pps or solo, not {}",
+                    "payout.scheme must be pplns, coinbase-pplns, prop, pps or solo, not {}",
                     payout.scheme
                 )
             })?
@@ -1058,6 +1116,8 @@ pub struct Resolved {
     pub extranonce1_prefix: Vec<u8>,
     /// The merge-mined chains.
     pub aux: Vec<AuxConfig>,
+    /// Payouts in the coinbase (`coinbase-pplns` in pool mode).
+    pub coinbase: Option<crate::coinbase_payouts::Settings>,
 }
 
 impl Config {

@@ -53,6 +53,13 @@ pub struct LoadgenArgs {
     /// Username each miner authorizes with (`.N` is appended).
     #[arg(short, long)]
     pub user: String,
+    /// Usernames, one per line: miner N authorizes as line N (wrapping), so that many miners
+    /// pay many addresses (`--user` is then unused).
+    #[arg(long)]
+    pub users_file: Option<PathBuf>,
+    /// The usernames of `--users-file`, read at start.
+    #[arg(skip)]
+    pub users: Vec<String>,
     /// Password each miner authorizes with (may carry `d=<difficulty>`).
     #[arg(long, default_value = "x")]
     pub password: String,
@@ -174,8 +181,29 @@ impl Stats {
     }
 }
 
+impl LoadgenArgs {
+    /// Miner `index`'s username.
+    fn username(&self, index: usize) -> String {
+        match self.users.is_empty() {
+            true => format!("{}.{index}", self.user),
+            false => self.users[index % self.users.len()].clone(),
+        }
+    }
+}
+
 /// Runs the load and prints the report.
-pub async fn run(args: LoadgenArgs) -> Result<()> {
+pub async fn run(mut args: LoadgenArgs) -> Result<()> {
+    if let Some(path) = &args.users_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --users-file {}", path.display()))?;
+        args.users = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        anyhow::ensure!(!args.users.is_empty(), "--users-file {} names nobody", path.display());
+    }
     let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
     let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
@@ -617,7 +645,7 @@ async fn miner_v1(
     let mut buf = vec![0u8; 4096];
     let mut miner = V1Miner {
         client: Client::new(ClientConfig {
-            user: format!("{}.{index}", args.user),
+            user: args.username(index),
             password: args.password.clone(),
             agent: "quarry-loadgen".into(),
             version_rolling: None,
@@ -704,7 +732,7 @@ async fn miner_v2(
 ) -> Result<()> {
     let stream = connect(index, target, args, stats).await?;
     let (mut read, mut write) = stream.into_split();
-    let user = format!("{}.{index}", args.user);
+    let user = args.username(index);
     let mut client = MinerClient::new(
         authority,
         &user,
@@ -858,7 +886,7 @@ async fn miner_kaspa(
     let (read, mut write) = stream.into_split();
     // Bounded per line: the limit is reset after each line.
     let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE);
-    let user = format!("{}.{index}", args.user);
+    let user = args.username(index);
     let line = |value: Value| format!("{value}\n");
     let hello = [
         line(json!({"id": 1, "method": "mining.subscribe", "params": [args.agent, "EthereumStratum/1.0.0"]})),

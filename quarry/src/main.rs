@@ -4,6 +4,7 @@ mod api;
 mod aux;
 mod blocks;
 mod cli;
+mod coinbase_payouts;
 mod config;
 mod dashboard;
 mod driver;
@@ -16,6 +17,7 @@ mod proxy;
 mod server;
 mod tls;
 mod tp;
+mod verify;
 mod wallet;
 
 use std::sync::atomic::Ordering;
@@ -68,6 +70,7 @@ fn main() -> Result<()> {
         Command::Tp(args) => runtime.block_on(tp::run(*args)),
         Command::Proxy(args) => runtime.block_on(proxy::run(*args)),
         Command::Loadgen(args) => runtime.block_on(loadgen::run(*args)),
+        Command::Verify(args) => runtime.block_on(verify::run(*args)),
         Command::Keygen => {
             let pair = quarry_stratum::v2::AuthorityKeypair::generate();
             println!("authority_secret_key = \"{}\"", pair.secret_text());
@@ -176,6 +179,7 @@ async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved)
             bans,
             kaspa: Some(metrics),
             share_log: Arc::clone(&share_log_stats),
+            coinbase: None,
             connect: dashboard::Connect {
                 kaspa: Some(config.kaspa.listen),
                 network: config.kaspa.network.clone(),
@@ -253,6 +257,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let history = start_history(&store, &config);
     let events = Arc::new(events::EventBus::default());
     let metrics = Arc::clone(&nodes.metrics);
+    let coinbase = resolved.coinbase.clone().map(|settings| {
+        info!(max_outputs = settings.max_outputs, min_output_sat = settings.min_output_sat, reserved_weight = settings.reserved_weight, "payouts in the coinbase (coinbase-pplns)");
+        coinbase_payouts::CoinbasePayouts::new(store.clone(), settings)
+    });
     let blocks = blocks::BlockKeeper {
         nodes: Arc::clone(&nodes),
         store: store.clone(),
@@ -260,6 +268,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         maturity: config.payout.maturity,
         instance: instance.clone(),
         events: Arc::clone(&events),
+        coinbase_epochs: coinbase.as_ref().map(|(c, _)| Arc::clone(&c.epochs)),
     }
     .spawn();
     let aux = match resolved.aux.is_empty() {
@@ -288,6 +297,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             bans: Arc::clone(&bans),
             kaspa: kaspa_metrics.clone(),
             share_log: Arc::clone(share_log.stats()),
+            coinbase: coinbase.as_ref().map(|(c, view)| api::CoinbaseApi {
+                view: view.clone(),
+                pool_address: c.settings().pool_address.clone(),
+                network: config.network.clone(),
+            }),
             connect: dashboard::Connect {
                 stratum: Some(config.stratum.listen),
                 tls: config.stratum.tls_listen,
@@ -318,7 +332,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             Arc::clone(&events),
         ));
     }
-    let work = aux::work_stream(&nodes, aux.as_ref(), &metrics);
+    let mut work = aux::work_stream(&nodes, aux.as_ref(), &metrics);
+    if let Some((coinbase, _)) = &coinbase {
+        work = coinbase.run(work);
+    }
     let aux_blocks = aux.as_ref().map(|aux| {
         info!(chains = ?resolved.aux.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "merge mining");
         aux.spawn_submitter(aux::AuxKeeper {

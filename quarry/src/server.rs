@@ -578,6 +578,7 @@ impl Server {
             // bug here, and is not worth losing the share over.
             chain: Chain::new(share.chain).unwrap_or(Chain::BITCOIN),
             aux_payouts: share.aux_payouts.to_map(),
+            hash: Some(quarry_work::hash::to_display_hex(&share.hash)),
         }
     }
 

@@ -64,15 +64,21 @@ pub fn chain_wallets(
     nodes: &Arc<Nodes>,
     aux: Option<&Arc<AuxChains>>,
 ) -> Vec<ChainWallet> {
-    let mut wallets = vec![ChainWallet {
-        chain: Chain::BITCOIN,
-        wallet: NodeWallet {
-            rpc: WalletRpc::Bitcoin(Arc::clone(nodes)),
-            check_addresses: false,
-            hold: BTreeSet::new(),
-        },
-        threshold: Sat(config.threshold_sat()),
-    }];
+    let mut wallets = Vec::new();
+    // Under coinbase-pplns the coinbase is Bitcoin's payout: balances it carries are paid by later
+    // coinbases, never by the wallet (which could pay one a coinbase already committed to).
+    let coinbase_pays = config.mining.mode == "pool" && config.payout.scheme == "coinbase-pplns";
+    if !coinbase_pays {
+        wallets.push(ChainWallet {
+            chain: Chain::BITCOIN,
+            wallet: NodeWallet {
+                rpc: WalletRpc::Bitcoin(Arc::clone(nodes)),
+                check_addresses: false,
+                hold: BTreeSet::new(),
+            },
+            threshold: Sat(config.threshold_sat()),
+        });
+    }
     let fee = &config.merge_mining_fee;
     for client in aux.map(|a| a.clients()).unwrap_or_default() {
         let aux = &client.config;

@@ -446,6 +446,7 @@ impl TpSession {
             reward: template.coinbase_value,
             network_difficulty: template.network_target.difficulty(),
             time_ms: now.unix_ms,
+            payouts: None,
         }));
     }
 }
