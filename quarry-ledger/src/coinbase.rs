@@ -168,11 +168,18 @@ impl WindowSnapshot {
         if a == 0 || b == 0 {
             return if a == b { 0.0 } else { 1.0 };
         }
-        let addresses: BTreeSet<&String> = self.weights.keys().chain(other.weights.keys()).collect();
+        let addresses: BTreeSet<&String> =
+            self.weights.keys().chain(other.weights.keys()).collect();
         let mut sum = 0.0;
         for address in addresses {
-            let p = self.weights.get(address).map_or(0.0, |w| *w as f64 / a as f64);
-            let q = other.weights.get(address).map_or(0.0, |w| *w as f64 / b as f64);
+            let p = self
+                .weights
+                .get(address)
+                .map_or(0.0, |w| *w as f64 / a as f64);
+            let q = other
+                .weights
+                .get(address)
+                .map_or(0.0, |w| *w as f64 / b as f64);
             sum += (p - q).abs();
         }
         sum / 2.0
@@ -293,8 +300,9 @@ pub struct OutputCost {
 /// cannot pay (its earnings are then carried).
 ///
 /// Outputs go to the largest amounts first (earnings plus carried balance, ties by address),
-/// while each is at least the smallest payout, the cap, the weight and sigop budgets hold, and
-/// the outputs together stay within the coinbase value.
+/// while the cap and the weight and sigop budgets hold. Each pays what its address earns here,
+/// plus as much of its balance as the carried earnings of the others leave room for (the
+/// outputs never exceed the coinbase value), and is at least the smallest payout.
 pub fn plan(
     id: u64,
     coinbase_value: Sat,
@@ -333,13 +341,19 @@ pub fn plan(
         output_sat: 0,
     };
     for (address, sat) in &payout.miners {
-        owed.entry(address.as_str()).or_insert_with(|| entry(address)).earned_sat = sat.0;
+        owed.entry(address.as_str())
+            .or_insert_with(|| entry(address))
+            .earned_sat = sat.0;
     }
     for (address, sat) in &payout.fees {
-        owed.entry(address.as_str()).or_insert_with(|| entry(address)).fee_sat = sat.0;
+        owed.entry(address.as_str())
+            .or_insert_with(|| entry(address))
+            .fee_sat = sat.0;
     }
     for (address, sat) in carried.iter().filter(|(_, sat)| **sat > Sat::ZERO) {
-        owed.entry(address.as_str()).or_insert_with(|| entry(address)).carried_sat = sat.0;
+        owed.entry(address.as_str())
+            .or_insert_with(|| entry(address))
+            .carried_sat = sat.0;
     }
     let due = |e: &TableEntry| {
         e.earned_sat
@@ -351,7 +365,7 @@ pub fn plan(
         .filter(|e| due(e) >= limits.min_output_sat.max(1))
         .collect();
     candidates.sort_by(|a, b| due(b).cmp(&due(a)).then(a.address.cmp(&b.address)));
-    let (mut paid, mut weight, mut sigops) = (0u64, 0u64, 0u64);
+    let (mut weight, mut sigops) = (0u64, 0u64);
     let mut chosen: Vec<String> = Vec::new();
     for candidate in candidates {
         if chosen.len() >= limits.max_outputs {
@@ -360,22 +374,55 @@ pub fn plan(
         let Some(c) = cost(&candidate.address) else {
             continue;
         };
-        let amount = due(candidate);
-        if paid.saturating_add(amount) > coinbase_value.0
-            || weight.saturating_add(c.weight) > limits.weight_budget
+        if weight.saturating_add(c.weight) > limits.weight_budget
             || sigops.saturating_add(c.sigops) > limits.sigops_budget
         {
-            // A smaller one further down may still fit.
+            // A cheaper script further down may still fit.
             continue;
         }
-        paid += amount;
         weight += c.weight;
         sigops += c.sigops;
         chosen.push(candidate.address.clone());
     }
-    for address in &chosen {
+    // Each chosen address gets what it earns here; balances are paid from what the others'
+    // earnings leave (the value is shared out exactly, so that is all there is), largest first.
+    // One whose output still falls below the smallest payout is carried instead, which frees
+    // room for the rest: repeat until every output stands.
+    let paid_out = loop {
+        let earned_chosen: u64 = chosen
+            .iter()
+            .filter_map(|a| owed.get(a.as_str()))
+            .map(|e| e.earned_sat.saturating_add(e.fee_sat))
+            .sum();
+        let mut room = coinbase_value.0.saturating_sub(earned_chosen);
+        let mut outputs: Vec<(String, u64)> = Vec::with_capacity(chosen.len());
+        for address in &chosen {
+            let Some(e) = owed.get(address.as_str()) else {
+                continue;
+            };
+            let carried = e.carried_sat.min(room);
+            room -= carried;
+            outputs.push((address.clone(), carried));
+        }
+        let short = outputs.iter().position(|(address, carried)| {
+            owed.get(address.as_str()).is_some_and(|e| {
+                e.earned_sat
+                    .saturating_add(e.fee_sat)
+                    .saturating_add(*carried)
+                    < limits.min_output_sat.max(1)
+            })
+        });
+        match short {
+            Some(index) => {
+                chosen.remove(index);
+            }
+            None => break outputs,
+        }
+    };
+    for (address, carried) in paid_out {
         if let Some(mut e) = owed.remove(address.as_str()) {
-            e.output_sat = due(&e);
+            e.carried_sat = carried;
+            e.output_sat = e.earned_sat + e.fee_sat + carried;
             table.entries.push(e);
         }
     }
@@ -477,7 +524,11 @@ pub fn verify_table(
     // Earnings, recomputed.
     let expected = match snapshot.weights.is_empty() {
         true => Default::default(),
-        false => share_reward(Sat(table.coinbase_value), &snapshot.weights, &table.policy()),
+        false => share_reward(
+            Sat(table.coinbase_value),
+            &snapshot.weights,
+            &table.policy(),
+        ),
     };
     let listed: BTreeMap<&str, &TableEntry> = table
         .entries
@@ -493,9 +544,10 @@ pub fn verify_table(
     for address in addresses {
         let earned = expected.miners.get(address).map_or(0, |s| s.0);
         let fee = expected.fees.get(address).map_or(0, |s| s.0);
-        let (table_earned, table_fee, carried, output) = listed
-            .get(address)
-            .map_or((0, 0, 0, 0), |e| (e.earned_sat, e.fee_sat, e.carried_sat, e.output_sat));
+        let (table_earned, table_fee, carried, output) =
+            listed.get(address).map_or((0, 0, 0, 0), |e| {
+                (e.earned_sat, e.fee_sat, e.carried_sat, e.output_sat)
+            });
         if earned != table_earned || fee != table_fee {
             problems.push(format!(
                 "{address}: the shares earn {earned} sat (+{fee} fee), the table says {table_earned} sat (+{table_fee} fee)"
@@ -579,7 +631,9 @@ fn hash_meets(hash_hex: &str, difficulty: f64) -> bool {
     }
     // hash × difficulty ≤ 0xffff × 2^208 (difficulty 1's target), in floating point with a
     // margin for rounding: a tampered difficulty is off by far more than 1e-9.
-    let value = bytes.iter().fold(0.0f64, |acc, b| acc * 256.0 + f64::from(*b));
+    let value = bytes
+        .iter()
+        .fold(0.0f64, |acc, b| acc * 256.0 + f64::from(*b));
     let diff1 = 65535.0 * 2f64.powi(208);
     value * difficulty <= diff1 * (1.0 + 1e-9)
 }
@@ -640,7 +694,10 @@ mod tests {
         assert!(!window.needs_reload(4.0));
         assert!(window.needs_reload(5.0), "a larger window needs the log");
         let snapshot = window.snapshot(3.0);
-        assert_eq!((snapshot.start_id, snapshot.end_id, snapshot.shares), (8, 10, 3));
+        assert_eq!(
+            (snapshot.start_id, snapshot.end_id, snapshot.shares),
+            (8, 10, 3)
+        );
         assert_eq!(snapshot.weights["a"], crate::schemes::weight(2.0));
         assert_eq!(snapshot.weights["b"], crate::schemes::weight(1.0));
     }
@@ -703,7 +760,13 @@ mod tests {
         let outputs: Vec<(&str, u64)> = table.outputs().collect();
         assert_eq!(
             outputs,
-            [("m10", 1000), ("m09", 900), ("m08", 800), ("m07", 700), ("m06", 600)]
+            [
+                ("m10", 1000),
+                ("m09", 900),
+                ("m08", 800),
+                ("m07", 700),
+                ("m06", 600)
+            ]
         );
         let carried: u64 = table
             .entries
@@ -718,15 +781,24 @@ mod tests {
 
         // A later block with m05's 500 sat carried: m05 now gets 500 + its earnings.
         let carried = BTreeMap::from([("m05".to_string(), Sat(500))]);
-        let table = plan(8, Sat(5_500), &window, &carried, &no_fee(), &limits(250, 5), |_| {
-            Some(P2WPKH)
-        });
+        let table = plan(
+            8,
+            Sat(5_500),
+            &window,
+            &carried,
+            &no_fee(),
+            &limits(250, 5),
+            |_| Some(P2WPKH),
+        );
         let m05 = table
             .entries
             .iter()
             .find(|e| e.address == "m05")
             .expect("listed");
-        assert_eq!((m05.earned_sat, m05.carried_sat, m05.output_sat), (500, 500, 1000));
+        assert_eq!(
+            (m05.earned_sat, m05.carried_sat, m05.output_sat),
+            (500, 500, 1000)
+        );
         assert_eq!(table.outputs().count(), 5);
         // Paying a balance comes out of what the pool's output holds.
         assert_eq!(table.remainder_sat(), 5_500 - 1000 - 1000 - 900 - 800 - 700);
@@ -738,18 +810,45 @@ mod tests {
         let window = WindowSnapshot::from_newest_first(shares.iter().rev(), 4.0);
         let mut limits = limits(1, 10);
         limits.weight_budget = 124 * 2 + 100;
-        let table = plan(1, Sat(4_000), &window, &BTreeMap::new(), &no_fee(), &limits, |a| {
-            (a != "m2").then_some(P2WPKH)
-        });
+        let table = plan(
+            1,
+            Sat(4_000),
+            &window,
+            &BTreeMap::new(),
+            &no_fee(),
+            &limits,
+            |a| (a != "m2").then_some(P2WPKH),
+        );
         let paid: Vec<&str> = table.outputs().map(|(a, _)| a).collect();
         assert_eq!(paid, ["m1", "m3"], "m2 cannot be paid; weight for two");
 
-        // Carried balances larger than the block: outputs never exceed its value.
+        // A balance larger than the block is paid in part, from what the others leave: here
+        // nobody else is carried, so nothing.
         let carried = BTreeMap::from([("m1".to_string(), Sat(10_000))]);
         let limits = super::tests::limits(1, 10);
-        let table = plan(2, Sat(4_000), &window, &carried, &no_fee(), &limits, |_| Some(P2WPKH));
-        assert!(table.outputs().map(|(_, s)| s).sum::<u64>() <= 4_000);
-        assert!(table.outputs().all(|(a, _)| a != "m1"), "m1's 11,000 waits");
+        let table = plan(2, Sat(4_000), &window, &carried, &no_fee(), &limits, |_| {
+            Some(P2WPKH)
+        });
+        assert_eq!(table.outputs().map(|(_, s)| s).sum::<u64>(), 4_000);
+        let m1 = table
+            .entries
+            .iter()
+            .find(|e| e.address == "m1")
+            .expect("m1");
+        assert_eq!((m1.carried_sat, m1.output_sat), (0, 1_000));
+        // With two outputs allowed, the two carried earnings (2,000) pay part of m1's balance.
+        let limits = super::tests::limits(1, 2);
+        let table = plan(3, Sat(4_000), &window, &carried, &no_fee(), &limits, |_| {
+            Some(P2WPKH)
+        });
+        let m1 = table
+            .entries
+            .iter()
+            .find(|e| e.address == "m1")
+            .expect("m1");
+        assert_eq!((m1.carried_sat, m1.output_sat), (2_000, 3_000));
+        assert_eq!(table.outputs().map(|(_, s)| s).sum::<u64>(), 4_000);
+        assert_eq!(table.remainder_sat(), 0);
     }
 
     #[test]
@@ -792,26 +891,56 @@ mod tests {
             .map(|s| share(s.id, &s.address, s.difficulty))
             .collect();
         let snapshot = WindowSnapshot::from_newest_first(&window, 3.0);
-        let table = plan(1, Sat(3_000), &snapshot, &BTreeMap::new(), &no_fee(), &limits(1, 10), |_| {
-            Some(P2WPKH)
-        });
-        let coinbase: BTreeMap<String, u64> =
-            [("pool".to_string(), 0), ("a".into(), 2_000), ("b".into(), 1_000)].into();
-        assert_eq!(verify_table(&table, &shares, &coinbase, Some("pool")), Vec::<String>::new());
+        let table = plan(
+            1,
+            Sat(3_000),
+            &snapshot,
+            &BTreeMap::new(),
+            &no_fee(),
+            &limits(1, 10),
+            |_| Some(P2WPKH),
+        );
+        let coinbase: BTreeMap<String, u64> = [
+            ("pool".to_string(), 0),
+            ("a".into(), 2_000),
+            ("b".into(), 1_000),
+        ]
+        .into();
+        assert_eq!(
+            verify_table(&table, &shares, &coinbase, Some("pool")),
+            Vec::<String>::new()
+        );
 
         let mut tampered = shares.clone();
         tampered[1].address = "a".into();
         let problems = verify_table(&table, &tampered, &coinbase, Some("pool"));
-        assert!(problems.iter().any(|p| p.starts_with("b: the shares earn 0")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("b: the shares earn 0")),
+            "{problems:?}"
+        );
 
         let mut tampered = shares.clone();
         tampered[0].difficulty = 1e12;
         let problems = verify_table(&table, &tampered, &coinbase, Some("pool"));
-        assert!(problems.iter().any(|p| p.contains("does not meet")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("does not meet")),
+            "{problems:?}"
+        );
 
-        let short: BTreeMap<String, u64> =
-            [("pool".to_string(), 1), ("a".into(), 1_999), ("b".into(), 1_000)].into();
+        let short: BTreeMap<String, u64> = [
+            ("pool".to_string(), 1),
+            ("a".into(), 1_999),
+            ("b".into(), 1_000),
+        ]
+        .into();
         let problems = verify_table(&table, &shares, &short, Some("pool"));
-        assert!(problems.iter().any(|p| p.starts_with("a: the coinbase pays 1999")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("a: the coinbase pays 1999")),
+            "{problems:?}"
+        );
     }
 }

@@ -1251,8 +1251,7 @@ impl Store {
             return Ok(None);
         };
         let json: String = row.try_get(0)?;
-        let table =
-            serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let table = serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         Ok(Some((table, row.try_get(1)?)))
     }
 

@@ -304,7 +304,12 @@ async fn pplns_shares(
                 .coinbase_table(hash)
                 .await?
                 .map(|(table, _)| table)
-                .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no payout table for that block".into()))?
+                .ok_or_else(|| {
+                    ApiError(
+                        StatusCode::NOT_FOUND,
+                        "no payout table for that block".into(),
+                    )
+                })?
         }
         None => api
             .view
@@ -329,7 +334,10 @@ async fn pplns_shares(
         "shares": shares,
     });
     Ok((
-        [(header::CONTENT_DISPOSITION, "attachment; filename=\"pplns-shares.json\"")],
+        [(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"pplns-shares.json\"",
+        )],
         Json(body),
     )
         .into_response())
@@ -342,11 +350,12 @@ async fn block_coinbase(
 ) -> Result<Json<Value>, ApiError> {
     let api = coinbase_api(&state)?;
     check_block_hash(&hash)?;
-    let (table, txid) = state
-        .store
-        .coinbase_table(&hash)
-        .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no payout table for that block".into()))?;
+    let (table, txid) = state.store.coinbase_table(&hash).await?.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "no payout table for that block".into(),
+        )
+    })?;
     Ok(Json(json!({
         "block": hash,
         "coinbase_txid": txid,

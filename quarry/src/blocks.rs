@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quarry_ledger::{BlockRecord, BlockStatus, Chain, CreditStatus, Rewards, Store};
 use quarry_ledger::coinbase::CoinbaseTable;
+use quarry_ledger::{BlockRecord, BlockStatus, Chain, CreditStatus, Rewards, Store};
 use quarry_stratum::event::BlockPayouts;
 use quarry_stratum::v1::FoundBlock;
 use quarry_work::hash::to_display_hex;
@@ -155,7 +155,11 @@ impl BlockKeeper {
         };
         let txid = to_display_hex(&payouts.coinbase_txid);
         for attempt in 1..=5u32 {
-            match self.store.insert_coinbase_block(record, &table, &txid).await {
+            match self
+                .store
+                .insert_coinbase_block(record, &table, &txid)
+                .await
+            {
                 Ok(()) => {
                     info!(hash = %record.hash, table = table.id, outputs = table.outputs().count(), remainder_sat = table.remainder_sat(), "block recorded with its coinbase payouts");
                     return;

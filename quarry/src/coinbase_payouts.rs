@@ -37,6 +37,8 @@ const HEADER_WEIGHT: u64 = 320;
 const READ_BATCH: i64 = 50_000;
 /// A share younger than this may still be committing with a lower id (several frontends).
 const SETTLE_MS: i64 = 2_000;
+/// Balances due are read at least this often (and after every recorded block).
+const CARRIED_REFRESH: Duration = Duration::from_secs(10);
 
 /// Blocks found on a table, and blocks recorded: while they differ a block's reserved balances
 /// are not in the database yet, and no table pays balances.
@@ -98,6 +100,8 @@ struct State {
     /// Balances due, as last read, and the `found` epoch they were read at.
     carried: BTreeMap<String, Sat>,
     carried_epoch: Option<u64>,
+    /// When the balances were last read, and at which `found` epoch.
+    carried_read: Option<(u64, std::time::Instant)>,
     /// The balances the current jobs pay.
     carried_in_force: BTreeMap<String, Sat>,
     scripts: HashMap<String, Option<ScriptBuf>>,
@@ -134,6 +138,7 @@ impl CoinbasePayouts {
                 basis: None,
                 carried: BTreeMap::new(),
                 carried_epoch: None,
+                carried_read: None,
                 carried_in_force: BTreeMap::new(),
                 scripts: HashMap::new(),
                 next_template_id: 1,
@@ -206,7 +211,13 @@ impl CoinbasePayouts {
             state.window = self.load_window(&chain, difficulty).await?;
             state.loaded = true;
         }
-        let settled = i64::try_from(crate::driver::unix_ms()).unwrap_or(i64::MAX) - SETTLE_MS;
+        // SQLite has one writer, whose ids follow its commits: nothing is in flight behind them.
+        let settled = match self.store.backend() {
+            quarry_ledger::Backend::Sqlite => i64::MAX,
+            quarry_ledger::Backend::Postgres => {
+                i64::try_from(crate::driver::unix_ms()).unwrap_or(i64::MAX) - SETTLE_MS
+            }
+        };
         loop {
             let after = state.window.last_id().unwrap_or(0);
             let shares = self
@@ -224,13 +235,20 @@ impl CoinbasePayouts {
         // Room for the difficulty to double before the log must be read again.
         state.window.trim(2.0 * difficulty);
         let found = self.epochs.found.load(Ordering::SeqCst);
-        if found == self.epochs.recorded.load(Ordering::SeqCst) {
+        // Balances change when a block is recorded, matures or leaves the chain: read them
+        // after each recorded block, and otherwise now and then (the query scans every credit,
+        // on the connection the share log commits through).
+        let stale = state
+            .carried_read
+            .is_none_or(|(epoch, at)| epoch != found || at.elapsed() >= CARRIED_REFRESH);
+        if stale && found == self.epochs.recorded.load(Ordering::SeqCst) {
             let carried = self.store.payable(&chain).await?;
             // A block found while reading: the balances it reserved may be missing.
             let after = self.epochs.found.load(Ordering::SeqCst);
             if after == found && after == self.epochs.recorded.load(Ordering::SeqCst) {
                 state.carried = carried;
                 state.carried_epoch = Some(found);
+                state.carried_read = Some((found, std::time::Instant::now()));
             }
         }
         Ok(())
@@ -266,7 +284,10 @@ impl CoinbasePayouts {
         for share in newest_first.into_iter().rev() {
             window.push(share);
         }
-        info!(shares = count, "coinbase payouts: PPLNS window read from the share log");
+        info!(
+            shares = count,
+            "coinbase payouts: PPLNS window read from the share log"
+        );
         Ok(window)
     }
 
@@ -348,7 +369,13 @@ impl CoinbasePayouts {
                 return combined;
             }
         };
-        debug!(table = id, outputs = outputs.len(), entries = table.entries.len(), window_shares = table.window_shares, "coinbase payout table");
+        debug!(
+            table = id,
+            outputs = outputs.len(),
+            entries = table.entries.len(),
+            window_shares = table.window_shares,
+            "coinbase payout table"
+        );
         combined.payouts = Some(Arc::new(CommittedPayouts {
             id,
             outputs,
@@ -360,8 +387,10 @@ impl CoinbasePayouts {
     /// Weight and sigops of the coinbase before payout outputs (the pool's output, merged
     /// mining's outputs and commitments, the witness commitment).
     fn base_cost(&self, template: &WorkTemplate) -> Option<(u64, u64)> {
-        let mut spec =
-            CoinbaseSpec::single(self.settings.layout.clone(), self.settings.pool_script.clone());
+        let mut spec = CoinbaseSpec::single(
+            self.settings.layout.clone(),
+            self.settings.pool_script.clone(),
+        );
         if let Some(merged) = &template.merged {
             spec.commitments = merged.commitments();
             spec.extra_outputs = merged.extra_outputs();

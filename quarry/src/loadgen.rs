@@ -202,7 +202,11 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect();
-        anyhow::ensure!(!args.users.is_empty(), "--users-file {} names nobody", path.display());
+        anyhow::ensure!(
+            !args.users.is_empty(),
+            "--users-file {} names nobody",
+            path.display()
+        );
     }
     let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;

@@ -258,7 +258,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let events = Arc::new(events::EventBus::default());
     let metrics = Arc::clone(&nodes.metrics);
     let coinbase = resolved.coinbase.clone().map(|settings| {
-        info!(max_outputs = settings.max_outputs, min_output_sat = settings.min_output_sat, reserved_weight = settings.reserved_weight, "payouts in the coinbase (coinbase-pplns)");
+        info!(
+            max_outputs = settings.max_outputs,
+            min_output_sat = settings.min_output_sat,
+            reserved_weight = settings.reserved_weight,
+            "payouts in the coinbase (coinbase-pplns)"
+        );
         coinbase_payouts::CoinbasePayouts::new(store.clone(), settings)
     });
     let blocks = blocks::BlockKeeper {

@@ -147,7 +147,10 @@ async fn check(
         .map_err(|e| anyhow::anyhow!("getblock {hash} on your node: {e}"))?;
     let block: Block = deserialize(&hex::decode(raw.trim()).context("block hex")?)
         .context("the node's block does not decode")?;
-    let coinbase = block.txdata.first().context("a block without transactions")?;
+    let coinbase = block
+        .txdata
+        .first()
+        .context("a block without transactions")?;
     let mut problems = Vec::new();
     let txid = coinbase.compute_txid().to_string();
     if answer["coinbase_txid"].as_str() != Some(txid.as_str()) {
