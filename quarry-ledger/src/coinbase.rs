@@ -259,8 +259,10 @@ impl CoinbaseTable {
     /// What the pool's own output keeps: the value less the payout outputs (earnings carried
     /// as balances, less the balances paid).
     pub fn remainder_sat(&self) -> u64 {
-        self.coinbase_value
-            .saturating_sub(self.outputs().map(|(_, sat)| sat).sum())
+        self.coinbase_value.saturating_sub(
+            self.outputs()
+                .fold(0u64, |sum, (_, sat)| sum.saturating_add(sat)),
+        )
     }
 
     /// Whether the window was empty: the block then pays everything to the pool's output, and
@@ -471,7 +473,9 @@ pub struct PublishedShare {
     pub hash: Option<String>,
 }
 
-/// How a block's table compares with what its shares and its coinbase say.
+/// How a block's table compares with what its shares and its coinbase say: every difference, in
+/// words (none when they agree). Every input may come from a hostile pool or file: nothing here
+/// panics or overflows.
 pub fn verify_table(
     table: &CoinbaseTable,
     shares_newest_first: &[PublishedShare],
@@ -553,7 +557,12 @@ pub fn verify_table(
                 "{address}: the shares earn {earned} sat (+{fee} fee), the table says {table_earned} sat (+{table_fee} fee)"
             ));
         }
-        if output > 0 && output != table_earned + table_fee + carried {
+        if output > 0
+            && output
+                != table_earned
+                    .saturating_add(table_fee)
+                    .saturating_add(carried)
+        {
             problems.push(format!(
                 "{address}: output {output} sat is not earned {table_earned} + fee {table_fee} + carried {carried}"
             ));
@@ -583,9 +592,12 @@ pub fn verify_table(
     // The block's own coinbase.
     let mut paid: BTreeMap<&str, u64> = BTreeMap::new();
     for (address, sat) in &outputs {
-        *paid.entry(address).or_default() += sat;
+        let entry = paid.entry(address).or_default();
+        *entry = entry.saturating_add(*sat);
     }
-    let total: u64 = coinbase_outputs.values().sum();
+    let total = coinbase_outputs
+        .values()
+        .fold(0u64, |sum, sat| sum.saturating_add(*sat));
     if total != table.coinbase_value {
         problems.push(format!(
             "the coinbase pays {total} sat in all, the table shares {} sat",
@@ -595,7 +607,9 @@ pub fn verify_table(
     let mut remainder = coinbase_outputs.clone();
     if let Some(pool) = pool_address {
         let kept = remainder.remove(pool).unwrap_or(0);
-        let expected_kept = table.remainder_sat() + paid.get(pool).copied().unwrap_or(0);
+        let expected_kept = table
+            .remainder_sat()
+            .saturating_add(paid.get(pool).copied().unwrap_or(0));
         if kept != expected_kept {
             problems.push(format!(
                 "the pool's output {pool} holds {kept} sat, the table leaves it {expected_kept} sat"

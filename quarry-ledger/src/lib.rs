@@ -9,6 +9,7 @@ pub mod accounting;
 pub mod amount;
 pub mod chain;
 pub mod coinbase;
+pub mod fuzzing;
 pub mod history;
 pub mod payouts;
 pub mod schemes;

@@ -88,6 +88,8 @@ impl ShareRecord {
 
 /// Advisory lock key for payouts ("quarry" in ASCII, as an integer).
 const PAYOUT_LOCK_KEY: i64 = 0x7175_6172_7279;
+/// Advisory lock key for paying balances in coinbases.
+const COINBASE_BALANCES_LOCK_KEY: i64 = PAYOUT_LOCK_KEY + 1;
 
 /// Holds the payout lock; the PostgreSQL session (a connection taken out of the pool) keeps it
 /// until dropped.
@@ -1031,12 +1033,26 @@ impl Store {
     /// # Errors
     /// Any database error.
     pub async fn try_payout_lock(&self) -> Result<Option<PayoutLock>, StoreError> {
+        self.try_lock(PAYOUT_LOCK_KEY).await
+    }
+
+    /// Takes the lock that lets one frontend pay balances in its coinbases (`coinbase-pplns`):
+    /// a balance reserved by one frontend's block must not be in another's coinbase meanwhile.
+    /// Held as long as the guard lives; SQLite is single-process: always granted.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn try_coinbase_balances_lock(&self) -> Result<Option<PayoutLock>, StoreError> {
+        self.try_lock(COINBASE_BALANCES_LOCK_KEY).await
+    }
+
+    async fn try_lock(&self, key: i64) -> Result<Option<PayoutLock>, StoreError> {
         if self.backend == Backend::Sqlite {
             return Ok(Some(PayoutLock(None)));
         }
         let mut conn = self.pool.acquire().await?;
         let granted: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
-            .bind(PAYOUT_LOCK_KEY)
+            .bind(key)
             .fetch_one(&mut *conn)
             .await?
             .try_get(0)?;

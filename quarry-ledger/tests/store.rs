@@ -1179,3 +1179,274 @@ async fn postgres_history_rolls_up_and_prunes_on_a_simulated_clock() {
     let store = Store::open(&pg.url).await.expect("open");
     history::roll_up_and_prune(&store).await;
 }
+
+/// Payouts in the coinbase on each backend: a block's table is stored with it, reserves the
+/// balances it pays at once, credits exactly its earnings, becomes a sent payout at confirmation
+/// and a void one when orphaned or refused (its balances owed again).
+mod coinbase_ledger {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use quarry_ledger::coinbase::{plan, CoinbaseLimits, OutputCost, WindowSnapshot};
+    use quarry_ledger::schemes::FeePolicy;
+    use quarry_ledger::store::CreditStatus;
+    use quarry_ledger::{BlockRecord, BlockStatus, Rewards, Scheme};
+
+    fn share(address: &str, difficulty: f64, ms: i64) -> ShareRecord {
+        ShareRecord {
+            address: address.into(),
+            worker: format!("{address}.rig"),
+            difficulty,
+            created_ms: ms,
+            hash: Some(format!("{ms:064x}")),
+            ..super::share(ms)
+        }
+    }
+
+    fn block(hash: &str, height: i64, reward: i64, ms: i64) -> BlockRecord {
+        BlockRecord {
+            hash: hash.into(),
+            height,
+            status: BlockStatus::Submitted,
+            reward,
+            worker: "a.rig".into(),
+            address: "a".into(),
+            found_ms: ms,
+            network_difficulty: 1.0,
+            instance: "test".into(),
+            reject_reason: None,
+            chain: Chain::BITCOIN,
+        }
+    }
+
+    fn payout_status(payouts: &[quarry_ledger::store::PayoutRecord], hash: &str) -> String {
+        payouts
+            .iter()
+            .find(|p| p.tag == format!("coinbase-{hash}"))
+            .map(|p| p.status.clone())
+            .unwrap_or_default()
+    }
+
+    pub async fn lifecycle(store: &Store) {
+        // a: 6, b: 3, c: 1 of difficulty, in id order.
+        let mut shares = Vec::new();
+        for (i, address) in ["a", "a", "b", "a", "b", "c", "a", "a", "b", "a"]
+            .iter()
+            .enumerate()
+        {
+            shares.push(share(address, 1.0, 1_000 + i as i64));
+        }
+        store.insert_shares(&shares).await.expect("shares");
+        let window = store
+            .window_shares_after(&Chain::BITCOIN, 0, i64::MAX, 100)
+            .await
+            .expect("window");
+        assert_eq!(window.len(), 10);
+        assert!(window.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+        let unsettled = store
+            .window_shares_after(&Chain::BITCOIN, 0, 1_005, 100)
+            .await
+            .expect("settled prefix");
+        assert_eq!(unsettled.len(), 5, "only shares older than the settle time");
+        let end = window.last().expect("shares").id;
+        let published = store
+            .published_shares(&Chain::BITCOIN, end, 100)
+            .await
+            .expect("published");
+        assert_eq!(published.len(), 10);
+        assert_eq!(published[0].id, end, "newest first");
+        assert_eq!(
+            published[0].hash.as_deref(),
+            Some(format!("{:064x}", 1_009).as_str())
+        );
+
+        let snapshot = WindowSnapshot::from_newest_first(window.iter().rev(), 10.0);
+        let policy = FeePolicy {
+            fee_ppm: 0,
+            split: Vec::new(),
+        };
+        let limits = CoinbaseLimits {
+            min_output_sat: 2_000,
+            max_outputs: 10,
+            weight_budget: 10_000,
+            sigops_budget: 400,
+        };
+        let p2wpkh = |_: &str| {
+            Some(OutputCost {
+                weight: 124,
+                sigops: 0,
+            })
+        };
+        // 10,000 sat: a 6,000 and b 3,000 get outputs; c's 1,000 is carried.
+        let first = plan(
+            1,
+            Sat(10_000),
+            &snapshot,
+            &BTreeMap::new(),
+            &policy,
+            &limits,
+            p2wpkh,
+        );
+        let rewards = Rewards::new(Scheme::CoinbasePplns { n: 10.0 }, policy.clone());
+        let b1 = block("b1", 1, 10_000, 2_000);
+        store
+            .insert_coinbase_block(&b1, &first, "tx1")
+            .await
+            .expect("record");
+        store
+            .insert_coinbase_block(&b1, &first, "tx1")
+            .await
+            .expect("twice: a no-op");
+        let (stored, txid) = store
+            .coinbase_table("b1")
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!((stored, txid.as_str()), (first.clone(), "tx1"));
+        let credits = rewards.credits_for(store, &b1).await.expect("credits");
+        let credited: BTreeMap<&str, u64> = credits
+            .iter()
+            .map(|c| (c.address.as_str(), c.amount_msat.0 / 1000))
+            .collect();
+        assert_eq!(
+            credited,
+            BTreeMap::from([("a", 6_000), ("b", 3_000), ("c", 1_000)])
+        );
+        assert!(store
+            .credit_block("b1", &credits, 2_000)
+            .await
+            .expect("credit"));
+        assert!(store
+            .transition_block(
+                "b1",
+                BlockStatus::Pending,
+                BlockStatus::Confirmed,
+                Some((CreditStatus::Immature, CreditStatus::Mature))
+            )
+            .await
+            .expect("confirm"));
+        let payouts = store.payouts(100).await.expect("payouts");
+        assert_eq!(payout_status(&payouts, "b1"), "sent");
+        let paid = store.paid(&Chain::BITCOIN).await.expect("paid");
+        assert_eq!(paid.get("a"), Some(&(6_000, 6_000)));
+        assert_eq!(
+            store.payable(&Chain::BITCOIN).await.expect("payable"),
+            BTreeMap::from([("c".to_string(), Sat(1_000))]),
+            "c's earnings are carried; a and b were paid in the coinbase"
+        );
+
+        // The next block pays c's balance from b's earnings, carried since b's address cannot
+        // be paid this time.
+        let carried = store.payable(&Chain::BITCOIN).await.expect("payable");
+        let second = plan(
+            2,
+            Sat(10_000),
+            &snapshot,
+            &carried,
+            &policy,
+            &limits,
+            |a: &str| {
+                (a != "b").then_some(OutputCost {
+                    weight: 124,
+                    sigops: 0,
+                })
+            },
+        );
+        let c = second.entries.iter().find(|e| e.address == "c").expect("c");
+        assert_eq!((c.carried_sat, c.output_sat), (1_000, 2_000));
+        let b2 = block("b2", 2, 10_000, 3_000);
+        store
+            .insert_coinbase_block(&b2, &second, "tx2")
+            .await
+            .expect("record");
+        assert!(
+            store
+                .payable(&Chain::BITCOIN)
+                .await
+                .expect("payable")
+                .is_empty(),
+            "the balance is reserved as soon as the block is recorded"
+        );
+        let credits = rewards.credits_for(store, &b2).await.expect("credits");
+        assert!(store
+            .credit_block("b2", &credits, 3_000)
+            .await
+            .expect("credit"));
+        // Orphaned: the payout is void and c is owed its balance again; b2's credits reversed.
+        assert!(store
+            .transition_block(
+                "b2",
+                BlockStatus::Pending,
+                BlockStatus::Orphaned,
+                Some((CreditStatus::Immature, CreditStatus::Reversed))
+            )
+            .await
+            .expect("orphan"));
+        let payouts = store.payouts(100).await.expect("payouts");
+        assert_eq!(payout_status(&payouts, "b2"), "void");
+        assert_eq!(
+            store.payable(&Chain::BITCOIN).await.expect("payable"),
+            BTreeMap::from([("c".to_string(), Sat(1_000))])
+        );
+
+        // Refused by every node: void as well.
+        let b3 = block("b3", 3, 10_000, 4_000);
+        store
+            .insert_coinbase_block(&b3, &second, "tx3")
+            .await
+            .expect("record");
+        assert!(store
+            .reject_block("b3", "bad-cb-amount")
+            .await
+            .expect("reject"));
+        let payouts = store.payouts(100).await.expect("payouts");
+        assert_eq!(payout_status(&payouts, "b3"), "void");
+        assert_eq!(
+            store.payable(&Chain::BITCOIN).await.expect("payable").len(),
+            1
+        );
+
+        // A block without a table (the window was empty) is credited by plain PPLNS.
+        let b4 = block("b4", 4, 10_000, 5_000);
+        store.insert_block(&b4).await.expect("record");
+        let credits = rewards.credits_for(store, &b4).await.expect("credits");
+        let total: u64 = credits.iter().map(|c| c.amount_msat.0).sum();
+        assert_eq!(total, 10_000_000);
+        assert_eq!(
+            credits
+                .iter()
+                .find(|c| c.address == "a")
+                .map(|c| c.amount_msat.0),
+            Some(6_000_000)
+        );
+
+        // One frontend pays balances.
+        let lock = store.try_coinbase_balances_lock().await.expect("lock");
+        assert!(lock.is_some());
+    }
+}
+
+#[tokio::test]
+async fn sqlite_coinbase_payouts_reserve_credit_and_settle_with_their_block() {
+    let dir = scratch("coinbase-sqlite");
+    let store = Store::open(&format!("sqlite://{}", dir.join("q.db").display()))
+        .await
+        .expect("open");
+    coinbase_ledger::lifecycle(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_coinbase_payouts_reserve_credit_and_settle_with_their_block() {
+    let pg = Postgres::start("coinbase-pg");
+    let store = Store::open(&pg.url).await.expect("open");
+    coinbase_ledger::lifecycle(&store).await;
+    // A second frontend on the same database does not get the balances lock.
+    let other = Store::open(&pg.url).await.expect("open");
+    let held = store.try_coinbase_balances_lock().await.expect("lock");
+    assert!(held.is_some());
+    assert!(other
+        .try_coinbase_balances_lock()
+        .await
+        .expect("lock")
+        .is_none());
+}

@@ -23,8 +23,8 @@ const TARGETS: &[(&str, Run)] = &[
 ];
 
 /// Targets whose bodies live in other crates, which replay their corpus themselves
-/// (`quarry-kaspa/tests/fuzz_corpus.rs`).
-const ELSEWHERE: &[&str] = &["kaspa_session"];
+/// (`quarry-kaspa/tests/fuzz_corpus.rs`, `quarry-ledger/tests/fuzz_corpus.rs`).
+const ELSEWHERE: &[&str] = &["coinbase_verify", "kaspa_session"];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")

@@ -7,7 +7,8 @@
 //!
 //! Balances paid in a coinbase are reserved when its block is recorded. A block found and not yet
 //! recorded holds the balances its table paid: until it is, tables pay no balances, so no balance
-//! is committed to two coinbases.
+//! is committed to two coinbases. With several frontends on one PostgreSQL, only the one holding
+//! an advisory lock pays balances (the others pay what their window earns, and carry the rest).
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -100,6 +101,8 @@ struct State {
     /// Balances due, as last read, and the `found` epoch they were read at.
     carried: BTreeMap<String, Sat>,
     carried_epoch: Option<u64>,
+    /// Held by the one frontend that pays balances (always, on SQLite).
+    balances_lock: Option<quarry_ledger::store::PayoutLock>,
     /// When the balances were last read, and at which `found` epoch.
     carried_read: Option<(u64, std::time::Instant)>,
     /// The balances the current jobs pay.
@@ -139,6 +142,7 @@ impl CoinbasePayouts {
                 carried: BTreeMap::new(),
                 carried_epoch: None,
                 carried_read: None,
+                balances_lock: None,
                 carried_in_force: BTreeMap::new(),
                 scripts: HashMap::new(),
                 next_template_id: 1,
@@ -234,6 +238,13 @@ impl CoinbasePayouts {
         }
         // Room for the difficulty to double before the log must be read again.
         state.window.trim(2.0 * difficulty);
+        // With several frontends on one PostgreSQL, one pays balances: the one holding the lock.
+        if state.balances_lock.is_none() {
+            state.balances_lock = self.store.try_coinbase_balances_lock().await?;
+            if state.balances_lock.is_some() {
+                info!("coinbase payouts: this instance pays carried balances");
+            }
+        }
         let found = self.epochs.found.load(Ordering::SeqCst);
         // Balances change when a block is recorded, matures or leaves the chain: read them
         // after each recorded block, and otherwise now and then (the query scans every credit,
@@ -241,7 +252,10 @@ impl CoinbasePayouts {
         let stale = state
             .carried_read
             .is_none_or(|(epoch, at)| epoch != found || at.elapsed() >= CARRIED_REFRESH);
-        if stale && found == self.epochs.recorded.load(Ordering::SeqCst) {
+        if stale
+            && state.balances_lock.is_some()
+            && found == self.epochs.recorded.load(Ordering::SeqCst)
+        {
             let carried = self.store.payable(&chain).await?;
             // A block found while reading: the balances it reserved may be missing.
             let after = self.epochs.found.load(Ordering::SeqCst);

@@ -1397,4 +1397,49 @@ mod tests {
         let error = format!("{:#}", config.resolve().expect_err("mainnet split address"));
         assert!(error.contains("payout.split[1].address"), "{error}");
     }
+
+    /// `coinbase-pplns` in pool mode resolves to its settings (the payout threshold is the
+    /// smallest output); in solo mode it is solo; bad limits are refused with the key named.
+    #[test]
+    fn coinbase_pplns_is_checked_at_start() {
+        let mut config = Config::default();
+        config.nodes[0].user = Some("u".into());
+        config.nodes[0].password = Some("p".into());
+        config.payout.scheme = "coinbase-pplns".into();
+        let solo = config.resolve().expect("solo");
+        assert!(solo.coinbase.is_none());
+        assert_eq!(solo.rewards.scheme, Scheme::Solo);
+        config.mining.mode = "pool".into();
+        config.mining.pool_address = Some("mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into());
+        let pool = config.resolve().expect("pool");
+        assert_eq!(pool.rewards.scheme, Scheme::CoinbasePplns { n: 2.0 });
+        let settings = pool.coinbase.expect("coinbase settings");
+        assert_eq!(
+            (
+                settings.min_output_sat,
+                settings.max_outputs,
+                settings.reserved_weight
+            ),
+            (100_000, 100, 8000)
+        );
+        for (key, bad) in [
+            ("coinbase_max_outputs", "0"),
+            ("coinbase_reserved_weight", "500"),
+            ("coinbase_rebuild_tolerance", "1.5"),
+            ("coinbase_refresh_secs", "0"),
+        ] {
+            let mut bad_config = config.clone();
+            match key {
+                "coinbase_max_outputs" => bad_config.payout.coinbase_max_outputs = 0,
+                "coinbase_reserved_weight" => bad_config.payout.coinbase_reserved_weight = 500,
+                "coinbase_rebuild_tolerance" => bad_config.payout.coinbase_rebuild_tolerance = 1.5,
+                _ => bad_config.payout.coinbase_refresh_secs = 0.0,
+            }
+            let error = format!("{:#}", bad_config.resolve().expect_err(bad));
+            assert!(error.contains(&format!("payout.{key}")), "{error}");
+        }
+        config.payout.scheme = "coinbase".into();
+        let error = format!("{:#}", config.resolve().expect_err("unknown scheme"));
+        assert!(error.contains("coinbase-pplns"), "{error}");
+    }
 }
