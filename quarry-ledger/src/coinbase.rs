@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Sat;
-use crate::schemes::{pplns_weights, share_reward, FeePolicy, ShareCredit, SplitDestination};
+use crate::schemes::{share_reward, FeePolicy, SplitDestination};
 
 /// Shares a window holds at most, whatever the difficulties (a million shares of a few dozen
 /// bytes each).
@@ -131,7 +131,7 @@ pub struct WindowSnapshot {
 
 impl WindowSnapshot {
     /// The window of `difficulty` over `newest_first`: the PPLNS rule of
-    /// [`pplns_weights`], with the ids it reached.
+    /// [`crate::schemes::pplns_weights`], with the ids it reached.
     pub fn from_newest_first<'a>(
         newest_first: impl IntoIterator<Item = &'a WindowShare>,
         difficulty: f64,
@@ -141,23 +141,25 @@ impl WindowSnapshot {
             difficulty,
             ..WindowSnapshot::default()
         };
-        let mut credits = Vec::new();
+        // The rule of `pplns_weights`, without a copy of each share's address.
         for share in newest_first {
             if remaining == 0 {
                 break;
             }
-            remaining = remaining.saturating_sub(crate::schemes::weight(share.difficulty));
+            let weight = crate::schemes::weight(share.difficulty).min(remaining);
+            remaining -= weight;
             if snapshot.end_id == 0 {
                 snapshot.end_id = share.id;
             }
             snapshot.start_id = share.id;
             snapshot.shares += 1;
-            credits.push(ShareCredit {
-                address: share.address.clone(),
-                difficulty: share.difficulty,
-            });
+            match snapshot.weights.get_mut(share.address.as_str()) {
+                Some(total) => *total += weight,
+                None => {
+                    snapshot.weights.insert(share.address.clone(), weight);
+                }
+            }
         }
-        snapshot.weights = pplns_weights(&credits, difficulty);
         snapshot
     }
 
@@ -714,6 +716,24 @@ mod tests {
         );
         assert_eq!(snapshot.weights["a"], crate::schemes::weight(2.0));
         assert_eq!(snapshot.weights["b"], crate::schemes::weight(1.0));
+        // The same rule as the ledger's PPLNS, the oldest share counted in part.
+        let shares: Vec<WindowShare> = (1..=9)
+            .map(|i| share(i, ["a", "b", "c"][i as usize % 3], i as f64 / 3.0))
+            .collect();
+        let credits: Vec<crate::schemes::ShareCredit> = shares
+            .iter()
+            .rev()
+            .map(|s| crate::schemes::ShareCredit {
+                address: s.address.clone(),
+                difficulty: s.difficulty,
+            })
+            .collect();
+        let snapshot = WindowSnapshot::from_newest_first(shares.iter().rev(), 7.5);
+        assert_eq!(
+            snapshot.weights,
+            crate::schemes::pplns_weights(&credits, 7.5)
+        );
+        assert_eq!((snapshot.start_id, snapshot.end_id), (7, 9));
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct CoinbasePayouts {
 /// The stage's memory between templates.
 struct State {
     window: Window,
+    /// The last snapshot, and the newest share and window size it was taken at: it is only
+    /// taken again when either changed.
+    snapshot: Option<(Option<i64>, u64, WindowSnapshot)>,
     loaded: bool,
     /// The newest template, as it came in.
     template: Option<Arc<WorkTemplate>>,
@@ -110,6 +113,21 @@ struct State {
     scripts: HashMap<String, Option<ScriptBuf>>,
     next_template_id: u64,
     next_table_id: u64,
+}
+
+impl State {
+    /// The window of `difficulty` as it stands.
+    fn snapshot(&mut self, difficulty: f64) -> WindowSnapshot {
+        let key = (self.window.last_id(), difficulty.to_bits());
+        match &self.snapshot {
+            Some((last, bits, snapshot)) if (*last, *bits) == key => snapshot.clone(),
+            _ => {
+                let snapshot = self.window.snapshot(difficulty);
+                self.snapshot = Some((key.0, key.1, snapshot.clone()));
+                snapshot
+            }
+        }
+    }
 }
 
 impl CoinbasePayouts {
@@ -136,6 +154,7 @@ impl CoinbasePayouts {
         tokio::spawn(async move {
             let mut state = State {
                 window: Window::new(),
+                snapshot: None,
                 loaded: false,
                 template: None,
                 basis: None,
@@ -167,7 +186,7 @@ impl CoinbasePayouts {
                 let Some(template) = state.template.clone() else {
                     continue;
                 };
-                let snapshot = state.window.snapshot(this.window_difficulty(&template));
+                let snapshot = state.snapshot(this.window_difficulty(&template));
                 let carried = this.usable_carried(&state);
                 let moved = match &state.basis {
                     None => true,
@@ -213,6 +232,7 @@ impl CoinbasePayouts {
             .map_or(0.0, |t| self.window_difficulty(t));
         if !state.loaded || state.window.needs_reload(difficulty) {
             state.window = self.load_window(&chain, difficulty).await?;
+            state.snapshot = None;
             state.loaded = true;
         }
         // SQLite has one writer, whose ids follow its commits: nothing is in flight behind them.
