@@ -911,8 +911,10 @@ impl Config {
         layout: &CoinbaseLayout,
     ) -> Result<crate::coinbase_payouts::Settings> {
         let payout = &self.payout;
-        if payout.coinbase_max_outputs == 0 {
-            bail!("payout.coinbase_max_outputs must be at least 1");
+        // An SV2 extended job carries the coinbase's end in at most 64 KiB: 1000 outputs of the
+        // longest address script (51 bytes) leave room for the rest.
+        if !(1..=1000).contains(&payout.coinbase_max_outputs) {
+            bail!("payout.coinbase_max_outputs must be 1 to 1000");
         }
         if !(1000..=4_000_000).contains(&payout.coinbase_reserved_weight) {
             bail!("payout.coinbase_reserved_weight must be the node's -blockreservedweight (1000 to 4000000)");

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use quarry_work::{Difficulty, Target};
 use serde_json::{json, Value};
 
-use super::codec::LineReader;
+use super::codec::{LineReader, MAX_POOL_LINE_LEN};
 use super::notify::Notify;
 
 /// Longest extranonce1 or extranonce2 taken from a pool: hashers index and copy them per roll.
@@ -139,7 +139,7 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
-    reader: LineReader,
+    reader: LineReader<MAX_POOL_LINE_LEN>,
     outbox: VecDeque<String>,
     events: VecDeque<ClientEvent>,
     extranonce1: Vec<u8>,
@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn a_pool_that_breaks_the_rules_ends_the_client_cleanly() {
         let mut long = client();
-        long.handle_bytes(&vec![b'x'; crate::v1::codec::MAX_LINE_LEN + 10]);
+        long.handle_bytes(&vec![b'x'; MAX_POOL_LINE_LEN + 10]);
         assert_eq!(long.close_reason(), Some(&ClientError::LineTooLong));
 
         let mut huge = client();

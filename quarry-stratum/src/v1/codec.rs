@@ -1,27 +1,33 @@
 //! Splitting a byte stream into bounded lines.
 
-/// Longest line accepted, newline excluded. Real requests are under 1 KiB; the cap keeps a
-/// peer from making us buffer without end.
+/// Longest line a pool accepts from a miner, newline excluded. Real requests are under 1 KiB;
+/// the cap keeps a peer from making us buffer without end.
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
-/// The peer sent more than [`MAX_LINE_LEN`] bytes without a newline.
+/// Longest line a miner accepts from a pool: a `mining.notify` carries the coinbase, which pays
+/// hundreds of miners at pools that pay in the coinbase (a 1,000-output coinbase is ~70 KB of
+/// hex).
+pub const MAX_POOL_LINE_LEN: usize = 256 * 1024;
+
+/// The peer sent a longer line than the reader takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("line longer than {MAX_LINE_LEN} bytes")]
+#[error("line too long")]
 pub struct LineTooLong;
 
-/// Buffers bytes and yields complete lines. The buffer grows only as far as the longest line and
-/// is released once drained, so an idle connection holds no buffer at all.
+/// Buffers bytes and yields complete lines of at most `LIMIT` bytes. The buffer grows only as far
+/// as the longest line and is released once drained, so an idle connection holds no buffer at
+/// all.
 #[derive(Debug, Default)]
-pub struct LineReader {
+pub struct LineReader<const LIMIT: usize = MAX_LINE_LEN> {
     buf: Vec<u8>,
     start: usize,
 }
 
-impl LineReader {
+impl<const LIMIT: usize> LineReader<LIMIT> {
     /// Appends received bytes.
     ///
     /// # Errors
-    /// When the unfinished line would exceed [`MAX_LINE_LEN`].
+    /// When the unfinished line would exceed `LIMIT`.
     pub fn push(&mut self, data: &[u8]) -> Result<(), LineTooLong> {
         if self.start > 0 {
             self.buf.drain(..self.start);
@@ -32,7 +38,7 @@ impl LineReader {
             Some(newline) => self.buf.len() - newline - 1,
             None => self.buf.len(),
         };
-        if pending > MAX_LINE_LEN {
+        if pending > LIMIT {
             self.buf.clear();
             return Err(LineTooLong);
         }
@@ -42,7 +48,7 @@ impl LineReader {
     /// The next complete line without its `\n` (or `\r\n`).
     ///
     /// # Errors
-    /// A complete line longer than [`MAX_LINE_LEN`].
+    /// A complete line longer than `LIMIT`.
     pub fn next_line(&mut self) -> Option<Result<&[u8], LineTooLong>> {
         if self.start == self.buf.len() {
             self.release();
@@ -52,7 +58,7 @@ impl LineReader {
         let newline = rest.iter().position(|&b| b == b'\n')?;
         let line_start = self.start;
         self.start += newline + 1;
-        if newline > MAX_LINE_LEN {
+        if newline > LIMIT {
             return Some(Err(LineTooLong));
         }
         let mut line = &self.buf[line_start..line_start + newline];
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn splits_lines_across_pushes() {
-        let mut reader = LineReader::default();
+        let mut reader: LineReader = LineReader::default();
         reader.push(b"{\"a\":1}\r\n{\"b\"").expect("short");
         assert_eq!(reader.next_line(), Some(Ok(&b"{\"a\":1}"[..])));
         assert_eq!(reader.next_line(), None);
@@ -91,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_drained_reader_gives_back_a_large_buffer() {
-        let mut reader = LineReader::default();
+        let mut reader: LineReader = LineReader::default();
         let mut line = vec![b'x'; 4000];
         line.push(b'\n');
         reader.push(&line).expect("short");
@@ -104,9 +110,9 @@ mod tests {
 
     #[test]
     fn caps_unterminated_and_terminated_lines() {
-        let mut reader = LineReader::default();
+        let mut reader: LineReader = LineReader::default();
         assert_eq!(reader.push(&vec![b'x'; MAX_LINE_LEN + 1]), Err(LineTooLong));
-        let mut reader = LineReader::default();
+        let mut reader: LineReader = LineReader::default();
         let mut long = vec![b'x'; MAX_LINE_LEN + 1];
         long.push(b'\n');
         // A long line arriving whole in one read is caught by next_line.
@@ -114,5 +120,23 @@ mod tests {
             .push(&long)
             .expect("nothing pending after the newline");
         assert_eq!(reader.next_line(), Some(Err(LineTooLong)));
+    }
+
+    #[test]
+    fn a_miner_takes_a_pools_long_notify() {
+        // A 1,000-output coinbase in a notify: ~70 KB, refused from a miner, taken from a pool.
+        let mut notify = vec![b'x'; 70_000];
+        notify.push(b'\n');
+        let mut from_miner: LineReader = LineReader::default();
+        assert_eq!(from_miner.push(&notify), Ok(()));
+        assert_eq!(from_miner.next_line(), Some(Err(LineTooLong)));
+        let mut from_pool = LineReader::<MAX_POOL_LINE_LEN>::default();
+        from_pool.push(&notify).expect("within the pool's limit");
+        assert!(matches!(from_pool.next_line(), Some(Ok(l)) if l.len() == 70_000));
+        let mut huge = LineReader::<MAX_POOL_LINE_LEN>::default();
+        assert_eq!(
+            huge.push(&vec![b'x'; MAX_POOL_LINE_LEN + 1]),
+            Err(LineTooLong)
+        );
     }
 }
