@@ -466,6 +466,17 @@ percent = 40
         window["table"]["window_shares"].as_u64() > Some(0),
         "{window}"
     );
+    // A miner's page says what the block being mined pays it.
+    let page = reqwest::get(format!("http://127.0.0.1:{api_port}/miners/{}", miners[0]))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        page.contains("data-testid=\"next-coinbase\"") && page.contains("in its coinbase"),
+        "{page}"
+    );
 
     // Anyone can check every block: quarry verify recomputes each split from the shares.
     let (ok, out) = verify(&nodes, api_port, &["--all"], &dir.join("verify.log"));

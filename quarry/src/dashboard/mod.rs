@@ -541,6 +541,15 @@ async fn miner(
         ));
     }
     let payable = state.store.payable(&chain).await?.get(&address).copied();
+    // Payouts in the coinbase: what the block the pool is mining now pays this address.
+    let next_coinbase = match (&state.coinbase, chain == Chain::BITCOIN) {
+        (Some(coinbase), true) => coinbase
+            .view
+            .borrow()
+            .as_ref()
+            .and_then(|t| t.entries.iter().find(|e| e.address == address).cloned()),
+        _ => None,
+    };
     let rate: f64 = rows.values().map(|r| r.hashrate).sum();
     let online = rows.values().filter(|r| r.online).count();
     let best = rows
@@ -614,6 +623,28 @@ async fn miner(
             }
             section aria-labelledby="balance" {
                 h2 #balance { "Balance" }
+                @if let Some(next) = &next_coinbase {
+                    p data-testid="next-coinbase" {
+                        @if next.output_sat > 0 {
+                            "The block the pool is mining pays this address "
+                            strong { (format::coins(i64::try_from(next.output_sat).unwrap_or(i64::MAX))) }
+                            " in its coinbase"
+                            @if next.carried_sat > 0 {
+                                " (" (format::coins(i64::try_from(next.carried_sat).unwrap_or(i64::MAX))) " of it from the balance)"
+                            }
+                            "."
+                        } @else {
+                            "The block the pool is mining credits this address "
+                            strong { (format::coins(i64::try_from(next.earned_sat.saturating_add(next.fee_sat)).unwrap_or(i64::MAX))) }
+                            ", carried as a balance into a later coinbase (below the smallest output, or past the output cap)."
+                        }
+                    }
+                }
+                @if state.coinbase.is_some() {
+                    @if let Some(owed) = payable {
+                        p { "Carried into a later coinbase: " (format::coins(owed.to_db())) "." }
+                    }
+                }
                 @if balances.is_empty() && payable.is_none() {
                     p.muted {
                         @if state.connect.mode == "solo" { "Solo mode: each block pays its finder in the coinbase." }
