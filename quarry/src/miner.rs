@@ -715,10 +715,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_line_is_an_error_not_a_buffer() {
-        let error = mine_against(vec![b'x'; 64 * 1024])
-            .await
-            .err()
-            .expect("refused");
+        let error = mine_against(vec![
+            b'x';
+            quarry_stratum::v1::codec::MAX_POOL_LINE_LEN + 1024
+        ])
+        .await
+        .err()
+        .expect("refused");
         assert!(format!("{error:#}").contains("overlong"), "{error:#}");
     }
 }

@@ -128,8 +128,8 @@ async fn api_get(url: &str) -> Value {
         .expect("JSON")
 }
 
-/// Confirms every block (Core mines `blocks` more on top) and waits until the ledger has none
-/// left `submitted` or `pending`.
+/// Confirms every Bitcoin block (Core mines `blocks` more on top) and waits until the ledger has
+/// none left `submitted` or `pending`.
 async fn settle(nodes: &Regtest, store: &Store, pool: &Process, blocks: u64) {
     let burn = nodes.new_address().await;
     nodes
@@ -141,6 +141,7 @@ async fn settle(nodes: &Regtest, store: &Store, pool: &Process, blocks: u64) {
             .await
             .unwrap_or_default()
             .iter()
+            .filter(|b| b.chain == Chain::BITCOIN)
             .all(|b| !matches!(b.status, BlockStatus::Submitted | BlockStatus::Pending))
     })
     .await;
@@ -695,5 +696,149 @@ async fn five_hundred_miners_over_a_hundred_outputs_are_carried_paid_later_and_s
     assert!(
         table.entries.iter().any(|e| e.carried_sat > 0),
         "the orphan had paid a balance"
+    );
+}
+
+/// With merged mining, each coinbase carries the payouts next to the AuxPoW commitment and RSK's
+/// tag: Core, the AuxPoW chain's checks and RSK's all take their blocks, and the split verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_mining_keeps_its_commitments_next_to_the_payouts() {
+    use support::aux_node::{AuxNode, RskNode};
+    const EASY: u32 = 0x207f_ffff;
+    let nodes = Regtest::single();
+    let namecoin = AuxNode::start(1, EASY, "nc1").await;
+    let rsk = RskNode::start(EASY).await;
+    let dir = scratch_dir("coinbase-merged");
+    let (port, api_port) = (free_port(), free_port());
+    let pool_address = nodes.new_address().await;
+    let miners = [nodes.new_address().await, nodes.new_address().await];
+    let mut config = coinbase_config(
+        &nodes,
+        &dir,
+        port,
+        api_port,
+        &pool_address,
+        "pplns_n = 1000.0\nmaturity = 2\nthreshold_btc = 0.00001\n",
+    );
+    config.push_str(&format!(
+        r#"
+[[aux]]
+kind = "auxpow"
+name = "namecoin"
+url = "{namecoin}"
+user = "u"
+password = "p"
+address = "n-pool-address"
+chain_id = 1
+poll_ms = 200
+
+[[aux]]
+kind = "rsk"
+name = "rsk"
+url = "{rsk}"
+user = "u"
+password = "p"
+poll_ms = 200
+maturity = 2
+
+[merge_mining_fee]
+enabled = false
+"#,
+        namecoin = namecoin.url(),
+        rsk = rsk.url(),
+    ));
+    let pool = start_pool(&dir, &config, port).await;
+    let store = open_store(&dir).await;
+    let url = format!("stratum+tcp://127.0.0.1:{port}");
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let spawned = [0, 1].map(|i| {
+            Process::spawn(
+                &[
+                    "mine",
+                    &url,
+                    "--user",
+                    &format!("{}.rig", miners[i]),
+                    "--threads",
+                    "1",
+                    "--duration",
+                    "5",
+                ],
+                &dir.join(format!("mine-{rounds}-{i}.log")),
+            )
+        });
+        for mut miner in spawned {
+            assert!(miner.wait(Duration::from_secs(60)), "miner stops");
+        }
+        let aux_taken =
+            namecoin.ledger(|l| l.accepted.len()) >= 2 && rsk.ledger(|l| l.imported.len()) >= 1;
+        if aux_taken || rounds == 4 {
+            assert!(
+                aux_taken,
+                "aux blocks: {:?} {:?}\n{}",
+                namecoin.ledger(|l| l.accepted.len()),
+                rsk.ledger(|l| l.imported.len()),
+                pool.log_text()
+            );
+            break;
+        }
+    }
+    namecoin.ledger(|l| assert!(l.refused.is_empty(), "every AuxPoW passes: {:?}", l.refused));
+    rsk.ledger(|l| {
+        assert!(
+            l.refused.is_empty(),
+            "every RSK proof passes: {:?}",
+            l.refused
+        )
+    });
+    settle(&nodes, &store, &pool, 3).await;
+
+    let mut paying_both = 0;
+    for (block, table) in blocks_with_tables(&store).await {
+        assert_ne!(
+            block.status,
+            BlockStatus::Rejected,
+            "Core took every block: {block:?}"
+        );
+        let Some((table, _)) = table else { continue };
+        if block.status != BlockStatus::Confirmed {
+            continue;
+        }
+        let core = core_block(&nodes, &block.hash).await;
+        let coinbase = &core.txdata[0];
+        let outputs = coinbase_outputs(&core);
+        for (address, sat) in table.outputs() {
+            assert_eq!(
+                outputs.get(address),
+                Some(&sat),
+                "{address} in {}",
+                block.hash
+            );
+        }
+        paying_both += usize::from(miners.iter().all(|m| outputs.contains_key(m)));
+        // The AuxPoW commitment in the scriptSig, RSK's tag among the outputs.
+        let script_sig = coinbase.input[0].script_sig.as_bytes();
+        assert!(
+            script_sig.windows(4).any(|w| w == [0xfa, 0xbe, 0x6d, 0x6d]),
+            "{}",
+            block.hash
+        );
+        assert!(
+            coinbase.output.iter().any(|o| o
+                .script_pubkey
+                .as_bytes()
+                .windows(9)
+                .any(|w| w == b"RSKBLOCK:")),
+            "{}",
+            block.hash
+        );
+    }
+    assert!(paying_both >= 2, "blocks paying both miners: {paying_both}");
+    assert_conserved(&nodes, &store, &pool_address).await;
+    let (ok, out) = verify(&nodes, api_port, &["--all"], &dir.join("verify.log"));
+    assert!(
+        ok && out.contains("\"disagree\":0"),
+        "verify agrees:\n{out}"
     );
 }
