@@ -10,6 +10,10 @@
 #                                                      30 s; the pool's RSS and descriptors every
 #                                                      minute into target/loadgen-bench/soak.csv
 #                                                      (LOADGEN_SECONDS defaults to 3600 here)
+#   scripts/loadgen-bench.sh coinbase [MINERS] [RATE]  pool mode paying in the coinbase (SCHEME,
+#                                                      default coinbase-pplns; pplns to compare):
+#                                                      each miner its own address, up to
+#                                                      MAX_OUTPUTS (100) outputs, a block every 3 s
 #
 # POOL_CPUS and LOADGEN_CPUS (taskset lists, e.g. 0 and 1) pin each process to its own cores.
 # LOADGEN_SECONDS (default 30) is the run's length; extra arguments after the scenario's go to
@@ -25,7 +29,9 @@ case "$SCENARIO" in
     shares | sv2) MINERS=${2:-1000}; RATE=${3:-5}; shift $(( $# < 3 ? $# : 3 )) ;;
     soak) MINERS=${2:-5000}; RATE=${3:-0.2}; shift $(( $# < 3 ? $# : 3 ))
         SECONDS_RUN=${LOADGEN_SECONDS:-3600}; BLOCKS=$((SECONDS_RUN / 30)) ;;
-    *) echo "usage: $0 idle|fanout|shares|sv2|soak [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
+    coinbase) MINERS=${2:-500}; RATE=${3:-2}; shift $(( $# < 3 ? $# : 3 ))
+        SECONDS_RUN=${LOADGEN_SECONDS:-30}; BLOCKS=$((SECONDS_RUN / 3)) ;;
+    *) echo "usage: $0 idle|fanout|shares|sv2|soak|coinbase [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
 esac
 SECONDS_RUN=${SECONDS_RUN:-${LOADGEN_SECONDS:-30}}
 WORK=${LOADGEN_WORK:-$ROOT/target/loadgen-bench}
@@ -65,12 +71,13 @@ cookie_file = "$NODE_A_COOKIE"
 zmq_hashblock = "$NODE_A_ZMQ"
 
 [mining]
-mode = "$([ "$SCENARIO" = soak ] && echo pool || echo solo)"
+mode = "$(case "$SCENARIO" in soak | coinbase) echo pool ;; *) echo solo ;; esac)"
 pool_address = "$MINING_ADDRESS"
 poll_interval_secs = 1
 
 [payout]
 interval_secs = 0
+$([ "$SCENARIO" = coinbase ] && printf 'scheme = "%s"\npplns_n = 1e13\nthreshold_btc = 0.00001\ncoinbase_max_outputs = %s\ncoinbase_reserved_weight = 40000\n' "${SCHEME:-coinbase-pplns}" "${MAX_OUTPUTS:-100}")
 
 [stratum]
 listen = "127.0.0.1:$PORT"
@@ -101,6 +108,39 @@ case "$SCENARIO" in
     fanout) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
         --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS") ;;
     sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
+    coinbase)
+        # One regtest address per miner (bech32 of a P2WPKH program from the index).
+        python3 - "$MINERS" >"$WORK/users.txt" <<'PY'
+import hashlib, sys
+CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+def polymod(values):
+    gen = [0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3]
+    chk = 1
+    for v in values:
+        top = chk >> 25
+        chk = (chk & 0x1ffffff) << 5 ^ v
+        for i in range(5):
+            chk ^= gen[i] if ((top >> i) & 1) else 0
+    return chk
+def address(program):
+    data, acc, bits = [0], 0, 0
+    for b in program:
+        acc = (acc << 8) | b
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            data.append((acc >> bits) & 31)
+    if bits:
+        data.append((acc << (5 - bits)) & 31)
+    hrp = "bcrt"
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    pm = polymod(expanded + data + [0] * 6) ^ 1
+    return hrp + "1" + "".join(CHARSET[d] for d in data + [(pm >> 5 * (5 - i)) & 31 for i in range(6)])
+for i in range(int(sys.argv[1])):
+    print(address(hashlib.sha256(b"quarry-bench-%d" % i).digest()[:20]) + ".rig")
+PY
+        ARGS+=(--users-file "$WORK/users.txt" --blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
+        --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS") ;;
     soak) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
         --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS")
         # minute, pool RSS (KiB), open descriptors, threads: sampled until the run ends.

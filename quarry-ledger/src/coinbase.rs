@@ -475,6 +475,17 @@ pub struct PublishedShare {
     pub hash: Option<String>,
 }
 
+impl PublishedShare {
+    /// The share as the window counts it.
+    pub fn window_share(&self) -> WindowShare {
+        WindowShare {
+            id: self.id,
+            address: self.address.clone(),
+            difficulty: self.difficulty,
+        }
+    }
+}
+
 /// How a block's table compares with what its shares and its coinbase say: every difference, in
 /// words (none when they agree). Every input may come from a hostile pool or file: nothing here
 /// panics or overflows.
@@ -489,11 +500,7 @@ pub fn verify_table(
     let window: Vec<WindowShare> = shares_newest_first
         .iter()
         .filter(|s| s.id <= table.window_end_id)
-        .map(|s| WindowShare {
-            id: s.id,
-            address: s.address.clone(),
-            difficulty: s.difficulty,
-        })
+        .map(PublishedShare::window_share)
         .collect();
     let snapshot = WindowSnapshot::from_newest_first(&window, table.window_difficulty);
     if snapshot.end_id != table.window_end_id
@@ -920,10 +927,7 @@ mod tests {
             published(2, "b", 1.0, &h(2)),
             published(1, "a", 1.0, &h(1)),
         ];
-        let window: Vec<WindowShare> = shares
-            .iter()
-            .map(|s| share(s.id, &s.address, s.difficulty))
-            .collect();
+        let window: Vec<WindowShare> = shares.iter().map(PublishedShare::window_share).collect();
         let snapshot = WindowSnapshot::from_newest_first(&window, 3.0);
         let table = plan(
             1,

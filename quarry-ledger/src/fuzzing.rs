@@ -85,14 +85,7 @@ pub mod coinbase_verify {
             });
         }
         shares.reverse();
-        let window: Vec<WindowShare> = shares
-            .iter()
-            .map(|s| WindowShare {
-                id: s.id,
-                address: s.address.clone(),
-                difficulty: s.difficulty,
-            })
-            .collect();
+        let window: Vec<WindowShare> = shares.iter().map(PublishedShare::window_share).collect();
         let difficulty = window.iter().map(|s| s.difficulty).sum::<f64>() * 0.75;
         let snapshot = WindowSnapshot::from_newest_first(&window, difficulty);
         let table = plan(1, Sat(value), &snapshot, &carried, &policy, &limits, |a| {

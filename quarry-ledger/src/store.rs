@@ -436,24 +436,7 @@ impl Store {
     /// # Errors
     /// Any database error.
     pub async fn insert_block(&self, block: &BlockRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, share_id, \
-             network_difficulty, instance, chain) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10) \
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(block.hash.clone())
-        .bind(block.height)
-        .bind(block.status.as_str().to_string())
-        .bind(block.reward)
-        .bind(block.worker.clone())
-        .bind(block.address.clone())
-        .bind(block.found_ms)
-        .bind(block.network_difficulty)
-        .bind(block.instance.clone())
-        .bind(block.chain.as_str().to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_block_row(&self.pool, block).await
     }
 
     /// Found blocks of `chain` (every chain when `None`), newest first, at most `limit`.
@@ -1197,23 +1180,7 @@ impl Store {
         if !fresh {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, share_id, \
-             network_difficulty, instance, chain) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10) \
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(block.hash.clone())
-        .bind(block.height)
-        .bind(block.status.as_str().to_string())
-        .bind(block.reward)
-        .bind(block.worker.clone())
-        .bind(block.address.clone())
-        .bind(block.found_ms)
-        .bind(block.network_difficulty)
-        .bind(block.instance.clone())
-        .bind(block.chain.as_str().to_string())
-        .execute(&mut *tx)
-        .await?;
+        insert_block_row(&mut *tx, block).await?;
         let mut outputs: BTreeMap<&str, u64> = BTreeMap::new();
         for (address, sat) in table.outputs() {
             *outputs.entry(address).or_default() += sat;
@@ -1346,6 +1313,31 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Inserts a found block (a no-op when its hash is known), on the pool or in a transaction.
+async fn insert_block_row<'e, E>(executor: E, block: &BlockRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO blocks (hash, height, status, reward, worker, address, found_ms, share_id, \
+         network_difficulty, instance, chain) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10) \
+         ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(block.hash.clone())
+    .bind(block.height)
+    .bind(block.status.as_str().to_string())
+    .bind(block.reward)
+    .bind(block.worker.clone())
+    .bind(block.address.clone())
+    .bind(block.found_ms)
+    .bind(block.network_difficulty)
+    .bind(block.instance.clone())
+    .bind(block.chain.as_str().to_string())
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// The tag of the payout a block's coinbase makes (scheme `coinbase-pplns`).

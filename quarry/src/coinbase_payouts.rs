@@ -303,11 +303,7 @@ impl CoinbasePayouts {
             let full = batch.len() as i64 >= READ_BATCH;
             for share in batch {
                 held += share.difficulty.max(0.0);
-                newest_first.push(quarry_ledger::coinbase::WindowShare {
-                    id: share.id,
-                    address: share.address,
-                    difficulty: share.difficulty,
-                });
+                newest_first.push(share.window_share());
             }
             if !full {
                 break;

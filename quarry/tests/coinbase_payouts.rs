@@ -355,14 +355,7 @@ percent = 40
 
         // The window's split, recomputed from the shares in the share log: exact.
         let shares = window_shares(&store, &table).await;
-        let window: Vec<WindowShare> = shares
-            .iter()
-            .map(|s| WindowShare {
-                id: s.id,
-                address: s.address.clone(),
-                difficulty: s.difficulty,
-            })
-            .collect();
+        let window: Vec<WindowShare> = shares.iter().map(PublishedShare::window_share).collect();
         let snapshot = WindowSnapshot::from_newest_first(&window, table.window_difficulty);
         assert_eq!(
             (snapshot.start_id, snapshot.end_id),
