@@ -180,8 +180,12 @@ impl CoinbasePayouts {
                     }
                     _ = tick.tick() => false,
                 };
-                if let Err(e) = this.refresh(&mut state).await {
-                    warn!(error = %e, "coinbase payouts: reading the share log failed; the table in force stays");
+                // New work goes out at once, on the window as it stands: the share log is read
+                // on the ticks, never between a new block and its jobs.
+                if !fresh_template {
+                    if let Err(e) = this.refresh(&mut state).await {
+                        warn!(error = %e, "coinbase payouts: reading the share log failed; the table in force stays");
+                    }
                 }
                 let Some(template) = state.template.clone() else {
                     continue;

@@ -20,7 +20,7 @@ use crate::node::Rpc;
 pub struct VerifyArgs {
     /// Block hashes to check (display hex).
     pub blocks: Vec<String>,
-    /// Check every block the pool lists with a payout table.
+    /// Check every Bitcoin block the pool lists (its newest 1,000) that has a payout table.
     #[arg(long)]
     pub all: bool,
     /// The pool's API, e.g. http://pool.example:8080.
