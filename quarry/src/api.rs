@@ -287,10 +287,18 @@ async fn pplns_window(State(state): Shared) -> Result<Json<Value>, ApiError> {
 #[derive(Deserialize)]
 struct SharesQuery {
     block: Option<String>,
+    /// Newest share id of this page (the window's newest when unset).
+    until: Option<i64>,
+    /// Shares in this page (at most [`SHARES_PAGE`]).
+    limit: Option<i64>,
 }
 
+/// Shares per page of `/api/pplns/shares`: a window may hold a million.
+const SHARES_PAGE: i64 = 100_000;
+
 /// The shares behind a block's table (`?block=<hash>`), or behind the table in force: newest
-/// first, each with its header hash, so anyone can recompute the split (`quarry verify`).
+/// first, each with its header hash, so anyone can recompute the split (`quarry verify`). In
+/// pages of at most 100,000: `next_until` names the next page's `until`, `null` on the last.
 async fn pplns_shares(
     State(state): Shared,
     Query(query): Query<SharesQuery>,
@@ -318,14 +326,25 @@ async fn pplns_shares(
             .cloned()
             .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no table yet".into()))?,
     };
-    let limit = i64::try_from(table.window_shares)
-        .unwrap_or(i64::MAX)
-        .min(quarry_ledger::coinbase::MAX_WINDOW_SHARES as i64);
-    let shares = state
+    let until = query
+        .until
+        .unwrap_or(table.window_end_id)
+        .min(table.window_end_id);
+    let limit = query.limit.unwrap_or(SHARES_PAGE).clamp(1, SHARES_PAGE);
+    let mut shares = state
         .store
-        .published_shares(&Chain::BITCOIN, table.window_end_id, limit)
+        .published_shares(&Chain::BITCOIN, until, limit)
         .await?;
+    // The window's shares only: none older than its first.
+    shares.retain(|s| s.id >= table.window_start_id);
+    let next_until = match shares.last() {
+        Some(last) if shares.len() as i64 == limit && last.id > table.window_start_id => {
+            Some(last.id - 1)
+        }
+        _ => None,
+    };
     let body = json!({
+        "next_until": next_until,
         "block": query.block,
         "table": table.id,
         "window_start_id": table.window_start_id,
@@ -1015,8 +1034,12 @@ async fn openapi() -> Json<Value> {
             "/api/payments": get("Payouts of every chain (each with its chain), newest first (?limit=); under coinbase-pplns each found block's coinbase outputs are a payout (tag coinbase-<block>, txid the coinbase's): status coinbase while immature, sent once confirmed, void if the block left the chain"),
             "/api/pplns/window": get("coinbase-pplns: the payout table in force (window share ids and difficulty, fee policy, limits, per address earned, carried and output satoshis) and the pool's remainder"),
             "/api/pplns/shares": {"get": {
-                "summary": "coinbase-pplns: the shares behind a block's payout table (?block=<hash>) or the table in force, newest first, each with id, time, address, worker, difficulty and header hash: enough to recompute the split (quarry verify)",
-                "parameters": [{"name": "block", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "summary": "coinbase-pplns: the shares behind a block's payout table (?block=<hash>) or the table in force, newest first, each with id, time, address, worker, difficulty and header hash: enough to recompute the split (quarry verify). Pages of at most 100,000 shares: next_until is the next page's until, null on the last",
+                "parameters": [
+                    {"name": "block", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "until", "in": "query", "required": false, "schema": {"type": "integer"}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "maximum": 100000}}
+                ],
                 "responses": {"200": {"description": "OK"}, "400": {"description": "Bad block hash"}, "404": {"description": "No table for that block, or not coinbase-pplns"}}
             }},
             "/api/blocks/{hash}/coinbase": {"get": {

@@ -131,15 +131,16 @@ async fn check(
     let network = crate::config::parse_network(answer["network"].as_str().unwrap_or_default())
         .context("the pool's network")?;
     let pool_address = answer["pool_address"].as_str().map(str::to_string);
-    let shares: Value = match shares_file {
-        Some(path) => serde_json::from_slice(
-            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        )
-        .with_context(|| format!("{} is not the JSON of /api/pplns/shares", path.display()))?,
-        None => get(http, &format!("{api}/api/pplns/shares?block={hash}")).await?,
+    let shares: Vec<PublishedShare> = match shares_file {
+        Some(path) => {
+            let file: Value = serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{} is not the JSON of /api/pplns/shares", path.display()))?;
+            serde_json::from_value(file["shares"].clone()).context("the share list")?
+        }
+        None => shares_of(http, api, hash, table.window_shares).await?,
     };
-    let shares: Vec<PublishedShare> =
-        serde_json::from_value(shares["shares"].clone()).context("the share list")?;
     // The block as the verifier's node has it.
     let raw: String = rpc
         .call("getblock", json!([hash, 0]), Duration::from_secs(30))
@@ -179,6 +180,30 @@ async fn check(
         pool_address.as_deref(),
     ));
     Ok(problems)
+}
+
+/// Every page of a block's window from `/api/pplns/shares`, newest first; at most the window's
+/// share count (a pool that pages without end is cut off there).
+async fn shares_of(
+    http: &reqwest::Client,
+    api: &str,
+    hash: &str,
+    window_shares: u64,
+) -> Result<Vec<PublishedShare>> {
+    let mut shares: Vec<PublishedShare> = Vec::new();
+    let mut url = format!("{api}/api/pplns/shares?block={hash}");
+    loop {
+        let page = get(http, &url).await?;
+        let batch: Vec<PublishedShare> =
+            serde_json::from_value(page["shares"].clone()).context("the share list")?;
+        shares.extend(batch);
+        match page["next_until"].as_i64() {
+            Some(until) if (shares.len() as u64) < window_shares => {
+                url = format!("{api}/api/pplns/shares?block={hash}&until={until}");
+            }
+            _ => return Ok(shares),
+        }
+    }
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Result<Value> {

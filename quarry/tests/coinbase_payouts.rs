@@ -492,6 +492,24 @@ percent = 40
         block.hash
     ))
     .await;
+    // In pages, the same shares.
+    let mut paged = Vec::new();
+    let mut until = None::<i64>;
+    loop {
+        let page = api_get(&format!(
+            "http://127.0.0.1:{api_port}/api/pplns/shares?block={}&limit=100{}",
+            block.hash,
+            until.map(|u| format!("&until={u}")).unwrap_or_default()
+        ))
+        .await;
+        paged.extend(page["shares"].as_array().expect("shares").iter().cloned());
+        match page["next_until"].as_i64() {
+            Some(next) => until = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, file["shares"].as_array().expect("shares"));
+    assert!(paged.len() > 100, "more than one page: {}", paged.len());
     let shares = file["shares"].as_array_mut().expect("shares");
     let victim = shares
         .iter()
