@@ -853,3 +853,93 @@ enabled = false
         "verify agrees:\n{out}"
     );
 }
+
+/// Jobs are rebuilt when the window's split moves past the tolerance, not on every share: two
+/// miners' shares come in one after the other while the table in force is watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_rebuilt_when_the_split_moves_not_on_every_share() {
+    let nodes = Regtest::single();
+    let dir = scratch_dir("coinbase-tolerance");
+    let (port, api_port) = (free_port(), free_port());
+    let pool_address = nodes.new_address().await;
+    let (a, b) = (nodes.new_address().await, nodes.new_address().await);
+    // Shares far below the network's difficulty: about one in 470 is a block.
+    let config = coinbase_config(
+        &nodes,
+        &dir,
+        port,
+        api_port,
+        &pool_address,
+        "pplns_n = 1000.0\nthreshold_btc = 0.00001\ncoinbase_rebuild_tolerance = 0.25\n",
+    )
+    .replace("start = 0.001\nmin = 0.001", "start = 1e-12\nmin = 1e-12")
+    .replace("max = 65536", "max = 1e-12");
+    let pool = start_pool(&dir, &config, port).await;
+    let tables = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Value)>::new()));
+    let watcher = {
+        let tables = std::sync::Arc::clone(&tables);
+        tokio::spawn(async move {
+            loop {
+                let window =
+                    api_get(&format!("http://127.0.0.1:{api_port}/api/pplns/window")).await;
+                if let Some(id) = window["table"]["id"].as_u64() {
+                    let mut seen = tables.lock().expect("lock");
+                    if seen.last().map(|(last, _)| *last) != Some(id) {
+                        seen.push((id, window["table"]["entries"].clone()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut accepted = 0;
+    for (round, address) in [&a, &b].into_iter().enumerate() {
+        let users = dir.join(format!("users-{round}.txt"));
+        std::fs::write(&users, format!("{address}.rig\n")).expect("users");
+        let report = loadgen_report(
+            &[
+                "loadgen",
+                &format!("stratum+tcp://127.0.0.1:{port}"),
+                "--miners",
+                "4",
+                "--user",
+                "unused",
+                "--users-file",
+                users.to_str().expect("path"),
+                "--rate",
+                "3",
+                "--duration",
+                "8",
+                "--json",
+            ],
+            &dir.join(format!("loadgen-{round}.log")),
+            || pool.log_text(),
+        );
+        accepted += report["accepted"].as_u64().unwrap_or(0);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watcher.abort();
+    let tables = tables.lock().expect("lock").clone();
+    let blocks = blocks_with_tables(&open_store(&dir).await).await.len();
+    eprintln!(
+        "{} tables for {accepted} shares and {blocks} blocks",
+        tables.len()
+    );
+    assert!(accepted >= 150, "{accepted} shares accepted");
+    // A table per share would be ~190; one per template and per move past 25 % is a handful.
+    assert!(
+        !tables.is_empty() && tables.len() <= 6 + 2 * blocks,
+        "{} tables for {accepted} shares and {blocks} blocks: {:?}",
+        tables.len(),
+        tables.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
+    // The move mattered: the last table pays b.
+    let (_, last) = tables.last().expect("a table");
+    assert!(
+        last.as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["address"] == b.as_str() && e["earned_sat"].as_u64() > Some(0)),
+        "{last}"
+    );
+}
