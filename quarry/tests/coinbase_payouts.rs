@@ -555,7 +555,7 @@ async fn five_hundred_miners_over_a_hundred_outputs_are_carried_paid_later_and_s
     // Room for the pool's output, the witness commitment and 100 P2WPKH outputs (124 WU each).
     let reserved_weight = 16_000u64;
     let payout = format!(
-        "pplns_n = 3000.0\nmaturity = 1\nthreshold_btc = 0.00001\ncoinbase_max_outputs = 100\ncoinbase_reserved_weight = {reserved_weight}\n"
+        "pplns_n = 3000.0\nmaturity = 3\nthreshold_btc = 0.00001\ncoinbase_max_outputs = 100\ncoinbase_reserved_weight = {reserved_weight}\n"
     );
     let config = coinbase_config(&nodes, &dir, port, api_port, &pool_address, &payout);
     let pool = start_pool(&dir, &config, port).await;
@@ -611,22 +611,71 @@ async fn five_hundred_miners_over_a_hundred_outputs_are_carried_paid_later_and_s
         "at most {most_in_window} miners in a window"
     );
 
-    // Orphan the newest block that paid a carried balance (and whatever followed it); the pool
-    // mines a longer branch.
-    let orphan = blocks_with_tables(&store)
-        .await
-        .into_iter()
-        .filter(|(b, t)| {
-            b.status != BlockStatus::Rejected
-                && t.as_ref().is_some_and(|(t, _)| {
-                    t.entries
-                        .iter()
-                        .any(|e| e.carried_sat > 0 && e.output_sat > 0)
-                })
+    // Orphan the chain's newest block, once it is one that paid a carried balance: it is still
+    // pending (3 confirmations make a block final in the ledger; it has 1). Blocks come so fast
+    // on regtest that most tables are built while the block before is being recorded, and pay
+    // no balance then; a block after a quiet moment pays them. The pool then mines a longer
+    // branch.
+    let mut orphan = None;
+    for round in 0..20 {
+        // Quiet for a moment: the balances owed are read again once the last block is recorded.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let settled = wait_until(Duration::from_secs(10), || async {
+            let tip = nodes
+                .rpc_ok('A', "getbestblockhash", json!([]))
+                .await
+                .as_str()
+                .map(str::to_string);
+            store
+                .blocks(None, 1)
+                .await
+                .unwrap_or_default()
+                .first()
+                .is_some_and(|b| Some(&b.hash) == tip.as_ref())
         })
-        .max_by_key(|(b, _)| b.height)
-        .map(|(b, _)| b)
-        .expect("a block that paid a balance");
+        .await;
+        assert!(
+            settled,
+            "the ledger has the chain's tip:\n{}",
+            pool.log_text()
+        );
+        let (newest, table) = blocks_with_tables(&store)
+            .await
+            .into_iter()
+            .filter(|(b, _)| b.chain == Chain::BITCOIN)
+            .max_by_key(|(b, _)| b.height)
+            .expect("blocks");
+        let paid_a_balance = table.is_some_and(|(t, _)| {
+            t.entries
+                .iter()
+                .any(|e| e.carried_sat > 0 && e.output_sat > 0)
+        });
+        if paid_a_balance && newest.status != BlockStatus::Confirmed {
+            orphan = Some(newest);
+            break;
+        }
+        // One share, so at most one block: found on a table that pays the balances owed.
+        loadgen_report(
+            &[
+                "loadgen",
+                &format!("stratum+tcp://127.0.0.1:{port}"),
+                "--miners",
+                "1",
+                "--user",
+                "unused",
+                "--users-file",
+                users_file.to_str().expect("path"),
+                "--max-shares",
+                "1",
+                "--duration",
+                "3",
+                "--json",
+            ],
+            &dir.join(format!("loadgen-to-orphan-{round}.log")),
+            || pool.log_text(),
+        );
+    }
+    let orphan = orphan.expect("the tip paid a carried balance");
     nodes
         .rpc_ok('A', "invalidateblock", json!([orphan.hash]))
         .await;
