@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bitcoin::consensus::deserialize;
 use bitcoin::{Address, Block};
-use quarry_ledger::coinbase::{verify_table, CoinbaseTable, PublishedShare};
+use quarry_ledger::coinbase::{verify_table, CoinbaseTable, PublishedShare, MAX_WINDOW_SHARES};
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
@@ -198,7 +198,9 @@ async fn shares_of(
             serde_json::from_value(page["shares"].clone()).context("the share list")?;
         shares.extend(batch);
         match page["next_until"].as_i64() {
-            Some(until) if (shares.len() as u64) < window_shares => {
+            // A window never holds more than a million shares: a pool paging past that is cut
+            // off (its table then disagrees with its shares).
+            Some(until) if (shares.len() as u64) < window_shares.min(MAX_WINDOW_SHARES as u64) => {
                 url = format!("{api}/api/pplns/shares?block={hash}&until={until}");
             }
             _ => return Ok(shares),
