@@ -119,6 +119,24 @@ fn verify(nodes: &Regtest, api_port: u16, args: &[&str], log: &Path) -> (bool, S
     (ok, verify.log_text())
 }
 
+/// `quarry loadgen` against the pool on `port`, each miner authorizing as the next line of
+/// `users`, with `args` (miners, rate, duration, …); its JSON report.
+fn users_loadgen(port: u16, users: &Path, args: &[&str], log: &Path, pool: &Process) -> Value {
+    let url = format!("stratum+tcp://127.0.0.1:{port}");
+    let users = users.to_str().expect("path");
+    let mut all = vec![
+        "loadgen",
+        &url,
+        "--user",
+        "unused",
+        "--users-file",
+        users,
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    loadgen_report(&all, log, || pool.log_text())
+}
+
 async fn api_get(url: &str) -> Value {
     reqwest::get(url)
         .await
@@ -562,24 +580,12 @@ async fn five_hundred_miners_over_a_hundred_outputs_are_carried_paid_later_and_s
     let store = open_store(&dir).await;
     let loadgen = |secs: u64, log: &str| {
         let duration = secs.to_string();
-        loadgen_report(
-            &[
-                "loadgen",
-                &format!("stratum+tcp://127.0.0.1:{port}"),
-                "--miners",
-                "500",
-                "--user",
-                "unused",
-                "--users-file",
-                users_file.to_str().expect("path"),
-                "--rate",
-                "1",
-                "--duration",
-                &duration,
-                "--json",
-            ],
+        users_loadgen(
+            port,
+            &users_file,
+            &["--miners", "500", "--rate", "1", "--duration", &duration],
             &dir.join(log),
-            || pool.log_text(),
+            &pool,
         )
     };
     // Mine until nearly all 500 miners are in one block's window, and a block paid a carried
@@ -655,24 +661,12 @@ async fn five_hundred_miners_over_a_hundred_outputs_are_carried_paid_later_and_s
             break;
         }
         // One share, so at most one block: found on a table that pays the balances owed.
-        loadgen_report(
-            &[
-                "loadgen",
-                &format!("stratum+tcp://127.0.0.1:{port}"),
-                "--miners",
-                "1",
-                "--user",
-                "unused",
-                "--users-file",
-                users_file.to_str().expect("path"),
-                "--max-shares",
-                "1",
-                "--duration",
-                "3",
-                "--json",
-            ],
+        users_loadgen(
+            port,
+            &users_file,
+            &["--miners", "1", "--max-shares", "1", "--duration", "3"],
             &dir.join(format!("loadgen-to-orphan-{round}.log")),
-            || pool.log_text(),
+            &pool,
         );
     }
     let orphan = orphan.expect("the tip paid a carried balance");
@@ -945,24 +939,12 @@ async fn jobs_are_rebuilt_when_the_split_moves_not_on_every_share() {
     for (round, address) in [&a, &b].into_iter().enumerate() {
         let users = dir.join(format!("users-{round}.txt"));
         std::fs::write(&users, format!("{address}.rig\n")).expect("users");
-        let report = loadgen_report(
-            &[
-                "loadgen",
-                &format!("stratum+tcp://127.0.0.1:{port}"),
-                "--miners",
-                "4",
-                "--user",
-                "unused",
-                "--users-file",
-                users.to_str().expect("path"),
-                "--rate",
-                "3",
-                "--duration",
-                "8",
-                "--json",
-            ],
+        let report = users_loadgen(
+            port,
+            &users,
+            &["--miners", "4", "--rate", "3", "--duration", "8"],
             &dir.join(format!("loadgen-{round}.log")),
-            || pool.log_text(),
+            &pool,
         );
         accepted += report["accepted"].as_u64().unwrap_or(0);
     }
