@@ -124,10 +124,37 @@ impl BlockKeeper {
         match (&block.payouts, &self.coinbase_epochs) {
             (Some(payouts), Some(epochs)) => {
                 // Recorded before any node has it, so no table built on its child can pay the
-                // balances it paid.
+                // balances it paid. Until it is recorded, tables pay no balances at all: a
+                // failed write is retried in the background while the block goes out now, and
+                // one that never succeeds leaves balances unpaid rather than paid twice.
                 epochs.found.fetch_add(1, Ordering::SeqCst);
-                self.record_with_table(&record, payouts).await;
-                epochs.recorded.fetch_add(1, Ordering::SeqCst);
+                match record_with_table(&self.store, &record, payouts).await {
+                    Recording::Done => {
+                        epochs.recorded.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Recording::Retry(table, txid) => {
+                        let (store, epochs, record) =
+                            (self.store.clone(), Arc::clone(epochs), record.clone());
+                        tokio::spawn(async move {
+                            let started = std::time::Instant::now();
+                            while started.elapsed() < RESUBMIT_FOR {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                match store.insert_coinbase_block(&record, &table, &txid).await {
+                                    Ok(()) => {
+                                        info!(hash = %record.hash, "block and its coinbase payouts recorded after a retry");
+                                        epochs.recorded.fetch_add(1, Ordering::SeqCst);
+                                        return;
+                                    }
+                                    Err(e) => {
+                                        warn!(error = %e, hash = %record.hash, "could not record the block and its coinbase payouts; retrying")
+                                    }
+                                }
+                            }
+                            error!(hash = %record.hash, "gave up recording the block and its coinbase payouts: coinbases pay no carried balances until restart");
+                        });
+                    }
+                    Recording::Unrecordable => {}
+                }
             }
             _ => {
                 if let Err(e) = self.store.insert_block(&record).await {
@@ -138,39 +165,6 @@ impl BlockKeeper {
             }
         }
         self.submit(&record, block, hex).await
-    }
-
-    /// Records a block with the payout table its coinbase committed to, retrying a few times: the
-    /// table reserves the balances the coinbase pays.
-    async fn record_with_table(&self, record: &BlockRecord, payouts: &BlockPayouts) {
-        let table: CoinbaseTable = match serde_json::from_str(&payouts.table.record) {
-            Ok(table) => table,
-            Err(e) => {
-                error!(error = %e, hash = %record.hash, "a payout table does not decode: recording the block without it");
-                if let Err(e) = self.store.insert_block(record).await {
-                    error!(error = %e, hash = %record.hash, "could not record block in the ledger");
-                }
-                return;
-            }
-        };
-        let txid = to_display_hex(&payouts.coinbase_txid);
-        for attempt in 1..=5u32 {
-            match self
-                .store
-                .insert_coinbase_block(record, &table, &txid)
-                .await
-            {
-                Ok(()) => {
-                    info!(hash = %record.hash, table = table.id, outputs = table.outputs().count(), remainder_sat = table.remainder_sat(), "block recorded with its coinbase payouts");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, hash = %record.hash, attempt, "could not record the block and its coinbase payouts; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                }
-            }
-        }
-        error!(hash = %record.hash, "could not record the block and its coinbase payouts: the balances it paid are not reserved");
     }
 
     /// Submits to every node and settles the outcome: credited when a node took it, the
@@ -325,6 +319,47 @@ impl BlockKeeper {
             }
         }
         Ok(())
+    }
+}
+
+/// How recording a block with its payout table went.
+enum Recording {
+    /// Block, table and payout are in the ledger.
+    Done,
+    /// The write failed: the table and the coinbase txid, to try again.
+    Retry(CoinbaseTable, String),
+    /// The table does not decode (never expected): the block is recorded without it and the
+    /// balances it paid cannot be reserved.
+    Unrecordable,
+}
+
+/// One attempt at recording a block with the payout table its coinbase committed to: the
+/// table reserves the balances the coinbase pays.
+async fn record_with_table(
+    store: &Store,
+    record: &BlockRecord,
+    payouts: &BlockPayouts,
+) -> Recording {
+    let table: CoinbaseTable = match serde_json::from_str(&payouts.table.record) {
+        Ok(table) => table,
+        Err(e) => {
+            error!(error = %e, hash = %record.hash, "a payout table does not decode: recording the block without it; coinbases pay no carried balances until restart");
+            if let Err(e) = store.insert_block(record).await {
+                error!(error = %e, hash = %record.hash, "could not record block in the ledger");
+            }
+            return Recording::Unrecordable;
+        }
+    };
+    let txid = to_display_hex(&payouts.coinbase_txid);
+    match store.insert_coinbase_block(record, &table, &txid).await {
+        Ok(()) => {
+            info!(hash = %record.hash, table = table.id, outputs = table.outputs().count(), remainder_sat = table.remainder_sat(), "block recorded with its coinbase payouts");
+            Recording::Done
+        }
+        Err(e) => {
+            warn!(error = %e, hash = %record.hash, "could not record the block and its coinbase payouts; submitting it now, retrying the record in the background");
+            Recording::Retry(table, txid)
+        }
     }
 }
 
