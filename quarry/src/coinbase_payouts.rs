@@ -101,9 +101,8 @@ struct State {
     template: Option<Arc<WorkTemplate>>,
     /// The split the current jobs pay.
     basis: Option<WindowSnapshot>,
-    /// Balances due, as last read, and the `found` epoch they were read at.
+    /// Balances due, as last read.
     carried: BTreeMap<String, Sat>,
-    carried_epoch: Option<u64>,
     /// Held by the one frontend that pays balances (always, on SQLite).
     balances_lock: Option<quarry_ledger::store::PayoutLock>,
     /// When the balances were last read, and at which `found` epoch.
@@ -159,7 +158,6 @@ impl CoinbasePayouts {
                 template: None,
                 basis: None,
                 carried: BTreeMap::new(),
-                carried_epoch: None,
                 carried_read: None,
                 balances_lock: None,
                 carried_in_force: BTreeMap::new(),
@@ -221,8 +219,8 @@ impl CoinbasePayouts {
     fn usable_carried(&self, state: &State) -> BTreeMap<String, Sat> {
         let found = self.epochs.found.load(Ordering::SeqCst);
         let recorded = self.epochs.recorded.load(Ordering::SeqCst);
-        match state.carried_epoch {
-            Some(epoch) if epoch == found && found == recorded => state.carried.clone(),
+        match state.carried_read {
+            Some((epoch, _)) if epoch == found && found == recorded => state.carried.clone(),
             _ => BTreeMap::new(),
         }
     }
@@ -285,7 +283,6 @@ impl CoinbasePayouts {
             let after = self.epochs.found.load(Ordering::SeqCst);
             if after == found && after == self.epochs.recorded.load(Ordering::SeqCst) {
                 state.carried = carried;
-                state.carried_epoch = Some(found);
                 state.carried_read = Some((found, std::time::Instant::now()));
             }
         }
