@@ -6,6 +6,10 @@
 #   scripts/loadgen-bench.sh fanout [MINERS] [BLOCKS]  new block -> last miner notified (idle miners)
 #   scripts/loadgen-bench.sh shares [MINERS] [RATE]    accepted shares/s end to end, Stratum V1
 #   scripts/loadgen-bench.sh sv2    [MINERS] [RATE]    the same over Stratum V2 (Noise, standard channels)
+#   scripts/loadgen-bench.sh flood  [MINERS] [IN_FLIGHT]  V1 submits with random nonces, IN_FLIGHT
+#                                                      outstanding per miner, share difficulty 1:
+#                                                      every share fully validated and rejected
+#                                                      (rejected answers/s, the ckpool comparison)
 #   scripts/loadgen-bench.sh soak   [MINERS] [RATE]    pool mode (SQLite share log), a block every
 #                                                      30 s; the pool's RSS and descriptors every
 #                                                      minute into target/loadgen-bench/soak.csv
@@ -27,11 +31,12 @@ case "$SCENARIO" in
     idle) MINERS=${2:-10000}; RATE=0; shift $(( $# < 2 ? $# : 2 )) ;;
     fanout) MINERS=${2:-10000}; BLOCKS=${3:-10}; RATE=0; shift $(( $# < 3 ? $# : 3 )) ;;
     shares | sv2) MINERS=${2:-1000}; RATE=${3:-5}; shift $(( $# < 3 ? $# : 3 )) ;;
+    flood) MINERS=${2:-100}; IN_FLIGHT=${3:-8}; RATE=0; shift $(( $# < 3 ? $# : 3 )) ;;
     soak) MINERS=${2:-5000}; RATE=${3:-0.2}; shift $(( $# < 3 ? $# : 3 ))
         SECONDS_RUN=${LOADGEN_SECONDS:-3600}; BLOCKS=$((SECONDS_RUN / 30)) ;;
     coinbase) MINERS=${2:-500}; RATE=${3:-2}; shift $(( $# < 3 ? $# : 3 ))
         SECONDS_RUN=${LOADGEN_SECONDS:-30}; BLOCKS=$((SECONDS_RUN / 3)) ;;
-    *) echo "usage: $0 idle|fanout|shares|sv2|soak|coinbase [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
+    *) echo "usage: $0 idle|fanout|shares|sv2|flood|soak|coinbase [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
 esac
 SECONDS_RUN=${SECONDS_RUN:-${LOADGEN_SECONDS:-30}}
 WORK=${LOADGEN_WORK:-$ROOT/target/loadgen-bench}
@@ -83,11 +88,15 @@ $([ "$SCENARIO" = coinbase ] && printf 'scheme = "%s"\npplns_n = 1e13\nthreshold
 listen = "127.0.0.1:$PORT"
 max_connections = 200000
 
-# Shares far easier than regtest's network target, so they are shares and not blocks.
-[vardiff]
-start = 1e-12
-min = 1e-12
-max = 1e-12
+$(case "$SCENARIO" in
+flood) printf 'submits_per_sec = 10000000\nsubmits_burst = 10000000\n\n'
+    echo "# Difficulty 1: a random nonce meets it once in 2^32, so every share is rejected."
+    printf '[vardiff]\nstart = 1\nmin = 1\nmax = 1\n\n'
+    echo "# Scored as usual, never banned: a flood of bad shares is the point here."
+    printf '[bans]\nthreshold = 1e15\n' ;;
+*) echo "# Shares far easier than regtest's network target, so they are shares and not blocks."
+    printf '[vardiff]\nstart = 1e-12\nmin = 1e-12\nmax = 1e-12\n' ;;
+esac)
 
 [sv2]
 enabled = true
@@ -108,6 +117,7 @@ case "$SCENARIO" in
     fanout) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
         --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS") ;;
     sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
+    flood) ARGS+=(--in-flight "$IN_FLIGHT") ;;
     coinbase)
         # One regtest address per miner (bech32 of a P2WPKH program from the index).
         python3 - "$MINERS" >"$WORK/users.txt" <<'PY'

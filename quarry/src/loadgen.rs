@@ -66,6 +66,11 @@ pub struct LoadgenArgs {
     /// Shares per second per miner (0: connect, subscribe and stay idle).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
+    /// Flood (Stratum V1): instead of `--rate`, keep this many submits outstanding per miner,
+    /// with random nonces and no hashing, so the pool validates and answers as fast as it can.
+    /// On a pool whose share difficulty is 1 or more, nearly every answer is a rejection.
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: u32,
     /// Stop after this many seconds of submitting.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -255,6 +260,19 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     let started = Instant::now();
     let submit_until = started + Duration::from_secs(args.duration);
     let _ = go.send(Some(submit_until));
+    // CPU over the submit window, the pool's and our own (both share this machine's cores).
+    let pool_pid = args.pool_pid;
+    let cpu_start = (
+        pool_pid.and_then(cpu_seconds),
+        cpu_seconds(std::process::id()),
+    );
+    let cpu_window = tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(submit_until)).await;
+        (
+            pool_pid.and_then(cpu_seconds),
+            cpu_seconds(std::process::id()),
+        )
+    });
     let ramped = started;
     let held = stats.connected.load(Ordering::Relaxed);
     // The last miners' handshakes settle before the pool's memory is read.
@@ -271,6 +289,11 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     for handle in handles {
         let _ = handle.await;
     }
+    let cpu_end = cpu_window.await.unwrap_or((None, None));
+    let cpu = Cpu {
+        pool: cpu_end.0.zip(cpu_start.0).map(|(end, start)| end - start),
+        loadgen: cpu_end.1.zip(cpu_start.1).map(|(end, start)| end - start),
+    };
     let elapsed = started
         .elapsed()
         .as_secs_f64()
@@ -290,6 +313,7 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
         elapsed,
         (rss_before, rss_during),
         fanout,
+        cpu,
     );
     Ok(())
 }
@@ -675,6 +699,13 @@ async fn miner_v1(
         if pacer.done(!miner.pending.is_empty()) {
             break;
         }
+        let flood_until = match args.in_flight {
+            0 => None,
+            _ => *pacer.start.borrow(),
+        };
+        if let Some(until) = flood_until {
+            return flood_v1(index, &mut stream, &mut miner, args, stats, until).await;
+        }
         let mut signal = pacer.signal();
         tokio::select! {
             Some(Ok(())) = changed(&mut signal) => {}
@@ -723,6 +754,167 @@ async fn miner_v1(
         .unanswered
         .fetch_add(miner.pending.len() as u64, Ordering::Relaxed);
     ended.map_or(Ok(()), Err)
+}
+
+/// `--in-flight`: keeps that many submits with random nonces outstanding until `until`, then
+/// waits up to 5 s for the last answers. Lines are written and answers read without the
+/// library client's JSON (the load generator shares the pool's cores): an answer is matched by
+/// its `"id"` and is accepted when it says `"result":true`; notifications still go through the
+/// client, so the miner follows new jobs.
+async fn flood_v1(
+    index: usize,
+    stream: &mut crate::tls::ClientStream,
+    miner: &mut V1Miner,
+    args: &LoadgenArgs,
+    stats: &Stats,
+    until: Instant,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let user = args.username(index);
+    let mut reader = quarry_stratum::v1::codec::LineReader::<
+        { quarry_stratum::v1::codec::MAX_POOL_LINE_LEN },
+    >::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = String::new();
+    let mut outstanding: Vec<(u64, Instant)> = Vec::new();
+    let mut latencies = Vec::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (index as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let (mut next_id, mut counter) = (1u64 << 32, 0u64);
+    let mut header: Option<(String, String, [u8; 80])> = None;
+    let (mut sent, mut accepted, mut rejected, mut stale) = (0u64, 0u64, 0u64, 0u64);
+    let answer_until = until + Duration::from_secs(5);
+    let result = loop {
+        let now = Instant::now();
+        if now < until {
+            if let Some(work) = &miner.work {
+                let job = &work.job;
+                if header.as_ref().map(|h| &h.0) != Some(&job.job_id) {
+                    // One extranonce2 per job: shares differ by their random nonce.
+                    counter += 1;
+                    let mut extranonce2 = counter.to_le_bytes().to_vec();
+                    extranonce2.resize(work.extranonce2_len, 0);
+                    let root = job.merkle_root(&work.extranonce1, &extranonce2);
+                    let bytes =
+                        header_bytes(job.version, &job.prev_hash, &root, job.ntime, job.bits, 0);
+                    header = Some((job.job_id.clone(), hex::encode(&extranonce2), bytes));
+                }
+                let Some((job_id, extranonce2, bytes)) = &mut header else {
+                    continue;
+                };
+                let network = Target::from_compact(job.bits);
+                while outstanding.len() < args.in_flight as usize {
+                    // A nonce whose header misses the network target: on regtest about half of
+                    // them meet it, and those would be blocks, not rejections.
+                    let nonce = loop {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let nonce = rng as u32;
+                        bytes[76..80].copy_from_slice(&nonce.to_le_bytes());
+                        if !network.is_met_by(&sha256d_80(bytes)) {
+                            break nonce;
+                        }
+                    };
+                    let _ = write!(
+                        out,
+                        "{{\"id\":{next_id},\"method\":\"mining.submit\",\"params\":[\"{user}\",\"{job_id}\",\"{extranonce2}\",\"{:08x}\",\"{nonce:08x}\"]}}\n",
+                        job.ntime,
+                    );
+                    outstanding.push((next_id, now));
+                    next_id += 1;
+                    sent += 1;
+                }
+            }
+        } else if outstanding.is_empty() || now >= answer_until {
+            break Ok(());
+        }
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(out.as_bytes()).await {
+                break Err(e.into());
+            }
+            stats
+                .bytes_out
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            out.clear();
+        }
+        let wake = tokio::time::Instant::from_std(if now < until { until } else { answer_until });
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) => break Err(anyhow::anyhow!("the pool closed the connection")),
+                Ok(n) => n,
+                Err(e) => break Err(e.into()),
+            },
+            _ = tokio::time::sleep_until(wake) => continue,
+        };
+        let read_at = Instant::now();
+        stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        if reader.push(&buf[..n]).is_err() {
+            break Err(anyhow::anyhow!("line too long from the pool"));
+        }
+        let mut notifications = Vec::new();
+        while let Some(line) = reader.next_line() {
+            let Ok(line) = line else {
+                break;
+            };
+            if contains(line, b"\"method\"") {
+                notifications.extend_from_slice(line);
+                notifications.push(b'\n');
+                continue;
+            }
+            let Some(id) = answer_id(line) else { continue };
+            let Some(at) = outstanding.iter().position(|(sent, _)| *sent == id) else {
+                continue;
+            };
+            let (_, sent_at) = outstanding.swap_remove(at);
+            latencies.push(
+                read_at
+                    .duration_since(sent_at)
+                    .as_micros()
+                    .min(u128::from(u32::MAX)) as u32,
+            );
+            if contains(line, b"\"result\":true") {
+                accepted += 1;
+            } else if contains(line, b"\"error\":[21,") {
+                stale += 1;
+            } else {
+                rejected += 1;
+                if rejected == 1 {
+                    stats.rejected_sample(String::from_utf8_lossy(line).into_owned());
+                }
+            }
+        }
+        if !notifications.is_empty() {
+            miner.client.handle_bytes(&notifications);
+            if let Err(e) = miner.on_events(stats, read_at) {
+                break Err(e);
+            }
+        }
+    };
+    stats.sent.fetch_add(sent, Ordering::Relaxed);
+    stats.accepted.fetch_add(accepted, Ordering::Relaxed);
+    stats.rejected.fetch_add(rejected, Ordering::Relaxed);
+    stats.stale.fetch_add(stale, Ordering::Relaxed);
+    stats
+        .unanswered
+        .fetch_add(outstanding.len() as u64, Ordering::Relaxed);
+    if let Ok(mut all) = stats.latencies_us.lock() {
+        all.extend_from_slice(&latencies);
+    }
+    result
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The integer id of an answer line, found without parsing the JSON.
+fn answer_id(line: &[u8]) -> Option<u64> {
+    let at = line.windows(5).position(|w| w == b"\"id\":")? + 5;
+    let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&line[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// One SV2 miner: Noise handshake pinned to the authority key, a standard channel, shares.
@@ -1037,6 +1229,22 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU seconds (user + system, every thread) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here; USER_HZ is 100 on Linux.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// CPU seconds spent during the submit window.
+struct Cpu {
+    pool: Option<f64>,
+    loadgen: Option<f64>,
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -1091,6 +1299,7 @@ fn report(
     elapsed: f64,
     (rss_before, rss_during): (Option<u64>, Option<u64>),
     fanout: Value,
+    cpu: Cpu,
 ) {
     let mut latencies = stats
         .latencies_us
@@ -1100,6 +1309,7 @@ fn report(
     latencies.sort_unstable();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sent = load(&stats.sent);
+    let answered = load(&stats.accepted) + load(&stats.rejected) + load(&stats.stale);
     let per_share = |bytes: u64| {
         if sent == 0 {
             0.0
@@ -1146,6 +1356,10 @@ fn report(
         "pool_rss_kib_before": rss_before,
         "pool_rss_kib_during": rss_during,
         "pool_rss_bytes_per_connection": rss_per_connection,
+        "pool_cpu_seconds": cpu.pool,
+        "loadgen_cpu_seconds": cpu.loadgen,
+        "pool_cpu_us_per_answer": cpu.pool.filter(|_| answered > 0).map(|s| s * 1e6 / answered as f64),
+        "loadgen_cpu_us_per_answer": cpu.loadgen.filter(|_| answered > 0).map(|s| s * 1e6 / answered as f64),
         "reject_samples": reasons,
         "fanout": fanout,
     });
@@ -1194,6 +1408,16 @@ fn report(
         out["bytes_sent_per_share"].as_f64().unwrap_or(0.0),
         out["bytes_received_per_share"].as_f64().unwrap_or(0.0)
     );
+    if let (Some(pool), Some(own)) = (
+        out["pool_cpu_us_per_answer"].as_f64(),
+        out["loadgen_cpu_us_per_answer"].as_f64(),
+    ) {
+        println!(
+            "CPU per answer: pool {pool:.2} us, load generator {own:.2} us ({:.2} s and {:.2} s over the run)",
+            cpu.pool.unwrap_or(0.0),
+            cpu.loadgen.unwrap_or(0.0)
+        );
+    }
     if let Some(rss) = rss_per_connection {
         println!("pool RSS per connection: {rss:.0} bytes");
     }
