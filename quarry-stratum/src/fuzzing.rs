@@ -265,6 +265,34 @@ pub mod v1_client {
     }
 }
 
+/// Arbitrary bytes as one Stratum V1 line: the in-place submit parser and the general one give
+/// the same result, and an answer to the line's id is JSON that carries that id back.
+/// `cargo fuzz run v1_submit`
+pub mod v1_submit {
+    use crate::v1::message::{error_line, parse_line, parse_line_value, result_line, Incoming};
+    use crate::v1::RequestError;
+    use serde_json::{json, Value};
+
+    /// One input.
+    pub fn run(data: &[u8]) {
+        let fast = parse_line(data);
+        assert_eq!(fast, parse_line_value(data));
+        if let Ok(Incoming::Request { id, .. }) = fast {
+            for line in [
+                result_line(&id, json!(true)),
+                error_line(
+                    &id,
+                    &RequestError::InvalidParams(String::from_utf8_lossy(data).into()),
+                ),
+            ] {
+                let answer: Value = serde_json::from_str(&line).expect("an answer is JSON");
+                assert_eq!(answer["id"], id);
+                assert!(line.ends_with('\n'));
+            }
+        }
+    }
+}
+
 /// Arbitrary bytes from a miner into a Stratum V1 session: never a panic, every output line
 /// is valid JSON. `cargo fuzz run v1_session`
 pub mod v1_session {

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Run)] = &[
     ("tp_session", fuzzing::tp_session::run),
     ("v1_client", fuzzing::v1_client::run),
     ("v1_session", fuzzing::v1_session::run),
+    ("v1_submit", fuzzing::v1_submit::run),
 ];
 
 /// Targets whose bodies live in other crates, which replay their corpus themselves

@@ -76,6 +76,20 @@ pub enum Incoming {
 /// [`RequestError::Parse`] when the line is not a JSON object with a method (a request) or a
 /// result or error (a response).
 pub fn parse_line(line: &[u8]) -> Result<Incoming, RequestError> {
+    // Shares are nearly every line a pool reads: a well-formed submit is decoded in place.
+    // Anything the fast path does not take whole, errors included, goes the general way, so
+    // both give the same answer to every line (the round-trip tests and the fuzz target).
+    if let Some((id, submit)) = parse_submit_in_place(line) {
+        return Ok(Incoming::Request {
+            id,
+            request: Ok(Request::Submit(submit)),
+        });
+    }
+    parse_line_value(line)
+}
+
+/// [`parse_line`] through a `serde_json::Value` tree: every method, every error.
+pub fn parse_line_value(line: &[u8]) -> Result<Incoming, RequestError> {
     let value: Value = serde_json::from_slice(line)
         .map_err(|_| RequestError::Parse("invalid JSON".to_string()))?;
     let Value::Object(mut object) = value else {
@@ -154,34 +168,163 @@ fn parse_submit(params: &[Value]) -> Result<Submit, RequestError> {
     if params.len() < 5 {
         return Err(invalid("submit takes 5 or 6 params"));
     }
-    let worker = required_string(params, 0, "worker")?;
+    let param = |index: usize, name: &str| match params.get(index) {
+        Some(Value::String(s)) => Ok(s.as_str()),
+        _ => Err(invalid(&format!("{name} must be a string"))),
+    };
+    let version_bits = || match params.get(5) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.as_str())),
+        Some(_) => Err(invalid("version_bits must be a hex string")),
+    };
+    submit_from_params(param, version_bits)
+}
+
+/// A submit from its params, each checked where it is first used so that errors come in one
+/// order: `param(index, name)` is a string param, `version_bits()` the sixth.
+fn submit_from_params<'a>(
+    param: impl Fn(usize, &str) -> Result<&'a str, RequestError>,
+    version_bits: impl FnOnce() -> Result<Option<&'a str>, RequestError>,
+) -> Result<Submit, RequestError> {
+    let worker = param(0, "worker")?;
     if worker.len() > MAX_USERNAME_LEN {
         return Err(invalid("worker name too long"));
     }
-    let job_id = required_string(params, 1, "job_id")?;
+    let job_id = param(1, "job_id")?;
     if job_id.len() > 64 {
         return Err(invalid("job_id too long"));
     }
-    let extranonce2_hex = required_string(params, 2, "extranonce2")?;
+    let extranonce2_hex = param(2, "extranonce2")?;
     let extranonce2 = (extranonce2_hex.len() <= 64)
-        .then(|| hex::decode(&extranonce2_hex).ok())
+        .then(|| hex::decode(extranonce2_hex).ok())
         .flatten()
         .ok_or_else(|| invalid("extranonce2 is not hex"))?;
-    let ntime = hex_u32(&required_string(params, 3, "ntime")?, "ntime")?;
-    let nonce = hex_u32(&required_string(params, 4, "nonce")?, "nonce")?;
-    let version_bits = match params.get(5) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(hex_u32(text, "version_bits")?),
-        Some(_) => return Err(invalid("version_bits must be a hex string")),
-    };
+    let ntime = hex_u32(param(3, "ntime")?, "ntime")?;
+    let nonce = hex_u32(param(4, "nonce")?, "nonce")?;
+    let version_bits = version_bits()?
+        .map(|text| hex_u32(text, "version_bits"))
+        .transpose()?;
     Ok(Submit {
-        worker,
-        job_id,
+        worker: worker.to_string(),
+        job_id: job_id.to_string(),
         extranonce2,
         ntime,
         nonce,
         version_bits,
     })
+}
+
+/// A `mining.submit` line whose params are all valid, decoded without building a tree: the
+/// strings are borrowed from the line and only the id becomes a `Value`. `None` for anything
+/// else (another method, escapes, a duplicate key, a bad param): the caller parses it the
+/// general way, which gives the error.
+fn parse_submit_in_place(line: &[u8]) -> Option<(Value, Submit)> {
+    // A JSON array would otherwise fill the fields by position; requests are objects.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let request: SubmitRequest<'_> = serde_json::from_slice(line).ok()?;
+    let strings = request.params.strings;
+    let submit = submit_from_params(
+        |index, _| Ok(strings[index]),
+        || Ok(request.params.version_bits),
+    )
+    .ok()?;
+    Some((request.id, submit))
+}
+
+/// `{"id":…,"method":"mining.submit","params":[…]}`, keys in any order, others ignored.
+struct SubmitRequest<'a> {
+    id: Value,
+    params: SubmitParams<'a>,
+}
+
+/// The five strings of a submit and the optional version bits (`null` or absent: none).
+struct SubmitParams<'a> {
+    strings: [&'a str; 5],
+    version_bits: Option<&'a str>,
+}
+
+impl<'de> serde::Deserialize<'de> for SubmitRequest<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SubmitRequest<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mining.submit request")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let (mut id, mut method, mut params) = (None, false, None);
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    let repeated = match key {
+                        "id" => id.is_some(),
+                        "method" => method,
+                        "params" => params.is_some(),
+                        _ => false,
+                    };
+                    if repeated {
+                        // The general parser keeps the last one: leave such lines to it.
+                        return Err(A::Error::custom("repeated key"));
+                    }
+                    match key {
+                        "id" => id = Some(map.next_value::<Value>()?),
+                        "method" => {
+                            if map.next_value::<&'de str>()? != "mining.submit" {
+                                return Err(A::Error::custom("not a submit"));
+                            }
+                            method = true;
+                        }
+                        "params" => params = Some(map.next_value::<SubmitParams<'de>>()?),
+                        // Decoded as a tree, as the general parser does: same depth limit.
+                        _ => drop(map.next_value::<Value>()?),
+                    }
+                }
+                match (method, params) {
+                    (true, Some(params)) => Ok(SubmitRequest {
+                        id: id.unwrap_or(Value::Null),
+                        params,
+                    }),
+                    _ => Err(A::Error::custom("not a submit")),
+                }
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SubmitParams<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SubmitParams<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("submit params")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut strings = [""; 5];
+                for slot in &mut strings {
+                    *slot = seq
+                        .next_element::<&'de str>()?
+                        .ok_or_else(|| A::Error::custom("too few params"))?;
+                }
+                let version_bits = seq.next_element::<Option<&'de str>>()?.flatten();
+                while seq.next_element::<Value>()?.is_some() {}
+                Ok(SubmitParams {
+                    strings,
+                    version_bits,
+                })
+            }
+        }
+        deserializer.deserialize_seq(Visit)
+    }
 }
 
 /// An 8-digit (or shorter) big-endian hex number, as Stratum writes ntime, nonce and versions.
@@ -228,22 +371,25 @@ fn truncate(text: &str, max: usize) -> String {
     text[..end].to_string()
 }
 
-/// `{"id":…,"result":…,"error":null}` and a newline.
+/// `{"error":null,"id":…,"result":…}` and a newline: the keys in the order a JSON object
+/// here always had them (sorted), written directly instead of through a map.
 pub fn result_line(id: &Value, result: Value) -> String {
-    let mut line = json!({"id": id, "result": result, "error": null}).to_string();
-    line.push('\n');
+    use std::fmt::Write;
+    let mut line = String::with_capacity(48);
+    let _ = write!(line, "{{\"error\":null,\"id\":{id},\"result\":{result}}}\n");
     line
 }
 
-/// `{"id":…,"result":null,"error":[code,"message",null]}` and a newline.
+/// `{"error":[code,"message",null],"id":…,"result":null}` and a newline.
 pub fn error_line(id: &Value, error: &RequestError) -> String {
-    let mut line = json!({
-        "id": id,
-        "result": null,
-        "error": [error.code().code(), error.to_string(), null],
-    })
-    .to_string();
-    line.push('\n');
+    use std::fmt::Write;
+    let message = Value::String(error.to_string());
+    let mut line = String::with_capacity(80);
+    let _ = write!(
+        line,
+        "{{\"error\":[{},{message},null],\"id\":{id},\"result\":null}}\n",
+        error.code().code()
+    );
     line
 }
 
