@@ -10,7 +10,7 @@ use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, T
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use quarry_work::coinbase::CoinbaseLayout;
 use quarry_work::job::Job;
-use quarry_work::share::{validate_share, ShareRules, Submission};
+use quarry_work::share::{validate_share, validate_shares, ShareRules, Submission};
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 use quarry_work::{Difficulty, Target};
 use serde_json::json;
@@ -93,6 +93,92 @@ fn bench_validation(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same shares validated 1, 2 and 4 at a time, their SHA-256 chains interleaved; the
+/// throughput is per share, so criterion's time per element is the µs/share to compare.
+fn bench_lanes(c: &mut Criterion) {
+    let rules = ShareRules {
+        target: Target::from_difficulty(Difficulty::new(1e-9).expect("positive")),
+        version_mask: 0x1fff_e000,
+        extranonce2_len: 8,
+        now_unix: 1_800_000_000,
+    };
+    for count in [0usize, 3000] {
+        let job = job(count);
+        let name = if count == 0 { "empty" } else { "3000_tx" };
+        let mut group = c.benchmark_group(format!("validate_lanes_{name}"));
+        let mut nonce = 0u32;
+        let mut next = move || {
+            nonce = nonce.wrapping_add(1);
+            nonce
+        };
+        fn submission(nonce: u32, extranonce2: &[u8; 8]) -> Submission<'_> {
+            Submission {
+                extranonce1: &[0, 0, 0, 1],
+                extranonce2,
+                version: 0x2000_0000,
+                ntime: 1_800_000_000,
+                nonce,
+            }
+        }
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("1_lane", |b| {
+            b.iter(|| {
+                let n = next();
+                let en2 = [n.to_le_bytes(), n.to_le_bytes()]
+                    .concat()
+                    .try_into()
+                    .expect("8");
+                black_box(validate_share(
+                    black_box(&job),
+                    &submission(n, &en2),
+                    &rules,
+                ))
+                .is_ok()
+            })
+        });
+        group.throughput(Throughput::Elements(2));
+        group.bench_function("2_lanes", |b| {
+            b.iter(|| {
+                let ns = [next(), next()];
+                let en2: [[u8; 8]; 2] = ns.map(|n| {
+                    [n.to_le_bytes(), n.to_le_bytes()]
+                        .concat()
+                        .try_into()
+                        .expect("8")
+                });
+                let subs = [submission(ns[0], &en2[0]), submission(ns[1], &en2[1])];
+                let job = black_box(&job);
+                black_box(validate_shares([
+                    (job, &subs[0], &rules),
+                    (job, &subs[1], &rules),
+                ]))
+                .iter()
+                .all(Result::is_ok)
+            })
+        });
+        group.throughput(Throughput::Elements(4));
+        group.bench_function("4_lanes", |b| {
+            b.iter(|| {
+                let ns = [next(), next(), next(), next()];
+                let en2: [[u8; 8]; 4] = ns.map(|n| {
+                    [n.to_le_bytes(), n.to_le_bytes()]
+                        .concat()
+                        .try_into()
+                        .expect("8")
+                });
+                let subs: [Submission<'_>; 4] = std::array::from_fn(|i| submission(ns[i], &en2[i]));
+                let job = black_box(&job);
+                black_box(validate_shares(std::array::from_fn::<_, 4, _>(|i| {
+                    (job, &subs[i], &rules)
+                })))
+                .iter()
+                .all(Result::is_ok)
+            })
+        });
+        group.finish();
+    }
+}
+
 fn bench_template(c: &mut Criterion) {
     let mut group = c.benchmark_group("template");
     group.sample_size(20);
@@ -106,5 +192,5 @@ fn bench_template(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_validation, bench_template);
+criterion_group!(benches, bench_validation, bench_lanes, bench_template);
 criterion_main!(benches);

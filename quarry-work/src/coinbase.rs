@@ -335,7 +335,13 @@ impl CoinbaseParts {
     /// The txid (merkle leaf) for the given extranonces.
     #[inline]
     pub fn txid(&self, extranonce1: &[u8], extranonce2: &[u8]) -> Hash32 {
-        sha256d_parts(&[&self.coinb1, extranonce1, extranonce2, &self.coinb2])
+        sha256d_parts(&self.parts(extranonce1, extranonce2))
+    }
+
+    /// The coinbase without its witness, in the four parts the extranonces split it into.
+    #[inline]
+    pub fn parts<'a>(&'a self, extranonce1: &'a [u8], extranonce2: &'a [u8]) -> [&'a [u8]; 4] {
+        [&self.coinb1, extranonce1, extranonce2, &self.coinb2]
     }
 
     /// Appends the coinbase as it goes into the block: with its witness on segwit chains.

@@ -5,8 +5,8 @@
 //! job, stale tip, duplicates) is the caller's, and reported with the same [`ShareReject`] enum so
 //! that one function maps every reason to a wire code.
 
-use crate::hash::{sha256d_80, Hash32};
-use crate::job::{Job, HEADER_LEN};
+use crate::hash::{sha256d_64_lanes, sha256d_80, sha256d_80_lanes, sha256d_parts_lanes, Hash32};
+use crate::job::{header_bytes, Job, HEADER_LEN};
 use crate::target::{hash_difficulty, Target};
 
 /// How far ahead of the pool's clock a header time may be (Bitcoin's `time-too-new` is 2 h).
@@ -115,6 +115,21 @@ pub fn validate_share(
     submission: &Submission<'_>,
     rules: &ShareRules,
 ) -> Result<ValidShare, ShareReject> {
+    precheck(job, submission, rules)?;
+    let header = job.header(
+        submission.extranonce1,
+        submission.extranonce2,
+        submission.version,
+        submission.ntime,
+        submission.nonce,
+    );
+    let hash = sha256d_80(&header);
+    judge(job, rules, header, hash)
+}
+
+/// The checks before any hashing, cheapest first.
+#[inline]
+fn precheck(job: &Job, submission: &Submission<'_>, rules: &ShareRules) -> Result<(), ShareReject> {
     let template = &job.template;
     if submission.extranonce2.len() != rules.extranonce2_len {
         return Err(ShareReject::Extranonce2Size {
@@ -131,15 +146,18 @@ pub fn validate_share(
     if u64::from(submission.ntime) > rules.now_unix.saturating_add(MAX_FUTURE_NTIME_SECS) {
         return Err(ShareReject::NtimeTooNew);
     }
-    let header = job.header(
-        submission.extranonce1,
-        submission.extranonce2,
-        submission.version,
-        submission.ntime,
-        submission.nonce,
-    );
-    let hash = sha256d_80(&header);
-    let is_block = template.network_target.is_met_by(&hash);
+    Ok(())
+}
+
+/// The targets, once the header is hashed.
+#[inline]
+fn judge(
+    job: &Job,
+    rules: &ShareRules,
+    header: [u8; HEADER_LEN],
+    hash: Hash32,
+) -> Result<ValidShare, ShareReject> {
+    let is_block = job.template.network_target.is_met_by(&hash);
     if !is_block && !rules.target.is_met_by(&hash) {
         return Err(ShareReject::LowDifficulty);
     }
@@ -147,5 +165,60 @@ pub fn validate_share(
         header,
         hash,
         is_block,
+    })
+}
+
+/// [`validate_share`] for `N` shares at once (2 or 4: shares of one read, or of several
+/// connections), their SHA-256 chains interleaved so that the CPU overlaps them: the coinbase
+/// txids, each level of the merkle branches, and the headers. The results are those
+/// [`validate_share`] gives each share alone, in order.
+pub fn validate_shares<const N: usize>(
+    shares: [(&Job, &Submission<'_>, &ShareRules); N],
+) -> [Result<ValidShare, ShareReject>; N] {
+    let coinbases: [[&[u8]; 4]; N] = std::array::from_fn(|lane| {
+        let (job, submission, _) = shares[lane];
+        job.coinbase
+            .parts(submission.extranonce1, submission.extranonce2)
+    });
+    let mut nodes: [Hash32; N] =
+        sha256d_parts_lanes(std::array::from_fn(|lane| &coinbases[lane][..]));
+    let depth = shares
+        .iter()
+        .map(|(job, _, _)| job.template.merkle_branch.len())
+        .max()
+        .unwrap_or(0);
+    for level in 0..depth {
+        let blocks: [[u8; 64]; N] = std::array::from_fn(|lane| {
+            let mut block = [0u8; 64];
+            block[..32].copy_from_slice(&nodes[lane]);
+            if let Some(sibling) = shares[lane].0.template.merkle_branch.get(level) {
+                block[32..].copy_from_slice(sibling);
+            }
+            block
+        });
+        let parents: [Hash32; N] = sha256d_64_lanes(std::array::from_fn(|lane| &blocks[lane]));
+        for (lane, parent) in parents.into_iter().enumerate() {
+            // A shorter branch (another template) has its root already.
+            if level < shares[lane].0.template.merkle_branch.len() {
+                nodes[lane] = parent;
+            }
+        }
+    }
+    let headers: [[u8; HEADER_LEN]; N] = std::array::from_fn(|lane| {
+        let (job, submission, _) = shares[lane];
+        header_bytes(
+            submission.version,
+            &job.template.prev_hash,
+            &nodes[lane],
+            submission.ntime,
+            job.template.bits,
+            submission.nonce,
+        )
+    });
+    let hashes: [Hash32; N] = sha256d_80_lanes(std::array::from_fn(|lane| &headers[lane]));
+    std::array::from_fn(|lane| {
+        let (job, submission, rules) = shares[lane];
+        precheck(job, submission, rules)?;
+        judge(job, rules, headers[lane], hashes[lane])
     })
 }

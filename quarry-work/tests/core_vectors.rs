@@ -8,7 +8,7 @@ use quarry_work::coinbase::{CoinbaseLayout, CoinbaseParts, CoinbaseSpec, Payouts
 use quarry_work::hash::{sha256d, to_display_hex};
 use quarry_work::job::Job;
 use quarry_work::merkle;
-use quarry_work::share::{validate_share, ShareReject, ShareRules, Submission};
+use quarry_work::share::{validate_share, validate_shares, ShareReject, ShareRules, Submission};
 use quarry_work::template::{GetBlockTemplate, TemplateError, WorkTemplate};
 use quarry_work::Target;
 use serde_json::Value;
@@ -336,4 +336,78 @@ fn an_aux_pow_commitment_goes_before_the_extranonce_and_its_block_validates() {
         template.witness_commitment,
         "the witness commitment is last"
     );
+}
+
+/// Shares validated in lanes get what each gets alone: Core's accepted blocks from templates
+/// with different branch lengths side by side, a high-hash variant, a share below a harder
+/// target and one with a wrong extranonce2 length.
+#[test]
+fn shares_validated_in_lanes_match_one_at_a_time() {
+    let cases: Vec<Case> = ["empty", "mixed", "forty"].into_iter().map(case).collect();
+    let mut shares = Vec::new();
+    for case in &cases {
+        let (version, ntime, nonce) = header_fields(&hex_field(&case.vector, "header_hex"));
+        let rules = ShareRules {
+            target: Target::MAX,
+            version_mask: 0,
+            extranonce2_len: 8,
+            now_unix: u64::from(ntime),
+        };
+        let accepted = Submission {
+            extranonce1: &case.en1,
+            extranonce2: &case.en2,
+            version,
+            ntime,
+            nonce,
+        };
+        let network_only = ShareRules {
+            target: case.job.template.network_target,
+            ..rules
+        };
+        let short_en2 = Submission {
+            extranonce2: &case.en2[..7],
+            ..accepted
+        };
+        shares.push((&case.job, accepted, rules));
+        shares.push((
+            &case.job,
+            Submission {
+                nonce: nonce ^ 1,
+                ..accepted
+            },
+            network_only,
+        ));
+        shares.push((&case.job, short_en2, rules));
+    }
+    let alone: Vec<_> = shares
+        .iter()
+        .map(|(job, submission, rules)| validate_share(job, submission, rules).map(|s| *s.hash()))
+        .collect();
+    assert!(alone.iter().filter(|r| r.is_ok()).count() >= 3);
+    assert!(alone.iter().any(|r| r == &Err(ShareReject::LowDifficulty)));
+    let lane = |i: usize| (shares[i].0, &shares[i].1, &shares[i].2);
+    // Every window of four, and of two, over the mixed list.
+    for start in 0..shares.len() - 3 {
+        let four = validate_shares([
+            lane(start),
+            lane(start + 1),
+            lane(start + 2),
+            lane(start + 3),
+        ]);
+        for (k, result) in four.iter().enumerate() {
+            assert_eq!(
+                result.as_ref().map(|s| *s.hash()).map_err(Clone::clone),
+                alone[start + k]
+            );
+        }
+    }
+    for start in 0..shares.len() - 1 {
+        let two = validate_shares([lane(start), lane(start + 1)]);
+        for (k, result) in two.iter().enumerate() {
+            assert_eq!(
+                result.as_ref().map(|s| *s.hash()).map_err(Clone::clone),
+                alone[start + k]
+            );
+        }
+    }
 }
