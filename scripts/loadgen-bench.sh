@@ -9,7 +9,9 @@
 #   scripts/loadgen-bench.sh flood  [MINERS] [IN_FLIGHT]  V1 submits with random nonces, IN_FLIGHT
 #                                                      outstanding per miner, share difficulty 1:
 #                                                      every share fully validated and rejected
-#                                                      (rejected answers/s, the ckpool comparison)
+#                                                      (rejected answers/s, the ckpool comparison);
+#                                                      SHARE_DIFFICULTY=1e-12: every share accepted
+#                                                      and durable (STORE=postgres: PostgreSQL)
 #   scripts/loadgen-bench.sh soak   [MINERS] [RATE]    pool mode (SQLite share log), a block every
 #                                                      30 s; the pool's RSS and descriptors every
 #                                                      minute into target/loadgen-bench/soak.csv
@@ -19,6 +21,7 @@
 #                                                      each miner its own address, up to
 #                                                      MAX_OUTPUTS (100) outputs, a block every 3 s
 #
+# STORE=postgres puts the share log in a throwaway PostgreSQL (scripts/postgres.sh) or PG_URL.
 # POOL_CPUS and LOADGEN_CPUS (taskset lists, e.g. 0 and 1) pin each process to its own cores.
 # LOADGEN_SECONDS (default 30) is the run's length; extra arguments after the scenario's go to
 # `quarry loadgen`. Both processes need one descriptor per miner: MINERS is capped by
@@ -56,10 +59,15 @@ cleanup() {
     [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
     [ -n "$POOL_PID" ] && kill "$POOL_PID" 2>/dev/null && wait "$POOL_PID" 2>/dev/null
     scripts/regtest-nodes.sh stop "$WORK/nodes" || true
+    [ -n "${PG_URL:-}" ] && scripts/postgres.sh stop "$WORK/pg" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 scripts/regtest-nodes.sh start "$WORK/nodes" >&2
+# STORE=postgres: the share log in a throwaway PostgreSQL (or PG_URL's) instead of SQLite.
+if [ "${STORE:-sqlite}" = postgres ] && [ -z "${PG_URL:-}" ]; then
+    PG_URL=$(scripts/postgres.sh start "$WORK/pg")
+fi
 # shellcheck disable=SC1091
 source "$WORK/nodes/nodes.env"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -80,6 +88,8 @@ mode = "$(case "$SCENARIO" in soak | coinbase) echo pool ;; *) echo solo ;; esac
 pool_address = "$MINING_ADDRESS"
 poll_interval_secs = 1
 
+$([ -n "${PG_URL:-}" ] && printf '[ledger]\nurl = "%s"\n' "$PG_URL")
+
 [payout]
 interval_secs = 0
 $([ "$SCENARIO" = coinbase ] && printf 'scheme = "%s"\npplns_n = 1e13\nthreshold_btc = 0.00001\ncoinbase_max_outputs = %s\ncoinbase_reserved_weight = 40000\n' "${SCHEME:-coinbase-pplns}" "${MAX_OUTPUTS:-100}")
@@ -91,7 +101,9 @@ max_connections = 200000
 $(case "$SCENARIO" in
 flood) printf 'submits_per_sec = 10000000\nsubmits_burst = 10000000\n\n'
     echo "# Difficulty 1: a random nonce meets it once in 2^32, so every share is rejected."
-    printf '[vardiff]\nstart = 1\nmin = 1\nmax = 1\n\n'
+    echo "# SHARE_DIFFICULTY=1e-12: every share is accepted, recorded durably, then answered."
+    D=${SHARE_DIFFICULTY:-1}
+    printf '[vardiff]\nstart = %s\nmin = %s\nmax = %s\n\n' "$D" "$D" "$D"
     echo "# Scored as usual, never banned: a flood of bad shares is the point here."
     printf '[bans]\nthreshold = 1e15\n' ;;
 *) echo "# Shares far easier than regtest's network target, so they are shares and not blocks."
