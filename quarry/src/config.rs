@@ -685,6 +685,10 @@ pub struct StratumConfig {
     pub enabled: bool,
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Bind `listen` (and `tls_listen`) with SO_REUSEPORT, so that several `quarry serve`
+    /// frontends on one machine share the port; the kernel spreads connections across them.
+    /// Each needs its own `extranonce1_prefix` and API address, and all one PostgreSQL.
+    pub reuse_port: bool,
     /// Connections in total.
     pub max_connections: usize,
     /// Connections from one IP address.
@@ -725,6 +729,7 @@ impl Default for StratumConfig {
         StratumConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
+            reuse_port: false,
             max_connections: 100_000,
             max_connections_per_ip: 2_000,
             auth_timeout_secs: 30,

@@ -367,8 +367,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         limits,
         Arc::clone(&bans),
     );
-    let listener = TcpListener::bind(config.stratum.listen)
-        .await
+    let listener = listen(config.stratum.listen, config.stratum.reuse_port)
         .with_context(|| format!("binding stratum.listen {}", config.stratum.listen))?;
     info!(listen = %listener.local_addr()?, network = %config.network, mode = %config.mining.mode, "quarry stratum listening");
     let tls_listener = match &config.stratum.tls_listen {
@@ -380,8 +379,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             };
             let acceptor = Arc::new(tls::Acceptor::load(cert, key)?);
             acceptor.reload_on_sighup()?;
-            let listener = TcpListener::bind(listen)
-                .await
+            let listener = self::listen(*listen, config.stratum.reuse_port)
                 .with_context(|| format!("binding stratum.tls_listen {listen}"))?;
             info!(listen = %listener.local_addr()?, cert = %cert.display(), "stratum+ssl (TLS) listening; SIGHUP reloads the certificate");
             Some((listener, acceptor))
@@ -587,4 +585,48 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A listening socket on `address`; with `reuse_port`, one that other processes may bind too
+/// (SO_REUSEPORT: the kernel spreads new connections across them).
+fn listen(address: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's bind does on Unix: a restarted pool need not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen;
+
+    #[tokio::test]
+    async fn frontends_share_a_port_only_with_reuse_port() {
+        let first = listen("127.0.0.1:0".parse().expect("address"), true).expect("bind");
+        let address = first.local_addr().expect("address");
+        let second = listen(address, true).expect("a second frontend binds the same port");
+        assert!(
+            listen(address, false).is_err(),
+            "without reuse_port the port is taken"
+        );
+        // Both accept: connections go to one or the other.
+        let client = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let accepted = tokio::select! {
+            a = first.accept() => a,
+            b = second.accept() => b,
+        };
+        assert_eq!(
+            accepted.expect("accepted").1,
+            client.local_addr().expect("address")
+        );
+    }
 }
