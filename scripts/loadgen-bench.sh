@@ -6,6 +6,8 @@
 #   scripts/loadgen-bench.sh fanout [MINERS] [BLOCKS]  new block -> last miner notified (idle miners)
 #   scripts/loadgen-bench.sh shares [MINERS] [RATE]    accepted shares/s end to end, Stratum V1
 #   scripts/loadgen-bench.sh sv2    [MINERS] [RATE]    the same over Stratum V2 (Noise, standard channels)
+#   scripts/loadgen-bench.sh sri    [MINERS] [RATE]    the same SV2 miners against SRI's pool_sv2 0.7.0,
+#                                                      fed by `quarry tp` (HASHRATE: nominal H/s)
 #   scripts/loadgen-bench.sh flood  [MINERS] [IN_FLIGHT]  V1 submits with random nonces, IN_FLIGHT
 #                                                      outstanding per miner, share difficulty 1:
 #                                                      every share fully validated and rejected
@@ -33,13 +35,13 @@ SCENARIO=${1:-}
 case "$SCENARIO" in
     idle) MINERS=${2:-10000}; RATE=0; shift $(( $# < 2 ? $# : 2 )) ;;
     fanout) MINERS=${2:-10000}; BLOCKS=${3:-10}; RATE=0; shift $(( $# < 3 ? $# : 3 )) ;;
-    shares | sv2) MINERS=${2:-1000}; RATE=${3:-5}; shift $(( $# < 3 ? $# : 3 )) ;;
+    shares | sv2 | sri) MINERS=${2:-1000}; RATE=${3:-5}; shift $(( $# < 3 ? $# : 3 )) ;;
     flood) MINERS=${2:-100}; IN_FLIGHT=${3:-8}; RATE=0; shift $(( $# < 3 ? $# : 3 )) ;;
     soak) MINERS=${2:-5000}; RATE=${3:-0.2}; shift $(( $# < 3 ? $# : 3 ))
         SECONDS_RUN=${LOADGEN_SECONDS:-3600}; BLOCKS=$((SECONDS_RUN / 30)) ;;
     coinbase) MINERS=${2:-500}; RATE=${3:-2}; shift $(( $# < 3 ? $# : 3 ))
         SECONDS_RUN=${LOADGEN_SECONDS:-30}; BLOCKS=$((SECONDS_RUN / 3)) ;;
-    *) echo "usage: $0 idle|fanout|shares|sv2|flood|soak|coinbase [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
+    *) echo "usage: $0 idle|fanout|shares|sv2|sri|flood|soak|coinbase [MINERS] [BLOCKS|RATE] [loadgen args...]" >&2; exit 2 ;;
 esac
 SECONDS_RUN=${SECONDS_RUN:-${LOADGEN_SECONDS:-30}}
 WORK=${LOADGEN_WORK:-$ROOT/target/loadgen-bench}
@@ -58,6 +60,7 @@ SAMPLER_PID=
 cleanup() {
     [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
     [ -n "$POOL_PID" ] && kill "$POOL_PID" 2>/dev/null && wait "$POOL_PID" 2>/dev/null
+    [ -n "${TP_PID:-}" ] && kill "$TP_PID" 2>/dev/null && wait "$TP_PID" 2>/dev/null
     scripts/regtest-nodes.sh stop "$WORK/nodes" || true
     [ -n "${PG_URL:-}" ] && scripts/postgres.sh stop "$WORK/pg" >/dev/null 2>&1 || true
 }
@@ -115,9 +118,47 @@ enabled = true
 authority_secret_key = "$SECRET"
 TOML
 pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
-# shellcheck disable=SC2046
-RUST_LOG=${RUST_LOG:-warn} $(pin "${POOL_CPUS:-}") "$QUARRY" serve --config "$WORK/quarry.toml" >"$WORK/serve.log" 2>&1 &
-POOL_PID=$!
+TP_PID=
+if [ "$SCENARIO" = sri ]; then
+    # SRI's pool_sv2 0.7.0 (scripts/test.sh installs it), fed by `quarry tp` on the same node;
+    # the loadgen's SV2 miners pin pool_sv2's own authority key.
+    SRI_POOL=${SRI_POOL_SV2:-$HOME/.cache/quarry/sri/bin/pool_sv2}
+    [ -x "$SRI_POOL" ] || { echo "loadgen-bench: $SRI_POOL missing (scripts/test.sh installs it)" >&2; exit 1; }
+    TP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    printf '\n[tp]\nlisten = "127.0.0.1:%s"\n' "$TP_PORT" >>"$WORK/quarry.toml"
+    RUST_LOG=${RUST_LOG:-warn} "$QUARRY" tp --config "$WORK/quarry.toml" >"$WORK/tp.log" 2>&1 &
+    TP_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$TP_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    TP_PUBLIC=$PUBLIC
+    KEYS=$("$QUARRY" keygen)
+    SECRET=$(sed -n 's/^authority_secret_key = "\(.*\)"/\1/p' <<<"$KEYS")
+    PUBLIC=$(sed -n 's/^authority_public_key = "\(.*\)"/\1/p' <<<"$KEYS")
+    cat >"$WORK/pool_sv2.toml" <<TOML
+authority_public_key = "$PUBLIC"
+authority_secret_key = "$SECRET"
+cert_validity_sec = 3600
+listen_address = "127.0.0.1:$PORT"
+coinbase_reward_script = "addr($MINING_ADDRESS)"
+server_id = 1
+pool_signature = "quarry-bench"
+shares_per_minute = 60.0
+share_batch_size = 1
+
+[template_provider_type.Sv2Tp]
+address = "127.0.0.1:$TP_PORT"
+public_key = "$TP_PUBLIC"
+TOML
+    # shellcheck disable=SC2046
+    RUST_LOG=${RUST_LOG:-warn} $(pin "${POOL_CPUS:-}") "$SRI_POOL" --config "$WORK/pool_sv2.toml" >"$WORK/pool_sv2.log" 2>&1 &
+    POOL_PID=$!
+else
+    # shellcheck disable=SC2046
+    RUST_LOG=${RUST_LOG:-warn} $(pin "${POOL_CPUS:-}") "$QUARRY" serve --config "$WORK/quarry.toml" >"$WORK/serve.log" 2>&1 &
+    POOL_PID=$!
+fi
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
     sleep 0.1
@@ -128,7 +169,7 @@ ARGS=(loadgen "127.0.0.1:$PORT" --miners "$MINERS" --user "$MINING_ADDRESS" --ra
 case "$SCENARIO" in
     fanout) ARGS+=(--blocks "$BLOCKS" --node-rpc "http://127.0.0.1:$NODE_A_RPC_PORT"
         --node-cookie "$NODE_A_COOKIE" --block-address "$MINING_ADDRESS") ;;
-    sv2) ARGS+=(--sv2 --authority-pubkey "$PUBLIC") ;;
+    sv2 | sri) ARGS+=(--sv2 --authority-pubkey "$PUBLIC" --hashrate "${HASHRATE:-1000}") ;;
     flood) ARGS+=(--in-flight "$IN_FLIGHT") ;;
     coinbase)
         # One regtest address per miner (bech32 of a P2WPKH program from the index).
