@@ -783,6 +783,8 @@ async fn flood_v1(
     let mut header: Option<(String, String, [u8; 80])> = None;
     let (mut sent, mut accepted, mut rejected, mut stale) = (0u64, 0u64, 0u64, 0u64);
     let answer_until = until + Duration::from_secs(5);
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(until));
+    tokio::pin!(sleep);
     let result = loop {
         let now = Instant::now();
         if now < until {
@@ -838,13 +840,17 @@ async fn flood_v1(
             out.clear();
         }
         let wake = tokio::time::Instant::from_std(if now < until { until } else { answer_until });
+        if sleep.deadline() != wake {
+            // One timer for the whole run, moved once: not a timer entry per read.
+            sleep.as_mut().reset(wake);
+        }
         let n = tokio::select! {
             read = stream.read(&mut buf) => match read {
                 Ok(0) => break Err(anyhow::anyhow!("the pool closed the connection")),
                 Ok(n) => n,
                 Err(e) => break Err(e.into()),
             },
-            _ = tokio::time::sleep_until(wake) => continue,
+            _ = sleep.as_mut() => continue,
         };
         let read_at = Instant::now();
         stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);

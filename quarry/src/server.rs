@@ -623,11 +623,10 @@ impl Server {
                     time_ms: i64::try_from(share.time_ms).unwrap_or(i64::MAX),
                 });
                 metrics.difficulty.add(share.difficulty.get());
-                events.publish(
-                    "ShareSubmitted",
+                events.publish_with("ShareSubmitted", || {
                     json!({"worker": share.worker, "address": share.address, "accepted": true,
-                           "difficulty": share.difficulty.get(), "height": share.height, "block": share.is_block}),
-                );
+                           "difficulty": share.difficulty.get(), "height": share.height, "block": share.is_block})
+                });
                 debug!(target: "quarry::share", worker = %share.worker, difficulty = share.difficulty.get(), achieved = share.achieved, height = share.height, block = share.is_block, "share accepted");
             }
             Event::ShareRejected { worker, reason } => {
@@ -642,9 +641,9 @@ impl Server {
                     i64::try_from(driver::unix_ms()).unwrap_or(i64::MAX),
                 );
                 self.bans.offend(peer, Offence::BadShare(reason));
-                events.publish(
+                events.publish_with(
                     "ShareSubmitted",
-                    json!({"worker": worker, "accepted": false, "reason": reason.to_string()}),
+                    || json!({"worker": worker, "accepted": false, "reason": reason.to_string()}),
                 );
                 debug!(target: "quarry::share", %worker, %reason, "share rejected");
             }
