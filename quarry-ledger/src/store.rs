@@ -267,6 +267,9 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 100;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL only: a native pool for the share log's inserts, which bind each column as
+    /// one array (`UNNEST`); sqlx's `Any` driver cannot bind arrays.
+    postgres: Option<sqlx::PgPool>,
 }
 
 impl Store {
@@ -314,7 +317,21 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .connect(&url)
+                    .await?,
+            ),
+        };
+        Ok(Store {
+            pool,
+            backend,
+            postgres,
+        })
     }
 
     /// The database kind.
@@ -333,6 +350,9 @@ impl Store {
     pub async fn insert_shares(&self, shares: &[ShareRecord]) -> Result<(), StoreError> {
         if shares.is_empty() {
             return Ok(());
+        }
+        if let Some(postgres) = &self.postgres {
+            return insert_shares_unnest(postgres, shares).await;
         }
         let mut tx = self.pool.begin().await?;
         insert_shares_in(&mut tx, shares, self.backend).await?;
@@ -1463,6 +1483,42 @@ async fn insert_shares_in(
         }
         query.execute(&mut **tx).await?;
     }
+    Ok(())
+}
+
+/// PostgreSQL: a whole batch as one INSERT of thirteen arrays, in order. The server parses and
+/// plans one statement with 13 parameters instead of 13 per row (79k → see BENCHMARKS.md).
+async fn insert_shares_unnest(
+    pool: &sqlx::PgPool,
+    shares: &[ShareRecord],
+) -> Result<(), StoreError> {
+    fn column<T>(shares: &[ShareRecord], field: impl Fn(&ShareRecord) -> T) -> Vec<T> {
+        shares.iter().map(field).collect()
+    }
+    let sql = format!(
+        "INSERT INTO shares ({SHARE_COLUMNS}) SELECT * FROM UNNEST($1::bigint[], $2::text[], \
+         $3::text[], $4::float8[], $5::float8[], $6::bigint[], $7::bigint[], $8::bigint[], \
+         $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[])"
+    );
+    sqlx::query(&sql)
+        .bind(column(shares, |s| s.created_ms))
+        .bind(column(shares, |s| s.address.clone()))
+        .bind(column(shares, |s| s.worker.clone()))
+        .bind(column(shares, |s| s.difficulty))
+        .bind(column(shares, |s| s.network_difficulty))
+        .bind(column(shares, |s| s.block_reward))
+        .bind(column(shares, |s| s.height))
+        .bind(column(shares, |s| s.template_id))
+        .bind(column(shares, |s| i64::from(s.is_block)))
+        .bind(column(shares, |s| s.instance.clone()))
+        .bind(column(shares, |s| s.chain.as_str().to_string()))
+        .bind(column(shares, |s| {
+            (!s.aux_payouts.is_empty())
+                .then(|| serde_json::to_string(&s.aux_payouts).unwrap_or_default())
+        }))
+        .bind(column(shares, |s| s.hash.clone()))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
