@@ -58,9 +58,10 @@ mkdir -p "$WORK"
 POOL_PID=
 SAMPLER_PID=
 cleanup() {
-    [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
-    [ -n "$POOL_PID" ] && kill "$POOL_PID" 2>/dev/null && wait "$POOL_PID" 2>/dev/null
-    [ -n "${TP_PID:-}" ] && kill "$TP_PID" 2>/dev/null && wait "$TP_PID" 2>/dev/null
+    # Each line may fail (a process already gone, or one killed by its signal): cleanup goes on.
+    [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
+    [ -n "$POOL_PID" ] && kill "$POOL_PID" 2>/dev/null && wait "$POOL_PID" 2>/dev/null || true
+    [ -n "${TP_PID:-}" ] && kill "$TP_PID" 2>/dev/null && wait "$TP_PID" 2>/dev/null || true
     scripts/regtest-nodes.sh stop "$WORK/nodes" || true
     [ -n "${PG_URL:-}" ] && scripts/postgres.sh stop "$WORK/pg" >/dev/null 2>&1 || true
 }

@@ -128,6 +128,9 @@ pub struct LoadgenArgs {
     pub agent: String,
 }
 
+/// The load generator's clock origin, for times kept in atomics.
+static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 #[derive(Default)]
 struct Stats {
     connected: AtomicU64,
@@ -150,6 +153,8 @@ struct Stats {
     bytes_in: AtomicU64,
     notifies: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// When the last answer came, in µs from [`ORIGIN`].
+    last_answer_us: AtomicU64,
     reject_reasons: Mutex<Vec<String>>,
     /// New tips as the node announced them.
     tips: Mutex<Vec<(Hash32, Instant)>>,
@@ -158,7 +163,16 @@ struct Stats {
 }
 
 impl Stats {
+    /// An answer came `at`: the run lasts until the last one (a saturated pool answers the
+    /// last shares after the submit window, and those count in its rate).
+    fn answer_at(&self, at: Instant) {
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        let micros = at.saturating_duration_since(origin).as_micros() as u64;
+        self.last_answer_us.fetch_max(micros, Ordering::Relaxed);
+    }
+
     fn answered(&self, sent: Instant) {
+        self.answer_at(Instant::now());
         let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         if let Ok(mut latencies) = self.latencies_us.lock() {
             latencies.push(micros);
@@ -198,6 +212,7 @@ impl LoadgenArgs {
 
 /// Runs the load and prints the report.
 pub async fn run(mut args: LoadgenArgs) -> Result<()> {
+    ORIGIN.get_or_init(Instant::now);
     if let Some(path) = &args.users_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --users-file {}", path.display()))?;
@@ -260,19 +275,13 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     let started = Instant::now();
     let submit_until = started + Duration::from_secs(args.duration);
     let _ = go.send(Some(submit_until));
-    // CPU over the submit window, the pool's and our own (both share this machine's cores).
+    // CPU from the start of submitting to the last answer, the pool's and our own (both share
+    // this machine's cores).
     let pool_pid = args.pool_pid;
     let cpu_start = (
         pool_pid.and_then(cpu_seconds),
         cpu_seconds(std::process::id()),
     );
-    let cpu_window = tokio::spawn(async move {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(submit_until)).await;
-        (
-            pool_pid.and_then(cpu_seconds),
-            cpu_seconds(std::process::id()),
-        )
-    });
     let ramped = started;
     let held = stats.connected.load(Ordering::Relaxed);
     // The last miners' handshakes settle before the pool's memory is read.
@@ -289,15 +298,24 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     for handle in handles {
         let _ = handle.await;
     }
-    let cpu_end = cpu_window.await.unwrap_or((None, None));
+    // After the last answer, not at the window's end: a saturated pool is still working then.
+    let cpu_end = (
+        pool_pid.and_then(cpu_seconds),
+        cpu_seconds(std::process::id()),
+    );
     let cpu = Cpu {
         pool: cpu_end.0.zip(cpu_start.0).map(|(end, start)| end - start),
         loadgen: cpu_end.1.zip(cpu_start.1).map(|(end, start)| end - start),
     };
-    let elapsed = started
-        .elapsed()
+    // The submit window, or longer when answers kept coming after it: rates are answers over
+    // the time the pool took to give them.
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let last_answer = origin + Duration::from_micros(stats.last_answer_us.load(Ordering::Relaxed));
+    let elapsed = last_answer
+        .saturating_duration_since(started)
         .as_secs_f64()
-        .min(args.duration as f64)
+        .max(args.duration as f64)
+        .min(started.elapsed().as_secs_f64())
         .max(0.001);
     let fanout = fanout(&stats, ramped, held);
     let protocol = match (args.kaspa, authority.is_some()) {
@@ -781,6 +799,7 @@ async fn flood_v1(
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (index as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let (mut next_id, mut counter) = (1u64 << 32, 0u64);
     let mut header: Option<(String, String, [u8; 80])> = None;
+    let mut last_answer = None;
     let (mut sent, mut accepted, mut rejected, mut stale) = (0u64, 0u64, 0u64, 0u64);
     let answer_until = until + Duration::from_secs(5);
     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(until));
@@ -872,6 +891,7 @@ async fn flood_v1(
                 continue;
             };
             let (_, sent_at) = outstanding.swap_remove(at);
+            last_answer = Some(read_at);
             latencies.push(
                 read_at
                     .duration_since(sent_at)
@@ -896,6 +916,9 @@ async fn flood_v1(
             }
         }
     };
+    if let Some(at) = last_answer {
+        stats.answer_at(at);
+    }
     stats.sent.fetch_add(sent, Ordering::Relaxed);
     stats.accepted.fetch_add(accepted, Ordering::Relaxed);
     stats.rejected.fetch_add(rejected, Ordering::Relaxed);
@@ -1245,7 +1268,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
-/// CPU seconds spent during the submit window.
+/// CPU seconds spent from the start of submitting to the last answer.
 struct Cpu {
     pool: Option<f64>,
     loadgen: Option<f64>,
