@@ -303,7 +303,9 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
         pool_pid.and_then(cpu_seconds),
         cpu_seconds(std::process::id()),
     );
-    let cpu = Cpu {
+    let usage = Usage {
+        rss_before,
+        rss_during,
         pool: cpu_end.0.zip(cpu_start.0).map(|(end, start)| end - start),
         loadgen: cpu_end.1.zip(cpu_start.1).map(|(end, start)| end - start),
     };
@@ -323,16 +325,7 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
         (false, true) => "sv2",
         (false, false) => "v1",
     };
-    report(
-        &args,
-        protocol,
-        &stats,
-        held,
-        elapsed,
-        (rss_before, rss_during),
-        fanout,
-        cpu,
-    );
+    report(&args, protocol, &stats, held, elapsed, fanout, usage);
     Ok(())
 }
 
@@ -836,9 +829,9 @@ async fn flood_v1(
                             break nonce;
                         }
                     };
-                    let _ = write!(
+                    let _ = writeln!(
                         out,
-                        "{{\"id\":{next_id},\"method\":\"mining.submit\",\"params\":[\"{user}\",\"{job_id}\",\"{extranonce2}\",\"{:08x}\",\"{nonce:08x}\"]}}\n",
+                        "{{\"id\":{next_id},\"method\":\"mining.submit\",\"params\":[\"{user}\",\"{job_id}\",\"{extranonce2}\",\"{:08x}\",\"{nonce:08x}\"]}}",
                         job.ntime,
                     );
                     outstanding.push((next_id, now));
@@ -1268,8 +1261,11 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
-/// CPU seconds spent from the start of submitting to the last answer.
-struct Cpu {
+/// What the run cost: the pool's RSS (KiB) before the miners and while they were connected,
+/// and CPU seconds from the start of submitting to the last answer.
+struct Usage {
+    rss_before: Option<u64>,
+    rss_during: Option<u64>,
     pool: Option<f64>,
     loadgen: Option<f64>,
 }
@@ -1326,10 +1322,10 @@ fn report(
     stats: &Stats,
     held: u64,
     elapsed: f64,
-    (rss_before, rss_during): (Option<u64>, Option<u64>),
     fanout: Value,
-    cpu: Cpu,
+    cpu: Usage,
 ) {
+    let (rss_before, rss_during) = (cpu.rss_before, cpu.rss_during);
     let mut latencies = stats
         .latencies_us
         .lock()

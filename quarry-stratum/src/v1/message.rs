@@ -376,7 +376,7 @@ fn truncate(text: &str, max: usize) -> String {
 pub fn result_line(id: &Value, result: Value) -> String {
     use std::fmt::Write;
     let mut line = String::with_capacity(48);
-    let _ = write!(line, "{{\"error\":null,\"id\":{id},\"result\":{result}}}\n");
+    let _ = writeln!(line, "{{\"error\":null,\"id\":{id},\"result\":{result}}}");
     line
 }
 
@@ -385,9 +385,9 @@ pub fn error_line(id: &Value, error: &RequestError) -> String {
     use std::fmt::Write;
     let message = Value::String(error.to_string());
     let mut line = String::with_capacity(80);
-    let _ = write!(
+    let _ = writeln!(
         line,
-        "{{\"error\":[{},{message},null],\"id\":{id},\"result\":null}}\n",
+        "{{\"error\":[{},{message},null],\"id\":{id},\"result\":null}}",
         error.code().code()
     );
     line
