@@ -238,3 +238,95 @@ fn a_share_difficulty_too_high_to_hash_is_reported() {
         "{report}"
     );
 }
+
+/// A pool set up for the flood: share difficulty `difficulty` (fixed), no submit budget to
+/// close the connections, and bans that score but never trigger.
+fn flood_config(nodes: &Regtest, dir: &std::path::Path, port: u16, difficulty: &str) -> String {
+    let config = pool_config(nodes, dir, port, "");
+    let config = config
+        .replace(
+            "start = 0.001\nmin = 0.001\nmax = 65536",
+            &format!("start = {difficulty}\nmin = {difficulty}\nmax = {difficulty}"),
+        )
+        .replace(
+            &format!("listen = \"127.0.0.1:{port}\"\n"),
+            &format!(
+                "listen = \"127.0.0.1:{port}\"\nsubmits_per_sec = 1000000\nsubmits_burst = 1000000\n"
+            ),
+        );
+    assert!(config.contains(&format!("max = {difficulty}")), "{config}");
+    format!("{config}\n[bans]\nthreshold = 1e15\n")
+}
+
+fn flood(port: u16, pid: &str, log: &std::path::Path, context: impl Fn() -> String) -> Value {
+    loadgen_report(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{port}"),
+            "--miners",
+            "20",
+            "--in-flight",
+            "4",
+            "--user",
+            "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
+            "--duration",
+            "3",
+            "--pool-pid",
+            pid,
+            "--json",
+        ],
+        log,
+        context,
+    )
+}
+
+/// `--in-flight`: random nonces against difficulty 1 are all answered "low difficulty" (none
+/// is a block: the load generator skips nonces under regtest's network target), and the
+/// report gives the pool's CPU per answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_nonces_is_answered_share_by_share() {
+    let nodes = Regtest::single();
+    let dir = scratch_dir("loadgen-flood");
+    let port = free_port();
+    let pool = start_pool(&dir, &flood_config(&nodes, &dir, port, "1"), port).await;
+    let pid = pool.child.id().to_string();
+    let height = nodes.height().await;
+    let report = flood(port, &pid, &dir.join("flood.log"), || pool.log_text());
+    let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
+    assert!(n("rejected") > 1000, "{report}");
+    assert_eq!(n("rejected"), n("shares_sent"), "{report}");
+    assert_eq!(n("accepted"), 0, "{report}");
+    assert_eq!(n("unanswered"), 0, "{report}");
+    assert_eq!(n("dropped"), 0, "{report}");
+    assert!(
+        report["reject_samples"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("low difficulty")),
+        "{report}"
+    );
+    assert!(
+        report["pool_cpu_us_per_answer"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0),
+        "{report}"
+    );
+    assert_eq!(nodes.height().await, height, "no share was a block");
+}
+
+/// The same flood with every share accepted: each is recorded before its answer, and every
+/// one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_acceptable_shares_is_recorded_and_answered() {
+    let nodes = Regtest::single();
+    let dir = scratch_dir("loadgen-flood-durable");
+    let port = free_port();
+    let pool = start_pool(&dir, &flood_config(&nodes, &dir, port, "1e-12"), port).await;
+    let pid = pool.child.id().to_string();
+    let report = flood(port, &pid, &dir.join("flood.log"), || pool.log_text());
+    let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
+    assert!(n("accepted") > 1000, "{report}");
+    // Random nonces may repeat one now and then: a duplicate is the only rejection.
+    assert!(n("rejected") * 1000 < n("accepted"), "{report}");
+    assert_eq!(n("accepted") + n("rejected"), n("shares_sent"), "{report}");
+    assert_eq!(n("unanswered"), 0, "{report}");
+}
