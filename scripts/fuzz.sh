@@ -50,9 +50,9 @@ run() {
     times=$(mktemp)
     # The binary itself, not `cargo fuzz run`: a source edit while a campaign runs must not
     # rebuild it mid-way (or count the build as fuzzing).
-    # ODR checks only where the two definitions differ in size (level 1). The ledger links
-    # sqlx's SQLite and PostgreSQL drivers, and the bundled sqlite3.c's globals then register
-    # twice with identical definitions, which the default level 2 reports.
+    # ODR checks only where two definitions differ in size (level 1). The linker merges the
+    # bundled sqlite3.c's two identical read-only `aiOff` tables into one address, and the
+    # default level 2 reports the two globals registered there as a violation.
     if ! ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=1} \
         /usr/bin/time -f '%U %S' -o "$times" "$bin/$target" "$out" "$@" \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
