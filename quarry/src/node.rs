@@ -137,6 +137,9 @@ impl Rpc {
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 const LONGPOLL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Bitcoin Core's JSON-RPC error while it loads its block index and chainstate.
+const RPC_IN_WARMUP: i64 = -28;
+
 /// What a node said to a submitted block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitOutcome {
@@ -160,6 +163,14 @@ impl SubmitOutcome {
             Ok(Value::String(s)) if s == "inconclusive" => SubmitOutcome::Inconclusive,
             Ok(Value::String(s)) => SubmitOutcome::Rejected(s),
             Ok(other) => SubmitOutcome::Rejected(other.to_string()),
+            // A node still starting ("Loading block index…") has not looked at the block:
+            // the submission failed and is retried, it was not refused.
+            Err(
+                e @ RpcError::Rpc {
+                    code: RPC_IN_WARMUP,
+                    ..
+                },
+            ) => SubmitOutcome::Failed(e.to_string()),
             Err(RpcError::Rpc { message, .. }) => SubmitOutcome::Rejected(message),
             Err(e) => SubmitOutcome::Failed(e.to_string()),
         }
@@ -509,5 +520,38 @@ impl Nodes {
             }
         }
         outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_still_warming_up_has_not_refused_the_block() {
+        let warming = Err(RpcError::Rpc {
+            code: RPC_IN_WARMUP,
+            message: "Loading block index…".into(),
+        });
+        assert!(matches!(
+            SubmitOutcome::from_result(warming),
+            SubmitOutcome::Failed(_)
+        ));
+        let undecodable = Err(RpcError::Rpc {
+            code: -22,
+            message: "Block decode failed".into(),
+        });
+        assert_eq!(
+            SubmitOutcome::from_result(undecodable),
+            SubmitOutcome::Rejected("Block decode failed".into())
+        );
+        assert_eq!(
+            SubmitOutcome::from_result(Ok(Value::String("high-hash".into()))),
+            SubmitOutcome::Rejected("high-hash".into())
+        );
+        assert_eq!(
+            SubmitOutcome::from_result(Ok(Value::Null)),
+            SubmitOutcome::Accepted
+        );
     }
 }
