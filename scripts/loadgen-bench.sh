@@ -74,10 +74,23 @@ if [ "${STORE:-sqlite}" = postgres ] && [ -z "${PG_URL:-}" ]; then
 fi
 # shellcheck disable=SC1091
 source "$WORK/nodes/nodes.env"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KEYS=$("$QUARRY" keygen)
-SECRET=$(sed -n 's/^authority_secret_key = "\(.*\)"/\1/p' <<<"$KEYS")
-PUBLIC=$(sed -n 's/^authority_public_key = "\(.*\)"/\1/p' <<<"$KEYS")
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A fresh authority keypair into SECRET and PUBLIC.
+keypair() {
+    local keys
+    keys=$("$QUARRY" keygen)
+    SECRET=$(sed -n 's/^authority_secret_key = "\(.*\)"/\1/p' <<<"$keys")
+    PUBLIC=$(sed -n 's/^authority_public_key = "\(.*\)"/\1/p' <<<"$keys")
+}
+# Waits up to 10 s for something to listen on 127.0.0.1:$1.
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+}
+PORT=$(free_port)
+keypair
 cat >"$WORK/quarry.toml" <<TOML
 network = "regtest"
 data_dir = "$WORK/data"
@@ -125,18 +138,13 @@ if [ "$SCENARIO" = sri ]; then
     # the loadgen's SV2 miners pin pool_sv2's own authority key.
     SRI_POOL=${SRI_POOL_SV2:-$HOME/.cache/quarry/sri/bin/pool_sv2}
     [ -x "$SRI_POOL" ] || { echo "loadgen-bench: $SRI_POOL missing (scripts/test.sh installs it)" >&2; exit 1; }
-    TP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    TP_PORT=$(free_port)
     printf '\n[tp]\nlisten = "127.0.0.1:%s"\n' "$TP_PORT" >>"$WORK/quarry.toml"
     RUST_LOG=${RUST_LOG:-warn} "$QUARRY" tp --config "$WORK/quarry.toml" >"$WORK/tp.log" 2>&1 &
     TP_PID=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$TP_PORT") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_port "$TP_PORT"
     TP_PUBLIC=$PUBLIC
-    KEYS=$("$QUARRY" keygen)
-    SECRET=$(sed -n 's/^authority_secret_key = "\(.*\)"/\1/p' <<<"$KEYS")
-    PUBLIC=$(sed -n 's/^authority_public_key = "\(.*\)"/\1/p' <<<"$KEYS")
+    keypair
     cat >"$WORK/pool_sv2.toml" <<TOML
 authority_public_key = "$PUBLIC"
 authority_secret_key = "$SECRET"
@@ -160,10 +168,7 @@ else
     RUST_LOG=${RUST_LOG:-warn} $(pin "${POOL_CPUS:-}") "$QUARRY" serve --config "$WORK/quarry.toml" >"$WORK/serve.log" 2>&1 &
     POOL_PID=$!
 fi
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$PORT"
 
 ARGS=(loadgen "127.0.0.1:$PORT" --miners "$MINERS" --user "$MINING_ADDRESS" --rate "$RATE"
     --duration "$SECONDS_RUN" --pool-pid "$POOL_PID" --connect-rate 4000 --node-zmq "$NODE_A_ZMQ")
