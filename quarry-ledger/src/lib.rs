@@ -11,6 +11,7 @@ pub mod chain;
 pub mod coinbase;
 pub mod fuzzing;
 pub mod history;
+pub mod lightning;
 pub mod payouts;
 pub mod schemes;
 pub mod share_log;
@@ -22,6 +23,6 @@ pub use chain::Chain;
 pub use history::{HistoryBook, HistoryShare, Retention, Scope};
 pub use share_log::{Receipt, RecordError, ShareLog};
 pub use store::{
-    Backend, Balance, BlockRecord, BlockStatus, Credit, CreditStatus, ShareRecord, Store,
-    StoreError,
+    Backend, Balance, BlockRecord, BlockStatus, Credit, CreditStatus, PayoutDestination,
+    PayoutMethod, ShareRecord, Store, StoreError,
 };

@@ -238,6 +238,46 @@ pub struct PayoutRecord {
     pub recipients: i64,
     /// The chain it paid on.
     pub chain: Chain,
+    /// `onchain` or `lightning`.
+    pub method: String,
+    /// A Lightning payment's routing fee, satoshis.
+    pub fee_sat: Option<i64>,
+}
+
+/// How a payout is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayoutMethod {
+    /// A wallet transaction.
+    Onchain,
+    /// A Lightning payment, one per miner.
+    Lightning,
+}
+
+impl PayoutMethod {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayoutMethod::Onchain => "onchain",
+            PayoutMethod::Lightning => "lightning",
+        }
+    }
+}
+
+/// Where a miner wants its Bitcoin paid, besides its address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutDestination {
+    /// The miner's Bitcoin address (what it mines to).
+    pub address: String,
+    /// `bolt12`.
+    pub method: String,
+    /// The BOLT12 offer.
+    pub destination: String,
+    /// `signed` or `authorize`.
+    pub source: String,
+    /// The signed registration's timestamp (Unix seconds).
+    pub signed_at: Option<i64>,
+    /// Unix ms.
+    pub updated_ms: i64,
 }
 
 /// An address's credits.
@@ -744,10 +784,10 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         // Everything in a payout counts, sent or intended or in an immature coinbase; a coinbase
-        // that left the chain ('void') paid nothing.
+        // that left the chain ('void') and a Lightning payment that failed paid nothing.
         let paid = sqlx::query(
             "SELECT i.address, CAST(SUM(i.amount_sat) AS BIGINT) FROM payout_items i \
-             JOIN payouts p ON p.id = i.payout_id WHERE i.chain = $1 AND p.status <> 'void' \
+             JOIN payouts p ON p.id = i.payout_id WHERE i.chain = $1 AND p.status NOT IN ('void', 'failed') \
              GROUP BY i.address",
         )
         .bind(chain.as_str().to_string())
@@ -781,13 +821,30 @@ impl Store {
         items: &BTreeMap<String, Sat>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
+        self.create_payout_by(chain, PayoutMethod::Onchain, tag, items, now_ms)
+            .await
+    }
+
+    /// [`Store::create_payout`] for a payout sent by `method`.
+    ///
+    /// # Errors
+    /// Any database error (a reused tag included); nothing is written then.
+    pub async fn create_payout_by(
+        &self,
+        chain: &Chain,
+        method: PayoutMethod,
+        tag: &str,
+        items: &BTreeMap<String, Sat>,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query(
-            "INSERT INTO payouts (tag, status, created_ms, chain) VALUES ($1, 'intent', $2, $3) RETURNING id",
+            "INSERT INTO payouts (tag, status, created_ms, chain, method) VALUES ($1, 'intent', $2, $3, $4) RETURNING id",
         )
         .bind(tag.to_string())
         .bind(now_ms)
         .bind(chain.as_str().to_string())
+        .bind(method.as_str())
         .fetch_one(&mut *tx)
         .await?
         .try_get(0)?;
@@ -806,15 +863,29 @@ impl Store {
         Ok(id)
     }
 
-    /// Payouts on `chain` whose send is not recorded yet: (id, tag), oldest first.
+    /// On-chain payouts on `chain` whose send is not recorded yet: (id, tag), oldest first.
     ///
     /// # Errors
     /// Any database error.
     pub async fn pending_payouts(&self, chain: &Chain) -> Result<Vec<(i64, String)>, StoreError> {
+        self.pending_payouts_by(chain, PayoutMethod::Onchain).await
+    }
+
+    /// Payouts on `chain` sent by `method` whose send is not recorded yet: (id, tag), oldest
+    /// first.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn pending_payouts_by(
+        &self,
+        chain: &Chain,
+        method: PayoutMethod,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, tag FROM payouts WHERE chain = $1 AND status = 'intent' ORDER BY id",
+            "SELECT id, tag FROM payouts WHERE chain = $1 AND status = 'intent' AND method = $2 ORDER BY id",
         )
         .bind(chain.as_str().to_string())
+        .bind(method.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -902,6 +973,116 @@ impl Store {
             paid.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
         }
         Ok(paid)
+    }
+
+    /// A Lightning payout that failed: its amount is owed again, `error` says why.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn mark_payout_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payouts SET status = 'failed', error = $1 WHERE id = $2 AND status = 'intent'",
+        )
+        .bind(error.chars().take(500).collect::<String>())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a Lightning payout as paid: `payment_id` (the node's), what `address` was
+    /// debited (the amount, plus the routing fee when the miner pays it), what it received, and
+    /// the routing fee.
+    ///
+    /// # Errors
+    /// Any database error; nothing is written then.
+    pub async fn mark_lightning_paid(
+        &self,
+        id: i64,
+        payment_id: &str,
+        debited: Sat,
+        received: Sat,
+        fee: Sat,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE payouts SET status = 'sent', txid = $1, sent_ms = $2, fee_sat = $3, error = NULL WHERE id = $4 AND status = 'intent'")
+            .bind(payment_id.to_string())
+            .bind(now_ms)
+            .bind(fee.to_db())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE payout_items SET amount_sat = $1, received_sat = $2 WHERE payout_id = $3",
+        )
+        .bind(debited.to_db())
+        .bind(received.to_db())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets (or replaces) `address`'s payout destination.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn set_payout_destination(
+        &self,
+        destination: &PayoutDestination,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO payout_destinations (address, method, destination, source, signed_at, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (address) DO UPDATE SET method = excluded.method, \
+             destination = excluded.destination, source = excluded.source, signed_at = excluded.signed_at, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(destination.address.clone())
+        .bind(destination.method.clone())
+        .bind(destination.destination.clone())
+        .bind(destination.source.clone())
+        .bind(destination.signed_at)
+        .bind(destination.updated_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `address`'s payout destination, if it registered one.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payout_destination(
+        &self,
+        address: &str,
+    ) -> Result<Option<PayoutDestination>, StoreError> {
+        let row = sqlx::query(
+            "SELECT address, method, destination, source, signed_at, updated_ms FROM payout_destinations WHERE address = $1",
+        )
+        .bind(address.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(destination_from_row).transpose()?)
+    }
+
+    /// Every registered payout destination, by address.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn payout_destinations(
+        &self,
+    ) -> Result<BTreeMap<String, PayoutDestination>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT address, method, destination, source, signed_at, updated_ms FROM payout_destinations",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| destination_from_row(row).map(|d| (d.address.clone(), d)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// Per worker: shares and difficulty accepted since `since_ms` (the whole pool, whichever
@@ -994,7 +1175,7 @@ impl Store {
     ) -> Result<Vec<(PayoutRecord, Option<i64>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, \
-             i.amount_sat, CAST(1 AS BIGINT), p.chain, i.received_sat FROM payouts p \
+             i.amount_sat, CAST(1 AS BIGINT), p.chain, p.method, p.fee_sat, i.received_sat FROM payouts p \
              JOIN payout_items i ON i.payout_id = p.id WHERE i.address = $1 \
              ORDER BY p.id DESC LIMIT $2",
         )
@@ -1003,7 +1184,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((payout_from_row(row)?, row.try_get(10)?)))
+            .map(|row| Ok((payout_from_row(row)?, row.try_get(12)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
@@ -1015,9 +1196,9 @@ impl Store {
     pub async fn payouts(&self, limit: i64) -> Result<Vec<PayoutRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, \
-             CAST(COALESCE(SUM(i.amount_sat), 0) AS BIGINT), COUNT(i.address), p.chain \
+             CAST(COALESCE(SUM(i.amount_sat), 0) AS BIGINT), COUNT(i.address), p.chain, p.method, p.fee_sat \
              FROM payouts p LEFT JOIN payout_items i ON i.payout_id = p.id \
-             GROUP BY p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, p.chain \
+             GROUP BY p.id, p.tag, p.status, p.txid, p.created_ms, p.sent_ms, p.error, p.chain, p.method, p.fee_sat \
              ORDER BY p.id DESC LIMIT $1",
         )
         .bind(limit)
@@ -1411,6 +1592,19 @@ fn payout_from_row(row: &sqlx::any::AnyRow) -> Result<PayoutRecord, sqlx::Error>
         total_sat: row.try_get(7)?,
         recipients: row.try_get(8)?,
         chain: stored_chain(row, 9)?,
+        method: row.try_get(10)?,
+        fee_sat: row.try_get(11)?,
+    })
+}
+
+fn destination_from_row(row: &sqlx::any::AnyRow) -> Result<PayoutDestination, sqlx::Error> {
+    Ok(PayoutDestination {
+        address: row.try_get(0)?,
+        method: row.try_get(1)?,
+        destination: row.try_get(2)?,
+        source: row.try_get(3)?,
+        signed_at: row.try_get(4)?,
+        updated_ms: row.try_get(5)?,
     })
 }
 
