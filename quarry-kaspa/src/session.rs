@@ -363,6 +363,7 @@ impl KaspaSession {
             worker: worker.name.clone(),
             address: worker.address.clone(),
             aux_payouts: Default::default(),
+            lightning_offer: None, // Lightning pays Bitcoin balances only
         });
         self.worker = Some(Arc::new(worker));
         self.answer(id, Value::Bool(true));

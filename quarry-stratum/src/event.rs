@@ -19,6 +19,8 @@ pub enum Event {
         address: String,
         /// Its payout addresses on merge-mined chains.
         aux_payouts: AuxPayouts,
+        /// A Lightning offer named in its password (`ln=lno1…`).
+        lightning_offer: Option<Box<str>>,
     },
     /// A share was accepted.
     ShareAccepted(AcceptedShare),

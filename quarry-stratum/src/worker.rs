@@ -56,6 +56,26 @@ pub const MAX_AUX_PAYOUTS: usize = 8;
 const MAX_CHAIN_NAME: usize = 32;
 const MAX_AUX_ADDRESS: usize = 128;
 
+/// Longest Lightning offer taken from a password.
+const MAX_OFFER_LEN: usize = 2_000;
+
+/// The BOLT12 offer in an `ln=lno1…` part of a comma-separated authorize password, if any and
+/// well-formed (bech32 characters, bounded). The pool registers it as the address's payout
+/// destination the first time only.
+pub fn lightning_offer(password: &str) -> Option<&str> {
+    password.split(',').find_map(|part| {
+        let (key, offer) = part.trim().split_once('=')?;
+        let offer = offer.trim();
+        let well_formed = key.trim() == "ln"
+            && offer.len() <= MAX_OFFER_LEN
+            && offer
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("lno1"))
+            && offer.bytes().all(|b| b.is_ascii_alphanumeric());
+        well_formed.then_some(offer)
+    })
+}
+
 /// A worker's payout address on each merge-mined chain, from `<chain>=<address>` parts of its
 /// comma-separated password (`x,namecoin=ncrt1q…,d=0.01`). Shares carry it, so an aux block's
 /// reward goes to the addresses named by the shares that earned it: nobody can redirect
@@ -78,8 +98,8 @@ impl AuxPayouts {
                 continue;
             };
             let (chain, address) = (chain.trim(), address.trim());
-            if chain == "d" {
-                continue;
+            if chain == "d" || chain == "ln" {
+                continue; // difficulty; Lightning offer (see `lightning_offer`)
             }
             let name_ok = !chain.is_empty()
                 && chain.len() <= MAX_CHAIN_NAME
@@ -136,8 +156,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lightning_offer_comes_from_the_password() {
+        assert_eq!(lightning_offer("x,ln=lno1qqsabc,d=1"), Some("lno1qqsabc"));
+        assert_eq!(lightning_offer(" ln = LNO1QQ "), Some("LNO1QQ"));
+        assert_eq!(lightning_offer("x,d=1"), None);
+        assert_eq!(
+            lightning_offer("ln=lnbc1invoice"),
+            None,
+            "invoices are not offers"
+        );
+        assert_eq!(lightning_offer("ln=lno1<script>"), None);
+        assert_eq!(
+            lightning_offer(&format!("ln=lno1{}", "q".repeat(2_000))),
+            None
+        );
+    }
+
+    #[test]
     fn aux_payouts_come_from_the_password() {
-        let p = AuxPayouts::from_password("x, namecoin=ncrt1qabc ,d=0.5,rsk=0fAb12").expect("ok");
+        let p = AuxPayouts::from_password("x, namecoin=ncrt1qabc ,d=0.5,rsk=0fAb12,ln=lno1qqq")
+            .expect("ok");
         assert_eq!(p.get("namecoin"), Some("ncrt1qabc"));
         assert_eq!(p.get("rsk"), Some("0fAb12"));
         assert_eq!(p.get("d"), None);

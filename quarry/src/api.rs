@@ -59,6 +59,10 @@ pub struct ApiState {
     pub share_log: Arc<quarry_ledger::share_log::ShareLogStats>,
     /// Payouts in the coinbase, when the scheme is `coinbase-pplns`.
     pub coinbase: Option<CoinbaseApi>,
+    /// The embedded Lightning node, with `[lightning]` on.
+    pub lightning: Option<Arc<crate::lightning::Lightning>>,
+    /// Payout destination registrations, with `[lightning]` on.
+    pub destinations: Option<Arc<crate::payout_destination::Registrar>>,
 }
 
 /// What the `coinbase-pplns` endpoints read.
@@ -244,6 +248,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/history", get(pool_history))
         .route("/api/miners/{address}", get(miner))
         .route("/api/miners/{address}/history", get(miner_history))
+        .route(
+            "/api/miners/{address}/payout-destination",
+            post(register_destination),
+        )
+        .route("/api/lightning", get(lightning_status))
         .route("/api/workers", get(workers))
         .route("/api/blocks", get(blocks))
         .route("/api/chains", get(chains))
@@ -498,7 +507,13 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         .await?
         .get(&address)
         .copied();
-    if workers.is_empty() && balances.is_empty() && paid.is_none() && summaries.is_empty() {
+    let destination = state.store.payout_destination(&address).await?;
+    if workers.is_empty()
+        && balances.is_empty()
+        && paid.is_none()
+        && summaries.is_empty()
+        && destination.is_none()
+    {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown miner".into()));
     }
     let difficulty: f64 = workers.iter().map(|w| w.difficulty).sum();
@@ -542,6 +557,12 @@ async fn miner(State(state): Shared, Path(address): Path<String>) -> Result<Json
         "paid_sat": paid.map_or(0, |p| p.0),
         "received_sat": paid.map_or(0, |p| p.1),
         "merged": merged,
+        "payout_destination": destination.filter(|d| d.method != "none").map(|d| json!({
+            "method": d.method,
+            "destination": d.destination,
+            "source": d.source,
+            "updated_ms": d.updated_ms,
+        })),
     })))
 }
 
@@ -792,9 +813,14 @@ async fn admin_payout(State(state): Shared, headers: HeaderMap) -> Result<Json<V
             "bad or missing bearer token".into(),
         ));
     }
-    crate::wallet::payout_once(&state.store, &state.wallets, &state.events)
-        .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    crate::wallet::payout_once(
+        &state.store,
+        &state.wallets,
+        state.lightning.as_deref(),
+        &state.events,
+    )
+    .await
+    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
     Ok(Json(json!({"ok": true})))
 }
 
@@ -930,7 +956,155 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
     if let Some(kaspa) = &state.kaspa {
         render_kaspa(kaspa, &mut out);
     }
+    render_payouts(state.lightning.as_deref(), &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Payouts by method and outcome, and the Lightning node's balances and channels.
+fn render_payouts(lightning: Option<&crate::lightning::Lightning>, out: &mut String) {
+    let stats = &crate::wallet::PAYOUT_STATS;
+    let _ = writeln!(out, "# HELP quarry_payouts_total Payouts by method (onchain, lightning) and outcome (sent, or why not).\n# TYPE quarry_payouts_total counter");
+    for ((method, outcome), count) in stats
+        .counts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "quarry_payouts_total{{method=\"{method}\",outcome=\"{outcome}\"}} {count}"
+        );
+    }
+    let _ = writeln!(out, "# HELP quarry_payouts_sent_sat_total Satoshis paid out, by method.\n# TYPE quarry_payouts_sent_sat_total counter");
+    for (method, sat) in stats
+        .sent_sat
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "quarry_payouts_sent_sat_total{{method=\"{method}\"}} {sat}"
+        );
+    }
+    let Some(lightning) = lightning else {
+        return;
+    };
+    let status = lightning
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (name, key, help) in [
+        (
+            "quarry_lightning_onchain_sat",
+            "onchain_total_sat",
+            "The Lightning node's on-chain wallet.",
+        ),
+        (
+            "quarry_lightning_channels_sat",
+            "lightning_sat",
+            "The Lightning node's balance in channels.",
+        ),
+        (
+            "quarry_lightning_sendable_msat",
+            "sendable_msat",
+            "What one payment can carry now.",
+        ),
+    ] {
+        let value = status[key].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let _ = writeln!(out, "# HELP quarry_lightning_channel_outbound_msat Outbound capacity per channel.\n# TYPE quarry_lightning_channel_outbound_msat gauge");
+    for channel in status["channels"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "quarry_lightning_channel_outbound_msat{{peer=\"{}\",usable=\"{}\"}} {}",
+            channel["counterparty"].as_str().unwrap_or_default(),
+            channel["usable"].as_bool().unwrap_or(false),
+            channel["outbound_msat"].as_u64().unwrap_or(0)
+        );
+    }
+}
+
+/// `GET /api/lightning`: the node, its funding address, balances and channels.
+async fn lightning_status(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let Some(lightning) = &state.lightning else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "Lightning payouts are not enabled on this pool".into(),
+        ));
+    };
+    let status = match lightning.refresh().await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "Lightning node status");
+            lightning
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }
+    };
+    let policy = &lightning.config;
+    Ok(Json(json!({
+        "node": status,
+        "policy": {
+            "min_payout_sat": policy.min_payout_sat,
+            "max_payout_sat": policy.max_payout_sat,
+            "routing_fee": policy.routing_fee,
+            "onchain_fallback": policy.onchain_fallback,
+            "peers": policy.peers,
+            "channel_sat": policy.channel_sat,
+        },
+    })))
+}
+
+/// `POST /api/miners/{address}/payout-destination`: a BOLT12 offer for `address`, signed with
+/// its key (`{"destination", "timestamp", "signature"}`; see `payout_destination.rs`).
+async fn register_destination(
+    State(state): Shared,
+    Path(address): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    use crate::payout_destination::RegistrationError as E;
+    let Some(registrar) = &state.destinations else {
+        return Err(ApiError(StatusCode::NOT_FOUND, E::Disabled.to_string()));
+    };
+    if body.len() > 8192 {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request over 8 KiB".into(),
+        ));
+    }
+    let request: crate::payout_destination::SignedRegistration = serde_json::from_slice(&body)
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"destination\", \"timestamp\", \"signature\"}}: {e}"),
+            )
+        })?;
+    let now_secs = (unix_ms() / 1000) as i64;
+    match registrar
+        .register_signed(&address, &request, now_secs)
+        .await
+    {
+        Ok(registered) => Ok(Json(json!(registered))),
+        Err(e) => {
+            let status = match e {
+                E::Invalid(_) => StatusCode::BAD_REQUEST,
+                E::Signature(_) => StatusCode::FORBIDDEN,
+                E::Stale(_) => StatusCode::CONFLICT,
+                E::Disabled => StatusCode::NOT_FOUND,
+                E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::info!(%address, error = %e, "payout destination refused");
+            Err(ApiError(status, e.to_string()))
+        }
+    }
 }
 
 /// The Kaspa port's series, each named `quarry_kaspa_*`: Kaspa's difficulty, DAA score and

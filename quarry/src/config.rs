@@ -52,6 +52,73 @@ pub struct Config {
     pub bans: BansConfig,
     /// The Kaspa pool, on its own port.
     pub kaspa: KaspaToml,
+    /// Lightning payouts from an embedded node.
+    pub lightning: LightningToml,
+}
+
+/// `[lightning]`: an embedded Lightning node (ldk-node, run as the `quarry-lightning` child
+/// process on the first `[[node]]`) that pays miners who registered a BOLT12 offer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LightningToml {
+    /// Run the node and pay over Lightning.
+    pub enabled: bool,
+    /// The `quarry-lightning` executable; unset: next to `quarry`, then on `PATH`.
+    pub binary: Option<PathBuf>,
+    /// Lightning peer-to-peer listen address.
+    pub listen: String,
+    /// Node alias.
+    pub alias: String,
+    /// Channel policy: keep a channel to each of these (`<node id>@<host>:<port>`), opened
+    /// from the node's on-chain wallet once it holds `channel_sat` plus the anchor reserve.
+    pub peers: Vec<String>,
+    /// Size of each channel opened, sat.
+    pub channel_sat: u64,
+    /// Seconds between channel policy checks (and status reads for the API).
+    pub channel_check_secs: u64,
+    /// Smallest Lightning payout, sat: smaller balances wait.
+    pub min_payout_sat: u64,
+    /// Largest Lightning payout, sat: larger balances are paid on chain.
+    pub max_payout_sat: u64,
+    /// Who pays routing fees: `pool`, or `miner` (held back from the amount sent).
+    pub routing_fee: String,
+    /// Routing fee budget per payment: this many sat…
+    pub max_fee_base_sat: u64,
+    /// …plus this many millionths of the amount.
+    pub max_fee_ppm: u64,
+    /// Pay on chain (at or above `payout.threshold_btc`) what Lightning cannot carry: above
+    /// the channels' capacity, or a failed payment. Off: it waits for Lightning.
+    pub onchain_fallback: bool,
+    /// How long a payout run waits for its payments to settle; unsettled ones are reconciled
+    /// by the next run.
+    pub payment_timeout_secs: u64,
+    /// On-chain reserve kept per anchor channel, sat (0: legacy channels without anchors).
+    pub anchor_reserve_sat: u64,
+    /// Peers whose channels need no anchor reserve (they are trusted to get closes confirmed).
+    pub trusted_peers: Vec<String>,
+}
+
+impl Default for LightningToml {
+    fn default() -> Self {
+        LightningToml {
+            enabled: false,
+            binary: None,
+            listen: "0.0.0.0:9735".into(),
+            alias: "quarry".into(),
+            peers: Vec::new(),
+            channel_sat: 1_000_000,
+            channel_check_secs: 60,
+            min_payout_sat: 1_000,
+            max_payout_sat: 2_000_000,
+            routing_fee: "pool".into(),
+            max_fee_base_sat: 5,
+            max_fee_ppm: 5_000,
+            onchain_fallback: true,
+            payment_timeout_secs: 60,
+            anchor_reserve_sat: 25_000,
+            trusted_peers: Vec::new(),
+        }
+    }
 }
 
 /// `[kaspa]`: a Kaspa stratum port (kHeavyHash ASICs and GPU miners) on work from kaspad, in
@@ -602,6 +669,7 @@ impl Default for Config {
             aux: Vec::new(),
             merge_mining_fee: MergeMiningFeeToml::default(),
             kaspa: KaspaToml::default(),
+            lightning: LightningToml::default(),
         }
     }
 }

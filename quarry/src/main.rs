@@ -10,9 +10,11 @@ mod dashboard;
 mod driver;
 mod events;
 mod kaspa;
+mod lightning;
 mod loadgen;
 mod miner;
 mod node;
+mod payout_destination;
 mod proxy;
 mod server;
 mod tls;
@@ -180,6 +182,8 @@ async fn serve_kaspa_alone(config: config::Config, kaspa: config::KaspaResolved)
             kaspa: Some(metrics),
             share_log: Arc::clone(&share_log_stats),
             coinbase: None,
+            lightning: None,
+            destinations: None,
             connect: dashboard::Connect {
                 kaspa: Some(config.kaspa.listen),
                 network: config.kaspa.network.clone(),
@@ -281,6 +285,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         false => Some(aux::AuxChains::new(&resolved.aux)?),
     };
     let wallets = wallet::chain_wallets(&config, &nodes, aux.as_ref());
+    let lightning = start_lightning(&config, &events, resolved.coinbase.is_some()).await?;
+    let network = config.network()?;
+    let destinations = lightning.as_ref().map(|ln| {
+        Arc::new(payout_destination::Registrar {
+            store: store.clone(),
+            lightning: Some(Arc::clone(ln)),
+            network,
+            events: Arc::clone(&events),
+        })
+    });
     let bans = Arc::new(server::Bans::new(
         config.bans.policy()?,
         config.bans.enabled,
@@ -302,6 +316,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             bans: Arc::clone(&bans),
             kaspa: kaspa_metrics.clone(),
             share_log: Arc::clone(share_log.stats()),
+            lightning: lightning.clone(),
+            destinations: destinations.clone(),
             coinbase: coinbase.as_ref().map(|(c, view)| api::CoinbaseApi {
                 view: view.clone(),
                 pool_address: c.settings().pool_address.clone(),
@@ -333,6 +349,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(payout_loop(
             store.clone(),
             wallets,
+            lightning.clone(),
             Duration::from_secs(config.payout.interval_secs),
             Arc::clone(&events),
         ));
@@ -363,6 +380,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             metrics: Arc::clone(&metrics),
             events: Arc::clone(&events),
             history: Arc::clone(&history),
+            destinations,
         },
         limits,
         Arc::clone(&bans),
@@ -461,7 +479,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), accept).await;
     server::flush_history(&store, &history).await;
+    if let Some(lightning) = &lightning {
+        lightning.shutdown().await;
+    }
     Ok(())
+}
+
+/// The embedded Lightning node with `[lightning]` on, its channel policy running.
+async fn start_lightning(
+    config: &config::Config,
+    events: &Arc<events::EventBus>,
+    coinbase_payouts: bool,
+) -> Result<Option<Arc<lightning::Lightning>>> {
+    if !config.lightning.enabled {
+        return Ok(None);
+    }
+    if coinbase_payouts {
+        anyhow::bail!("[lightning] and payout.scheme = \"coinbase-pplns\" both pay Bitcoin balances: choose one");
+    }
+    let lightning = lightning::Lightning::start(config, Arc::clone(events)).await?;
+    tokio::spawn(Arc::clone(&lightning).run_policy());
+    Ok(Some(lightning))
 }
 
 async fn payout(args: ServeArgs) -> Result<()> {
@@ -483,7 +521,13 @@ async fn payout(args: ServeArgs) -> Result<()> {
         false => Some(aux::AuxChains::new(&resolved.aux)?),
     };
     let wallets = wallet::chain_wallets(&config, &nodes, aux.as_ref());
-    wallet::payout_once(&store, &wallets, &events::EventBus::default()).await
+    let events = Arc::new(events::EventBus::default());
+    let lightning = start_lightning(&config, &events, resolved.coinbase.is_some()).await?;
+    let paid = wallet::payout_once(&store, &wallets, lightning.as_deref(), &events).await;
+    if let Some(lightning) = &lightning {
+        lightning.shutdown().await;
+    }
+    paid
 }
 
 /// PPS accrual every few seconds (PPS only) and share retention every hour. Both are safe with
@@ -534,6 +578,7 @@ async fn ledger_upkeep(
 async fn payout_loop(
     store: quarry_ledger::Store,
     wallets: Vec<wallet::ChainWallet>,
+    lightning: Option<Arc<lightning::Lightning>>,
     every: Duration,
     events: Arc<events::EventBus>,
 ) {
@@ -548,7 +593,7 @@ async fn payout_loop(
     info!("this instance runs payouts");
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = wallet::payout_once(&store, &wallets, &events).await {
+        if let Err(e) = wallet::payout_once(&store, &wallets, lightning.as_deref(), &events).await {
             tracing::warn!(error = %format!("{e:#}"), "payout run failed; the intent stays pending");
         }
     }

@@ -54,6 +54,8 @@ pub struct Outputs {
     pub events: Arc<EventBus>,
     /// Hashrate history, written to the ledger every few seconds ([`write_history`]).
     pub history: Arc<Mutex<HistoryBook>>,
+    /// Takes `ln=<offer>` authorize passwords as payout destinations, with `[lightning]` on.
+    pub destinations: Option<Arc<crate::payout_destination::Registrar>>,
 }
 
 /// The ban book of one `quarry serve`, shared by its listeners and the API.
@@ -651,7 +653,12 @@ impl Server {
                 worker,
                 address,
                 aux_payouts,
+                lightning_offer,
+                ..
             } => {
+                if let (Some(offer), Some(registrar)) = (lightning_offer, &self.out.destinations) {
+                    registrar.on_authorize(address.clone(), offer.into());
+                }
                 let aux: serde_json::Map<String, serde_json::Value> = aux_payouts
                     .iter()
                     .map(|(chain, address)| (chain.to_string(), json!(address)))

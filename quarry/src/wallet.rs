@@ -176,23 +176,140 @@ impl Wallet for NodeWallet {
     }
 }
 
-/// One payout run on every chain in `wallets`. `QUARRY_PAYOUT_CRASH_AT=after_intent|after_send|
-/// after_record` aborts the process at that step (for the crash tests).
+/// Payouts sent and failed since start, by method, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PayoutStats {
+    /// (method, outcome) → count; outcome `sent` or a failure reason's kind.
+    pub counts: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Satoshis sent, by method.
+    pub sent_sat: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl PayoutStats {
+    fn count(&self, method: &'static str, outcome: &'static str, sat: u64) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry((method, outcome)).or_default() += 1;
+        }
+        if outcome == "sent" {
+            if let Ok(mut sent) = self.sent_sat.lock() {
+                *sent.entry(method).or_default() += sat;
+            }
+        }
+    }
+}
+
+/// This process's payout counters.
+pub static PAYOUT_STATS: std::sync::LazyLock<PayoutStats> =
+    std::sync::LazyLock::new(PayoutStats::default);
+
+/// A Lightning failure reason's kind, a bounded label for metrics.
+fn failure_kind(reason: &str) -> &'static str {
+    if reason.contains("above what the pool's channels can send") {
+        "capacity"
+    } else if reason.contains("payment failed") {
+        "payment_failed"
+    } else {
+        "refused"
+    }
+}
+
+/// The Lightning part of a Bitcoin payout run: returns the addresses the on-chain run must
+/// leave alone (they wait for Lightning).
+async fn lightning_run(
+    store: &Store,
+    lightning: &crate::lightning::Lightning,
+    events: &EventBus,
+    now_ms: i64,
+    crash_at: Option<Step>,
+) -> Result<BTreeSet<String>> {
+    let report = quarry_ledger::lightning::run_lightning_payouts(
+        store,
+        lightning,
+        &lightning.policy,
+        now_ms,
+        |step| {
+            if Some(step) == crash_at {
+                error!(?step, "QUARRY_PAYOUT_CRASH_AT: aborting");
+                std::process::abort();
+            }
+            false
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("lightning: {e}"))?;
+    info!(
+        paid = report.paid.len(),
+        reconciled = report.reconciled,
+        failed = report.failed.len(),
+        pending = report.pending,
+        "Lightning payout run done"
+    );
+    for paid in &report.paid {
+        PAYOUT_STATS.count("lightning", "sent", paid.received.0);
+        events.publish(
+            "PayoutSent",
+            json!({"chain": "bitcoin", "method": "lightning", "address": paid.address,
+                   "payment_id": paid.payment_id, "amount_sat": paid.received.0,
+                   "fee_sat": paid.fee.0, "tag": paid.tag}),
+        );
+    }
+    for (address, reason) in &report.failed {
+        PAYOUT_STATS.count("lightning", failure_kind(reason), 0);
+        warn!(%address, %reason, onchain_fallback = lightning.policy.onchain_fallback, "Lightning payout not made");
+        events.publish(
+            "PayoutFailed",
+            json!({"chain": "bitcoin", "method": "lightning", "address": address,
+                   "reason": reason, "onchain_fallback": lightning.policy.onchain_fallback}),
+        );
+    }
+    Ok(report.hold)
+}
+
+/// One payout run on every chain in `wallets`, Bitcoin's Lightning payouts first when
+/// `lightning` runs. `QUARRY_PAYOUT_CRASH_AT=after_intent|after_send|after_record` aborts the
+/// process at that step (for the crash tests).
 ///
 /// # Errors
 /// The chains whose run failed (each other chain still ran); their intents stay pending.
-pub async fn payout_once(store: &Store, wallets: &[ChainWallet], events: &EventBus) -> Result<()> {
+pub async fn payout_once(
+    store: &Store,
+    wallets: &[ChainWallet],
+    lightning: Option<&crate::lightning::Lightning>,
+    events: &EventBus,
+) -> Result<()> {
     let crash_at = std::env::var("QUARRY_PAYOUT_CRASH_AT")
         .ok()
         .and_then(|s| Step::parse(&s));
     let now_ms = i64::try_from(crate::driver::unix_ms()).unwrap_or(i64::MAX);
     let mut failed = Vec::new();
+    let mut waiting_for_lightning = BTreeSet::new();
+    if let Some(lightning) = lightning {
+        match lightning_run(store, lightning, events, now_ms, crash_at).await {
+            Ok(hold) => waiting_for_lightning = hold,
+            Err(e) => {
+                // Nobody with an offer is paid on chain while the node cannot be asked.
+                warn!(error = %format!("{e:#}"), "Lightning payout run failed");
+                waiting_for_lightning = store
+                    .payout_destinations()
+                    .await?
+                    .into_values()
+                    .filter(|d| d.method == "bolt12")
+                    .map(|d| d.address)
+                    .collect();
+                failed.push(format!("{e:#}"));
+            }
+        }
+    }
     for chain_wallet in wallets {
         let chain = &chain_wallet.chain;
+        let mut wallet = chain_wallet.wallet.clone();
+        if chain == &Chain::BITCOIN {
+            wallet.hold.extend(waiting_for_lightning.iter().cloned());
+        }
         let report = run_payouts(
             chain,
             store,
-            &chain_wallet.wallet,
+            &wallet,
             chain_wallet.threshold,
             now_ms,
             |step| {
@@ -213,11 +330,18 @@ pub async fn payout_once(store: &Store, wallets: &[ChainWallet], events: &EventB
                     sent_sat = report.sent_sat.0,
                     "payout run done"
                 );
+                if report.sent > 0 {
+                    PAYOUT_STATS.count("onchain", "sent", report.sent_sat.0);
+                }
                 for txid in &report.txids {
-                    events.publish("PayoutSent", json!({"chain": chain.as_str(), "txid": txid}));
+                    events.publish(
+                        "PayoutSent",
+                        json!({"chain": chain.as_str(), "method": "onchain", "txid": txid}),
+                    );
                 }
             }
             Err(e) => {
+                PAYOUT_STATS.count("onchain", "wallet_error", 0);
                 warn!(%chain, error = %e, "payout run failed; the intent stays pending");
                 failed.push(format!("{chain}: {e}"));
             }

@@ -447,6 +447,7 @@ impl Session {
             worker: worker.name.clone(),
             address: worker.address.clone(),
             aux_payouts: worker.aux_payouts.clone(),
+            lightning_offer: crate::worker::lightning_offer(password).map(Box::from),
         });
         self.workers.push(worker);
         self.outbox.push_back(message::result_line(id, json!(true)));

@@ -717,6 +717,7 @@ impl PoolSession {
             worker: worker.name.clone(),
             address: worker.address.clone(),
             aux_payouts: worker.aux_payouts.clone(),
+            lightning_offer: None, // SV2 has no password
         });
         self.channels.insert(
             channel_id,

@@ -320,6 +320,7 @@ pub async fn start(
             metrics: Arc::clone(&metrics),
             events: shared.events,
             history: shared.history,
+            destinations: None,
         },
         crate::server::Limits {
             max_connections: toml.max_connections,
