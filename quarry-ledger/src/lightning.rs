@@ -188,9 +188,6 @@ pub async fn run_lightning_payouts<N: LightningNode>(
                     if send(store, node, policy, &flight, destination, &mut report).await? {
                         in_flight.push(flight);
                     }
-                    if crash(Step::AfterSend) {
-                        return Ok(report);
-                    }
                 }
                 None => {
                     store
@@ -250,13 +247,11 @@ pub async fn run_lightning_payouts<N: LightningNode>(
             sendable_msat = sendable_msat.saturating_sub(send_msat.saturating_add(fee_msat));
             in_flight.push(flight);
         }
-        if crash(Step::AfterSend) {
-            return Ok(report);
-        }
     }
 
-    settle(store, node, policy, in_flight, now_ms, &mut report).await?;
-    crash(Step::AfterRecord);
+    if settle(store, node, policy, in_flight, now_ms, &mut report, &crash).await? {
+        crash(Step::AfterRecord);
+    }
     Ok(report)
 }
 
@@ -312,6 +307,8 @@ async fn send<N: LightningNode>(
 }
 
 /// Waits (up to the policy's wait) for every started payment, and records each that settled.
+/// `crash(AfterSend)` stops it where a kill hurts most: a payment succeeded, not yet recorded.
+/// False when stopped so.
 async fn settle<N: LightningNode>(
     store: &Store,
     node: &N,
@@ -319,7 +316,8 @@ async fn settle<N: LightningNode>(
     mut in_flight: Vec<InFlight>,
     now_ms: i64,
     report: &mut LightningReport,
-) -> Result<(), PayoutError> {
+    crash: &impl Fn(Step) -> bool,
+) -> Result<bool, PayoutError> {
     let deadline = tokio::time::Instant::now() + policy.wait;
     loop {
         let mut still = Vec::new();
@@ -330,6 +328,9 @@ async fn settle<N: LightningNode>(
                 .map_err(PayoutError::Wallet)?;
             match payment {
                 Some(p) if p.state == PaymentState::Succeeded => {
+                    if crash(Step::AfterSend) {
+                        return Ok(false);
+                    }
                     let received = Sat(p.amount_msat.unwrap_or(0) / 1000);
                     let fee = Sat(p.fee_msat.unwrap_or(0).div_ceil(1000));
                     let debited = match policy.routing_fee {
@@ -357,11 +358,11 @@ async fn settle<N: LightningNode>(
             }
         }
         if still.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         if tokio::time::Instant::now() >= deadline {
             report.pending += still.len();
-            return Ok(());
+            return Ok(true);
         }
         in_flight = still;
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -6,6 +6,9 @@ use super::error::RequestError;
 
 /// Longest username (address plus worker) kept.
 pub const MAX_USERNAME_LEN: usize = 256;
+/// Longest authorize password kept: room for a BOLT12 offer (`ln=lno1…`, up to 2,000
+/// characters) beside difficulty and aux addresses.
+pub const MAX_PASSWORD_LEN: usize = 4096;
 
 /// A request from a miner.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +134,7 @@ fn parse_request(method: &str, params: &Value) -> Result<Request, RequestError> 
             }
             Ok(Request::Authorize {
                 username,
-                password: optional_string(params, 1)?.unwrap_or_default(),
+                password: optional_string_max(params, 1, MAX_PASSWORD_LEN)?.unwrap_or_default(),
             })
         }
         "mining.configure" => {
@@ -343,9 +346,17 @@ fn required_string(params: &[Value], index: usize, name: &str) -> Result<String,
 }
 
 fn optional_string(params: &[Value], index: usize) -> Result<Option<String>, RequestError> {
+    optional_string_max(params, index, MAX_USERNAME_LEN)
+}
+
+fn optional_string_max(
+    params: &[Value],
+    index: usize,
+    max: usize,
+) -> Result<Option<String>, RequestError> {
     match params.get(index) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(truncate(s, MAX_USERNAME_LEN))),
+        Some(Value::String(s)) => Ok(Some(truncate(s, max))),
         Some(_) => Err(invalid(&format!("param {index} must be a string"))),
     }
 }

@@ -55,6 +55,11 @@ impl TestKey {
         }
     }
 
+    /// The secret key in WIF (regtest), as wallets export it.
+    pub fn wif(&self) -> String {
+        bitcoin::PrivateKey::new(self.secret, Network::Regtest).to_wif()
+    }
+
     pub fn p2wpkh_address(&self) -> String {
         self.address(Spk::P2wpkh).to_string()
     }

@@ -4,6 +4,7 @@
 
 pub mod aux_node;
 pub mod keys;
+pub mod lightning;
 pub mod sri;
 
 use std::collections::{HashMap, VecDeque};
