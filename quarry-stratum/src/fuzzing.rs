@@ -367,3 +367,48 @@ pub mod proxy_header {
         }
     }
 }
+
+/// Arbitrary bytes as an ownership proof and an authorize password: the first byte picks the
+/// address (P2PKH, P2WPKH, P2SH-P2WPKH, P2TR of one key), the rest is `message\nsignature`.
+/// Errors, never panics; a proof accepted for one address is refused for another key's.
+/// `cargo fuzz run ownership`
+pub mod ownership {
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use bitcoin::{Address, CompressedPublicKey, Network, PublicKey};
+
+    use crate::ownership::verify;
+    use crate::worker::{lightning_offer, AuxPayouts};
+
+    fn addresses(byte: u8) -> [Address; 4] {
+        let secp = Secp256k1::new();
+        let secret = SecretKey::from_slice(&[byte.max(1); 32]).expect("a valid key");
+        let public = PublicKey::new(secret.public_key(&secp));
+        let compressed = CompressedPublicKey(secret.public_key(&secp));
+        let (xonly, _) = secret.public_key(&secp).x_only_public_key();
+        [
+            Address::p2pkh(public, Network::Regtest),
+            Address::p2wpkh(&compressed, Network::Regtest),
+            Address::p2shwpkh(&compressed, Network::Regtest),
+            Address::p2tr(&secp, xonly, None, Network::Regtest),
+        ]
+    }
+
+    /// One input.
+    pub fn run(data: &[u8]) {
+        let Some((&pick, rest)) = data.split_first() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(rest);
+        let _ = lightning_offer(&text);
+        let _ = AuxPayouts::from_password(&text);
+        let (message, signature) = text.split_once('\n').unwrap_or((&text, ""));
+        let ours = &addresses(7)[usize::from(pick % 4)];
+        if verify(ours, message, signature).is_ok() {
+            let theirs = &addresses(8)[usize::from(pick % 4)];
+            assert!(
+                verify(theirs, message, signature).is_err(),
+                "one proof, two keys"
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod connection;
 pub mod detect;
 pub mod event;
+pub mod ownership;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_header;

@@ -12,6 +12,7 @@ type Run = fn(&[u8]);
 /// Every fuzz target, by its `fuzz/fuzz_targets/<name>.rs` name.
 const TARGETS: &[(&str, Run)] = &[
     ("auxpow", fuzzing::auxpow::run),
+    ("ownership", fuzzing::ownership::run),
     ("gbt_template", fuzzing::gbt_template::run),
     ("proxy", fuzzing::proxy::run),
     ("proxy_header", fuzzing::proxy_header::run),
