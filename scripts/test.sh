@@ -104,6 +104,12 @@ timed "fuzz" scripts/fuzz.sh check 20
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
+# quarry-lightning: its own workspace and lockfile (ldk-node's SQLite cannot link beside the
+# ledger's); the pool runs it as a child process, the Lightning tests start it too.
+cargo fmt --manifest-path quarry-lightning/Cargo.toml -- --check
+say "quarry-lightning (ldk-node): build and clippy"
+timed "quarry-lightning" cargo clippy --manifest-path quarry-lightning/Cargo.toml --locked -- -D warnings
+cargo build --manifest-path quarry-lightning/Cargo.toml --locked
 
 say "cargo clippy"
 timed "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -37,9 +37,12 @@ pub fn verify(address: &Address, message: &str, signature: &str) -> Result<(), S
         return verify_legacy(address, message, legacy);
     }
     let text = address.to_string();
-    let verdict = bip322::verify_simple_encoded(&text, message, signature).or_else(|simple| {
-        bip322::verify_full_encoded(&text, message, signature).map_err(|_| simple)
-    });
+    // bip322's error is large; only its text is kept.
+    let verdict = bip322::verify_simple_encoded(&text, message, signature)
+        .map_err(|e| e.to_string())
+        .or_else(|simple| {
+            bip322::verify_full_encoded(&text, message, signature).map_err(|_| simple)
+        });
     match verdict {
         // Proven now: a proof only valid at a later time or age proves nothing yet.
         Ok(bip322::Verification::Valid { time, age })

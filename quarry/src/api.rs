@@ -1221,7 +1221,13 @@ async fn openapi() -> Json<Value> {
                 "parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "OK"}, "400": {"description": "Bad block hash"}, "404": {"description": "No table for that block, or not coinbase-pplns"}}
             }},
-            "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent, MinerConnected, MinerDisconnected, MergeMiningReward"),
+            "/api/miners/{address}/payout-destination": {"post": {
+                "summary": "Register (or, with an empty destination, remove) the BOLT12 offer an address is paid to over Lightning. The body is {destination, timestamp, signature}: signature is BIP322 (simple or full) or legacy signmessage (base64) by the address's key over the one line `quarry payout-destination <address> <offer or none> <timestamp>`; timestamp (Unix seconds) within a day of now and later than the registration in force",
+                "parameters": [{"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Registered"}, "400": {"description": "Bad address or offer (not BOLT12, another network, expired)"}, "403": {"description": "Bad signature"}, "404": {"description": "Lightning payouts are off"}, "409": {"description": "Not newer than the registration in force, or older than a day"}}
+            }},
+            "/api/lightning": get("The embedded Lightning node ([lightning]): node id, funding address, on-chain and channel balances, what one payment can carry (sendable_msat), channels, and the payout policy; 404 when off"),
+            "/api/events": get("Server-Sent Events: MiningJobCreated, ShareSubmitted, BlockFound, BlockConfirmed, BlockOrphaned, PayoutSent (with method onchain or lightning), PayoutFailed (Lightning, with the reason), PayoutDestinationSet, LightningEvent (payments and channels), MinerConnected, MinerDisconnected, MergeMiningReward"),
             "/api/admin/payouts/run": {"post": {
                 "summary": "Run payouts now on every paid chain (Authorization: Bearer <api.admin_token>)",
                 "responses": {"200": {"description": "OK"}, "401": {"description": "Bad token"}, "403": {"description": "Admin disabled"}}

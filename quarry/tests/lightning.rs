@@ -424,6 +424,22 @@ onchain_fallback = true
     assert_eq!(payouts[0].method, "lightning");
     assert_eq!(payouts[0].status, "sent");
     assert_eq!(payouts[0].tag, received[0].0);
+    // The dashboard shows where the miner is paid, and how.
+    let page = reqwest::get(format!("{}/miners/{address}", pool.api))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("HTML");
+    assert!(
+        page.contains("data-testid=\"payout-destination\""),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("title=\"{offer}\"")),
+        "the offer, whole, in its title"
+    );
+    assert!(page.contains("with a signed request") && page.contains(">Lightning<"));
     // A second run pays nothing.
     let (code, _) = pool.payout().await;
     assert_eq!(code, 200);

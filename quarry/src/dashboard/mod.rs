@@ -541,6 +541,14 @@ async fn miner(
         ));
     }
     let payable = state.store.payable(&chain).await?.get(&address).copied();
+    let destination = match chain == Chain::BITCOIN {
+        true => state
+            .store
+            .payout_destination(&address)
+            .await?
+            .filter(|d| d.method == "bolt12"),
+        false => None,
+    };
     // Payouts in the coinbase: what the block the pool is mining now pays this address.
     let next_coinbase = match (&state.coinbase, chain == Chain::BITCOIN) {
         (Some(coinbase), true) => coinbase
@@ -623,6 +631,15 @@ async fn miner(
             }
             section aria-labelledby="balance" {
                 h2 #balance { "Balance" }
+                @if let Some(d) = &destination {
+                    p data-testid="payout-destination" {
+                        "Paid over Lightning (within the pool's Lightning limits) to the BOLT12 offer "
+                        span.mono title=(d.destination) { (short_hash(&d.destination)) }
+                        ", registered "
+                        (if d.source == "signed" { "with a signed request" } else { "by its first authorize password" })
+                        " " (time(now, d.updated_ms)) "."
+                    }
+                }
                 @if let Some(next) = &next_coinbase {
                     p data-testid="next-coinbase" {
                         @if next.output_sat > 0 {
@@ -672,11 +689,12 @@ async fn miner(
                 } @else {
                     div.scroll tabindex="0" role="region" aria-label="Payout table" {
                         table {
-                            thead { tr { th scope="col" { "Chain" } th scope="col" { "Amount" } th scope="col" { "Status" } th scope="col" { "Transaction" } th scope="col" { "When" } } }
+                            thead { tr { th scope="col" { "Chain" } th scope="col" { "Method" } th scope="col" { "Amount" } th scope="col" { "Status" } th scope="col" { "Transaction or payment" } th scope="col" { "When" } } }
                             tbody {
                                 @for (p, _) in &payouts {
                                     tr {
                                         td { (p.chain) }
+                                        td { (if p.method == "lightning" { "Lightning" } else { "on chain" }) }
                                         td.num { (format::coins(p.total_sat)) }
                                         td { (p.status) }
                                         td.mono { (p.txid.as_deref().map_or("–".into(), short_hash)) }
@@ -727,6 +745,7 @@ async fn payments(State(state): Shared) -> Result<Html<String>, PageError> {
                     table data-testid="payments" {
                         thead { tr {
                             th scope="col" { "Chain" }
+                            th scope="col" { "Method" }
                             th scope="col" { "Total" }
                             th scope="col" { "Recipients" }
                             th scope="col" { "Status" }
@@ -737,6 +756,7 @@ async fn payments(State(state): Shared) -> Result<Html<String>, PageError> {
                             @for p in &payouts {
                                 tr {
                                     td { (p.chain) }
+                                    td { (if p.method == "lightning" { "Lightning" } else { "on chain" }) }
                                     td.num { (format::coins(p.total_sat)) }
                                     td.num { (p.recipients) }
                                     td { (p.status) @if let Some(e) = &p.error { " · " span.muted { (e) } } }
