@@ -222,6 +222,7 @@ async fn lightning_run(
     now_ms: i64,
     crash_at: Option<Step>,
 ) -> Result<BTreeSet<String>> {
+    let started = std::time::Instant::now();
     let report = quarry_ledger::lightning::run_lightning_payouts(
         store,
         lightning,
@@ -242,6 +243,7 @@ async fn lightning_run(
         reconciled = report.reconciled,
         failed = report.failed.len(),
         pending = report.pending,
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "Lightning payout run done"
     );
     for paid in &report.paid {
