@@ -518,6 +518,9 @@ pub struct Sv2Toml {
     pub authority_public_key: Option<String>,
     /// How long each connection's certificate is valid, from its handshake.
     pub certificate_validity_secs: u32,
+    /// Also accept SV2 over QUIC (UDP) here: each bidirectional stream a session (a Quarry
+    /// extension; miners use `stratum2+quic://host:port/<authority key>`).
+    pub quic_listen: Option<SocketAddr>,
 }
 
 impl Default for Sv2Toml {
@@ -527,6 +530,7 @@ impl Default for Sv2Toml {
             authority_secret_key: None,
             authority_public_key: None,
             certificate_validity_secs: 3600,
+            quic_listen: None,
         }
     }
 }

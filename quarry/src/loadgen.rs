@@ -230,6 +230,9 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     }
     let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    if endpoint.quic {
+        anyhow::bail!("quarry loadgen does not speak stratum2+quic:// yet (quarry mine does)");
+    }
     let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
     let (address, authority) = (endpoint.address, endpoint.authority);
     let target: SocketAddr = tokio::net::lookup_host(&address)

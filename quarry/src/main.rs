@@ -16,6 +16,7 @@ mod miner;
 mod node;
 mod payout_destination;
 mod proxy;
+mod quic;
 mod server;
 mod tls;
 mod tp;
@@ -388,6 +389,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = listen(config.stratum.listen, config.stratum.reuse_port)
         .with_context(|| format!("binding stratum.listen {}", config.stratum.listen))?;
     info!(listen = %listener.local_addr()?, network = %config.network, mode = %config.mining.mode, "quarry stratum listening");
+    let quic_endpoint = match (&config.sv2.quic_listen, config.sv2.enabled) {
+        (Some(listen), true) => {
+            let endpoint = quic::server(*listen)?;
+            info!(listen = %endpoint.local_addr()?, "Stratum V2 over QUIC listening (stratum2+quic://)");
+            Some(endpoint)
+        }
+        (Some(_), false) => anyhow::bail!("sv2.quic_listen needs sv2.enabled = true"),
+        (None, _) => None,
+    };
     let tls_listener = match &config.stratum.tls_listen {
         None => None,
         Some(listen) => {
@@ -467,6 +477,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )
         .await?;
         tokio::spawn(server.run(listener, None, shutdown_rx.clone()));
+    }
+    if let Some(quic) = quic_endpoint {
+        tokio::spawn(Arc::clone(&server).run_quic(quic, shutdown_rx.clone()));
     }
     let accept = tokio::spawn(Arc::clone(&server).run(listener, None, shutdown_rx.clone()));
     if let Some((listener, acceptor)) = tls_listener {

@@ -68,7 +68,7 @@ struct Shared {
 pub async fn run(args: MineArgs) -> Result<()> {
     let endpoint = parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
     let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
-    let (address, authority) = (endpoint.address, endpoint.authority);
+    let (address, authority, quic) = (endpoint.address, endpoint.authority, endpoint.quic);
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -99,6 +99,7 @@ pub async fn run(args: MineArgs) -> Result<()> {
             Some(key) => {
                 connect_and_mine_sv2(
                     &target,
+                    quic,
                     key,
                     &args,
                     threads,
@@ -283,6 +284,8 @@ pub(crate) struct Endpoint {
     pub authority: Option<[u8; 32]>,
     /// Stratum V1 over TLS (`stratum+ssl://`).
     pub tls: bool,
+    /// SV2 over QUIC (`stratum2+quic://`, see `quic.rs`).
+    pub quic: bool,
 }
 
 impl Endpoint {
@@ -306,7 +309,11 @@ pub(crate) fn parse_endpoint(
     authority_pubkey: Option<&str>,
 ) -> Result<Endpoint> {
     let url = url.trim_end_matches('/');
-    let (sv2, tls, rest) = if let Some(rest) = url.strip_prefix("stratum2+tcp://") {
+    let quic = url.starts_with("stratum2+quic://");
+    let (sv2, tls, rest) = if let Some(rest) = url
+        .strip_prefix("stratum2+tcp://")
+        .or_else(|| url.strip_prefix("stratum2+quic://"))
+    {
         (true, false, rest)
     } else if let Some(rest) = url
         .strip_prefix("stratum+ssl://")
@@ -332,6 +339,7 @@ pub(crate) fn parse_endpoint(
             address: address.to_string(),
             authority: None,
             tls,
+            quic: false,
         });
     }
     let key = authority_pubkey
@@ -343,6 +351,7 @@ pub(crate) fn parse_endpoint(
         address: address.to_string(),
         authority: Some(key),
         tls: false,
+        quic,
     })
 }
 
@@ -354,6 +363,7 @@ pub(crate) fn now_secs() -> u32 {
 #[allow(clippy::too_many_arguments)]
 async fn connect_and_mine_sv2(
     address: &str,
+    quic: bool,
     authority: &[u8; 32],
     args: &MineArgs,
     threads: usize,
@@ -362,12 +372,25 @@ async fn connect_and_mine_sv2(
     totals: &mut Totals,
     deadline: Option<Instant>,
 ) -> Result<Next> {
-    let stream = TcpStream::connect(address)
-        .await
-        .with_context(|| format!("connecting to {address}"))?;
-    stream.set_nodelay(true)?;
-    let peer = stream.peer_addr()?;
-    let (mut read, mut write) = stream.into_split();
+    // Over QUIC the endpoint lives as long as the connection; over TCP there is none.
+    let (mut read, mut write, peer, _quic): (
+        Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        std::net::SocketAddr,
+        Option<quinn::Endpoint>,
+    ) = if quic {
+        let (stream, peer, endpoint) = crate::quic::connect(address).await?;
+        let (read, write) = tokio::io::split(stream);
+        (Box::new(read), Box::new(write), peer, Some(endpoint))
+    } else {
+        let stream = TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let (read, write) = stream.into_split();
+        (Box::new(read), Box::new(write), peer, None)
+    };
     // A nominal hashrate lets the pool pick a sensible first target; SHA-NI cores do ~5 MH/s.
     let nominal = args.hashrate.unwrap_or(threads as f32 * 5e6);
     let mut client = MinerClient::new(
@@ -698,6 +721,18 @@ mod tests {
         let plain = parse_endpoint("stratum+tcp://pool.example:3333", false, None).expect("tcp");
         assert!(!plain.tls);
         assert!(parse_endpoint("stratum+ssl://pool:3334", true, None).is_err());
+        let key = quarry_stratum::v2::AuthorityKeypair::generate().public_text();
+        let quic =
+            parse_endpoint(&format!("stratum2+quic://pool:3336/{key}"), false, None).expect("quic");
+        assert!(quic.quic && quic.authority.is_some() && !quic.tls);
+        assert_eq!(quic.address, "pool:3336");
+        let tcp =
+            parse_endpoint(&format!("stratum2+tcp://pool:3333/{key}"), false, None).expect("tcp");
+        assert!(!tcp.quic);
+        assert!(
+            parse_endpoint("stratum2+quic://pool:3336", false, None).is_err(),
+            "QUIC needs the key too"
+        );
     }
 
     #[tokio::test]

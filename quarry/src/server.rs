@@ -308,6 +308,88 @@ impl Server {
         }
     }
 
+    /// Accepts SV2 over QUIC until `shutdown` fires (see `quic.rs`): each QUIC connection is
+    /// admitted like a TCP one (bans, per-IP limit, the connection limit), and each of its
+    /// bidirectional streams is a session of its own on the same driver.
+    pub async fn run_quic(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let work = self.protocol.follow(shutdown.clone());
+        let local = endpoint.local_addr().ok();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => return,
+                },
+                _ = shutdown.changed() => {
+                    endpoint.close(0u32.into(), b"shutting down");
+                    return;
+                }
+            };
+            let peer = incoming.remote_address();
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            if !self.admit(peer) {
+                incoming.refuse();
+                continue;
+            }
+            let server = Arc::clone(&self);
+            let work = work.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let timeout = Duration::from_millis(server.protocol.auth_timeout_ms().max(1000));
+                match tokio::time::timeout(timeout, incoming).await {
+                    Ok(Ok(connection)) => server.serve_quic(connection, peer, local, work).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "QUIC handshake failed"),
+                    Err(_) => debug!(%peer, "QUIC handshake timed out"),
+                }
+                server.release_ip(peer.ip());
+            });
+        }
+    }
+
+    /// One QUIC connection: a session per stream the miner opens, until it closes.
+    async fn serve_quic(
+        self: &Arc<Self>,
+        connection: quinn::Connection,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        work: Followed,
+    ) {
+        let mut streams = tokio::task::JoinSet::new();
+        loop {
+            let (send, recv) = match connection.accept_bi().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    debug!(%peer, error = %e, "QUIC connection ended");
+                    break;
+                }
+            };
+            let server = Arc::clone(self);
+            let work = work.clone();
+            streams.spawn(async move {
+                server
+                    .out
+                    .metrics
+                    .connections
+                    .fetch_add(1, Ordering::Relaxed);
+                let stream = driver::Buffered::new(tokio::io::join(recv, send), local);
+                server.drive(stream, peer, work).await;
+                server
+                    .out
+                    .metrics
+                    .connections
+                    .fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        streams.shutdown().await;
+    }
+
     /// One TLS connection: the PROXY header (from a trusted balancer), the handshake within
     /// the auth timeout, then the session over the decrypted stream.
     async fn serve_tls(

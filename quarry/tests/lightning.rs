@@ -17,6 +17,7 @@ use quarry_ledger::{Chain, Sat, Store};
 use serde_json::{json, Value};
 use support::keys::TestKey;
 use support::lightning::LnNode;
+use support::sri::plain;
 use support::*;
 
 /// The BOLT12 specification's test vector: an offer with no `offer_chains`, i.e. for mainnet.
@@ -113,24 +114,6 @@ fn signed(key: &TestKey, address: &str, destination: &str, timestamp: i64) -> Va
         bip322::sign_simple_encoded(&key.p2wpkh_address(), &message, &[key.wif()], None)
             .expect("sign");
     json!({"destination": destination, "timestamp": timestamp, "signature": signature})
-}
-
-/// `text` without its ANSI colour codes.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Whether a `quarry-lightning` process runs on `data_dir`.

@@ -12,20 +12,36 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
+    mines_blocks_and_refuses_an_impostor(false).await;
+}
+
+/// The same over QUIC (`sv2.quic_listen`, `stratum2+quic://`): Noise and the pinned authority
+/// key inside each QUIC stream, exactly as over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv2_over_quic_mines_blocks_and_refuses_an_impostor() {
+    mines_blocks_and_refuses_an_impostor(true).await;
+}
+
+async fn mines_blocks_and_refuses_an_impostor(quic: bool) {
     let nodes = Regtest::single();
-    let dir = scratch_dir("sv2-direct");
+    let dir = scratch_dir(if quic { "sv2-quic" } else { "sv2-direct" });
     let port = free_port();
+    let quic_port = free_port();
     let authority = AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&sv2_section(&authority));
+    if quic {
+        config.push_str(&format!("quic_listen = \"127.0.0.1:{quic_port}\"\n"));
+    }
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.new_address().await;
     let before = nodes.height().await;
 
-    let url = format!(
-        "stratum2+tcp://127.0.0.1:{port}/{}",
-        authority.public_text()
-    );
+    let endpoint = match quic {
+        true => format!("stratum2+quic://127.0.0.1:{quic_port}"),
+        false => format!("stratum2+tcp://127.0.0.1:{port}"),
+    };
+    let url = format!("{endpoint}/{}", authority.public_text());
     let user = format!("{address}.sv2rig");
     let mut miner = Process::spawn(
         &[
@@ -59,12 +75,18 @@ async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
     );
     let pool_log = plain(&pool.log_text());
     assert!(pool_log.contains("outcome=Accepted"), "{pool_log}");
+    if quic {
+        assert!(
+            pool_log.contains("Stratum V2 over QUIC listening"),
+            "{pool_log}"
+        );
+    }
     assert!(pool_log.contains("worker authorized"), "{pool_log}");
     assert!(pool_log.contains(".sv2rig"), "{pool_log}");
 
     // The same pool, pinned to another authority key: the miner refuses the handshake.
     let impostor = AuthorityKeypair::generate();
-    let url = format!("stratum2+tcp://127.0.0.1:{port}/{}", impostor.public_text());
+    let url = format!("{endpoint}/{}", impostor.public_text());
     let mut refused = Process::spawn(
         &[
             "mine",
