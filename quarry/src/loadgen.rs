@@ -42,7 +42,7 @@ use crate::node::Rpc;
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
     /// Stratum endpoint, host:port (or stratum+tcp://, stratum+ssl:// for TLS,
-    /// stratum2+tcp://host:port/<key>).
+    /// stratum2+tcp://host:port/<key>, stratum2+quic://host:port/<key>).
     pub url: String,
     /// For stratum+ssl://: trust only the certificates in this PEM file.
     #[arg(long)]
@@ -95,6 +95,10 @@ pub struct LoadgenArgs {
     /// The SV2 pool's authority public key.
     #[arg(long)]
     pub authority_pubkey: Option<String>,
+    /// Over QUIC (stratum2+quic://): this many miners share one QUIC connection, each on its
+    /// own stream (one SV2 connection and channel per stream).
+    #[arg(long, default_value_t = 1)]
+    pub quic_streams: usize,
     /// Nominal hashrate each SV2 miner announces, H/s.
     #[arg(long, default_value_t = 1e6)]
     pub hashrate: f32,
@@ -230,11 +234,14 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     }
     let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
-    if endpoint.quic {
-        anyhow::bail!("quarry loadgen does not speak stratum2+quic:// yet (quarry mine does)");
-    }
     let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
     let (address, authority) = (endpoint.address, endpoint.authority);
+    let quic = match endpoint.quic {
+        true => Some(Arc::new(QuicConnections::new(
+            args.miners.div_ceil(args.quic_streams.max(1)),
+        )?)),
+        false => None,
+    };
     let target: SocketAddr = tokio::net::lookup_host(&address)
         .await
         .with_context(|| format!("resolving {address}"))?
@@ -252,16 +259,19 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     // When submitting ends: sent once every miner has its first job.
     let (go, start) = tokio::sync::watch::channel(None::<Instant>);
     for index in 0..args.miners {
-        let (stats, args, tls, start) = (
+        let (stats, args, tls, start, quic) = (
             Arc::clone(&stats),
             Arc::clone(&args),
             tls.clone(),
             start.clone(),
+            quic.clone(),
         );
         handles.push(tokio::spawn(async move {
             let result = match authority {
                 _ if args.kaspa => miner_kaspa(index, target, &args, &stats, start).await,
-                Some(key) => miner_v2(index, target, &args, &stats, &key, start).await,
+                Some(key) => {
+                    miner_v2(index, target, &args, &stats, &key, start, quic.as_deref()).await
+                }
                 None => miner_v1(index, target, tls.as_ref(), &args, &stats, start).await,
             };
             if let Err(e) = result {
@@ -452,6 +462,55 @@ async fn connect(
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// QUIC connections shared by groups of SV2 miners (`--quic-streams` each), opened on first use.
+struct QuicConnections {
+    endpoint: quinn::Endpoint,
+    connections: Vec<tokio::sync::OnceCell<quinn::Connection>>,
+}
+
+impl QuicConnections {
+    fn new(count: usize) -> Result<QuicConnections> {
+        Ok(QuicConnections {
+            endpoint: crate::quic::client_endpoint()?,
+            connections: (0..count).map(|_| tokio::sync::OnceCell::new()).collect(),
+        })
+    }
+
+    /// A new stream on connection `group` (connecting it first if needed).
+    async fn open_stream(
+        &self,
+        group: usize,
+        target: SocketAddr,
+        stats: &Stats,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let cell = self
+            .connections
+            .get(group)
+            .ok_or_else(|| anyhow::anyhow!("no QUIC connection {group}"))?;
+        let connection = cell
+            .get_or_try_init(|| async {
+                let connecting = self
+                    .endpoint
+                    .connect(target, "quarry")
+                    .map_err(|e| ConnectFailed(std::io::Error::other(e)))?;
+                connecting
+                    .await
+                    .map_err(|e| ConnectFailed(std::io::Error::other(e)))
+            })
+            .await;
+        let connection = match connection {
+            Ok(connection) => connection,
+            Err(e) => {
+                stats.failed_connects.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        let pair = connection.open_bi().await?;
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        Ok(pair)
+    }
 }
 
 /// When a miner submits: `rate` per second, spread over the interval across miners, from the
@@ -950,9 +1009,22 @@ async fn miner_v2(
     stats: &Stats,
     authority: &[u8; 32],
     start: tokio::sync::watch::Receiver<Option<Instant>>,
+    quic: Option<&QuicConnections>,
 ) -> Result<()> {
-    let stream = connect(index, target, args, stats).await?;
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, mut write): (
+        Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    ) = match quic {
+        Some(quic) => {
+            let group = index / args.quic_streams.max(1);
+            let (send, recv) = quic.open_stream(group, target, stats).await?;
+            (Box::new(recv), Box::new(send))
+        }
+        None => {
+            let (read, write) = connect(index, target, args, stats).await?.into_split();
+            (Box::new(read), Box::new(write))
+        }
+    };
     let user = args.username(index);
     let mut client = MinerClient::new(
         authority,

@@ -49,15 +49,22 @@ pub struct ProxyArgs {
 struct Upstream {
     address: String,
     key: [u8; 32],
+    /// `stratum2+quic://`: SV2 over a QUIC stream (see `quic.rs`).
+    quic: bool,
 }
 
 fn parse_upstream(url: &str) -> Result<Upstream> {
-    let rest = url
-        .trim_end_matches('/')
-        .strip_prefix("stratum2+tcp://")
-        .with_context(|| {
-            format!("upstream {url}: expected stratum2+tcp://host:port/<authority_pubkey>")
-        })?;
+    let url = url.trim_end_matches('/');
+    let (rest, quic) = match (
+        url.strip_prefix("stratum2+tcp://"),
+        url.strip_prefix("stratum2+quic://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => bail!(
+            "upstream {url}: expected stratum2+tcp://host:port/<authority_pubkey> (or stratum2+quic://)"
+        ),
+    };
     let Some((address, key)) = rest.split_once('/') else {
         bail!(
             "upstream {url}: the authority public key is missing (stratum2+tcp://host:port/<key>)"
@@ -68,6 +75,34 @@ fn parse_upstream(url: &str) -> Result<Upstream> {
     Ok(Upstream {
         address: address.to_string(),
         key,
+        quic,
+    })
+}
+
+/// An upstream connection's halves, and the QUIC endpoint that must outlive them.
+struct UpstreamStream {
+    reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    _quic: Option<quinn::Endpoint>,
+}
+
+async fn connect_upstream(upstream: &Upstream) -> Result<UpstreamStream> {
+    if upstream.quic {
+        let (stream, _, endpoint) = crate::quic::connect(&upstream.address).await?;
+        let (reader, writer) = tokio::io::split(stream);
+        return Ok(UpstreamStream {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            _quic: Some(endpoint),
+        });
+    }
+    let stream = TcpStream::connect(&upstream.address).await?;
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    Ok(UpstreamStream {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        _quic: None,
     })
 }
 
@@ -114,9 +149,8 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             reconnect_at = None;
             let upstream = &upstreams[next_upstream % upstreams.len()];
             generation += 1;
-            match TcpStream::connect(&upstream.address).await {
+            match connect_upstream(upstream).await {
                 Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
                     let (host, port) = split_host_port(&upstream.address);
                     if let Err(e) = proxy.upstream_connected(&upstream.key, (host, port)) {
                         warn!(error = %e, "noise initiator");
@@ -317,12 +351,16 @@ async fn miner_io(stream: TcpStream, id: DownstreamId, input: mpsc::Sender<Input
 }
 
 async fn upstream_io(
-    stream: TcpStream,
+    stream: UpstreamStream,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
     input: mpsc::Sender<Input>,
     generation: u64,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
+    let UpstreamStream {
+        mut reader,
+        mut writer,
+        _quic,
+    } = stream;
     let mut write = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if writer.write_all(&bytes).await.is_err() {

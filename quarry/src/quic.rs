@@ -84,8 +84,7 @@ pub async fn connect(address: &str) -> Result<(Stream, SocketAddr, quinn::Endpoi
     }
     .parse()
     .context("bind address")?;
-    let mut endpoint = quinn::Endpoint::client(bind).context("QUIC client socket")?;
-    endpoint.set_default_client_config(client_config()?);
+    let endpoint = client_endpoint_on(bind)?;
     let connection = endpoint
         .connect(peer, "quarry")
         .map_err(|e| anyhow!("QUIC connect to {address}: {e}"))?
@@ -96,6 +95,20 @@ pub async fn connect(address: &str) -> Result<(Stream, SocketAddr, quinn::Endpoi
         .await
         .context("opening a QUIC stream")?;
     Ok((tokio::io::join(recv, send), peer, endpoint))
+}
+
+/// A client endpoint on an ephemeral IPv4 port, ready to connect to pools.
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn client_endpoint() -> Result<quinn::Endpoint> {
+    client_endpoint_on(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn client_endpoint_on(bind: SocketAddr) -> Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::client(bind).context("QUIC client socket")?;
+    endpoint.set_default_client_config(client_config()?);
+    Ok(endpoint)
 }
 
 fn client_config() -> Result<quinn::ClientConfig> {

@@ -78,22 +78,40 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
 /// the node: every share answered, none rejected, and every miner gets work on each new block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
+    sv2_miners_answered_and_notified(false).await;
+}
+
+/// The same over QUIC: 300 miners on three QUIC connections, 100 streams (SV2 connections, one
+/// channel each) on every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_sv2_miners_over_quic_streams_get_every_share_answered() {
+    sv2_miners_answered_and_notified(true).await;
+}
+
+async fn sv2_miners_answered_and_notified(quic: bool) {
     let nodes = Regtest::single();
-    let dir = scratch_dir("loadgen-sv2");
+    let dir = scratch_dir(if quic { "loadgen-quic" } else { "loadgen-sv2" });
     let port = free_port();
+    let quic_port = free_port();
     let authority = quarry_stratum::v2::AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&format!(
-        "\n[sv2]\nauthority_secret_key = \"{}\"\n",
+        "\n[sv2]\nauthority_secret_key = \"{}\"\nquic_listen = \"127.0.0.1:{quic_port}\"\n",
         authority.secret_text()
     ));
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.var("MINING_ADDRESS");
+    let url = match quic {
+        true => format!("stratum2+quic://127.0.0.1:{quic_port}"),
+        false => format!("127.0.0.1:{port}"),
+    };
     let report = loadgen_report(
         &[
             "loadgen",
-            &format!("127.0.0.1:{port}"),
+            &url,
             "--sv2",
+            "--quic-streams",
+            "100",
             "--authority-pubkey",
             &authority.public_text(),
             "--miners",

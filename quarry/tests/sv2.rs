@@ -350,12 +350,24 @@ async fn loadgen_drives_sri_pool_and_translator() {
 /// proxy must fail over from. Blocks found through the proxy reach the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
+    proxy_fails_over_and_mines_blocks(false).await;
+}
+
+/// The same with the live upstream over QUIC (`stratum2+quic://`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv1_miner_through_quarry_proxy_over_quic_mines_blocks() {
+    proxy_fails_over_and_mines_blocks(true).await;
+}
+
+async fn proxy_fails_over_and_mines_blocks(quic: bool) {
     let nodes = Regtest::single();
-    let dir = scratch_dir("sv2-proxy");
+    let dir = scratch_dir(if quic { "sv2-proxy-quic" } else { "sv2-proxy" });
     let port = free_port();
+    let quic_port = free_port();
     let authority = AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&sv2_section(&authority));
+    config.push_str(&format!("quic_listen = \"127.0.0.1:{quic_port}\"\n"));
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.new_address().await;
     let before = nodes.height().await;
@@ -365,10 +377,16 @@ async fn sv1_miner_through_quarry_proxy_fails_over_and_mines_blocks() {
         free_port(),
         authority.public_text()
     );
-    let live = format!(
-        "stratum2+tcp://127.0.0.1:{port}/{}",
-        authority.public_text()
-    );
+    let live = match quic {
+        true => format!(
+            "stratum2+quic://127.0.0.1:{quic_port}/{}",
+            authority.public_text()
+        ),
+        false => format!(
+            "stratum2+tcp://127.0.0.1:{port}/{}",
+            authority.public_text()
+        ),
+    };
     let proxy_port = free_port();
     let proxy = Process::spawn(
         &[
