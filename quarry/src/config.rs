@@ -521,6 +521,13 @@ pub struct Sv2Toml {
     /// Also accept SV2 over QUIC (UDP) here: each bidirectional stream a session (a Quarry
     /// extension; miners use `stratum2+quic://host:port/<authority key>`).
     pub quic_listen: Option<SocketAddr>,
+    /// Also accept SV2 over Iroh, bound here (UDP): miners dial the node id the pool logs at
+    /// start (`iroh://<node id>[@host:port]/<authority key>`; its key is kept in
+    /// `data_dir/iroh-secret.key`).
+    pub iroh_listen: Option<SocketAddr>,
+    /// Iroh through n0's public relays and discovery (NAT traversal); off: direct addresses
+    /// only, nothing sent to third parties.
+    pub iroh_relays: bool,
 }
 
 impl Default for Sv2Toml {
@@ -531,6 +538,8 @@ impl Default for Sv2Toml {
             authority_public_key: None,
             certificate_validity_secs: 3600,
             quic_listen: None,
+            iroh_listen: None,
+            iroh_relays: false,
         }
     }
 }

@@ -234,6 +234,9 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     }
     let endpoint =
         crate::miner::parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
+    if endpoint.iroh.is_some() {
+        anyhow::bail!("quarry loadgen speaks stratum2+tcp:// and stratum2+quic://, not iroh://");
+    }
     let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
     let (address, authority) = (endpoint.address, endpoint.authority);
     let quic = match endpoint.quic {

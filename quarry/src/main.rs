@@ -9,6 +9,7 @@ mod config;
 mod dashboard;
 mod driver;
 mod events;
+mod iroh_endpoint;
 mod kaspa;
 mod lightning;
 mod loadgen;
@@ -398,6 +399,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         (Some(_), false) => anyhow::bail!("sv2.quic_listen needs sv2.enabled = true"),
         (None, _) => None,
     };
+    let iroh_endpoint = match (&config.sv2.iroh_listen, config.sv2.enabled) {
+        (Some(listen), true) => {
+            let endpoint =
+                iroh_endpoint::server(&config.data_dir, *listen, config.sv2.iroh_relays).await?;
+            let direct: Vec<String> = endpoint
+                .bound_sockets()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            info!(target: "quarry::status", node_id = %endpoint.node_id(), bound = ?direct,
+                  relays = config.sv2.iroh_relays, "Stratum V2 over Iroh listening (iroh://<node id>)");
+            Some(endpoint)
+        }
+        (Some(_), false) => anyhow::bail!("sv2.iroh_listen needs sv2.enabled = true"),
+        (None, _) => None,
+    };
     let tls_listener = match &config.stratum.tls_listen {
         None => None,
         Some(listen) => {
@@ -480,6 +497,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(quic) = quic_endpoint {
         tokio::spawn(Arc::clone(&server).run_quic(quic, shutdown_rx.clone()));
+    }
+    if let Some(iroh) = iroh_endpoint {
+        tokio::spawn(Arc::clone(&server).run_iroh(iroh, shutdown_rx.clone()));
     }
     let accept = tokio::spawn(Arc::clone(&server).run(listener, None, shutdown_rx.clone()));
     if let Some((listener, acceptor)) = tls_listener {

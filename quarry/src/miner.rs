@@ -68,7 +68,12 @@ struct Shared {
 pub async fn run(args: MineArgs) -> Result<()> {
     let endpoint = parse_endpoint(&args.url, args.sv2, args.authority_pubkey.as_deref())?;
     let tls = endpoint.client_tls(args.tls_ca.as_deref())?;
-    let (address, authority, quic) = (endpoint.address, endpoint.authority, endpoint.quic);
+    let transport = match (&endpoint.iroh, endpoint.quic) {
+        (Some(iroh), _) => Transport::Iroh(iroh.clone()),
+        (None, true) => Transport::Quic,
+        (None, false) => Transport::Tcp,
+    };
+    let (address, authority) = (endpoint.address, endpoint.authority);
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -99,7 +104,7 @@ pub async fn run(args: MineArgs) -> Result<()> {
             Some(key) => {
                 connect_and_mine_sv2(
                     &target,
-                    quic,
+                    &transport,
                     key,
                     &args,
                     threads,
@@ -286,6 +291,25 @@ pub(crate) struct Endpoint {
     pub tls: bool,
     /// SV2 over QUIC (`stratum2+quic://`, see `quic.rs`).
     pub quic: bool,
+    /// SV2 over Iroh (`iroh://<node id>[@host:port]/<key>`, see `iroh_endpoint.rs`).
+    pub iroh: Option<crate::iroh_endpoint::IrohAddress>,
+}
+
+/// An SV2 connection: its halves, the peer, and what must outlive them (a QUIC or Iroh
+/// endpoint).
+type Connected = (
+    Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    std::net::SocketAddr,
+    Option<Box<dyn std::any::Any + Send>>,
+);
+
+/// How `quarry mine` reaches an SV2 pool.
+#[derive(Debug, Clone)]
+enum Transport {
+    Tcp,
+    Quic,
+    Iroh(crate::iroh_endpoint::IrohAddress),
 }
 
 impl Endpoint {
@@ -309,6 +333,25 @@ pub(crate) fn parse_endpoint(
     authority_pubkey: Option<&str>,
 ) -> Result<Endpoint> {
     let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("iroh://") {
+        let (node, key_in_url) = match rest.split_once('/') {
+            Some((node, key)) => (node, Some(key)),
+            None => (rest, None),
+        };
+        let key = authority_pubkey
+            .or(key_in_url)
+            .context("Stratum V2 over Iroh needs the pool's authority public key: iroh://<node id>[@host:port]/<key>")?;
+        let key = quarry_stratum::v2::keys::decode_public(key)
+            .map_err(|e| anyhow::anyhow!("authority public key: {e}"))?;
+        let iroh = crate::iroh_endpoint::IrohAddress::parse(node)?;
+        return Ok(Endpoint {
+            address: node.to_string(),
+            authority: Some(key),
+            tls: false,
+            quic: false,
+            iroh: Some(iroh),
+        });
+    }
     let quic = url.starts_with("stratum2+quic://");
     let (sv2, tls, rest) = if let Some(rest) = url
         .strip_prefix("stratum2+tcp://")
@@ -340,6 +383,7 @@ pub(crate) fn parse_endpoint(
             authority: None,
             tls,
             quic: false,
+            iroh: None,
         });
     }
     let key = authority_pubkey
@@ -352,6 +396,7 @@ pub(crate) fn parse_endpoint(
         authority: Some(key),
         tls: false,
         quic,
+        iroh: None,
     })
 }
 
@@ -363,7 +408,7 @@ pub(crate) fn now_secs() -> u32 {
 #[allow(clippy::too_many_arguments)]
 async fn connect_and_mine_sv2(
     address: &str,
-    quic: bool,
+    transport: &Transport,
     authority: &[u8; 32],
     args: &MineArgs,
     threads: usize,
@@ -373,15 +418,31 @@ async fn connect_and_mine_sv2(
     deadline: Option<Instant>,
 ) -> Result<Next> {
     // Over QUIC the endpoint lives as long as the connection; over TCP there is none.
-    let (mut read, mut write, peer, _quic): (
-        Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-        std::net::SocketAddr,
-        Option<quinn::Endpoint>,
-    ) = if quic {
+    let (mut read, mut write, peer, _endpoint): Connected = if let Transport::Iroh(iroh) = transport
+    {
+        let (stream, endpoint) = crate::iroh_endpoint::connect(iroh).await?;
+        let (read, write) = tokio::io::split(stream);
+        // The Noise prologue names an address; the first direct one, or none (relayed).
+        let peer = iroh
+            .direct
+            .first()
+            .copied()
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        (
+            Box::new(read),
+            Box::new(write),
+            peer,
+            Some(Box::new(endpoint)),
+        )
+    } else if matches!(transport, Transport::Quic) {
         let (stream, peer, endpoint) = crate::quic::connect(address).await?;
         let (read, write) = tokio::io::split(stream);
-        (Box::new(read), Box::new(write), peer, Some(endpoint))
+        (
+            Box::new(read),
+            Box::new(write),
+            peer,
+            Some(Box::new(endpoint)),
+        )
     } else {
         let stream = TcpStream::connect(address)
             .await

@@ -361,15 +361,32 @@ impl Server {
         local: Option<SocketAddr>,
         work: Followed,
     ) {
+        self.serve_streams(peer, local, work, || async {
+            connection
+                .accept_bi()
+                .await
+                .map_err(|e| debug!(%peer, error = %e, "QUIC connection ended"))
+                .ok()
+        })
+        .await;
+    }
+
+    /// Sessions on every bidirectional stream `next` yields (QUIC or Iroh), until it yields
+    /// none; then every stream's session is stopped.
+    async fn serve_streams<W, R, F, Fut>(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        work: Followed,
+        mut next: F,
+    ) where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<(W, R)>>,
+    {
         let mut streams = tokio::task::JoinSet::new();
-        loop {
-            let (send, recv) = match connection.accept_bi().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    debug!(%peer, error = %e, "QUIC connection ended");
-                    break;
-                }
-            };
+        while let Some((send, recv)) = next().await {
             let server = Arc::clone(self);
             let work = work.clone();
             streams.spawn(async move {
@@ -388,6 +405,60 @@ impl Server {
             });
         }
         streams.shutdown().await;
+    }
+
+    /// Accepts SV2 over Iroh until `shutdown` fires (see `iroh_endpoint.rs`), like
+    /// [`Server::run_quic`]: limits and bans by the address the packets came from.
+    pub async fn run_iroh(
+        self: Arc<Self>,
+        endpoint: iroh::Endpoint,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let work = self.protocol.follow(shutdown.clone());
+        let local = endpoint.bound_sockets().first().copied();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => return,
+                },
+                _ = shutdown.changed() => {
+                    endpoint.close().await;
+                    return;
+                }
+            };
+            let peer = incoming.remote_address();
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            if !self.admit(peer) {
+                incoming.refuse();
+                continue;
+            }
+            let server = Arc::clone(&self);
+            let work = work.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let timeout = Duration::from_millis(server.protocol.auth_timeout_ms().max(1000));
+                match tokio::time::timeout(timeout, incoming).await {
+                    Ok(Ok(connection)) => {
+                        server
+                            .serve_streams(peer, local, work, || async {
+                                connection
+                                    .accept_bi()
+                                    .await
+                                    .map_err(|e| debug!(%peer, error = %e, "Iroh connection ended"))
+                                    .ok()
+                            })
+                            .await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "Iroh handshake failed"),
+                    Err(_) => debug!(%peer, "Iroh handshake timed out"),
+                }
+                server.release_ip(peer.ip());
+            });
+        }
     }
 
     /// One TLS connection: the PROXY header (from a trusted balancer), the handshake within

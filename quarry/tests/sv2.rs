@@ -12,34 +12,57 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv2_miner_mines_blocks_on_quarry_and_refuses_an_impostor() {
-    mines_blocks_and_refuses_an_impostor(false).await;
+    mines_blocks_and_refuses_an_impostor(Via::Tcp).await;
 }
 
 /// The same over QUIC (`sv2.quic_listen`, `stratum2+quic://`): Noise and the pinned authority
 /// key inside each QUIC stream, exactly as over TCP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sv2_over_quic_mines_blocks_and_refuses_an_impostor() {
-    mines_blocks_and_refuses_an_impostor(true).await;
+    mines_blocks_and_refuses_an_impostor(Via::Quic).await;
 }
 
-async fn mines_blocks_and_refuses_an_impostor(quic: bool) {
+/// The same over Iroh (`sv2.iroh_listen`, `iroh://<node id>@<address>/<key>`), relays off: the
+/// pool dialed by its node id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv2_over_iroh_mines_blocks_and_refuses_an_impostor() {
+    mines_blocks_and_refuses_an_impostor(Via::Iroh).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Tcp,
+    Quic,
+    Iroh,
+}
+
+async fn mines_blocks_and_refuses_an_impostor(via: Via) {
     let nodes = Regtest::single();
-    let dir = scratch_dir(if quic { "sv2-quic" } else { "sv2-direct" });
+    let dir = scratch_dir(&format!("sv2-{via:?}").to_lowercase());
     let port = free_port();
-    let quic_port = free_port();
+    let udp_port = free_port();
     let authority = AuthorityKeypair::generate();
     let mut config = pool_config(&nodes, &dir, port, "");
     config.push_str(&sv2_section(&authority));
-    if quic {
-        config.push_str(&format!("quic_listen = \"127.0.0.1:{quic_port}\"\n"));
+    // The pool's Iroh node key, written before it starts: its node id is what miners dial.
+    let node_key = iroh::SecretKey::from_bytes(&[0x51; 32]);
+    match via {
+        Via::Tcp => {}
+        Via::Quic => config.push_str(&format!("quic_listen = \"127.0.0.1:{udp_port}\"\n")),
+        Via::Iroh => {
+            config.push_str(&format!("iroh_listen = \"127.0.0.1:{udp_port}\"\n"));
+            std::fs::create_dir_all(dir.join("data")).expect("data dir");
+            std::fs::write(dir.join("data/iroh-secret.key"), hex::encode([0x51; 32])).expect("key");
+        }
     }
     let pool = start_pool(&dir, &config, port).await;
     let address = nodes.new_address().await;
     let before = nodes.height().await;
 
-    let endpoint = match quic {
-        true => format!("stratum2+quic://127.0.0.1:{quic_port}"),
-        false => format!("stratum2+tcp://127.0.0.1:{port}"),
+    let endpoint = match via {
+        Via::Tcp => format!("stratum2+tcp://127.0.0.1:{port}"),
+        Via::Quic => format!("stratum2+quic://127.0.0.1:{udp_port}"),
+        Via::Iroh => format!("iroh://{}@127.0.0.1:{udp_port}", node_key.public()),
     };
     let url = format!("{endpoint}/{}", authority.public_text());
     let user = format!("{address}.sv2rig");
@@ -75,11 +98,16 @@ async fn mines_blocks_and_refuses_an_impostor(quic: bool) {
     );
     let pool_log = plain(&pool.log_text());
     assert!(pool_log.contains("outcome=Accepted"), "{pool_log}");
-    if quic {
-        assert!(
+    match via {
+        Via::Tcp => {}
+        Via::Quic => assert!(
             pool_log.contains("Stratum V2 over QUIC listening"),
             "{pool_log}"
-        );
+        ),
+        Via::Iroh => assert!(
+            pool_log.contains(&format!("node_id={}", node_key.public())),
+            "{pool_log}"
+        ),
     }
     assert!(pool_log.contains("worker authorized"), "{pool_log}");
     assert!(pool_log.contains(".sv2rig"), "{pool_log}");
