@@ -167,6 +167,21 @@ impl<'a> Reader<'a> {
         (0..count).map(|_| self.u32(field)).collect()
     }
 
+    /// SEQ0_64K[U256].
+    pub fn seq0_64k_u256(&mut self, field: &'static str) -> Result<Vec<[u8; 32]>, WireError> {
+        let count = usize::from(self.u16(field)?);
+        self.fixed_seq(count, field)
+    }
+
+    /// SEQ0_64K[U16].
+    pub fn seq0_64k_u16(&mut self, field: &'static str) -> Result<Vec<u16>, WireError> {
+        let count = usize::from(self.u16(field)?);
+        if count.saturating_mul(2) > self.buf.len() {
+            return Err(WireError::Truncated(field));
+        }
+        (0..count).map(|_| self.u16(field)).collect()
+    }
+
     /// SEQ0_64K[B0_16M].
     pub fn seq0_64k_b0_16m(&mut self, field: &'static str) -> Result<Vec<Vec<u8>>, WireError> {
         let count = usize::from(self.u16(field)?);
@@ -300,6 +315,24 @@ impl Writer {
         self.u16(v.len() as u16);
         for item in v {
             self.u32(*item);
+        }
+        self
+    }
+    /// SEQ0_64K[U256].
+    pub fn seq0_64k_u256(&mut self, v: &[[u8; 32]]) -> &mut Self {
+        let v = &v[..v.len().min(0xffff)];
+        self.u16(v.len() as u16);
+        for item in v {
+            self.u256(item);
+        }
+        self
+    }
+    /// SEQ0_64K[U16].
+    pub fn seq0_64k_u16(&mut self, v: &[u16]) -> &mut Self {
+        let v = &v[..v.len().min(0xffff)];
+        self.u16(v.len() as u16);
+        for item in v {
+            self.u16(*item);
         }
         self
     }
