@@ -69,6 +69,9 @@ struct Args {
     trusted_peer: Vec<String>,
 }
 
+/// How long a start waits for the previous node on the same data to stop.
+const LOCK_WAIT_SECS: u64 = 30;
+
 fn network(name: &str) -> Result<Network> {
     Ok(match name {
         "mainnet" | "bitcoin" => Network::Bitcoin,
@@ -85,13 +88,18 @@ fn main() -> Result<()> {
     let network = network(&args.network)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    // Two processes on one channel state would broadcast revoked states: refuse the second.
+    // Two processes on one channel state would broadcast revoked states: refuse the second. A
+    // node whose pool was just killed is still persisting and stopping: wait for it a while.
     let lock = std::fs::File::create(args.data_dir.join("lock"))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "{} is in use by another Lightning node (is `quarry serve` running?)",
-            args.data_dir.display()
-        );
+    let waited = std::time::Instant::now();
+    while lock.try_lock().is_err() {
+        if waited.elapsed() > std::time::Duration::from_secs(LOCK_WAIT_SECS) {
+            bail!(
+                "{} is in use by another Lightning node (is `quarry serve` running?)",
+                args.data_dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let node = build(&args, network)?;
     node.start().context("starting the Lightning node")?;

@@ -439,7 +439,7 @@ onchain_fallback = true
     // 2. Killed between the payment and its record, then run again: paid exactly once.
     mine_one_block(&nodes, port, &user).await;
     let owed = mature(&nodes, &store, &address, 2).await;
-    drop(pool);
+    drop(pool); // killed: its Lightning node stops by itself, the next one waits for its data
     let mut pool = start(
         &dir,
         &config,
