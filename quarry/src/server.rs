@@ -330,81 +330,13 @@ impl Server {
                 }
             };
             let peer = incoming.remote_address();
-            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let Some(permit) = self.admit_connection(peer) else {
                 incoming.refuse();
                 continue;
             };
-            if !self.admit(peer) {
-                incoming.refuse();
-                continue;
-            }
             let server = Arc::clone(&self);
-            let work = work.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let timeout = Duration::from_millis(server.protocol.auth_timeout_ms().max(1000));
-                match tokio::time::timeout(timeout, incoming).await {
-                    Ok(Ok(connection)) => server.serve_quic(connection, peer, local, work).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "QUIC handshake failed"),
-                    Err(_) => debug!(%peer, "QUIC handshake timed out"),
-                }
-                server.release_ip(peer.ip());
-            });
+            tokio::spawn(server.serve_connection(permit, peer, local, work.clone(), incoming));
         }
-    }
-
-    /// One QUIC connection: a session per stream the miner opens, until it closes.
-    async fn serve_quic(
-        self: &Arc<Self>,
-        connection: quinn::Connection,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        work: Followed,
-    ) {
-        self.serve_streams(peer, local, work, || async {
-            connection
-                .accept_bi()
-                .await
-                .map_err(|e| debug!(%peer, error = %e, "QUIC connection ended"))
-                .ok()
-        })
-        .await;
-    }
-
-    /// Sessions on every bidirectional stream `next` yields (QUIC or Iroh), until it yields
-    /// none; then every stream's session is stopped.
-    async fn serve_streams<W, R, F, Fut>(
-        self: &Arc<Self>,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        work: Followed,
-        mut next: F,
-    ) where
-        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<(W, R)>>,
-    {
-        let mut streams = tokio::task::JoinSet::new();
-        while let Some((send, recv)) = next().await {
-            let server = Arc::clone(self);
-            let work = work.clone();
-            streams.spawn(async move {
-                server
-                    .out
-                    .metrics
-                    .connections
-                    .fetch_add(1, Ordering::Relaxed);
-                let stream = driver::Buffered::new(tokio::io::join(recv, send), local);
-                server.drive(stream, peer, work).await;
-                server
-                    .out
-                    .metrics
-                    .connections
-                    .fetch_sub(1, Ordering::Relaxed);
-            });
-        }
-        streams.shutdown().await;
     }
 
     /// Accepts SV2 over Iroh until `shutdown` fires (see `iroh_endpoint.rs`), like
@@ -428,37 +360,65 @@ impl Server {
                 }
             };
             let peer = incoming.remote_address();
-            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let Some(permit) = self.admit_connection(peer) else {
                 incoming.refuse();
                 continue;
             };
-            if !self.admit(peer) {
-                incoming.refuse();
-                continue;
-            }
             let server = Arc::clone(&self);
-            let work = work.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let timeout = Duration::from_millis(server.protocol.auth_timeout_ms().max(1000));
-                match tokio::time::timeout(timeout, incoming).await {
-                    Ok(Ok(connection)) => {
-                        server
-                            .serve_streams(peer, local, work, || async {
-                                connection
-                                    .accept_bi()
-                                    .await
-                                    .map_err(|e| debug!(%peer, error = %e, "Iroh connection ended"))
-                                    .ok()
-                            })
-                            .await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "Iroh handshake failed"),
-                    Err(_) => debug!(%peer, "Iroh handshake timed out"),
-                }
-                server.release_ip(peer.ip());
-            });
+            tokio::spawn(server.serve_connection(permit, peer, local, work.clone(), incoming));
         }
+    }
+
+    /// A slot under the connection limit for `peer`, if it is not banned and within the per-IP
+    /// limit (it then holds a per-IP slot, freed by [`Server::serve_connection`]).
+    fn admit_connection(&self, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        self.admit(peer).then_some(permit)
+    }
+
+    /// One admitted QUIC or Iroh connection: its handshake within the auth timeout, then a
+    /// session per bidirectional stream the miner opens, until it closes.
+    async fn serve_connection<H, C, E>(
+        self: Arc<Self>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        work: Followed,
+        handshake: H,
+    ) where
+        H: std::future::IntoFuture<Output = Result<C, E>>,
+        C: StreamSource,
+        E: std::fmt::Display,
+    {
+        let timeout = Duration::from_millis(self.protocol.auth_timeout_ms().max(1000));
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(connection)) => {
+                let mut streams = tokio::task::JoinSet::new();
+                while let Some((send, recv)) = connection.next_stream(peer).await {
+                    let server = Arc::clone(&self);
+                    let work = work.clone();
+                    streams.spawn(async move {
+                        server
+                            .out
+                            .metrics
+                            .connections
+                            .fetch_add(1, Ordering::Relaxed);
+                        let stream = driver::Buffered::new(tokio::io::join(recv, send), local);
+                        server.drive(stream, peer, work).await;
+                        server
+                            .out
+                            .metrics
+                            .connections
+                            .fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                streams.shutdown().await;
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "QUIC handshake failed"),
+            Err(_) => debug!(%peer, "QUIC handshake timed out"),
+        }
+        self.release_ip(peer.ip());
+        drop(permit);
     }
 
     /// One TLS connection: the PROXY header (from a trusted balancer), the handshake within
@@ -961,6 +921,40 @@ pub fn format_hashrate(hashes_per_sec: f64) -> String {
         unit += 1;
     }
     format!("{value:.2} {}", units[unit])
+}
+
+/// A QUIC or Iroh connection, as [`Server::serve_connection`] needs it: the bidirectional
+/// streams its miner opens, each one SV2 connection.
+trait StreamSource: Send + 'static {
+    type Send: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    type Recv: tokio::io::AsyncRead + Unpin + Send + 'static;
+    /// The next stream, or `None` once the connection ended.
+    fn next_stream(
+        &self,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Option<(Self::Send, Self::Recv)>> + Send;
+}
+
+impl StreamSource for quinn::Connection {
+    type Send = quinn::SendStream;
+    type Recv = quinn::RecvStream;
+    async fn next_stream(&self, peer: SocketAddr) -> Option<(Self::Send, Self::Recv)> {
+        self.accept_bi()
+            .await
+            .map_err(|e| debug!(%peer, error = %e, "QUIC connection ended"))
+            .ok()
+    }
+}
+
+impl StreamSource for iroh::endpoint::Connection {
+    type Send = iroh::endpoint::SendStream;
+    type Recv = iroh::endpoint::RecvStream;
+    async fn next_stream(&self, peer: SocketAddr) -> Option<(Self::Send, Self::Recv)> {
+        self.accept_bi()
+            .await
+            .map_err(|e| debug!(%peer, error = %e, "Iroh connection ended"))
+            .ok()
+    }
 }
 
 #[cfg(test)]
