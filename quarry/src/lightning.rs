@@ -127,7 +127,7 @@ impl Lightning {
             }
         };
         let node_id = ready["node_id"].as_str().unwrap_or_default().to_string();
-        let lightning = Arc::new(Lightning {
+        let mut lightning = Lightning {
             stdin: tokio::sync::Mutex::new(Some(stdin)),
             child: tokio::sync::Mutex::new(child),
             waiters,
@@ -137,12 +137,9 @@ impl Lightning {
             policy,
             config: ln.clone(),
             status: Mutex::new(Value::Null),
-        });
+        };
         let funding = lightning.call("new_address", json!({})).await?;
-        let funding_address = funding["address"].as_str().unwrap_or_default().to_string();
-        // Set once, before anyone else holds the Arc.
-        let mut lightning = Arc::try_unwrap(lightning).map_err(|_| anyhow!("shared too early"))?;
-        lightning.funding_address = funding_address;
+        lightning.funding_address = funding["address"].as_str().unwrap_or_default().to_string();
         let lightning = Arc::new(lightning);
         lightning.refresh().await?;
         info!(
