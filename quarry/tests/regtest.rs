@@ -318,15 +318,7 @@ async fn a_block_the_node_died_on_is_resubmitted_when_it_returns() {
     let mut client = V1Client::connect(port).await;
     let job = client.handshake(&user).await;
     let en2 = vec![7u8; client.extranonce2_len];
-    let network = quarry_work::Target::from_compact(job.bits);
-    let nonce = client.find(&job, &en2, job.version, job.ntime, &network, true);
-    let hash = quarry_work::hash::to_display_hex(&job.hash(
-        &client.extranonce1,
-        &en2,
-        job.version,
-        job.ntime,
-        nonce,
-    ));
+    let (nonce, hash) = client.solve_block(&job, &en2);
     let answer = client
         .submit(&user, &job, &en2, job.ntime, nonce, None)
         .await;

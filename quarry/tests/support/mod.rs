@@ -626,6 +626,15 @@ impl V1Client {
             .expect("a nonce")
     }
 
+    /// A nonce that makes `job` a block at its network target (regtest: found at once), with
+    /// the block hash in display hex.
+    pub fn solve_block(&self, job: &WireJob, en2: &[u8]) -> (u32, String) {
+        let network = Target::from_compact(job.bits);
+        let nonce = self.find(job, en2, job.version, job.ntime, &network, true);
+        let hash = job.hash(&self.extranonce1, en2, job.version, job.ntime, nonce);
+        (nonce, quarry_work::hash::to_display_hex(&hash))
+    }
+
     pub fn share_target(&self) -> Target {
         Target::from_difficulty(Difficulty::new(self.difficulty).expect("difficulty set"))
     }
