@@ -64,15 +64,25 @@ if ! "$sri_root/bin/translator_sv2" --version 2>/dev/null | grep -qx 'translator
 fi
 export QUARRY_TRANSLATOR_SV2="$sri_root/bin/translator_sv2"
 
-# pool_sv2 compiles Cap'n Proto schemas (Bitcoin Core IPC), so it needs Debian's capnp compiler.
-say "SRI pool_sv2 0.7.0 (crates.io) for the Template Provider interop tests"
-if ! "$sri_root/bin/pool_sv2" --version 2>/dev/null | grep -q '0\.7\.0'; then
+# pool_sv2 and jd_client_sv2 compile Cap'n Proto schemas (Bitcoin Core IPC), so they need
+# Debian's capnp compiler.
+need_capnp() {
     if ! command -v capnp >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq capnproto libcapnp-dev; else sudo apt-get update -qq && sudo apt-get install -y -qq capnproto libcapnp-dev; fi
     fi
+}
+say "SRI pool_sv2 0.7.0 (crates.io) for the Template Provider interop tests"
+if ! "$sri_root/bin/pool_sv2" --version 2>/dev/null | grep -q '0\.7\.0'; then
+    need_capnp
     timed "pool_sv2" sri_install pool_sv2 0.7.0
 fi
 export QUARRY_POOL_SV2="$sri_root/bin/pool_sv2"
+say "SRI jd_client_sv2 0.6.0 (crates.io) for the Job Declaration interop tests"
+if ! "$sri_root/bin/jd_client_sv2" --version 2>/dev/null | grep -q '0\.6\.0'; then
+    need_capnp
+    timed "jd_client_sv2" sri_install jd_client_sv2 0.6.0
+fi
+export QUARRY_JD_CLIENT_SV2="$sri_root/bin/jd_client_sv2"
 rm -rf "$sri_root/target"
 
 # kaspad 2.1.0 (rusty-kaspa's node, crates.io) for the Kaspa devnet test: built once into a cache

@@ -10,6 +10,7 @@ use crate::bans::Offence;
 use crate::clock::Now;
 use crate::pool::Pool;
 use crate::v1::{Event, Session};
+use crate::v2::declaration::Verdict;
 use crate::v2::template_provider::{TpEvent, TpSession};
 use crate::v2::PoolSession;
 
@@ -39,6 +40,16 @@ pub trait Connection {
     /// The oldest accepted share reported and not yet settled is durable (or is not). Sessions
     /// that hold no answers for the ledger ignore it.
     fn share_recorded(&mut self, _durable: bool) {}
+    /// The node's answer to a question the session asked in an event (Job Declaration's
+    /// [`Event::CheckDeclaredBlock`](crate::Event::CheckDeclaredBlock)).
+    fn handle_verdict(
+        &mut self,
+        _request_id: u32,
+        _verdict: Verdict,
+        _now: Now,
+        _shared: &Self::Shared,
+    ) {
+    }
     /// Appends everything there is to send.
     fn transmit(&mut self, out: &mut Vec<u8>);
     /// Why the session ended, once it has (allocated only then): the driver closes the stream
@@ -135,6 +146,9 @@ impl Connection for PoolSession {
     fn share_recorded(&mut self, durable: bool) {
         PoolSession::share_recorded(self, durable)
     }
+    fn handle_verdict(&mut self, request_id: u32, verdict: Verdict, now: Now, pool: &dyn Pool) {
+        PoolSession::handle_verdict(self, request_id, verdict, now, pool)
+    }
     fn transmit(&mut self, out: &mut Vec<u8>) {
         while let Some(bytes) = self.poll_transmit() {
             out.extend_from_slice(&bytes);
@@ -222,6 +236,9 @@ impl<C: Connection + ?Sized> Connection for Box<C> {
     }
     fn share_recorded(&mut self, durable: bool) {
         (**self).share_recorded(durable)
+    }
+    fn handle_verdict(&mut self, request_id: u32, verdict: Verdict, now: Now, shared: &C::Shared) {
+        (**self).handle_verdict(request_id, verdict, now, shared)
     }
     fn transmit(&mut self, out: &mut Vec<u8>) {
         (**self).transmit(out)

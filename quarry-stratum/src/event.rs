@@ -37,6 +37,14 @@ pub enum Event {
     /// issued that chain's work. Boxed: rare, and large next to the other events, which every
     /// session keeps room for.
     AuxFound(Box<FoundAux>),
+    /// A declared job (Job Declaration) was built into a block: ask the node whether it is
+    /// valid, and give the session its [`Verdict`](crate::v2::declaration::Verdict).
+    CheckDeclaredBlock {
+        /// The declaration's request id.
+        request_id: u32,
+        /// The block, with a zero extranonce and nonce.
+        block: Vec<u8>,
+    },
 }
 
 /// An aux chain's block, solved by a share.

@@ -9,6 +9,8 @@ use quarry_work::template::WorkTemplate;
 use quarry_work::Hash32;
 use tracing::warn;
 
+use crate::v2::declaration::Declarations;
+
 /// Who the coinbase pays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolMode {
@@ -48,6 +50,11 @@ pub trait Pool: ShareBook {
     /// Lets a reconnecting miner take back `requested` as its extranonce1. False when
     /// `requested` was never handed out here or is in use by another connection.
     fn resume_extranonce1(&self, requested: &[u8]) -> bool;
+
+    /// Job Declaration's shared state, when the pool takes declared jobs.
+    fn declarations(&self) -> Option<&Declarations> {
+        None
+    }
 }
 
 /// Parents remembered by [`Pool::claim_block`]: far more than the blocks found while one
@@ -66,6 +73,8 @@ pub struct SharedPool {
     /// Parents of the blocks found lately, newest last.
     solved: Mutex<VecDeque<Hash32>>,
     extranonces: Mutex<Extranonces>,
+    /// Job Declaration, when the pool takes declared jobs.
+    declarations: Option<Declarations>,
 }
 
 /// Header hashes of shares on the current and previous tip (a duplicate has the same
@@ -169,7 +178,14 @@ impl SharedPool {
                 wrapped: false,
                 in_use: HashSet::new(),
             }),
+            declarations: None,
         }
+    }
+
+    /// Takes declared jobs (Job Declaration) with these settings.
+    pub fn with_declarations(mut self, config: crate::v2::declaration::JdConfig) -> Self {
+        self.declarations = Some(Declarations::new(config));
+        self
     }
 
     /// How many extranonce1 values can be live at once: the most connections (and SV2
@@ -184,6 +200,10 @@ impl SharedPool {
         if seen.tip != Some(template.prev_hash) {
             seen.tip = Some(template.prev_hash);
             seen.hashes.next_generation();
+        }
+        drop(seen);
+        if let Some(declarations) = &self.declarations {
+            declarations.on_template(template);
         }
     }
 }
@@ -271,6 +291,10 @@ impl Pool for SharedPool {
             return false;
         }
         state.in_use.insert(requested)
+    }
+
+    fn declarations(&self) -> Option<&Declarations> {
+        self.declarations.as_ref()
     }
 }
 

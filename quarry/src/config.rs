@@ -528,6 +528,11 @@ pub struct Sv2Toml {
     /// Iroh through n0's public relays and discovery (NAT traversal); off: direct addresses
     /// only, nothing sent to third parties.
     pub iroh_relays: bool,
+    /// Job Declaration: miners may build their own jobs (their own transactions) and declare
+    /// them on the same port; declared coinbases must pay the pool (solo: the miner).
+    pub job_declaration: bool,
+    /// Most transactions one declared job may list.
+    pub jd_max_transactions: usize,
 }
 
 impl Default for Sv2Toml {
@@ -540,6 +545,8 @@ impl Default for Sv2Toml {
             quic_listen: None,
             iroh_listen: None,
             iroh_relays: false,
+            job_declaration: false,
+            jd_max_transactions: 20_000,
         }
     }
 }

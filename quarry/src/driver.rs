@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quarry_ledger::Receipt;
+use quarry_stratum::v2::declaration::Verdict;
 use quarry_stratum::{Connection, Now};
 use quarry_work::template::WorkTemplate;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -205,6 +206,9 @@ pub enum Recording<'a> {
     /// The share log's queue is full: wait for room. Boxed, and only then, so that an idle
     /// connection's task does not carry room for this wait.
     Waiting(Pin<Box<dyn Future<Output = Recording<'a>> + Send + 'a>>),
+    /// Not a share: a question for the node (Job Declaration's block check), whose answer
+    /// goes back to the session under the request id.
+    Verdict(u32, Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>),
 }
 
 /// What a connection follows: the newest template, and the server's shutdown. One channel for
@@ -336,6 +340,10 @@ where
                 }
                 match recording {
                     Recording::Nothing | Recording::Waiting(_) => {}
+                    Recording::Verdict(request_id, verdict) => {
+                        let verdict = verdict.await;
+                        conn.handle_verdict(request_id, verdict, now(), shared);
+                    }
                     Recording::Queued(receipt) => receipts.push(Some(receipt)),
                     Recording::Refused => receipts.push(None),
                 }

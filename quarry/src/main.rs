@@ -242,10 +242,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Duration::from_secs(config.mining.poll_interval_secs.max(1)),
         config.mining.longpoll,
     )?;
-    let pool = Arc::new(SharedPool::new(
+    let mut pool = SharedPool::new(
         JobFactory::new(resolved.layout.clone()),
         resolved.extranonce1_prefix.clone(),
-    ));
+    );
+    if config.sv2.enabled && config.sv2.job_declaration {
+        info!("Job Declaration on: miners may declare their own jobs");
+        pool = pool.with_declarations(quarry_stratum::v2::declaration::JdConfig {
+            max_transactions: config.sv2.jd_max_transactions.clamp(1, 65_535),
+            ..Default::default()
+        });
+    }
+    let pool = Arc::new(pool);
     if let Some(path) = std::env::var_os("QUARRY_CLOCK_OFFSET_FILE") {
         driver::follow_clock_file(path.into());
     }
@@ -383,6 +391,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             events: Arc::clone(&events),
             history: Arc::clone(&history),
             destinations,
+            nodes: Some(Arc::clone(&nodes)),
         },
         limits,
         Arc::clone(&bans),

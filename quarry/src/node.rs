@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use quarry_stratum::v1::FoundBlock;
+use quarry_stratum::v2::declaration::Verdict;
 use quarry_work::hash::to_display_hex;
 use quarry_work::template::{GetBlockTemplate, WorkTemplate};
 use serde::de::DeserializeOwned;
@@ -435,6 +436,21 @@ impl Nodes {
             }
         }
         Err(last)
+    }
+
+    /// Whether `block` would be a valid block on the node's tip but for its proof of work:
+    /// Bitcoin Core's `getblocktemplate` proposal mode (BIP 23), which checks the transactions,
+    /// the coinbase value, the witness commitment and the merkle root.
+    pub async fn check_proposal(&self, block: &[u8]) -> Verdict {
+        let params = json!([{"mode": "proposal", "data": hex::encode(block), "rules": ["segwit"]}]);
+        match self.call_any::<Value>("getblocktemplate", params).await {
+            Ok(Value::Null) => Verdict::Valid,
+            Ok(Value::String(reason)) => Verdict::Invalid(reason),
+            Ok(other) => Verdict::Invalid(other.to_string()),
+            // A block that does not even decode is the miner's fault, not the node's.
+            Err(RpcError::Rpc { message, .. }) => Verdict::Invalid(message),
+            Err(e) => Verdict::Unavailable(e.to_string()),
+        }
     }
 
     /// Where [`Nodes::save_block`] keeps `block`.

@@ -18,6 +18,7 @@ use quarry_stratum::bans::{BanBook, BanPolicy, Offence, Standing};
 use quarry_stratum::detect::{detect, Detected};
 use quarry_stratum::proxy_header::{self, ProxyHeader, TrustedProxies};
 use quarry_stratum::v1::{AcceptedShare, Event, Session, SessionConfig};
+use quarry_stratum::v2::declaration::Verdict;
 use quarry_stratum::v2::{PoolSession, Sv2Config};
 use quarry_stratum::{Pool, SharedPool};
 use quarry_work::share::ShareReject;
@@ -56,6 +57,8 @@ pub struct Outputs {
     pub history: Arc<Mutex<HistoryBook>>,
     /// Takes `ln=<offer>` authorize passwords as payout destinations, with `[lightning]` on.
     pub destinations: Option<Arc<crate::payout_destination::Registrar>>,
+    /// The nodes, asked whether a declared job (Job Declaration) is a valid block.
+    pub nodes: Option<Arc<crate::node::Nodes>>,
 }
 
 /// The ban book of one `quarry serve`, shared by its listeners and the API.
@@ -799,6 +802,18 @@ impl Sink<Event> for PoolSink<'_> {
     fn handle(&self, event: Event) -> Recording<'_> {
         let server = self.server;
         let mut recording = Recording::Nothing;
+        if let Event::CheckDeclaredBlock { request_id, block } = event {
+            let nodes = server.out.nodes.clone();
+            return Recording::Verdict(
+                request_id,
+                Box::pin(async move {
+                    match nodes {
+                        Some(nodes) => nodes.check_proposal(&block).await,
+                        None => Verdict::Unavailable("no node to check declared jobs".into()),
+                    }
+                }),
+            );
+        }
         if let Event::ShareAccepted(share) = &event {
             let peer = self.peer;
             let settle = move |queued: Result<Receipt, RecordError>| match queued {

@@ -5,6 +5,7 @@
 //! structs, no lifetimes), so SRI's types stay out of the pool core.
 
 pub mod client;
+pub mod declaration;
 pub mod frame;
 pub mod keys;
 pub mod message;

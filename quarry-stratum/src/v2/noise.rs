@@ -293,6 +293,14 @@ impl ResponderLink {
             transport.encrypt(frame_bytes, out);
         }
     }
+
+    /// Changes the largest frame accepted from here on (a protocol chosen at setup may need
+    /// larger frames than the handshake allowed).
+    pub fn set_max_payload(&mut self, max_payload: usize) {
+        if let Some(transport) = &mut self.transport {
+            transport.max_payload = max_payload;
+        }
+    }
 }
 
 /// The client side of the handshake.

@@ -19,6 +19,7 @@ use quarry_work::template::WorkTemplate;
 use quarry_work::vardiff::Vardiff;
 use quarry_work::{Difficulty, Target};
 
+use super::declaration::{CustomJob, JdSession, Verdict, MAX_EXTRANONCE};
 use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use super::noise::{ResponderHandshake, ResponderLink};
@@ -80,6 +81,9 @@ struct Channel {
     kind: ChannelKind,
     worker: Worker,
     extranonce1: Vec<u8>,
+    /// The miner's part of the extranonce: the pool's layout, or wider on a connection that
+    /// builds its own jobs (Job Declaration); such a channel mines only those.
+    extranonce2_len: usize,
     vardiff: Vardiff,
     difficulty: Difficulty,
     /// The miner's limit: our target never exceeds it.
@@ -196,6 +200,10 @@ pub struct PoolSession {
     offence: Option<Offence>,
     control_bucket: Bucket,
     submit_bucket: Bucket,
+    /// The miner set REQUIRES_WORK_SELECTION: it builds its own jobs (Job Declaration).
+    work_selection: bool,
+    /// A Job Declaration connection (boxed: mining connections, the many, keep 8 bytes).
+    jd: Option<Box<JdSession>>,
 }
 
 impl std::fmt::Debug for PoolSession {
@@ -256,6 +264,8 @@ impl PoolSession {
             offence: None,
             control_bucket,
             submit_bucket,
+            work_selection: false,
+            jd: None,
         }
     }
 
@@ -388,7 +398,7 @@ impl PoolSession {
         let idle = self
             .last_frame_ms
             .saturating_add(self.config.idle_timeout_ms);
-        if self.channels.is_empty() {
+        if self.channels.is_empty() && self.jd.is_none() {
             return Some(
                 idle.min(
                     self.connected_ms
@@ -487,8 +497,11 @@ impl PoolSession {
         if !within_budget {
             return self.close_for(Offence::Flood, "request flood".into());
         }
+        if self.jd.is_some() && matches!(self.phase, Phase::Ready) {
+            return self.on_declaration(message, now, pool);
+        }
         match (&self.phase, message) {
-            (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup),
+            (Phase::Setup, Message::SetupConnection(setup)) => self.on_setup(&setup, pool),
             (Phase::Setup, other) => self.close_for(
                 Offence::ProtocolViolation,
                 format!(
@@ -584,6 +597,39 @@ impl PoolSession {
                     ..
                 },
             ) => self.on_update_channel(channel_id, maximum_target, now),
+            (
+                Phase::Ready,
+                Message::SetCustomMiningJob {
+                    channel_id,
+                    request_id,
+                    token,
+                    version,
+                    prev_hash,
+                    min_ntime,
+                    nbits,
+                    coinbase_tx_version,
+                    coinbase_prefix,
+                    coinbase_tx_input_n_sequence,
+                    coinbase_tx_outputs,
+                    coinbase_tx_locktime,
+                    merkle_path,
+                },
+            ) => {
+                let custom = CustomJob {
+                    version,
+                    prev_hash,
+                    nbits,
+                    coinbase_tx_version,
+                    coinbase_prefix: &coinbase_prefix,
+                    coinbase_tx_input_n_sequence,
+                    coinbase_tx_outputs: &coinbase_tx_outputs,
+                    coinbase_tx_locktime,
+                    merkle_path: &merkle_path,
+                };
+                self.on_custom_job(
+                    channel_id, request_id, &token, min_ntime, &custom, now, pool,
+                )
+            }
             (Phase::Ready, Message::CloseChannel { channel_id, .. }) => {
                 if let Some(channel) = self.channels.remove(&channel_id) {
                     pool.release_extranonce1(&channel.extranonce1);
@@ -599,11 +645,30 @@ impl PoolSession {
         }
     }
 
-    fn on_setup(&mut self, setup: &SetupConnection) {
+    fn on_setup(&mut self, setup: &SetupConnection, pool: &dyn Pool) {
         let error = |flags: u32, code: &str| Message::SetupConnectionError {
             flags,
             error_code: code.to_string(),
         };
+        let declarations = pool.declarations();
+        if let (Protocol::JobDeclaration, Some(declarations)) = (setup.protocol, declarations) {
+            if !(setup.min_version..=setup.max_version).contains(&2) {
+                self.send(error(0, "protocol-version-mismatch"));
+                return self.close("protocol version mismatch".into());
+            }
+            // DECLARE_TX_DATA (full template) or not (coinbase only): declarations are checked
+            // the same way, so both are taken.
+            self.send(Message::SetupConnectionSuccess {
+                used_version: 2,
+                flags: 0,
+            });
+            if let Some(link) = &mut self.link {
+                link.set_max_payload(declarations.config.max_frame);
+            }
+            self.jd = Some(Box::new(JdSession::new(declarations)));
+            self.phase = Phase::Ready;
+            return;
+        }
         if setup.protocol != Protocol::Mining {
             self.send(error(0, "unsupported-protocol"));
             return self.close(format!("unsupported protocol {:?}", setup.protocol));
@@ -612,17 +677,129 @@ impl PoolSession {
             self.send(error(0, "protocol-version-mismatch"));
             return self.close("protocol version mismatch".into());
         }
-        let supported = flags::REQUIRES_STANDARD_JOBS | flags::REQUIRES_VERSION_ROLLING;
+        let mut supported = flags::REQUIRES_STANDARD_JOBS | flags::REQUIRES_VERSION_ROLLING;
+        if declarations.is_some() {
+            supported |= flags::REQUIRES_WORK_SELECTION;
+        }
         let unsupported = setup.flags & !supported;
         if unsupported != 0 {
             self.send(error(unsupported, "unsupported-feature-flags"));
             return self.close(format!("unsupported feature flags {unsupported:#x}"));
         }
+        self.work_selection = setup.flags & flags::REQUIRES_WORK_SELECTION != 0;
         self.send(Message::SetupConnectionSuccess {
             used_version: 2,
             flags: 0,
         });
         self.phase = Phase::Ready;
+    }
+
+    /// A Job Declaration message.
+    fn on_declaration(&mut self, message: Message, now: Now, pool: &dyn Pool) {
+        let (Some(jd), Some(declarations)) = (&mut self.jd, pool.declarations()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        let result = jd.handle(
+            message,
+            self.template.as_ref(),
+            &self.config.mode,
+            self.config.network,
+            declarations,
+            pool,
+            now,
+            &mut out,
+            &mut self.events,
+        );
+        for message in out {
+            self.send(message);
+        }
+        if let Err(reason) = result {
+            self.close_for(Offence::ProtocolViolation, reason);
+        }
+    }
+
+    /// The node's word on a declared block.
+    pub fn handle_verdict(&mut self, request_id: u32, verdict: Verdict, now: Now, pool: &dyn Pool) {
+        let (Some(jd), Some(declarations)) = (&mut self.jd, pool.declarations()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        jd.handle_verdict(request_id, verdict, declarations, now, &mut out);
+        for message in out {
+            self.send(message);
+        }
+    }
+
+    /// A job the miner declared, to mine on one of its extended channels.
+    #[allow(clippy::too_many_arguments)]
+    fn on_custom_job(
+        &mut self,
+        channel_id: u32,
+        request_id: u32,
+        token: &[u8],
+        min_ntime: u32,
+        custom: &CustomJob<'_>,
+        now: Now,
+        pool: &dyn Pool,
+    ) {
+        let refuse = |code: &str| Message::SetCustomMiningJobError {
+            channel_id,
+            request_id,
+            error_code: code.to_string(),
+        };
+        let Some(declarations) = pool.declarations() else {
+            return self.send(refuse("jd-not-supported"));
+        };
+        let Some(channel) = self.channels.get(&channel_id) else {
+            return self.send(refuse("invalid-channel-id"));
+        };
+        if channel.kind != ChannelKind::Extended {
+            return self.send(refuse("invalid-channel-id"));
+        }
+        let Some(declared) = declarations.take_declared(token, now.mono_ms) else {
+            return self.send(refuse("invalid-mining-job-token"));
+        };
+        if let Err(e) = declared.matches(custom) {
+            tracing::info!(channel_id, request_id, code = e.code, details = %e.details, "custom job refused");
+            return self.send(refuse(e.code));
+        }
+        // The job must build on the pool's tip, not only on the one it was declared on.
+        if self
+            .template
+            .as_ref()
+            .is_some_and(|t| t.prev_hash != custom.prev_hash)
+        {
+            return self.send(refuse("stale-chain-tip"));
+        }
+        if declared.coinbase.extranonce_len != channel.extranonce1.len() + channel.extranonce2_len {
+            return self.send(refuse("invalid-coinbase-prefix"));
+        }
+        let job =
+            Arc::new(declared.job(channel.worker.coinbase_script(&self.config.mode).to_vec()));
+        let job_id = self.next_job_id;
+        self.next_job_id = self.next_job_id.wrapping_add(1).max(1);
+        let max_jobs = self.config.max_jobs;
+        if let Some(channel) = self.channels.get_mut(&channel_id) {
+            channel.jobs.push_back(ChannelJob {
+                id: job_id,
+                ntime: min_ntime.max(declared.template.curtime),
+                job,
+            });
+            while channel.jobs.len() > max_jobs {
+                if let Some(old) = channel.jobs.pop_front() {
+                    channel.dropped.push_back(old.id);
+                }
+            }
+            while channel.dropped.len() > MAX_DROPPED_JOBS {
+                channel.dropped.pop_front();
+            }
+        }
+        self.send(Message::SetCustomMiningJobSuccess {
+            channel_id,
+            request_id,
+            job_id,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -656,7 +833,13 @@ impl PoolSession {
         if !nominal_hash_rate.is_finite() || nominal_hash_rate < 0.0 {
             return self.send(refuse("invalid-nominal-hashrate"));
         }
-        if min_extranonce_size.is_some_and(|n| usize::from(n) > self.config.extranonce2_len) {
+        // A connection building its own jobs may ask for a wider extranonce than the pool's
+        // layout (SRI's JDC asks for 10 bytes): its channels mine only their own jobs.
+        let extranonce2_len = match min_extranonce_size.map(usize::from) {
+            Some(n) if self.work_selection && n > self.config.extranonce2_len => n,
+            _ => self.config.extranonce2_len,
+        };
+        if min_extranonce_size.is_some_and(|n| usize::from(n) > extranonce2_len) {
             return self.send(refuse("min-extranonce-size-too-large"));
         }
         let max_target = Target::from_le_bytes(max_target);
@@ -676,6 +859,10 @@ impl PoolSession {
         let Some(extranonce1) = pool.allocate_extranonce1() else {
             return self.send(refuse("extranonce-space-exhausted"));
         };
+        if extranonce1.len() + extranonce2_len > MAX_EXTRANONCE {
+            pool.release_extranonce1(&extranonce1);
+            return self.send(refuse("min-extranonce-size-too-large"));
+        }
         // Ids wrap after 2^32 opens on one connection; never reuse a live one (or 0xffffffff,
         // which SRI treats as reserved).
         let following = |id: u32| {
@@ -696,7 +883,7 @@ impl PoolSession {
                 request_id,
                 channel_id,
                 target,
-                extranonce_size: self.config.extranonce2_len as u16,
+                extranonce_size: extranonce2_len as u16,
                 extranonce_prefix: extranonce1.clone(),
                 group_channel_id: GROUP_CHANNEL_ID,
             });
@@ -725,6 +912,7 @@ impl PoolSession {
                 kind,
                 worker,
                 extranonce1,
+                extranonce2_len,
                 vardiff: Vardiff::new(self.config.vardiff, difficulty, now.mono_ms),
                 difficulty,
                 max_target,
@@ -865,7 +1053,7 @@ impl PoolSession {
         let rules = ShareRules {
             target: Target::from_difficulty(easiest),
             version_mask: self.config.version_mask,
-            extranonce2_len: self.config.extranonce2_len,
+            extranonce2_len: channel.extranonce2_len,
             now_unix: now.unix_secs().max(u64::from(sent.ntime)),
         };
         let submission = Submission {
@@ -937,6 +1125,9 @@ impl PoolSession {
         let Some(channel) = self.channels.get(&channel_id) else {
             return;
         };
+        if channel.extranonce2_len != self.config.extranonce2_len {
+            return; // a wider extranonce than the pool's coinbase has room for
+        }
         let Some(job) = pool.job_for(&template, channel.worker.coinbase_script(&self.config.mode))
         else {
             return;
@@ -1025,6 +1216,7 @@ impl PoolSession {
             return self.close("idle timeout".into());
         }
         if self.channels.is_empty()
+            && self.jd.is_none()
             && now.mono_ms
                 >= self
                     .connected_ms

@@ -321,6 +321,7 @@ pub async fn start(
             events: shared.events,
             history: shared.history,
             destinations: None,
+            nodes: None,
         },
         crate::server::Limits {
             max_connections: toml.max_connections,

@@ -158,6 +158,129 @@ impl Drop for Translator {
     }
 }
 
+/// `quarry tp` on node A, in `dir`: the process, its port and its authority key.
+pub async fn start_tp(
+    nodes: &Regtest,
+    dir: &std::path::Path,
+    extra_mining: &str,
+) -> (Process, u16, AuthorityKeypair) {
+    let tp_port = free_port();
+    let tp_authority = AuthorityKeypair::generate();
+    let mut config = pool_config(nodes, dir, free_port(), extra_mining);
+    config.push_str(&sv2_section(&tp_authority));
+    config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
+    let config_path = dir.join("quarry-tp.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let mut tp = Process::spawn(
+        &["tp", "--config", config_path.to_str().expect("utf-8")],
+        &dir.join("tp.log"),
+    );
+    let listening = listens(tp_port, Duration::from_secs(20)).await;
+    assert!(
+        listening && tp.is_running(),
+        "quarry tp listens:\n{}",
+        tp.log_text()
+    );
+    (tp, tp_port, tp_authority)
+}
+
+pub fn jd_client_binary() -> String {
+    std::env::var("QUARRY_JD_CLIENT_SV2").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").expect("HOME");
+        format!("{home}/.cache/quarry/sri/bin/jd_client_sv2")
+    })
+}
+
+/// SRI's `jd_client_sv2`: templates from `quarry tp`, jobs declared to a JDS, mined on the
+/// pool's extended channel, SV2 miners on `port` (pinned to `authority`).
+pub struct JdClient {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub authority: AuthorityKeypair,
+    pub log_path: std::path::PathBuf,
+}
+
+impl JdClient {
+    /// Starts it in `dir` against the pool (and its JDS) on `pool_port`, pinned to
+    /// `pool_key`, as `identity`, in `mode` (FULLTEMPLATE or COINBASEONLY), with templates
+    /// from the Template Provider on `tp_port`.
+    pub async fn start(
+        dir: &std::path::Path,
+        pool_port: u16,
+        pool_key: &str,
+        identity: &str,
+        tp_port: u16,
+        tp_key: &str,
+        mode: &str,
+    ) -> JdClient {
+        let binary = jd_client_binary();
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} missing: scripts/test.sh installs SRI's jd_client_sv2 0.6.0 with cargo install"
+        );
+        let port = free_port();
+        let authority = AuthorityKeypair::generate();
+        let config = format!(
+            r#"
+listening_address = "127.0.0.1:{port}"
+max_supported_version = 2
+min_supported_version = 2
+authority_public_key = "{public}"
+authority_secret_key = "{secret}"
+cert_validity_sec = 3600
+shares_per_minute = 60.0
+share_batch_size = 1
+mode = "{mode}"
+jdc_signature = "quarry-jd-test"
+coinbase_reward_script = "raw(0014{zeros})"
+
+[[upstreams]]
+authority_pubkey = "{pool_key}"
+pool_address = "127.0.0.1"
+pool_port = {pool_port}
+jds_address = "127.0.0.1"
+jds_port = {pool_port}
+user_identity = "{identity}"
+
+[template_provider_type.Sv2Tp]
+address = "127.0.0.1:{tp_port}"
+public_key = "{tp_key}"
+"#,
+            public = authority.public_text(),
+            secret = authority.secret_text(),
+            zeros = "00".repeat(20),
+        );
+        let config_path = dir.join("jdc.toml");
+        std::fs::write(&config_path, config).expect("write jdc config");
+        let log_path = dir.join("jdc.log");
+        let child = spawn_sri(&binary, &config_path, &log_path);
+        let jdc = JdClient {
+            child,
+            port,
+            authority,
+            log_path,
+        };
+        let listening = listens(port, Duration::from_secs(60)).await;
+        assert!(listening, "jd_client_sv2 listens:\n{}", jdc.log());
+        jdc
+    }
+
+    pub fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for JdClient {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 pub fn pool_sv2_binary() -> String {
     std::env::var("QUARRY_POOL_SV2").unwrap_or_else(|_| {
         let home = std::env::var("HOME").expect("HOME");
@@ -191,23 +314,7 @@ impl SriPool {
             std::path::Path::new(&binary).exists(),
             "{binary} missing: scripts/test.sh installs SRI's pool_sv2 0.7.0 with cargo install"
         );
-        let tp_port = free_port();
-        let tp_authority = AuthorityKeypair::generate();
-        let mut config = pool_config(nodes, dir, free_port(), extra_mining);
-        config.push_str(&sv2_section(&tp_authority));
-        config.push_str(&format!("\n[tp]\nlisten = \"127.0.0.1:{tp_port}\"\n"));
-        let config_path = dir.join("quarry.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut tp = Process::spawn(
-            &["tp", "--config", config_path.to_str().expect("utf-8")],
-            &dir.join("tp.log"),
-        );
-        let listening = listens(tp_port, Duration::from_secs(20)).await;
-        assert!(
-            listening && tp.is_running(),
-            "quarry tp listens:\n{}",
-            tp.log_text()
-        );
+        let (tp, tp_port, tp_authority) = start_tp(nodes, dir, extra_mining).await;
 
         let port = free_port();
         let authority = AuthorityKeypair::generate();
