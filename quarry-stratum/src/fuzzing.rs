@@ -134,6 +134,21 @@ pub mod sv2_frames {
                 // NaN hashrates do not compare equal; compare the bytes instead.
                 let reencoded = Message::decode(&frame).expect("our own encoding decodes");
                 assert_eq!(reencoded.to_frame_bytes(), again);
+                // A declared coinbase is taken apart by the JDS: errors, never panics.
+                if let Message::DeclareMiningJob {
+                    coinbase_tx_prefix,
+                    coinbase_tx_suffix,
+                    ..
+                } = &message
+                {
+                    if let Ok((coinbase, _)) = crate::v2::declaration::DeclaredCoinbase::parse(
+                        coinbase_tx_prefix,
+                        coinbase_tx_suffix,
+                    ) {
+                        let _ = coinbase.pays_only(&[0x51]);
+                        let _ = coinbase.parts();
+                    }
+                }
             }
         }
     }
@@ -144,6 +159,7 @@ pub mod sv2_frames {
 /// with a reason. `cargo fuzz run sv2_session`
 pub mod sv2_session {
     use crate::v1::SessionConfig;
+    use crate::v2::declaration::Verdict;
     use crate::v2::noise::InitiatorHandshake;
     use crate::v2::{AuthorityKeypair, PoolSession, Sv2Config};
     use std::sync::Arc;
@@ -152,7 +168,9 @@ pub mod sv2_session {
     pub fn run(data: &[u8]) {
         // The server's own pool state, from the test kit; a 3-byte prefix leaves one byte of ids
         // (256), so a long input can also run the extranonce space out.
-        let pool = crate::testkit::pool_with_prefix(vec![0, 0, 0]);
+        // Job Declaration on, so the same bytes reach the JDS as well as the mining side.
+        let pool = crate::testkit::pool_with_prefix(vec![0, 0, 0])
+            .with_declarations(crate::v2::declaration::JdConfig::default());
         let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
         let config = Arc::new(SessionConfig::default());
         let sv2 = Arc::new(Sv2Config::new(authority.clone()));
@@ -181,7 +199,17 @@ pub mod sv2_session {
             session.share_recorded(data.first().is_none_or(|b| b % 7 != 0));
         }
         while session.poll_transmit().is_some() {}
-        while session.poll_event().is_some() {}
+        while let Some(event) = session.poll_event() {
+            if let crate::Event::CheckDeclaredBlock { request_id, .. } = event {
+                let verdict = match data.last().map(|b| b % 3) {
+                    Some(0) => Verdict::Valid,
+                    Some(1) => Verdict::Invalid("bad-txns".into()),
+                    _ => Verdict::Unavailable("down".into()),
+                };
+                session.handle_verdict(request_id, verdict, now, &pool);
+            }
+        }
+        while session.poll_transmit().is_some() {}
     }
 }
 

@@ -12,6 +12,7 @@ use crate::pool::{Pool, SharedPool};
 use crate::v1::{CloseReason, Event, Session, SessionConfig};
 use quarry_work::template::WorkTemplate;
 
+mod job_declaration;
 mod merged;
 mod proxy;
 mod session;

@@ -275,21 +275,25 @@ fn wrong_authority_key_is_refused_by_the_client() {
 }
 
 /// A scripted client speaking raw messages.
-struct Raw {
+pub(super) struct Raw {
     transport: Transport,
-    session: PoolSession,
-    pool: TestPool,
+    pub(super) session: PoolSession,
+    pub(super) pool: Arc<TestPool>,
 }
 
 impl Raw {
     fn connect() -> Raw {
+        Raw::connect_to(Arc::new(test_pool()), template(1, 7, HARD_BITS))
+    }
+
+    /// A connection to a session on `pool`, which has `first` as its template.
+    pub(super) fn connect_to(pool: Arc<TestPool>, first: Arc<WorkTemplate>) -> Raw {
         let authority = AuthorityKeypair::generate();
-        let pool = test_pool();
         let mut session = pool_session(&authority);
-        session.handle_template(template(1, 7, HARD_BITS), START, &pool);
+        session.handle_template(first, START, &*pool);
         let mut handshake = InitiatorHandshake::new(&authority.public, 1 << 20).expect("init");
         let act1 = handshake.start().expect("act1");
-        session.handle_bytes(&act1, START, &pool);
+        session.handle_bytes(&act1, START, &*pool);
         let act2 = session.poll_transmit().expect("act2");
         assert_eq!(act2.len(), ACT2_LEN);
         let act2: [u8; ACT2_LEN] = act2.try_into().expect("length");
@@ -303,11 +307,16 @@ impl Raw {
         }
     }
 
-    fn send(&mut self, message: Message) -> Vec<Message> {
+    pub(super) fn send(&mut self, message: Message) -> Vec<Message> {
         let mut wire = Vec::new();
         self.transport.encrypt(&message.to_frame_bytes(), &mut wire);
-        self.session.handle_bytes(&wire, START, &self.pool);
+        self.session.handle_bytes(&wire, START, &*self.pool);
         record_all(&mut self.session);
+        self.received()
+    }
+
+    /// What the session sent since.
+    pub(super) fn received(&mut self) -> Vec<Message> {
         let mut out = Vec::new();
         while let Some(bytes) = self.session.poll_transmit() {
             self.transport.push(&bytes);
@@ -319,8 +328,12 @@ impl Raw {
     }
 
     fn setup(&mut self, flags: u32) -> Vec<Message> {
+        self.setup_protocol(Protocol::Mining, flags)
+    }
+
+    pub(super) fn setup_protocol(&mut self, protocol: Protocol, flags: u32) -> Vec<Message> {
         self.send(Message::SetupConnection(SetupConnection {
-            protocol: Protocol::Mining,
+            protocol,
             min_version: 2,
             max_version: 2,
             flags,
@@ -585,7 +598,7 @@ fn garbage_and_protocol_violations_close_the_connection() {
     .to_frame_bytes();
     huge[3..6].copy_from_slice(&[0xff, 0xff, 0x0f]);
     raw.transport.encrypt(&huge[..6], &mut wire);
-    raw.session.handle_bytes(&wire, START, &raw.pool);
+    raw.session.handle_bytes(&wire, START, &*raw.pool);
     assert!(raw
         .session
         .close_reason()
