@@ -106,6 +106,16 @@ pub mod proxy {
             for chunk in rest.chunks(89) {
                 proxy.upstream_bytes(chunk, 1_800_000_000);
             }
+            // The same bytes from a JDS (Job Declaration), with a template to declare.
+            proxy
+                .jd_connected(&authority.public, ("fuzz".into(), 1))
+                .expect("initiator");
+            proxy.handle_template(crate::testkit::template(1, 7, crate::testkit::REGTEST_BITS));
+            for chunk in rest.chunks(73) {
+                proxy.jd_bytes(chunk, 1_800_000_000);
+            }
+            while proxy.poll_jd_transmit().is_some() {}
+            proxy.jd_lost("fuzz");
             proxy.downstream_closed(2);
             proxy.upstream_lost("fuzz");
             while proxy.poll_event().is_some() {}

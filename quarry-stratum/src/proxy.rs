@@ -10,6 +10,12 @@
 //! - **Per miner**: one extended channel per miner (its own target and vardiff upstream); the
 //!   miner's extranonce1 is its channel's prefix. The subscribe answer waits for the channel.
 //!
+//! With **Job Declaration** (`jd`, aggregated only) the proxy mines its own node's templates:
+//! a [`JobDeclarator`] declares each to the pool's JDS, the accepted job goes upstream as
+//! `SetCustomMiningJob`, and the pool's own jobs are held back, to be mined at once if the JDS
+//! refuses or goes away. A block found on a declared job is also handed to the runtime, for
+//! the proxy's own node, and pushed to the JDS.
+//!
 //! Shares are checked with the same [`validate_share`] as the pool before they go upstream, and
 //! answered at once (as firmware expects); the pool's verdicts come back as events. When the
 //! upstream is lost, miners are sent `client.reconnect` so that they come back to the proxy and
@@ -29,7 +35,8 @@ use crate::v1::codec::LineReader;
 use crate::v1::message::{self, Incoming, Request};
 use crate::v1::notify;
 use crate::v1::RequestError;
-use crate::v2::message::{DecodeError, Message, Protocol, SetupConnection};
+use crate::v2::jd_client::{CustomWork, JdEvent, JobDeclarator};
+use crate::v2::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use crate::v2::noise::{InitiatorHandshake, NoiseError, Transport, ACT2_LEN};
 use quarry_work::share::ShareReject;
 
@@ -58,6 +65,8 @@ pub struct ProxyConfig {
     pub nominal_hash_rate: f32,
     /// Version bits miners may roll (BIP320), when the pool allows rolling.
     pub version_mask: u32,
+    /// Job Declaration: mine the proxy's own templates, declared to the pool's JDS.
+    pub jd: bool,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +76,7 @@ impl Default for ProxyConfig {
             aggregate: true,
             nominal_hash_rate: 1e9,
             version_mask: 0x1fff_e000,
+            jd: false,
         }
     }
 }
@@ -104,12 +114,39 @@ pub enum ProxyEvent {
         /// The spec's code.
         code: String,
     },
+    /// Job Declaration is set up: declared jobs are mined from now on.
+    JdReady,
+    /// The pool took a declared job: miners are on it.
+    CustomJobActive {
+        /// The pool's job id.
+        job_id: u32,
+        /// Transactions in it.
+        transactions: usize,
+    },
+    /// Job Declaration failed: miners are on the pool's jobs.
+    JdFallback(String),
+    /// A share on a declared job is a block: the serialized block, for the proxy's own node.
+    BlockFound(Vec<u8>),
+}
+
+/// Job Declaration as the proxy runs it.
+#[derive(Debug, Default)]
+enum JdState {
+    /// Not configured, or not connected yet.
+    #[default]
+    Off,
+    /// Declared jobs are mined; the pool's are held back.
+    Active,
+    /// Fell back to the pool's jobs.
+    FellBack,
 }
 
 #[derive(Debug, Clone)]
 struct ActiveJob {
     upstream_id: u32,
     job: Arc<Job>,
+    /// Built from the proxy's own template (Job Declaration): its blocks can be assembled here.
+    declared: bool,
 }
 
 #[derive(Debug)]
@@ -174,6 +211,7 @@ impl Channel {
         Some(ActiveJob {
             upstream_id: future.job_id,
             job: Arc::new(job),
+            declared: false,
         })
     }
 }
@@ -222,6 +260,15 @@ pub struct Proxy {
     downstreams: BTreeMap<DownstreamId, Downstream>,
     next_local: u32,
     events: VecDeque<ProxyEvent>,
+    /// Job Declaration: the connection to the JDS, when configured.
+    declarator: Option<JobDeclarator>,
+    jd_state: JdState,
+    /// The proxy's own newest template.
+    template: Option<Arc<WorkTemplate>>,
+    /// Declared work waiting for the pool's SetCustomMiningJob answer, by request id.
+    custom: HashMap<u32, CustomWork>,
+    /// The pool's own jobs (and tips), held back while declared jobs are mined.
+    pool_backlog: Vec<Message>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -249,6 +296,11 @@ impl Proxy {
             downstreams: BTreeMap::new(),
             next_local: 0,
             events: VecDeque::new(),
+            declarator: None,
+            jd_state: JdState::Off,
+            template: None,
+            custom: HashMap::new(),
+            pool_backlog: Vec::new(),
         }
     }
 
@@ -331,6 +383,8 @@ impl Proxy {
         self.channels.clear();
         self.opening.clear();
         self.aggregate_channel = None;
+        self.custom.clear();
+        self.pool_backlog.clear();
     }
 
     fn fail_upstream(&mut self, reason: String) {
@@ -365,11 +419,15 @@ impl Proxy {
             }
             self.upstream = UpstreamPhase::Setup;
             let (host, port) = self.endpoint.clone();
+            let setup_flags = match self.config.jd {
+                true => flags::REQUIRES_WORK_SELECTION,
+                false => 0,
+            };
             self.send_upstream(&Message::SetupConnection(SetupConnection {
                 protocol: Protocol::Mining,
                 min_version: 2,
                 max_version: 2,
-                flags: 0,
+                flags: setup_flags,
                 endpoint_host: host,
                 endpoint_port: port,
                 vendor: "quarry-proxy".into(),
@@ -419,7 +477,33 @@ impl Proxy {
     }
 
     fn on_upstream_message(&mut self, message: Message) {
+        if matches!(self.jd_state, JdState::Active) {
+            match message {
+                Message::NewExtendedMiningJob { .. } => return self.pool_backlog.push(message),
+                Message::SetNewPrevHash { job_id, .. } => {
+                    // Only the job it activates, and what follows, are worth keeping.
+                    self.pool_backlog.retain(|m| {
+                        matches!(m, Message::NewExtendedMiningJob { job_id: j, .. } if *j == job_id)
+                    });
+                    return self.pool_backlog.push(message);
+                }
+                _ => {}
+            }
+        }
         match message {
+            Message::SetCustomMiningJobSuccess {
+                request_id, job_id, ..
+            } => self.on_custom_job(request_id, job_id),
+            Message::SetCustomMiningJobError {
+                request_id,
+                error_code,
+                ..
+            } => {
+                self.custom.remove(&request_id);
+                if error_code != "stale-chain-tip" {
+                    self.jd_fall_back(format!("the pool refused a declared job: {error_code}"));
+                }
+            }
             Message::SetupConnectionSuccess { .. } => {
                 self.upstream = UpstreamPhase::Ready;
                 if self.config.aggregate {
@@ -635,6 +719,7 @@ impl Proxy {
             None => {
                 self.aggregate_channel = Some(channel_id);
                 self.events.push_back(ProxyEvent::UpstreamReady);
+                self.declare_current();
                 let waiting: Vec<DownstreamId> = self
                     .downstreams
                     .iter()
@@ -770,6 +855,135 @@ impl Proxy {
             downstream.jobs.pop_front();
         }
         downstream.jobs.push_back((job_id, active.upstream_id));
+    }
+
+    // ----- Job Declaration -----
+
+    /// A new connection to the pool's JDS (`authority_public` signs it).
+    ///
+    /// # Errors
+    /// The Noise initiator could not start.
+    pub fn jd_connected(
+        &mut self,
+        authority_public: &[u8; 32],
+        endpoint: (String, u16),
+    ) -> Result<(), NoiseError> {
+        let user = self.config.user_identity.clone();
+        self.declarator = Some(JobDeclarator::connect(authority_public, endpoint, user)?);
+        Ok(())
+    }
+
+    /// Bytes from the JDS.
+    pub fn jd_bytes(&mut self, data: &[u8], now_secs: u32) {
+        if let Some(declarator) = &mut self.declarator {
+            declarator.handle_bytes(data, now_secs);
+        }
+        self.on_jd_events();
+    }
+
+    /// Bytes for the JDS.
+    pub fn poll_jd_transmit(&mut self) -> Option<Vec<u8>> {
+        self.declarator.as_mut()?.poll_transmit()
+    }
+
+    /// The JDS connection is gone: miners go on with the pool's jobs.
+    pub fn jd_lost(&mut self, reason: &str) {
+        if let Some(declarator) = &mut self.declarator {
+            declarator.lost(reason);
+        }
+        self.on_jd_events();
+    }
+
+    /// A new template from the proxy's own node.
+    pub fn handle_template(&mut self, template: Arc<WorkTemplate>) {
+        self.template = Some(template);
+        self.declare_current();
+    }
+
+    /// Declares the newest template, when Job Declaration is on and the channel is open.
+    fn declare_current(&mut self) {
+        let (Some(template), Some(channel_id)) = (&self.template, self.aggregate_channel) else {
+            return;
+        };
+        let Some(channel) = self.channels.get(&channel_id) else {
+            return;
+        };
+        let extranonce_len = channel.extranonce_prefix.len() + channel.extranonce_size;
+        if let Some(declarator) = &mut self.declarator {
+            declarator.declare(Arc::clone(template), extranonce_len);
+        }
+        self.on_jd_events();
+    }
+
+    fn on_jd_events(&mut self) {
+        while let Some(event) = self.declarator.as_mut().and_then(|d| d.poll_event()) {
+            match event {
+                JdEvent::Ready => {
+                    if matches!(self.jd_state, JdState::Off) {
+                        self.jd_state = JdState::Active;
+                        self.events.push_back(ProxyEvent::JdReady);
+                    }
+                    self.declare_current();
+                }
+                JdEvent::Declared(_, work) => {
+                    let Some(channel_id) = self.aggregate_channel else {
+                        continue;
+                    };
+                    let request_id = self.next_request_id;
+                    self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+                    self.send_upstream(&work.set_custom_mining_job(channel_id, request_id));
+                    self.custom.insert(request_id, *work);
+                }
+                JdEvent::Failed(reason) => self.jd_fall_back(reason),
+            }
+        }
+    }
+
+    /// Declared jobs are over: the pool's held-back jobs go to the miners at once.
+    fn jd_fall_back(&mut self, reason: String) {
+        if matches!(self.jd_state, JdState::FellBack) {
+            return;
+        }
+        self.jd_state = JdState::FellBack;
+        self.declarator = None;
+        self.custom.clear();
+        self.events.push_back(ProxyEvent::JdFallback(reason));
+        for message in std::mem::take(&mut self.pool_backlog) {
+            self.on_upstream_message(message);
+        }
+    }
+
+    /// The pool took declared work: it becomes the channel's job.
+    fn on_custom_job(&mut self, request_id: u32, job_id: u32) {
+        let Some(work) = self.custom.remove(&request_id) else {
+            return;
+        };
+        let Some(channel_id) = self.aggregate_channel else {
+            return;
+        };
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        let template = Arc::clone(&work.template);
+        let new_tip = channel.tip.map(|(prev, _, _)| prev) != Some(template.prev_hash);
+        channel.tip = Some((template.prev_hash, template.curtime, template.bits));
+        let job = Job::from_parts(Arc::clone(&template), work.coinbase.parts(), Vec::new());
+        if new_tip {
+            channel.jobs.clear();
+        }
+        if channel.jobs.len() == MAX_JOBS {
+            channel.jobs.pop_front();
+        }
+        channel.jobs.push_back(ActiveJob {
+            upstream_id: job_id,
+            job: Arc::new(job),
+            declared: true,
+        });
+        self.events.push_back(ProxyEvent::CustomJobActive {
+            job_id,
+            transactions: template.tx_count,
+        });
+        self.resend_jobs(channel_id, new_tip);
     }
 
     // ----- downstream -----
@@ -1004,8 +1218,31 @@ impl Proxy {
             ntime: submit.ntime,
             nonce: submit.nonce,
         };
-        if let Err(reason) = validate_share(&active.job, &submission, &rules) {
-            return reject(self, reason);
+        let valid = match validate_share(&active.job, &submission, &rules) {
+            Ok(valid) => valid,
+            Err(reason) => return reject(self, reason),
+        };
+        // A block on a declared job: the proxy has the whole block, for its own node, and the
+        // JDS gets the solution too (the pool gets the share as well).
+        if valid.is_block() && active.declared {
+            let block = active
+                .job
+                .block(valid.header(), &d.extranonce1, &submit.extranonce2);
+            let mut full_extranonce = d.extranonce1.clone();
+            full_extranonce.extend_from_slice(&submit.extranonce2);
+            let template = &active.job.template;
+            let solution = Message::PushSolution {
+                extranonce: full_extranonce,
+                prev_hash: template.prev_hash,
+                nonce: submit.nonce,
+                ntime: submit.ntime,
+                nbits: template.bits,
+                version,
+            };
+            self.events.push_back(ProxyEvent::BlockFound(block));
+            if let Some(declarator) = &mut self.declarator {
+                declarator.push_solution(&solution);
+            }
         }
         let mut extranonce = Vec::with_capacity(local.len() + submit.extranonce2.len());
         extranonce.extend_from_slice(local);

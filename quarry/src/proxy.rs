@@ -2,6 +2,10 @@
 //! [`Proxy`] state machine does the protocol work; this file owns the sockets: one task per
 //! miner (reads in, writes out), one for the upstream, and one loop that owns the state
 //! machine. Upstreams are tried in order; when one fails the next is used.
+//!
+//! With `--jd` the proxy builds its own jobs from its own node (`getblocktemplate`), declares
+//! them to the pool's JDS (one more connection), and submits any block found on them to its
+//! node as well as to the pool.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::config::NodeConfig;
 use crate::driver::unix_ms;
+use crate::node::Nodes;
+use std::sync::Arc;
 
 /// `quarry proxy`.
 #[derive(Debug, Args)]
@@ -44,6 +51,26 @@ pub struct ProxyArgs {
     /// Most miners at once.
     #[arg(long, default_value_t = 100_000)]
     pub max_miners: usize,
+    /// Job Declaration: mine our own node's templates (its transactions), declared to the
+    /// pool's JDS; the pool's jobs when the JDS refuses or goes away.
+    #[arg(long, requires = "jd_node")]
+    pub jd: bool,
+    /// Our node for `--jd` (Bitcoin Core JSON-RPC URL).
+    #[arg(long, env = "QUARRY_PROXY_JD_NODE")]
+    pub jd_node: Option<String>,
+    /// Its cookie file (or `--jd-node-user` and `QUARRY_PROXY_JD_NODE_PASSWORD`).
+    #[arg(long, env = "QUARRY_PROXY_JD_NODE_COOKIE")]
+    pub jd_node_cookie: Option<std::path::PathBuf>,
+    /// Its RPC user.
+    #[arg(long, env = "QUARRY_PROXY_JD_NODE_USER")]
+    pub jd_node_user: Option<String>,
+    /// Its RPC password (environment only: never on a command line).
+    #[arg(skip = std::env::var("QUARRY_PROXY_JD_NODE_PASSWORD").ok())]
+    pub jd_node_password: Option<String>,
+    /// The JDS, `stratum2+tcp://host:port/<authority_pubkey>`: by default the first upstream
+    /// (Quarry serves Job Declaration on its stratum port).
+    #[arg(long, env = "QUARRY_PROXY_JDS")]
+    pub jds: Option<String>,
 }
 
 struct Upstream {
@@ -112,6 +139,80 @@ enum Input {
     Closed(DownstreamId),
     UpstreamBytes(u64, Vec<u8>),
     UpstreamClosed(u64, String),
+    JdBytes(Vec<u8>),
+    JdClosed(String),
+}
+
+/// The proxy's own node, for `--jd`: templates in, blocks out.
+fn jd_nodes(args: &ProxyArgs) -> Result<Option<Arc<Nodes>>> {
+    if !args.jd {
+        return Ok(None);
+    }
+    if args.per_miner {
+        bail!("--jd mines one aggregated channel: it cannot be combined with --per-miner");
+    }
+    let Some(url) = &args.jd_node else {
+        bail!("--jd needs --jd-node <url> (the node whose templates are declared)");
+    };
+    let node = NodeConfig {
+        url: url.clone(),
+        user: args.jd_node_user.clone(),
+        password: args.jd_node_password.clone(),
+        cookie_file: args.jd_node_cookie.clone(),
+        zmq_hashblock: None,
+    };
+    let nodes = Nodes::new(
+        &[node],
+        std::env::temp_dir().join("quarry-proxy-blocks"),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        true,
+    )?;
+    tokio::spawn(Arc::clone(&nodes).run());
+    Ok(Some(nodes))
+}
+
+/// Connects to the JDS and feeds its bytes in; the writer half is returned.
+async fn connect_jds(
+    jds: &Upstream,
+    proxy: &mut Proxy,
+    input: mpsc::Sender<Input>,
+) -> Result<mpsc::Sender<Vec<u8>>> {
+    let stream = connect_upstream(jds).await?;
+    proxy.jd_connected(&jds.key, split_host_port(&jds.address))?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    let UpstreamStream {
+        mut reader,
+        mut writer,
+        _quic,
+    } = stream;
+    tokio::spawn(async move {
+        let _quic = _quic;
+        let mut buf = vec![0u8; 64 * 1024];
+        let reason = loop {
+            tokio::select! {
+                read = reader.read(&mut buf) => match read {
+                    Ok(0) => break "the JDS closed the connection".to_string(),
+                    Ok(n) => {
+                        if input.send(Input::JdBytes(buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => break e.to_string(),
+                },
+                out = rx.recv() => match out {
+                    Some(bytes) => {
+                        if let Err(e) = writer.write_all(&bytes).await {
+                            break e.to_string();
+                        }
+                    }
+                    None => return,
+                },
+            }
+        };
+        let _ = input.send(Input::JdClosed(reason)).await;
+    });
+    Ok(tx)
 }
 
 /// Runs the proxy until interrupted.
@@ -125,14 +226,34 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     info!(listen = %listener.local_addr()?, upstreams = upstreams.len(), aggregate = !args.per_miner, "proxy listening");
+    let nodes = jd_nodes(&args)?;
+    let jds = match (&nodes, &args.jds) {
+        (None, _) => None,
+        (Some(_), Some(url)) => Some(parse_upstream(url)?),
+        (Some(_), None) => Some(parse_upstream(&args.upstreams[0])?),
+    };
     let mut proxy = Proxy::new(ProxyConfig {
         user_identity: args.user.clone(),
         aggregate: !args.per_miner,
         nominal_hash_rate: args.hashrate,
+        jd: nodes.is_some(),
         ..ProxyConfig::default()
     });
     let (input_tx, mut input) = mpsc::channel::<Input>(4096);
     tokio::spawn(accept_loop(listener, input_tx.clone(), args.max_miners));
+    let mut templates = nodes.as_ref().map(|n| n.subscribe());
+    let mut jd_writer = None;
+    if let Some(jds) = &jds {
+        match connect_jds(jds, &mut proxy, input_tx.clone()).await {
+            Ok(writer) => {
+                info!(jds = %jds.address, "connected to the JDS: declaring our own jobs");
+                jd_writer = Some(writer);
+            }
+            Err(e) => {
+                warn!(jds = %jds.address, error = %e, "JDS unreachable: mining the pool's jobs")
+            }
+        }
+    }
 
     let mut writers: HashMap<DownstreamId, mpsc::Sender<Vec<u8>>> = HashMap::new();
     // The current upstream: its generation (so late bytes from an old one are ignored) and writer.
@@ -208,6 +329,47 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
                     debug!(target: "quarry::share", count, "upstream accepted shares")
                 }
                 ProxyEvent::UpstreamRejected { code } => warn!(%code, "upstream rejected a share"),
+                ProxyEvent::JdReady => info!("Job Declaration set up"),
+                ProxyEvent::CustomJobActive {
+                    job_id,
+                    transactions,
+                } => info!(job_id, transactions, "mining our declared job"),
+                ProxyEvent::JdFallback(reason) => {
+                    warn!(%reason, "Job Declaration over: mining the pool's jobs");
+                    jd_writer = None;
+                }
+                ProxyEvent::BlockFound(block) => {
+                    if let Some(nodes) = &nodes {
+                        let nodes = Arc::clone(nodes);
+                        tokio::spawn(async move {
+                            let hex = hex::encode(&block);
+                            match nodes
+                                .call_any::<serde_json::Value>(
+                                    "submitblock",
+                                    serde_json::json!([hex]),
+                                )
+                                .await
+                            {
+                                Ok(serde_json::Value::Null) => {
+                                    info!("block found on our declared job: our node took it")
+                                }
+                                Ok(other) => {
+                                    warn!(answer = %other, "block found on our declared job: our node refused it")
+                                }
+                                Err(e) => {
+                                    warn!(error = %e, "block found on our declared job: our node unreachable")
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(bytes) = proxy.poll_jd_transmit() {
+            if let Some(w) = &jd_writer {
+                if w.send(bytes).await.is_err() {
+                    jd_writer = None;
+                }
             }
         }
         if let Some(bytes) = proxy.poll_upstream_transmit() {
@@ -234,7 +396,23 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
 
         let sleep_until =
             reconnect_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let template_changed = async {
+            match &mut templates {
+                Some(t) => t.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            changed = template_changed => {
+                if changed {
+                    let template = templates.as_mut().and_then(|t| t.borrow_and_update().clone());
+                    if let Some(template) = template {
+                        proxy.handle_template(template);
+                    }
+                } else {
+                    templates = None;
+                }
+            }
             received = input.recv() => {
                 let Some(received) = received else { return Ok(()) };
                 match received {
@@ -257,6 +435,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
                         next_upstream += 1;
                         failures_in_a_row += 1;
                         reconnect_at = Some(tokio::time::Instant::now() + backoff(failures_in_a_row, upstreams.len()));
+                    }
+                    Input::JdBytes(bytes) => proxy.jd_bytes(&bytes, (unix_ms() / 1000) as u32),
+                    Input::JdClosed(reason) => {
+                        jd_writer = None;
+                        proxy.jd_lost(&reason);
                     }
                     _ => {}
                 }

@@ -483,25 +483,49 @@ impl Declarations {
     }
 }
 
-/// The template's transactions by wtxid.
-fn index_transactions(template: &WorkTemplate) -> HashMap<Hash32, KnownTx> {
-    let mut known = HashMap::with_capacity(template.tx_count);
+/// A template's transaction: its wtxid, txid and bytes.
+pub struct TemplateTx<'a> {
+    /// Witness txid, internal byte order.
+    pub wtxid: Hash32,
+    /// Txid, internal byte order.
+    pub txid: Hash32,
+    /// As it goes into the block.
+    pub raw: &'a [u8],
+}
+
+/// The template's transactions in block order (as many as parse: the node's, so all).
+pub fn template_transactions(template: &WorkTemplate) -> Vec<TemplateTx<'_>> {
+    let mut out = Vec::with_capacity(template.tx_count);
     let mut rest = template.transactions.as_slice();
     while !rest.is_empty() {
         let Ok((tx, used)) = bitcoin::consensus::deserialize_partial::<Transaction>(rest) else {
             break;
         };
         let (raw, tail) = rest.split_at(used);
-        known.insert(
-            tx.compute_wtxid().to_raw_hash().to_byte_array(),
-            KnownTx {
-                txid: tx.compute_txid().to_raw_hash().to_byte_array(),
-                raw: raw.into(),
-            },
-        );
+        out.push(TemplateTx {
+            wtxid: tx.compute_wtxid().to_raw_hash().to_byte_array(),
+            txid: tx.compute_txid().to_raw_hash().to_byte_array(),
+            raw,
+        });
         rest = tail;
     }
-    known
+    out
+}
+
+/// The template's transactions by wtxid.
+fn index_transactions(template: &WorkTemplate) -> HashMap<Hash32, KnownTx> {
+    template_transactions(template)
+        .into_iter()
+        .map(|tx| {
+            (
+                tx.wtxid,
+                KnownTx {
+                    txid: tx.txid,
+                    raw: tx.raw.into(),
+                },
+            )
+        })
+        .collect()
 }
 
 use bitcoin::hashes::Hash as _;

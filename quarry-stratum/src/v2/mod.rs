@@ -7,6 +7,7 @@
 pub mod client;
 pub mod declaration;
 pub mod frame;
+pub mod jd_client;
 pub mod keys;
 pub mod message;
 pub mod noise;

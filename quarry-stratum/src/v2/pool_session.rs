@@ -656,8 +656,12 @@ impl PoolSession {
                 self.send(error(0, "protocol-version-mismatch"));
                 return self.close("protocol version mismatch".into());
             }
-            // DECLARE_TX_DATA (full template) or not (coinbase only): declarations are checked
-            // the same way, so both are taken.
+            // Full template only: the pool checks every block it pays for, so a coinbase-only
+            // declarer (no DECLARE_TX_DATA) is refused as SRI's JDS refuses it.
+            if setup.flags & 1 == 0 {
+                self.send(error(1, "missing-declare-tx-data-flag"));
+                return self.close("Job Declaration without DECLARE_TX_DATA".into());
+            }
             self.send(Message::SetupConnectionSuccess {
                 used_version: 2,
                 flags: 0,
