@@ -99,6 +99,10 @@ pub struct LoadgenArgs {
     /// own stream (one SV2 connection and channel per stream).
     #[arg(long, default_value_t = 1)]
     pub quic_streams: usize,
+    /// Over TCP (stratum2+tcp://): this many miners share one SV2 connection, each its own
+    /// standard channel on it (as a proxy multiplexes its miners).
+    #[arg(long, default_value_t = 1)]
+    pub channels_per_connection: usize,
     /// Nominal hashrate each SV2 miner announces, H/s.
     #[arg(long, default_value_t = 1e6)]
     pub hashrate: f32,
@@ -261,7 +265,28 @@ pub async fn run(mut args: LoadgenArgs) -> Result<()> {
     let pause = Duration::from_secs_f64(1.0 / args.connect_rate.max(1) as f64);
     // When submitting ends: sent once every miner has its first job.
     let (go, start) = tokio::sync::watch::channel(None::<Instant>);
-    for index in 0..args.miners {
+    let per_connection = args.channels_per_connection.max(1);
+    if let (Some(key), None, true) = (authority, &quic, per_connection > 1) {
+        for first in (0..args.miners).step_by(per_connection) {
+            let count = per_connection.min(args.miners - first);
+            let (stats, args, start) = (Arc::clone(&stats), Arc::clone(&args), start.clone());
+            handles.push(tokio::spawn(async move {
+                let result = channels_v2(first, count, target, &args, &stats, &key, start).await;
+                if let Err(e) = result {
+                    tracing::debug!(first, error = %e, "connection ended");
+                    if e.downcast_ref::<ConnectFailed>().is_none() {
+                        stats.dropped.fetch_add(count as u64, Ordering::Relaxed);
+                        stats
+                            .rejected_sample(format!("connection of miner {first} dropped: {e:#}"));
+                    }
+                }
+            }));
+            tokio::time::sleep(pause).await;
+        }
+    }
+    // Otherwise a task per miner.
+    let one_per_miner = if handles.is_empty() { args.miners } else { 0 };
+    for index in 0..one_per_miner {
         let (stats, args, tls, start, quic) = (
             Arc::clone(&stats),
             Arc::clone(&args),
@@ -1158,6 +1183,293 @@ async fn miner_v2(
     stats
         .unanswered
         .fetch_add(pending.len() as u64, Ordering::Relaxed);
+    ended.map_or(Ok(()), Err)
+}
+
+/// One channel of [`channels_v2`].
+struct Lane {
+    channel_id: u32,
+    target: Target,
+    /// Jobs sent for a tip not announced yet, by id.
+    future: HashMap<u32, (u32, [u8; 32])>,
+    work: Option<HeaderWork>,
+    next_nonce: u32,
+    next_sequence: u32,
+    /// Sequence number, when it was sent, the tip its job built on.
+    pending: Vec<(u32, Instant, Hash32)>,
+}
+
+/// `count` miners as standard channels on one SV2 connection over TCP: one Noise session, one
+/// SetupConnection, then a channel each. Shares go out round-robin at `count × --rate`.
+#[allow(clippy::too_many_lines)]
+async fn channels_v2(
+    first: usize,
+    count: usize,
+    target: SocketAddr,
+    args: &LoadgenArgs,
+    stats: &Stats,
+    authority: &[u8; 32],
+    start: tokio::sync::watch::Receiver<Option<Instant>>,
+) -> Result<()> {
+    use quarry_stratum::v2::message::{flags, Message, Protocol, SetupConnection};
+    use quarry_stratum::v2::noise::{InitiatorHandshake, ACT2_LEN};
+
+    let stream = connect(first, target, args, stats).await?;
+    let (mut read, mut write) = stream.into_split();
+    let mut handshake =
+        InitiatorHandshake::new(authority, 1 << 20).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let act1 = handshake.start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write.write_all(&act1).await?;
+    let mut act2 = [0u8; ACT2_LEN];
+    read.read_exact(&mut act2).await?;
+    let mut transport = handshake
+        .finish(&act2, crate::miner::now_secs())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    let mut send = |message: &Message, out: &mut Vec<u8>| {
+        transport.encrypt(&message.to_frame_bytes(), out);
+    };
+    send(
+        &Message::SetupConnection(SetupConnection {
+            protocol: Protocol::Mining,
+            min_version: 2,
+            max_version: 2,
+            flags: flags::REQUIRES_STANDARD_JOBS,
+            endpoint_host: target.ip().to_string(),
+            endpoint_port: target.port(),
+            vendor: "quarry-loadgen".into(),
+            hardware_version: String::new(),
+            firmware: String::new(),
+            device_id: String::new(),
+        }),
+        &mut out,
+    );
+    for i in 0..count {
+        send(
+            &Message::OpenStandardMiningChannel {
+                request_id: i as u32,
+                user_identity: args.username(first + i),
+                nominal_hash_rate: args.hashrate,
+                max_target: [0xff; 32],
+            },
+            &mut out,
+        );
+    }
+    write.write_all(&out).await?;
+    let mut lanes: Vec<Option<Lane>> = (0..count).map(|_| None).collect();
+    let mut by_channel: HashMap<u32, usize> = HashMap::new();
+    let mut pacer = Pacer::new(first, args.rate * count as f64, start);
+    let mut turn = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read_at = Instant::now();
+    let mut ended = None;
+    drop(out);
+    loop {
+        while let Some(frame) = transport.next_frame().map_err(|e| anyhow::anyhow!("{e}"))? {
+            let message = Message::decode(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
+            match message {
+                Message::OpenStandardMiningChannelSuccess {
+                    request_id,
+                    channel_id,
+                    target,
+                    ..
+                } => {
+                    let i = request_id as usize;
+                    if i < count {
+                        by_channel.insert(channel_id, i);
+                        lanes[i] = Some(Lane {
+                            channel_id,
+                            target: Target::from_le_bytes(target),
+                            future: HashMap::new(),
+                            work: None,
+                            next_nonce: 0,
+                            next_sequence: 0,
+                            pending: Vec::new(),
+                        });
+                    }
+                }
+                Message::OpenMiningChannelError { error_code, .. } => {
+                    anyhow::bail!("channel refused: {error_code}")
+                }
+                Message::NewMiningJob {
+                    channel_id,
+                    job_id,
+                    min_ntime,
+                    version,
+                    merkle_root,
+                } => {
+                    let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut())
+                    else {
+                        continue;
+                    };
+                    match (min_ntime, &l.work) {
+                        (Some(ntime), Some(work)) => {
+                            stats.notifies.fetch_add(1, Ordering::Relaxed);
+                            l.work = Some(HeaderWork {
+                                job_id,
+                                version,
+                                merkle_root,
+                                ntime,
+                                ..*work
+                            });
+                            l.next_nonce = 0;
+                        }
+                        _ => {
+                            l.future.insert(job_id, (version, merkle_root));
+                        }
+                    }
+                }
+                Message::SetNewPrevHash {
+                    channel_id,
+                    job_id,
+                    prev_hash,
+                    min_ntime,
+                    nbits,
+                } => {
+                    let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut())
+                    else {
+                        continue;
+                    };
+                    let Some((version, merkle_root)) = l.future.remove(&job_id) else {
+                        continue;
+                    };
+                    l.future.clear();
+                    stats.notifies.fetch_add(1, Ordering::Relaxed);
+                    if l.work.as_ref().map(|w| w.prev_hash) != Some(prev_hash) {
+                        stats.work_on(prev_hash, read_at);
+                    }
+                    if l.work.is_none() {
+                        stats.ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    l.work = Some(HeaderWork {
+                        job_id,
+                        version,
+                        prev_hash,
+                        merkle_root,
+                        ntime: min_ntime,
+                        nbits,
+                    });
+                    l.next_nonce = 0;
+                }
+                Message::SetTarget {
+                    channel_id,
+                    maximum_target,
+                } => {
+                    if let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut()) {
+                        l.target = Target::from_le_bytes(maximum_target);
+                    }
+                }
+                Message::SubmitSharesSuccess {
+                    channel_id,
+                    last_sequence_number,
+                    ..
+                } => {
+                    if let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut()) {
+                        l.pending.retain(|&(sequence, sent, _)| {
+                            if sequence > last_sequence_number {
+                                return true;
+                            }
+                            stats.answered(sent);
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            false
+                        });
+                    }
+                }
+                Message::SubmitSharesError {
+                    channel_id,
+                    sequence_number,
+                    error_code,
+                } => {
+                    let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut())
+                    else {
+                        continue;
+                    };
+                    if let Some(at) = l.pending.iter().position(|p| p.0 == sequence_number) {
+                        let (_, sent, prev_hash) = l.pending.swap_remove(at);
+                        stats.answered(sent);
+                        let answer = match error_code == "stale-share" {
+                            true => Answer::Stale,
+                            false => Answer::Rejected(error_code),
+                        };
+                        let tip = l.work.as_ref().map(|w| w.prev_hash);
+                        match answer.superseded(tip != Some(prev_hash)) {
+                            Answer::Stale => {
+                                stats.stale.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Answer::Rejected(code) => stats.rejected(code),
+                            Answer::Accepted => {}
+                        }
+                    }
+                }
+                Message::SetupConnectionError { error_code, .. } => {
+                    anyhow::bail!("setup refused: {error_code}")
+                }
+                Message::Reconnect { .. } => pacer.stop(),
+                _ => {}
+            }
+        }
+        let waiting = lanes.iter().flatten().any(|l| !l.pending.is_empty());
+        pacer.poll_start();
+        if pacer.done(waiting) {
+            break;
+        }
+        let mut signal = pacer.signal();
+        tokio::select! {
+            Some(Ok(())) = changed(&mut signal) => {}
+            read_result = read.read(&mut buf) => {
+                let n = match read_result {
+                    Ok(0) => {
+                        ended = Some(anyhow::anyhow!("the pool closed the connection"));
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        ended = Some(e.into());
+                        break;
+                    }
+                };
+                read_at = Instant::now();
+                stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                transport.push(&buf[..n]);
+            }
+            _ = tokio::time::sleep_until(pacer.wake()) => {
+                if !pacer.due() || !under_cap(args, stats) {
+                    continue;
+                }
+                turn = (turn + 1) % count;
+                let Some(l) = lanes[turn].as_mut() else { continue };
+                let Some(job) = &l.work else { continue };
+                let Some(nonce) = find_nonce(l.next_nonce, &l.target, &Target::from_compact(job.nbits), |n| {
+                    sha256d_80(&header_bytes(job.version, &job.prev_hash, &job.merkle_root, job.ntime, job.nbits, n))
+                }) else {
+                    l.next_nonce = l.next_nonce.wrapping_add(HASH_BUDGET);
+                    stats.hash_budget_misses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                l.next_nonce = nonce.wrapping_add(1);
+                let sequence_number = l.next_sequence;
+                l.next_sequence = l.next_sequence.wrapping_add(1);
+                let submit = Message::SubmitSharesStandard {
+                    channel_id: l.channel_id,
+                    sequence_number,
+                    job_id: job.job_id,
+                    nonce,
+                    ntime: job.ntime,
+                    version: job.version,
+                };
+                l.pending.push((sequence_number, Instant::now(), job.prev_hash));
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                let mut bytes = Vec::new();
+                transport.encrypt(&submit.to_frame_bytes(), &mut bytes);
+                stats.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                write.write_all(&bytes).await?;
+            }
+        }
+    }
+    let unanswered: usize = lanes.iter().flatten().map(|l| l.pending.len()).sum();
+    stats
+        .unanswered
+        .fetch_add(unanswered as u64, Ordering::Relaxed);
     ended.map_or(Ok(()), Err)
 }
 

@@ -78,19 +78,41 @@ async fn a_thousand_simulated_miners_get_every_share_answered() {
 /// the node: every share answered, none rejected, and every miner gets work on each new block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_sv2_miners_get_every_share_answered_and_every_new_block() {
-    sv2_miners_answered_and_notified(false).await;
+    sv2_miners_answered_and_notified(Via::Tcp).await;
+}
+
+/// The same with 100 standard channels on each of three SV2 connections (as a proxy
+/// multiplexes its miners): the TCP side of the TCP-vs-QUIC benchmark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_sv2_channels_sharing_connections_get_every_share_answered() {
+    sv2_miners_answered_and_notified(Via::TcpChannels).await;
 }
 
 /// The same over QUIC: 300 miners on three QUIC connections, 100 streams (SV2 connections, one
 /// channel each) on every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_sv2_miners_over_quic_streams_get_every_share_answered() {
-    sv2_miners_answered_and_notified(true).await;
+    sv2_miners_answered_and_notified(Via::Quic).await;
 }
 
-async fn sv2_miners_answered_and_notified(quic: bool) {
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// A TCP connection per miner.
+    Tcp,
+    /// 100 channels per TCP connection.
+    TcpChannels,
+    /// 100 streams per QUIC connection.
+    Quic,
+}
+
+async fn sv2_miners_answered_and_notified(via: Via) {
+    let quic = via == Via::Quic;
     let nodes = Regtest::single();
-    let dir = scratch_dir(if quic { "loadgen-quic" } else { "loadgen-sv2" });
+    let dir = scratch_dir(match via {
+        Via::Tcp => "loadgen-sv2",
+        Via::TcpChannels => "loadgen-sv2-channels",
+        Via::Quic => "loadgen-quic",
+    });
     let port = free_port();
     let quic_port = free_port();
     let authority = quarry_stratum::v2::AuthorityKeypair::generate();
@@ -110,8 +132,12 @@ async fn sv2_miners_answered_and_notified(quic: bool) {
             "loadgen",
             &url,
             "--sv2",
-            "--quic-streams",
-            "100",
+            if quic {
+                "--quic-streams"
+            } else {
+                "--channels-per-connection"
+            },
+            if via == Via::Tcp { "1" } else { "100" },
             "--authority-pubkey",
             &authority.public_text(),
             "--miners",
@@ -139,7 +165,8 @@ async fn sv2_miners_answered_and_notified(quic: bool) {
     );
     let n = |key: &str| report[key].as_u64().unwrap_or(u64::MAX);
     assert_eq!(report["protocol"], "sv2", "{report}");
-    assert_eq!(n("connections_established"), 300, "{report}");
+    let connections = if via == Via::TcpChannels { 3 } else { 300 };
+    assert_eq!(n("connections_established"), connections, "{report}");
     assert_eq!(n("connect_failures"), 0, "{report}");
     assert!(n("shares_sent") > 0, "{report}");
     assert_eq!(n("unanswered"), 0, "every share got an answer: {report}");
