@@ -66,7 +66,10 @@ fn relay(from: Arc<Tun>, to: Arc<Tun>, loss: f64, delay: Duration, counts: Arc<C
                 continue;
             }
             counts.carried.fetch_add(1, Ordering::Relaxed);
-            if held.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+            if held
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
                 return;
             }
         }
@@ -95,15 +98,39 @@ async fn main() -> Result<(), String> {
     let near = Arc::new(build("qbench0")?);
     let far = Arc::new(build("qbench1")?);
     // This side: 10.77.0.1, its peer 10.77.0.2 behind the device.
-    ip(&["addr", "add", &NEAR.to_string(), "peer", &FAR.to_string(), "dev", "qbench0"])?;
+    ip(&[
+        "addr",
+        "add",
+        &NEAR.to_string(),
+        "peer",
+        &FAR.to_string(),
+        "dev",
+        "qbench0",
+    ])?;
     ip(&["link", "set", "qbench0", "up"])?;
     // The other side, in the namespace: the descriptor stays ours after the move.
     ip(&["link", "set", "qbench1", "netns", &netns])?;
-    ip(&["-n", &netns, "addr", "add", &FAR.to_string(), "peer", &NEAR.to_string(), "dev", "qbench1"])?;
+    ip(&[
+        "-n",
+        &netns,
+        "addr",
+        "add",
+        &FAR.to_string(),
+        "peer",
+        &NEAR.to_string(),
+        "dev",
+        "qbench1",
+    ])?;
     ip(&["-n", &netns, "link", "set", "qbench1", "up"])?;
     ip(&["-n", &netns, "link", "set", "lo", "up"])?;
     let (out, back) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
-    relay(Arc::clone(&near), Arc::clone(&far), loss, delay, Arc::clone(&out));
+    relay(
+        Arc::clone(&near),
+        Arc::clone(&far),
+        loss,
+        delay,
+        Arc::clone(&out),
+    );
     relay(far, near, loss, delay, Arc::clone(&back));
     println!(
         "netem ready: {NEAR} <-> {FAR} (netns {netns}), loss {loss}, delay {} ms each way",
