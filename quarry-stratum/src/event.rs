@@ -102,7 +102,8 @@ pub struct FoundBlock {
     pub height: u64,
     /// Block hash, internal byte order.
     pub hash: Hash32,
-    /// The block as its chain's submitter takes it (Bitcoin: the serialized block).
+    /// The block as its chain's submitter takes it (Bitcoin: the serialized block); empty when
+    /// the pool does not have its transactions (a coinbase-only declared job).
     pub block: Vec<u8>,
     /// Who found it.
     pub worker: String,
@@ -142,7 +143,12 @@ impl FoundBlock {
             chain: crate::accept::BITCOIN,
             height: template.height,
             hash: *share.hash(),
-            block: job.block(share.header(), extranonce1, extranonce2),
+            // Empty when the pool lacks the transactions (a coinbase-only declared job): the
+            // miner's node publishes that block, and the pool credits it once its node has it.
+            block: match template.has_transactions() {
+                true => job.block(share.header(), extranonce1, extranonce2),
+                false => Vec::new(),
+            },
             worker: worker.name.clone(),
             address: worker.address.clone(),
             reward: template.coinbase_value,

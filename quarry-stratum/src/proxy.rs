@@ -35,7 +35,7 @@ use crate::v1::codec::LineReader;
 use crate::v1::message::{self, Incoming, Request};
 use crate::v1::notify;
 use crate::v1::RequestError;
-use crate::v2::jd_client::{CustomWork, JdEvent, JobDeclarator};
+use crate::v2::jd_client::{CustomWork, JdEvent, JdMode, JobDeclarator};
 use crate::v2::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use crate::v2::noise::{InitiatorHandshake, NoiseError, Transport, ACT2_LEN};
 use quarry_work::share::ShareReject;
@@ -67,6 +67,8 @@ pub struct ProxyConfig {
     pub version_mask: u32,
     /// Job Declaration: mine the proxy's own templates, declared to the pool's JDS.
     pub jd: bool,
+    /// What is declared.
+    pub jd_mode: JdMode,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +79,7 @@ impl Default for ProxyConfig {
             nominal_hash_rate: 1e9,
             version_mask: 0x1fff_e000,
             jd: false,
+            jd_mode: JdMode::FullTemplate,
         }
     }
 }
@@ -869,7 +872,13 @@ impl Proxy {
         endpoint: (String, u16),
     ) -> Result<(), NoiseError> {
         let user = self.config.user_identity.clone();
-        self.declarator = Some(JobDeclarator::connect(authority_public, endpoint, user)?);
+        let mode = self.config.jd_mode;
+        self.declarator = Some(JobDeclarator::connect(
+            authority_public,
+            endpoint,
+            user,
+            mode,
+        )?);
         Ok(())
     }
 

@@ -165,6 +165,13 @@ pub struct WorkTemplate {
 }
 
 impl WorkTemplate {
+    /// Whether the template carries the transactions its merkle branch covers, so that a block
+    /// can be assembled from it. Not so for work whose transactions only the miner has (a
+    /// coinbase-only declared job, an upstream pool's job in a proxy).
+    pub fn has_transactions(&self) -> bool {
+        self.tx_count > 0 || self.merkle_branch.is_empty()
+    }
+
     /// The easiest target any chain of this work accepts a block at: Bitcoin's, or an aux
     /// chain's when merged mining an easier chain. Share targets never go above it, or an aux
     /// block would be refused as a low-difficulty share.

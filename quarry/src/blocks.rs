@@ -79,6 +79,10 @@ impl BlockKeeper {
         tokio::spawn(async move {
             let mut solved_parents: VecDeque<Hash32> = VecDeque::new();
             while let Some(block) = rx.recv().await {
+                if block.block.is_empty() {
+                    submitter.record_unassembled(&block).await;
+                    continue;
+                }
                 let Some(parent) = block
                     .block
                     .get(4..36)
@@ -116,6 +120,22 @@ impl BlockKeeper {
             }
         });
         tx
+    }
+
+    /// A block the pool cannot assemble (a coinbase-only declared job: the miner has its
+    /// transactions): recorded as submitted, so the tracker credits it once the node has it
+    /// from the miner, or orphans it when another block takes its height.
+    async fn record_unassembled(&self, block: &FoundBlock) {
+        let record = record_of(block, &self.instance);
+        info!(hash = %record.hash, height = record.height, worker = %record.worker, "block found on a coinbase-only job: the miner's node publishes it, credited once our node has it");
+        if let Err(e) = self.store.insert_block(&record).await {
+            error!(error = %e, hash = %record.hash, "could not record block in the ledger");
+        }
+        self.events.publish(
+            "BlockFound",
+            json!({"hash": record.hash, "height": record.height, "worker": record.worker,
+                   "reward": record.reward, "accepted": null}),
+        );
     }
 
     /// Records, submits and credits one block.

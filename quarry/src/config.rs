@@ -533,6 +533,10 @@ pub struct Sv2Toml {
     pub job_declaration: bool,
     /// Most transactions one declared job may list.
     pub jd_max_transactions: usize,
+    /// Also take coinbase-only declarers (no transactions declared): the pool checks their
+    /// coinbase, tip and bits but never sees their blocks' transactions, and credits a block
+    /// once its node has it from the miner.
+    pub jd_coinbase_only: bool,
 }
 
 impl Default for Sv2Toml {
@@ -547,6 +551,7 @@ impl Default for Sv2Toml {
             iroh_relays: false,
             job_declaration: false,
             jd_max_transactions: 20_000,
+            jd_coinbase_only: false,
         }
     }
 }

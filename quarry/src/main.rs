@@ -250,6 +250,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         info!("Job Declaration on: miners may declare their own jobs");
         pool = pool.with_declarations(quarry_stratum::v2::declaration::JdConfig {
             max_transactions: config.sv2.jd_max_transactions.clamp(1, 65_535),
+            coinbase_only: config.sv2.jd_coinbase_only,
             ..Default::default()
         });
     }

@@ -71,6 +71,19 @@ pub struct ProxyArgs {
     /// (Quarry serves Job Declaration on its stratum port).
     #[arg(long, env = "QUARRY_PROXY_JDS")]
     pub jds: Option<String>,
+    /// `full-template`: declare every transaction (the pool checks the block).
+    /// `coinbase-only`: the coinbase alone (the pool must allow it; our node publishes blocks).
+    #[arg(long, value_enum, default_value = "full-template")]
+    pub jd_mode: JdModeArg,
+}
+
+/// `--jd-mode`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JdModeArg {
+    /// Declare every transaction.
+    FullTemplate,
+    /// Declare the coinbase only.
+    CoinbaseOnly,
 }
 
 struct Upstream {
@@ -237,6 +250,10 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         aggregate: !args.per_miner,
         nominal_hash_rate: args.hashrate,
         jd: nodes.is_some(),
+        jd_mode: match args.jd_mode {
+            JdModeArg::FullTemplate => quarry_stratum::v2::jd_client::JdMode::FullTemplate,
+            JdModeArg::CoinbaseOnly => quarry_stratum::v2::jd_client::JdMode::CoinbaseOnly,
+        },
         ..ProxyConfig::default()
     });
     let (input_tx, mut input) = mpsc::channel::<Input>(4096);

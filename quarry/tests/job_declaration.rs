@@ -13,52 +13,74 @@ use support::keys::{fill_mempool, fund, TestKey};
 use support::sri::*;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sri_jd_client_declares_its_transactions_and_mines_them_on_quarry() {
-    let nodes = Regtest::single();
-    let dir = scratch_dir("jd-sri");
-    // Transactions in the mempool: the JDC's templates carry them, and so must its blocks.
-    let key = TestKey::random();
-    let coins = fund(&nodes, &key, 2).await;
-    let txids = fill_mempool(&nodes, &key, &coins, 3).await;
-    let pool_address = nodes.new_address().await;
-    let miner_address = nodes.new_address().await;
+/// A Quarry pool with Job Declaration in pool mode, `quarry tp` on the same node, and SRI's
+/// JDC between them in `mode`.
+struct SriJd {
+    nodes: Regtest,
+    dir: std::path::PathBuf,
+    pool: Process,
+    store: Store,
+    _tp: Process,
+    jdc: JdClient,
+    identity: String,
+    pool_address: String,
+}
 
-    let port = free_port();
-    let authority = AuthorityKeypair::generate();
-    let mut config = pool_config(&nodes, &dir, port, "").replace(
-        "mode = \"solo\"",
-        &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
-    );
-    config.push_str(&sv2_section(&authority));
-    config.push_str("job_declaration = true\n");
-    let pool = start_pool(&dir, &config, port).await;
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        dir.join("data/quarry.db").display()
-    ))
-    .await
-    .expect("ledger");
+impl SriJd {
+    async fn start(name: &str, mode: &str, before_pool: impl AsyncFnOnce(&Regtest)) -> SriJd {
+        let nodes = Regtest::single();
+        let dir = scratch_dir(name);
+        before_pool(&nodes).await;
+        let pool_address = nodes.new_address().await;
+        let miner_address = nodes.new_address().await;
+        let port = free_port();
+        let authority = AuthorityKeypair::generate();
+        let mut config = pool_config(&nodes, &dir, port, "").replace(
+            "mode = \"solo\"",
+            &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
+        );
+        config.push_str(&sv2_section(&authority));
+        config.push_str("job_declaration = true\njd_coinbase_only = true\n");
+        let pool = start_pool(&dir, &config, port).await;
+        let store = Store::open(&format!(
+            "sqlite://{}",
+            dir.join("data/quarry.db").display()
+        ))
+        .await
+        .expect("ledger");
+        let (tp, tp_port, tp_authority) = start_tp(&nodes, &dir, "template_refresh_secs = 1").await;
+        let identity = format!("{miner_address}.jdc");
+        let jdc = JdClient::start(
+            &dir,
+            port,
+            &authority.public_text(),
+            &identity,
+            tp_port,
+            &tp_authority.public_text(),
+            mode,
+        )
+        .await;
+        SriJd {
+            nodes,
+            dir,
+            pool,
+            store,
+            _tp: tp,
+            jdc,
+            identity,
+            pool_address,
+        }
+    }
+}
 
-    let (_tp, tp_port, tp_authority) = start_tp(&nodes, &dir, "").await;
-    let identity = format!("{miner_address}.jdc");
-    let mut jdc = JdClient::start(
-        &dir,
-        port,
-        &authority.public_text(),
-        &identity,
-        tp_port,
-        &tp_authority.public_text(),
-        "FULLTEMPLATE",
-    )
-    .await;
-    let before = nodes.height().await;
+/// `quarry mine` behind the JDC for `secs`.
+fn miner_behind(jdc: &JdClient, dir: &std::path::Path, secs: &str) -> Process {
     let url = format!(
         "stratum2+tcp://127.0.0.1:{}/{}",
         jdc.port,
         jdc.authority.public_text()
     );
-    let mut miner = Process::spawn(
+    Process::spawn(
         &[
             "mine",
             &url,
@@ -69,10 +91,33 @@ async fn sri_jd_client_declares_its_transactions_and_mines_them_on_quarry() {
             "--hashrate",
             "10000",
             "--duration",
-            "20",
+            secs,
         ],
         &dir.join("mine.log"),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sri_jd_client_declares_its_transactions_and_mines_them_on_quarry() {
+    // Transactions in the mempool: the JDC's templates carry them, and so must its blocks.
+    let key = TestKey::random();
+    let mut txids = Vec::new();
+    let SriJd {
+        nodes,
+        dir,
+        pool,
+        store,
+        _tp,
+        mut jdc,
+        identity,
+        pool_address,
+    } = SriJd::start("jd-sri", "FULLTEMPLATE", async |nodes: &Regtest| {
+        let coins = fund(nodes, &key, 2).await;
+        txids = fill_mempool(nodes, &key, &coins, 3).await;
+    })
+    .await;
+    let before = nodes.height().await;
+    let mut miner = miner_behind(&jdc, &dir, "20");
     // A block from the declared job: it holds the mempool's transactions.
     let mined = wait_until(Duration::from_secs(40), || async {
         nodes.height().await > before
@@ -157,6 +202,79 @@ async fn sri_jd_client_declares_its_transactions_and_mines_them_on_quarry() {
     );
 }
 
+/// SRI's JDC in COINBASEONLY mode, on a Quarry that takes it: nothing is declared, and the
+/// allocated token names a custom job Quarry accepts. (Mining coinbase-only jobs down to a
+/// credited block is tested with `quarry proxy --jd-mode coinbase-only` below: SRI's JDC 0.6.0
+/// builds coinbase-only jobs only from templates on the current tip, since on a new tip it
+/// leaves the pool's zero-value output unfilled and its job factory refuses the sum, and the
+/// miners it already serves keep their earlier job, so on regtest, where every share is a
+/// block, its blocks come from its local jobs before a custom job reaches them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sri_jd_client_in_coinbase_only_mode_gets_its_custom_jobs_accepted() {
+    let key = TestKey::random();
+    let mut coins = Vec::new();
+    let jd = SriJd::start("jd-sri-cb", "COINBASEONLY", async |nodes: &Regtest| {
+        coins = fund(nodes, &key, 1).await;
+    })
+    .await;
+    // An idle SV2 miner makes the JDC open its channel on Quarry without finding blocks.
+    let _idle = Process::spawn(
+        &[
+            "loadgen",
+            &format!("127.0.0.1:{}", jd.jdc.port),
+            "--sv2",
+            "--authority-pubkey",
+            &jd.jdc.authority.public_text(),
+            "--miners",
+            "1",
+            "--rate",
+            "0",
+            "--duration",
+            "60",
+            "--user",
+            "idle",
+        ],
+        &jd.dir.join("idle.log"),
+    );
+    let channel = wait_until(Duration::from_secs(20), || async {
+        jd.jdc
+            .log()
+            .contains("Extended mining channel successfully initialized")
+    })
+    .await;
+    assert!(
+        channel,
+        "the JDC opened its channel on Quarry\n{}",
+        jd.jdc.log()
+    );
+    // New transactions make `quarry tp` send a template on the current tip.
+    fill_mempool(&jd.nodes, &key, &coins, 3).await;
+    let custom = wait_until(Duration::from_secs(20), || async {
+        jd.jdc.log().contains("SetCustomMiningJobSuccess")
+    })
+    .await;
+    let context = || {
+        format!(
+            "pool:\n{}\njdc:\n{}",
+            plain(&jd.pool.log_text()),
+            jd.jdc.log()
+        )
+    };
+    assert!(custom, "Quarry took the coinbase-only job\n{}", context());
+    let jdc_log = jd.jdc.log();
+    assert!(
+        !jdc_log.contains("DeclareMiningJob("),
+        "nothing declared\n{}",
+        context()
+    );
+    assert!(!jdc_log.contains("solo mining mode"), "{}", context());
+    assert!(
+        !plain(&jd.pool.log_text()).contains("custom job refused"),
+        "{}",
+        context()
+    );
+}
+
 /// A TCP relay to `target` that can be cut: how a test takes a JDS away without taking the
 /// pool (Quarry serves both on one port).
 struct Relay {
@@ -203,8 +321,24 @@ fn paid_by(block: &serde_json::Value) -> String {
 /// jobs at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarry_proxy_declares_its_own_jobs_and_falls_back_when_the_jds_goes() {
+    proxy_declares_and_falls_back(false).await;
+}
+
+/// The same in coinbase-only mode, on a pool that takes it: the pool never sees the
+/// transactions; the proxy's node publishes the blocks, and the pool credits them once its node
+/// has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_proxy_in_coinbase_only_mode_mines_its_own_transactions() {
+    proxy_declares_and_falls_back(true).await;
+}
+
+async fn proxy_declares_and_falls_back(coinbase_only: bool) {
     let nodes = Regtest::single();
-    let dir = scratch_dir("jd-proxy");
+    let dir = scratch_dir(if coinbase_only {
+        "jd-proxy-cb"
+    } else {
+        "jd-proxy"
+    });
     let key = TestKey::random();
     let coins = fund(&nodes, &key, 2).await;
     let txids = fill_mempool(&nodes, &key, &coins, 3).await;
@@ -219,6 +353,9 @@ async fn quarry_proxy_declares_its_own_jobs_and_falls_back_when_the_jds_goes() {
     );
     config.push_str(&sv2_section(&authority));
     config.push_str("job_declaration = true\n");
+    if coinbase_only {
+        config.push_str("jd_coinbase_only = true\n");
+    }
     let pool = start_pool(&dir, &config, port).await;
     let store = Store::open(&format!(
         "sqlite://{}",
@@ -255,6 +392,12 @@ async fn quarry_proxy_declares_its_own_jobs_and_falls_back_when_the_jds_goes() {
             nodes.var("NODE_A_COOKIE"),
             "--jds",
             &jds,
+            "--jd-mode",
+            if coinbase_only {
+                "coinbase-only"
+            } else {
+                "full-template"
+            },
         ],
         &dir.join("proxy.log"),
     );
@@ -315,6 +458,23 @@ async fn quarry_proxy_declares_its_own_jobs_and_falls_back_when_the_jds_goes() {
     );
     let proxy_log = plain(&proxy.log_text());
     assert!(proxy_log.contains("mining our declared job"), "{proxy_log}");
+    // The pool has the block in its ledger: assembled and submitted by the pool from the
+    // declared transactions, or (coinbase only) seen on the node after the proxy published it.
+    let recorded = wait_until(Duration::from_secs(20), || async {
+        let blocks = store.blocks(None, 1000).await.unwrap_or_default();
+        blocks
+            .iter()
+            .any(|b| b.hash == hash.as_str().unwrap_or_default())
+    })
+    .await;
+    assert!(recorded, "the block is in the ledger\n{}", context(&first));
+    if coinbase_only {
+        assert!(
+            plain(&pool.log_text()).contains("block found on a coinbase-only job"),
+            "the pool knew it could not build the block\n{}",
+            context(&first)
+        );
+    }
 
     // The JDS goes away: miners go on with the pool's own jobs, and find blocks on them.
     relay.cut();

@@ -716,3 +716,157 @@ fn without_job_declaration_the_pool_says_so() {
         "{answer:?}"
     );
 }
+
+#[test]
+fn coinbase_only_declarers_are_refused_unless_the_pool_takes_them() {
+    let template = template_with(1, 7, &[]);
+    let pool = Arc::new(test_pool().with_declarations(JdConfig::default()));
+    let mut jd = Raw::connect_to(Arc::clone(&pool), Arc::clone(&template));
+    let answer = jd.setup_protocol(Protocol::JobDeclaration, 0);
+    assert!(
+        matches!(&answer[..], [Message::SetupConnectionError { error_code, .. }] if error_code == "missing-declare-tx-data-flag"),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn a_coinbase_only_token_names_custom_jobs_checked_as_far_as_the_pool_can() {
+    // The miner's transactions: the pool never sees them.
+    let txs = [tx(1), tx(2)];
+    let template = template_with(1, 7, &[]);
+    let jd_config = JdConfig {
+        coinbase_only: true,
+        ..JdConfig::default()
+    };
+    let pool = Arc::new(test_pool().with_declarations(jd_config));
+    pool.on_template(&template);
+    let mut jd = Raw::connect_to(Arc::clone(&pool), Arc::clone(&template));
+    let answer = jd.setup_protocol(Protocol::JobDeclaration, 0);
+    assert!(
+        matches!(&answer[..], [Message::SetupConnectionSuccess { .. }]),
+        "{answer:?}"
+    );
+    let mut rig = Rig {
+        pool,
+        template: Arc::clone(&template),
+        jd,
+    };
+    let (token, _) = rig.allocate(1);
+    let (mut miner, channel_id, extranonce_prefix) = rig.miner();
+
+    // The token names the job directly, as often as the miner likes until it expires.
+    for request in 0..2 {
+        let answer = miner.send(custom_job(channel_id, token.clone(), &template, &txs));
+        assert!(
+            matches!(&answer[..], [Message::SetCustomMiningJobSuccess { .. }]),
+            "custom job {request}: {answer:?}"
+        );
+    }
+    let job_id = match &miner.send(custom_job(channel_id, token.clone(), &template, &txs))[..] {
+        [Message::SetCustomMiningJobSuccess { job_id, .. }] => *job_id,
+        other => panic!("unexpected {other:?}"),
+    };
+
+    // What the pool can check: the outputs, the BIP34 height, the tip.
+    let mut elsewhere = custom_job(channel_id, token.clone(), &template, &txs);
+    if let Message::SetCustomMiningJob {
+        coinbase_tx_outputs,
+        ..
+    } = &mut elsewhere
+    {
+        let mut outputs: Vec<TxOut> = deserialize(coinbase_tx_outputs).expect("outputs");
+        outputs[0].script_pubkey = ScriptBuf::from_bytes(vec![0x51]);
+        *coinbase_tx_outputs = serialize(&outputs);
+    }
+    assert_eq!(
+        error_code(&miner.send(elsewhere)),
+        Some("invalid-coinbase-tx-outputs")
+    );
+    let mut wrong_height = custom_job(channel_id, token.clone(), &template, &txs);
+    if let Message::SetCustomMiningJob {
+        coinbase_prefix, ..
+    } = &mut wrong_height
+    {
+        coinbase_prefix[1] ^= 1;
+    }
+    assert_eq!(
+        error_code(&miner.send(wrong_height)),
+        Some("invalid-coinbase-prefix")
+    );
+    let mut stale = custom_job(channel_id, token.clone(), &template, &txs);
+    if let Message::SetCustomMiningJob { prev_hash, .. } = &mut stale {
+        prev_hash[0] ^= 1;
+    }
+    assert_eq!(error_code(&miner.send(stale)), Some("stale-chain-tip"));
+
+    // A block on it is credited as a share, and reported without bytes: the pool cannot build
+    // it, the miner's node publishes it.
+    let wtxids: Vec<Hash32> = txs.iter().map(wtxid).collect();
+    let (prefix, suffix) = coinbase(&miner_script(), 5_000_000_000, &wtxids);
+    let extranonce = [0u8, 0, 0, 0, 0, 0, 0, 6];
+    let mut full = prefix;
+    full.extend_from_slice(&extranonce_prefix);
+    full.extend_from_slice(&extranonce);
+    full.extend_from_slice(&suffix);
+    let coinbase_tx: Transaction = deserialize(&full).expect("coinbase");
+    let txids: Vec<Hash32> = txs
+        .iter()
+        .map(|t| t.compute_txid().to_byte_array())
+        .collect();
+    let root = merkle::root_from_branch(
+        &coinbase_tx.compute_txid().to_byte_array(),
+        &merkle::coinbase_branch(&txids),
+    );
+    let network = Target::from_compact(REGTEST_BITS);
+    let ntime = template.curtime;
+    let nonce = (0..)
+        .find(|n| {
+            let header = header_bytes(
+                0x2000_0000,
+                &template.prev_hash,
+                &root,
+                ntime,
+                REGTEST_BITS,
+                *n,
+            );
+            network.is_met_by(&sha256d_80(&header))
+        })
+        .expect("nonce");
+    let answer = miner.send(Message::SubmitSharesExtended {
+        channel_id,
+        sequence_number: 1,
+        job_id,
+        nonce,
+        ntime,
+        version: 0x2000_0000,
+        extranonce: extranonce.to_vec(),
+    });
+    assert!(
+        matches!(&answer[..], [Message::SubmitSharesSuccess { .. }]),
+        "{answer:?}"
+    );
+    let found = events(&mut miner.session)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::BlockFound(found) => Some(found),
+            _ => None,
+        })
+        .expect("a block");
+    assert!(
+        found.block.is_empty(),
+        "no block bytes without the transactions"
+    );
+    let header = header_bytes(
+        0x2000_0000,
+        &template.prev_hash,
+        &root,
+        ntime,
+        REGTEST_BITS,
+        nonce,
+    );
+    assert_eq!(
+        found.hash,
+        sha256d_80(&header),
+        "but its hash, for the ledger to follow"
+    );
+}

@@ -43,6 +43,10 @@ pub struct JdConfig {
     pub max_transactions: usize,
     /// Tokens one connection may hold unused.
     pub max_tokens_per_connection: usize,
+    /// Take coinbase-only declarers (no DECLARE_TX_DATA): their custom jobs are checked for
+    /// the tip, the bits, the BIP34 height and the outputs, but the pool never sees their
+    /// transactions, so it cannot check or build their blocks: the miner's node publishes them.
+    pub coinbase_only: bool,
 }
 
 impl Default for JdConfig {
@@ -55,6 +59,7 @@ impl Default for JdConfig {
             // A full block of the smallest transactions (~60 vbytes) is under 20,000.
             max_transactions: 20_000,
             max_tokens_per_connection: 64,
+            coinbase_only: false,
         }
     }
 }
@@ -330,6 +335,116 @@ impl DeclaredJob {
     }
 }
 
+/// What a custom job's token stands for.
+#[derive(Debug)]
+pub enum CustomToken {
+    /// A declared job, checked by the node.
+    Declared(Arc<DeclaredJob>),
+    /// A coinbase-only token: the job is the miner's word, checked here as far as the pool can.
+    CoinbaseOnly {
+        /// The script every satoshi must go to.
+        required_script: Vec<u8>,
+        /// Who it was allocated to.
+        user: String,
+        /// Their address.
+        address: String,
+    },
+}
+
+/// The job a coinbase-only `SetCustomMiningJob` describes, on the pool's current `template`,
+/// with `extranonce_len` bytes of extranonce (the channel's).
+///
+/// # Errors
+/// The spec's code for the first thing wrong: the tip, the bits, the coinbase prefix (the
+/// BIP34 height, the scriptSig size), or outputs that do not decode or pay elsewhere.
+pub fn coinbase_only_job(
+    custom: &CustomJob<'_>,
+    template: &WorkTemplate,
+    required_script: &[u8],
+    extranonce_len: usize,
+    user: (String, String),
+) -> Result<DeclaredJob, Refused> {
+    if custom.prev_hash != template.prev_hash {
+        return Err(refused(
+            "stale-chain-tip",
+            "prev_hash is not the pool's tip",
+        ));
+    }
+    if custom.nbits != template.bits {
+        return Err(refused(
+            "invalid-nbits",
+            "nbits differ from the pool's template",
+        ));
+    }
+    let height = bitcoin::script::Builder::new()
+        .push_int(i64::try_from(template.height).unwrap_or(i64::MAX))
+        .into_script();
+    if !custom.coinbase_prefix.starts_with(height.as_bytes())
+        || custom.coinbase_prefix.len() + extranonce_len > 100
+    {
+        return Err(refused(
+            "invalid-coinbase-prefix",
+            "the scriptSig must start with the BIP34 height and fit 100 bytes with the extranonce",
+        ));
+    }
+    let outputs: Vec<TxOut> = deserialize(custom.coinbase_tx_outputs).map_err(|e| {
+        refused(
+            "invalid-coinbase-tx-outputs",
+            format!("outputs do not decode: {e}"),
+        )
+    })?;
+    let value = outputs
+        .iter()
+        .try_fold(0u64, |sum, out| sum.checked_add(out.value.to_sat()))
+        .ok_or_else(|| refused("invalid-coinbase-tx-outputs", "outputs overflow"))?;
+    let segwit = outputs.iter().any(|o| {
+        o.script_pubkey
+            .as_bytes()
+            .starts_with(&[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed])
+    });
+    let coinbase = DeclaredCoinbase {
+        tx_version: custom.coinbase_tx_version,
+        script_prefix: custom.coinbase_prefix.to_vec(),
+        extranonce_len,
+        sequence: custom.coinbase_tx_input_n_sequence,
+        outputs: custom.coinbase_tx_outputs.to_vec(),
+        locktime: custom.coinbase_tx_locktime,
+        segwit,
+        value,
+    };
+    coinbase
+        .pays_only(required_script)
+        .map_err(|e| refused("invalid-coinbase-tx-outputs", e.details))?;
+    let template = WorkTemplate {
+        id: template.id,
+        height: template.height,
+        version: custom.version,
+        prev_hash: template.prev_hash,
+        bits: template.bits,
+        network_target: template.network_target,
+        curtime: template.curtime,
+        mintime: template.mintime,
+        coinbase_value: value,
+        coinbase_aux: Vec::new(),
+        witness_commitment: None,
+        // The miner's transactions, which the pool never sees: no block is built here.
+        merkle_branch: custom.merkle_path.to_vec(),
+        tx_count: 0,
+        transactions: Vec::new(),
+        fees: 0,
+        longpoll_id: None,
+        merged: None,
+        payouts: None,
+    };
+    Ok(DeclaredJob {
+        user: user.0,
+        address: user.1,
+        version: custom.version,
+        coinbase,
+        template: Arc::new(template),
+    })
+}
+
 /// The fields of a `SetCustomMiningJob` a declaration is checked against (named as on the
 /// wire).
 #[derive(Debug)]
@@ -353,6 +468,9 @@ struct Allocated {
     user: String,
     address: String,
     expires_ms: u64,
+    /// Allocated on a coinbase-only connection: names a custom job directly, any number of
+    /// times until it expires.
+    coinbase_only: bool,
 }
 
 #[derive(Debug)]
@@ -421,7 +539,7 @@ impl Declarations {
         state.next_connection
     }
 
-    fn allocate(&self, connection: u64, user: &Worker, now_ms: u64) -> u64 {
+    fn allocate(&self, connection: u64, user: &Worker, coinbase_only: bool, now_ms: u64) -> u64 {
         let mut state = lock(&self.state);
         state.allocated.retain(|_, a| a.expires_ms > now_ms);
         state.active.retain(|_, a| a.expires_ms > now_ms);
@@ -436,6 +554,7 @@ impl Declarations {
                 user: user.name.clone(),
                 address: user.address.clone(),
                 expires_ms,
+                coinbase_only,
             },
         );
         token
@@ -460,11 +579,22 @@ impl Declarations {
         token
     }
 
-    /// Takes the declared job a `SetCustomMiningJob` names: each token is used once.
-    pub fn take_declared(&self, token: &[u8], now_ms: u64) -> Option<Arc<DeclaredJob>> {
+    /// What a `SetCustomMiningJob`'s token names: a declared job (each is used once), or a
+    /// coinbase-only token (used until it expires).
+    pub fn take_for_custom_job(&self, token: &[u8], now_ms: u64) -> Option<CustomToken> {
         let token = u64::from_le_bytes(token.try_into().ok()?);
-        let active = lock(&self.state).active.remove(&token)?;
-        (active.expires_ms > now_ms).then_some(active.job)
+        let mut state = lock(&self.state);
+        if let Some(active) = state.active.remove(&token) {
+            return (active.expires_ms > now_ms).then_some(CustomToken::Declared(active.job));
+        }
+        let allocated = state.allocated.get(&token)?;
+        (allocated.coinbase_only && allocated.expires_ms > now_ms).then(|| {
+            CustomToken::CoinbaseOnly {
+                required_script: allocated.required_script.clone(),
+                user: allocated.user.clone(),
+                address: allocated.address.clone(),
+            }
+        })
     }
 
     fn lookup(&self, wtxid: &Hash32) -> Option<KnownTx> {
@@ -569,6 +699,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct JdSession {
     connection: u64,
+    /// Set up without DECLARE_TX_DATA: its tokens name custom jobs directly.
+    coinbase_only: bool,
     /// Tokens allocated here and not yet declared, oldest first.
     tokens: VecDeque<u64>,
     pending: Vec<Pending>,
@@ -576,10 +708,12 @@ pub struct JdSession {
 }
 
 impl JdSession {
-    /// A session for a connection that set up the Job Declaration protocol.
-    pub fn new(declarations: &Declarations) -> Self {
+    /// A session for a connection that set up the Job Declaration protocol (`coinbase_only`:
+    /// without DECLARE_TX_DATA).
+    pub fn new(declarations: &Declarations, coinbase_only: bool) -> Self {
         JdSession {
             connection: declarations.connection_id(),
+            coinbase_only,
             tokens: VecDeque::new(),
             pending: Vec::new(),
             recent: VecDeque::new(),
@@ -629,7 +763,8 @@ impl JdSession {
                 if self.tokens.len() >= declarations.config.max_tokens_per_connection {
                     return Err("too many unused job tokens".into());
                 }
-                let token = declarations.allocate(self.connection, &user, now.mono_ms);
+                let token =
+                    declarations.allocate(self.connection, &user, self.coinbase_only, now.mono_ms);
                 self.tokens.push_back(token);
                 // One output of value 0: the miner puts the whole reward in it (sv2-spec 6.4.2).
                 let mut coinbase_outputs = Vec::new();
@@ -928,9 +1063,16 @@ impl JdSession {
             }));
             return;
         }
-        tracing::warn!(
-            "PushSolution matches no declared job of this connection, or misses the target"
-        );
+        // A coinbase-only miner's solution: the pool has no transactions to build it from (the
+        // miner's node publishes it).
+        match self.coinbase_only {
+            true => tracing::debug!(
+                "PushSolution on a coinbase-only connection: the miner publishes the block"
+            ),
+            false => tracing::warn!(
+                "PushSolution matches no declared job of this connection, or misses the target"
+            ),
+        }
     }
 }
 

@@ -4,8 +4,12 @@
 //! the template's transactions, sends any the pool is missing, and reports each accepted
 //! declaration as a [`CustomWork`], ready for `SetCustomMiningJob` on the mining connection.
 //! Any refusal other than a stale tip is reported as [`JdEvent::Failed`]: the caller falls
-//! back to the pool's own jobs. Full-template mode only: Quarry's JDS checks every block it
-//! pays for, so it takes no coinbase-only declarations.
+//! back to the pool's own jobs.
+//!
+//! Two modes, as SRI's JDC has them: full template (the transactions are declared, the pool
+//! checks the block) and coinbase only (the allocated token goes straight into
+//! `SetCustomMiningJob`; the pool never sees the transactions, and the miner's own node must
+//! publish its blocks).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,7 +34,16 @@ const TAG: &[u8] = b"/quarry-jd/";
 /// `DECLARE_TX_DATA`: the miner declares its transactions (full-template mode).
 const DECLARE_TX_DATA: u32 = 1;
 
-/// A declaration the pool accepted.
+/// What the miner declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JdMode {
+    /// The coinbase and every transaction (DECLARE_TX_DATA).
+    FullTemplate,
+    /// The coinbase only.
+    CoinbaseOnly,
+}
+
+/// A declaration the pool accepted (coinbase only: a job the pool need not see first).
 #[derive(Debug, Clone)]
 pub struct CustomWork {
     /// The token for `SetCustomMiningJob`.
@@ -87,6 +100,7 @@ struct Pending {
 
 /// One connection to a JDS.
 pub struct JobDeclarator {
+    mode: JdMode,
     user_identity: String,
     endpoint: (String, u16),
     phase: Phase,
@@ -105,6 +119,7 @@ pub struct JobDeclarator {
 impl std::fmt::Debug for JobDeclarator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobDeclarator")
+            .field("mode", &self.mode)
             .field("tokens", &self.tokens.len())
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
@@ -120,10 +135,12 @@ impl JobDeclarator {
         authority_public: &[u8; 32],
         endpoint: (String, u16),
         user_identity: String,
+        mode: JdMode,
     ) -> Result<Self, NoiseError> {
         let mut handshake = InitiatorHandshake::new(authority_public, MAX_FRAME)?;
         let out = handshake.start()?.to_vec();
         Ok(JobDeclarator {
+            mode,
             user_identity,
             endpoint,
             phase: Phase::Handshake(Some(handshake), Vec::with_capacity(ACT2_LEN)),
@@ -199,7 +216,10 @@ impl JobDeclarator {
             }
             self.phase = Phase::Setup;
             let (host, port) = self.endpoint.clone();
-            let flags = DECLARE_TX_DATA;
+            let flags = match self.mode {
+                JdMode::FullTemplate => DECLARE_TX_DATA,
+                JdMode::CoinbaseOnly => 0,
+            };
             self.send(&Message::SetupConnection(SetupConnection {
                 protocol: Protocol::JobDeclaration,
                 min_version: 2,
@@ -342,6 +362,11 @@ impl JobDeclarator {
             template: Arc::clone(&template),
             coinbase,
         };
+        if self.mode == JdMode::CoinbaseOnly {
+            self.events
+                .push_back(JdEvent::Declared(request_id, Box::new(work)));
+            return;
+        }
         let (prefix, suffix) = declared_bytes(&work.coinbase);
         let wtxid_list = template_transactions(&template)
             .iter()

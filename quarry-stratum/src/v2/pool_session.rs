@@ -19,7 +19,9 @@ use quarry_work::template::WorkTemplate;
 use quarry_work::vardiff::Vardiff;
 use quarry_work::{Difficulty, Target};
 
-use super::declaration::{CustomJob, JdSession, Verdict, MAX_EXTRANONCE};
+use super::declaration::{
+    coinbase_only_job, CustomJob, CustomToken, JdSession, Verdict, MAX_EXTRANONCE,
+};
 use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
 use super::noise::{ResponderHandshake, ResponderLink};
@@ -656,9 +658,10 @@ impl PoolSession {
                 self.send(error(0, "protocol-version-mismatch"));
                 return self.close("protocol version mismatch".into());
             }
-            // Full template only: the pool checks every block it pays for, so a coinbase-only
-            // declarer (no DECLARE_TX_DATA) is refused as SRI's JDS refuses it.
-            if setup.flags & 1 == 0 {
+            // A coinbase-only declarer (no DECLARE_TX_DATA) only when the operator takes them:
+            // the pool never sees their transactions. Otherwise refused, as SRI's JDS does.
+            let coinbase_only = setup.flags & 1 == 0;
+            if coinbase_only && !declarations.config.coinbase_only {
                 self.send(error(1, "missing-declare-tx-data-flag"));
                 return self.close("Job Declaration without DECLARE_TX_DATA".into());
             }
@@ -669,7 +672,7 @@ impl PoolSession {
             if let Some(link) = &mut self.link {
                 link.set_max_payload(declarations.config.max_frame);
             }
-            self.jd = Some(Box::new(JdSession::new(declarations)));
+            self.jd = Some(Box::new(JdSession::new(declarations, coinbase_only)));
             self.phase = Phase::Ready;
             return;
         }
@@ -761,13 +764,33 @@ impl PoolSession {
         if channel.kind != ChannelKind::Extended {
             return self.send(refuse("invalid-channel-id"));
         }
-        let Some(declared) = declarations.take_declared(token, now.mono_ms) else {
-            return self.send(refuse("invalid-mining-job-token"));
+        let extranonce_len = channel.extranonce1.len() + channel.extranonce2_len;
+        let declared = match declarations.take_for_custom_job(token, now.mono_ms) {
+            None => return self.send(refuse("invalid-mining-job-token")),
+            Some(CustomToken::Declared(declared)) => declared.matches(custom).map(|()| declared),
+            Some(CustomToken::CoinbaseOnly {
+                required_script,
+                user,
+                address,
+            }) => match &self.template {
+                Some(template) => coinbase_only_job(
+                    custom,
+                    template,
+                    &required_script,
+                    extranonce_len,
+                    (user, address),
+                )
+                .map(Arc::new),
+                None => return self.send(refuse("stale-chain-tip")),
+            },
         };
-        if let Err(e) = declared.matches(custom) {
-            tracing::info!(channel_id, request_id, code = e.code, details = %e.details, "custom job refused");
-            return self.send(refuse(e.code));
-        }
+        let declared = match declared {
+            Ok(declared) => declared,
+            Err(e) => {
+                tracing::info!(channel_id, request_id, code = e.code, details = %e.details, "custom job refused");
+                return self.send(refuse(e.code));
+            }
+        };
         // The job must build on the pool's tip, not only on the one it was declared on.
         if self
             .template
@@ -776,7 +799,7 @@ impl PoolSession {
         {
             return self.send(refuse("stale-chain-tip"));
         }
-        if declared.coinbase.extranonce_len != channel.extranonce1.len() + channel.extranonce2_len {
+        if declared.coinbase.extranonce_len != extranonce_len {
             return self.send(refuse("invalid-coinbase-prefix"));
         }
         let job =
