@@ -178,9 +178,15 @@ pub mod sv2_session {
     pub fn run(data: &[u8]) {
         // The server's own pool state, from the test kit; a 3-byte prefix leaves one byte of ids
         // (256), so a long input can also run the extranonce space out.
-        // Job Declaration on, so the same bytes reach the JDS as well as the mining side.
-        let pool = crate::testkit::pool_with_prefix(vec![0, 0, 0])
-            .with_declarations(crate::v2::declaration::JdConfig::default());
+        // Job Declaration on (coinbase-only too), so the same bytes reach the JDS as well as
+        // the mining side; tokens from 0, so an input can name one.
+        let pool = crate::testkit::pool_with_prefix(vec![0, 0, 0]).with_declarations(
+            crate::v2::declaration::JdConfig {
+                coinbase_only: true,
+                first_token: Some(0),
+                ..Default::default()
+            },
+        );
         let authority = AuthorityKeypair::from_secret_bytes(&[7; 32]).expect("valid key");
         let config = Arc::new(SessionConfig::default());
         let sv2 = Arc::new(Sv2Config::new(authority.clone()));

@@ -47,6 +47,9 @@ pub struct JdConfig {
     /// the tip, the bits, the BIP34 height and the outputs, but the pool never sees their
     /// transactions, so it cannot check or build their blocks: the miner's node publishes them.
     pub coinbase_only: bool,
+    /// The first token handed out; `None`: a random one, so that a restarted pool never takes
+    /// an old token for a new one. Fixed only where runs must repeat (fuzzing).
+    pub first_token: Option<u64>,
 }
 
 impl Default for JdConfig {
@@ -60,6 +63,7 @@ impl Default for JdConfig {
             max_transactions: 20_000,
             max_tokens_per_connection: 64,
             coinbase_only: false,
+            first_token: None,
         }
     }
 }
@@ -512,7 +516,9 @@ impl Declarations {
     /// token for a new one).
     pub fn new(config: JdConfig) -> Self {
         let state = State {
-            next_token: rand::random::<u64>() >> 1,
+            next_token: config
+                .first_token
+                .unwrap_or_else(|| rand::random::<u64>() >> 1),
             ..State::default()
         };
         Declarations {
