@@ -927,8 +927,10 @@ impl Proxy {
     fn on_jd_events(&mut self) {
         while let Some(event) = self.declarator.as_mut().and_then(|d| d.poll_event()) {
             match event {
+                // First set up, or back after a fallback (the runtime redials): declared jobs
+                // again, the pool's held back from here on.
                 JdEvent::Ready => {
-                    if matches!(self.jd_state, JdState::Off) {
+                    if !matches!(self.jd_state, JdState::Active) {
                         self.jd_state = JdState::Active;
                         self.events.push_back(ProxyEvent::JdReady);
                     }
@@ -948,7 +950,8 @@ impl Proxy {
         }
     }
 
-    /// Declared jobs are over: the pool's held-back jobs go to the miners at once.
+    /// Declared jobs are over until the JDS is back: the pool's held-back jobs go to the miners
+    /// at once.
     fn jd_fall_back(&mut self, reason: String) {
         if matches!(self.jd_state, JdState::FellBack) {
             return;

@@ -71,6 +71,10 @@ pub struct ProxyArgs {
     /// (Quarry serves Job Declaration on its stratum port).
     #[arg(long, env = "QUARRY_PROXY_JDS")]
     pub jds: Option<String>,
+    /// After a fallback, dial the JDS again this often (seconds), and go back to declared jobs
+    /// once it answers.
+    #[arg(long, default_value_t = 30)]
+    pub jd_retry_secs: u64,
     /// `full-template`: declare every transaction (the pool checks the block).
     /// `coinbase-only`: the coinbase alone (the pool must allow it; our node publishes blocks).
     #[arg(long, value_enum, default_value = "full-template")]
@@ -152,8 +156,8 @@ enum Input {
     Closed(DownstreamId),
     UpstreamBytes(u64, Vec<u8>),
     UpstreamClosed(u64, String),
-    JdBytes(Vec<u8>),
-    JdClosed(String),
+    JdBytes(u64, Vec<u8>),
+    JdClosed(u64, String),
 }
 
 /// The proxy's own node, for `--jd`: templates in, blocks out.
@@ -190,6 +194,7 @@ async fn connect_jds(
     jds: &Upstream,
     proxy: &mut Proxy,
     input: mpsc::Sender<Input>,
+    generation: u64,
 ) -> Result<mpsc::Sender<Vec<u8>>> {
     let stream = connect_upstream(jds).await?;
     proxy.jd_connected(&jds.key, split_host_port(&jds.address))?;
@@ -207,7 +212,7 @@ async fn connect_jds(
                 read = reader.read(&mut buf) => match read {
                     Ok(0) => break "the JDS closed the connection".to_string(),
                     Ok(n) => {
-                        if input.send(Input::JdBytes(buf[..n].to_vec())).await.is_err() {
+                        if input.send(Input::JdBytes(generation, buf[..n].to_vec())).await.is_err() {
                             return;
                         }
                     }
@@ -223,7 +228,7 @@ async fn connect_jds(
                 },
             }
         };
-        let _ = input.send(Input::JdClosed(reason)).await;
+        let _ = input.send(Input::JdClosed(generation, reason)).await;
     });
     Ok(tx)
 }
@@ -260,17 +265,10 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     tokio::spawn(accept_loop(listener, input_tx.clone(), args.max_miners));
     let mut templates = nodes.as_ref().map(|n| n.subscribe());
     let mut jd_writer = None;
-    if let Some(jds) = &jds {
-        match connect_jds(jds, &mut proxy, input_tx.clone()).await {
-            Ok(writer) => {
-                info!(jds = %jds.address, "connected to the JDS: declaring our own jobs");
-                jd_writer = Some(writer);
-            }
-            Err(e) => {
-                warn!(jds = %jds.address, error = %e, "JDS unreachable: mining the pool's jobs")
-            }
-        }
-    }
+    // When to dial the JDS: now, at start; again after a fallback.
+    let mut jd_retry_at = jds.as_ref().map(|_| tokio::time::Instant::now());
+    // Which JDS connection is current: bytes from an earlier one are ignored.
+    let mut jd_generation = 0u64;
 
     let mut writers: HashMap<DownstreamId, mpsc::Sender<Vec<u8>>> = HashMap::new();
     // The current upstream: its generation (so late bytes from an old one are ignored) and writer.
@@ -280,6 +278,23 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let mut failures_in_a_row = 0u32;
     let mut reconnect_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     loop {
+        // Dial the JDS when due.
+        if let (Some(jds), Some(at)) = (&jds, jd_retry_at) {
+            if at <= tokio::time::Instant::now() {
+                jd_retry_at = None;
+                jd_generation += 1;
+                match connect_jds(jds, &mut proxy, input_tx.clone(), jd_generation).await {
+                    Ok(writer) => {
+                        info!(jds = %jds.address, "connected to the JDS: declaring our own jobs");
+                        jd_writer = Some(writer);
+                    }
+                    Err(e) => {
+                        warn!(jds = %jds.address, error = %e, "JDS unreachable: mining the pool's jobs");
+                        jd_retry_at = Some(at + Duration::from_secs(args.jd_retry_secs.max(1)));
+                    }
+                }
+            }
+        }
         // Connect (or fail over) when due.
         if upstream_writer.is_none()
             && reconnect_at.is_some_and(|at| at <= tokio::time::Instant::now())
@@ -352,8 +367,12 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
                     transactions,
                 } => info!(job_id, transactions, "mining our declared job"),
                 ProxyEvent::JdFallback(reason) => {
-                    warn!(%reason, "Job Declaration over: mining the pool's jobs");
+                    warn!(%reason, retry_secs = args.jd_retry_secs, "Job Declaration over: mining the pool's jobs until the JDS is back");
                     jd_writer = None;
+                    jd_retry_at = Some(
+                        tokio::time::Instant::now()
+                            + Duration::from_secs(args.jd_retry_secs.max(1)),
+                    );
                 }
                 ProxyEvent::BlockFound(block) => {
                     if let Some(nodes) = &nodes {
@@ -411,8 +430,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             }
         }
 
-        let sleep_until =
-            reconnect_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let sleep_until = [reconnect_at, jd_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         let template_changed = async {
             match &mut templates {
                 Some(t) => t.changed().await.is_ok(),
@@ -453,8 +475,8 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
                         failures_in_a_row += 1;
                         reconnect_at = Some(tokio::time::Instant::now() + backoff(failures_in_a_row, upstreams.len()));
                     }
-                    Input::JdBytes(bytes) => proxy.jd_bytes(&bytes, (unix_ms() / 1000) as u32),
-                    Input::JdClosed(reason) => {
+                    Input::JdBytes(g, bytes) if g == jd_generation => proxy.jd_bytes(&bytes, (unix_ms() / 1000) as u32),
+                    Input::JdClosed(g, reason) if g == jd_generation => {
                         jd_writer = None;
                         proxy.jd_lost(&reason);
                     }

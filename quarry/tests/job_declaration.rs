@@ -283,8 +283,9 @@ struct Relay {
 }
 
 impl Relay {
-    async fn start(target: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    /// A relay on `port` (0: any free one) to `target`.
+    async fn start(port: u16, target: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind relay");
         let port = listener.local_addr().expect("addr").port();
@@ -363,7 +364,7 @@ async fn proxy_declares_and_falls_back(coinbase_only: bool) {
     ))
     .await
     .expect("ledger");
-    let relay = Relay::start(port).await;
+    let relay = Relay::start(0, port).await;
 
     let identity = format!("{miner_address}.jdproxy");
     let proxy_port = free_port();
@@ -392,6 +393,8 @@ async fn proxy_declares_and_falls_back(coinbase_only: bool) {
             nodes.var("NODE_A_COOKIE"),
             "--jds",
             &jds,
+            "--jd-retry-secs",
+            "1",
             "--jd-mode",
             if coinbase_only {
                 "coinbase-only"
@@ -500,6 +503,24 @@ async fn proxy_declares_and_falls_back(coinbase_only: bool) {
         paid_by(&block)
     );
     assert!(second.wait(Duration::from_secs(30)), "miner stops");
+
+    // The JDS comes back: the proxy redials it and declares its own jobs again.
+    let _back = Relay::start(relay.port, port).await;
+    let mut third = miner("mine3.log", "6");
+    let redeclared = wait_until(Duration::from_secs(20), || async {
+        let log = plain(&proxy.log_text());
+        // A declared job mined after the second set-up.
+        log.match_indices("Job Declaration set up")
+            .nth(1)
+            .is_some_and(|(at, _)| log[at..].contains("mining our declared job"))
+    })
+    .await;
+    assert!(
+        redeclared,
+        "declared jobs again once the JDS is back\n{}",
+        context(&third)
+    );
+    assert!(third.wait(Duration::from_secs(30)), "miner stops");
 
     // Shares from both phases are in the ledger, credited to the proxy's identity.
     let shares = store
