@@ -707,8 +707,9 @@ pub struct JdSession {
     connection: u64,
     /// Set up without DECLARE_TX_DATA: its tokens name custom jobs directly.
     coinbase_only: bool,
-    /// Tokens allocated here and not yet declared, oldest first.
-    tokens: VecDeque<u64>,
+    /// Tokens allocated here and not yet declared, oldest first, with when each expires
+    /// (monotonic ms).
+    tokens: VecDeque<(u64, u64)>,
     pending: Vec<Pending>,
     recent: VecDeque<Arc<DeclaredJob>>,
 }
@@ -766,12 +767,19 @@ impl JdSession {
                     }
                 };
                 let required = user.payout_script.clone();
+                // Expired tokens no longer count: coinbase-only tokens are never declared, so
+                // they leave only by expiring.
+                self.tokens
+                    .retain(|&(_, expires_ms)| expires_ms > now.mono_ms);
                 if self.tokens.len() >= declarations.config.max_tokens_per_connection {
                     return Err("too many unused job tokens".into());
                 }
                 let token =
                     declarations.allocate(self.connection, &user, self.coinbase_only, now.mono_ms);
-                self.tokens.push_back(token);
+                let expires_ms = now
+                    .mono_ms
+                    .saturating_add(declarations.config.allocated_token_ms);
+                self.tokens.push_back((token, expires_ms));
                 // One output of value 0: the miner puts the whole reward in it (sv2-spec 6.4.2).
                 let mut coinbase_outputs = Vec::new();
                 write_compact_size(1, &mut coinbase_outputs);
@@ -871,7 +879,7 @@ impl JdSession {
                     "not a token allocated to this connection, or already used or expired",
                 )
             })?;
-        self.tokens.retain(|t| *t != token);
+        self.tokens.retain(|&(t, _)| t != token);
         let base = template
             .cloned()
             .ok_or_else(|| refused("internal-error", "the pool has no template yet"))?;
