@@ -1064,9 +1064,7 @@ async fn miner_v2(
     let mut share_target = Target::MAX;
     let mut work: Option<HeaderWork> = None;
     let mut next_nonce = 0u32;
-    // Sequence number → when it was sent.
-    // Sequence number, when it was sent, the tip its job built on.
-    let mut pending: Vec<(u32, Instant, Hash32)> = Vec::new();
+    let mut pending: PendingShares = Vec::new();
     let mut buf = vec![0u8; 4096];
     let mut read_at = Instant::now();
     let mut pacer = Pacer::new(index, args.rate, start);
@@ -1097,35 +1095,11 @@ async fn miner_v2(
                 ClientEvent::Accepted {
                     last_sequence_number,
                     ..
-                } => pending.retain(|&(sequence, sent, _)| {
-                    if sequence > last_sequence_number {
-                        return true;
-                    }
-                    stats.answered(sent);
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    false
-                }),
+                } => sv2_accepted(&mut pending, last_sequence_number, stats),
                 ClientEvent::Rejected {
                     sequence_number,
                     code,
-                } => {
-                    if let Some(at) = pending.iter().position(|p| p.0 == sequence_number) {
-                        let (_, sent, prev_hash) = pending.swap_remove(at);
-                        stats.answered(sent);
-                        let answer = match code == "stale-share" {
-                            true => Answer::Stale,
-                            false => Answer::Rejected(code),
-                        };
-                        let tip = work.as_ref().map(|w| w.prev_hash);
-                        match answer.superseded(tip != Some(prev_hash)) {
-                            Answer::Stale => {
-                                stats.stale.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Answer::Rejected(code) => stats.rejected(code),
-                            Answer::Accepted => {}
-                        }
-                    }
-                }
+                } => sv2_rejected(&mut pending, sequence_number, code, work.as_ref(), stats),
                 ClientEvent::Reconnect { .. } => pacer.stop(),
             }
         }
@@ -1186,6 +1160,48 @@ async fn miner_v2(
     ended.map_or(Ok(()), Err)
 }
 
+/// SV2 shares waiting for an answer: sequence number, when it was sent, the tip its job built on.
+type PendingShares = Vec<(u32, Instant, Hash32)>;
+
+/// SubmitShares.Success: every pending share up to `last_sequence_number` is accepted.
+fn sv2_accepted(pending: &mut PendingShares, last_sequence_number: u32, stats: &Stats) {
+    pending.retain(|&(sequence, sent, _)| {
+        if sequence > last_sequence_number {
+            return true;
+        }
+        stats.answered(sent);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        false
+    });
+}
+
+/// SubmitShares.Error for one share: stale (also a job error after the tip moved) or rejected.
+fn sv2_rejected(
+    pending: &mut PendingShares,
+    sequence_number: u32,
+    code: String,
+    work: Option<&HeaderWork>,
+    stats: &Stats,
+) {
+    let Some(at) = pending.iter().position(|p| p.0 == sequence_number) else {
+        return;
+    };
+    let (_, sent, prev_hash) = pending.swap_remove(at);
+    stats.answered(sent);
+    let answer = match code == "stale-share" {
+        true => Answer::Stale,
+        false => Answer::Rejected(code),
+    };
+    let tip = work.map(|w| w.prev_hash);
+    match answer.superseded(tip != Some(prev_hash)) {
+        Answer::Stale => {
+            stats.stale.fetch_add(1, Ordering::Relaxed);
+        }
+        Answer::Rejected(code) => stats.rejected(code),
+        Answer::Accepted => {}
+    }
+}
+
 /// One channel of [`channels_v2`].
 struct Lane {
     channel_id: u32,
@@ -1195,8 +1211,7 @@ struct Lane {
     work: Option<HeaderWork>,
     next_nonce: u32,
     next_sequence: u32,
-    /// Sequence number, when it was sent, the tip its job built on.
-    pending: Vec<(u32, Instant, Hash32)>,
+    pending: PendingShares,
 }
 
 /// `count` miners as standard channels on one SV2 connection over TCP: one Noise session, one
@@ -1365,14 +1380,7 @@ async fn channels_v2(
                     ..
                 } => {
                     if let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut()) {
-                        l.pending.retain(|&(sequence, sent, _)| {
-                            if sequence > last_sequence_number {
-                                return true;
-                            }
-                            stats.answered(sent);
-                            stats.accepted.fetch_add(1, Ordering::Relaxed);
-                            false
-                        });
+                        sv2_accepted(&mut l.pending, last_sequence_number, stats);
                     }
                 }
                 Message::SubmitSharesError {
@@ -1380,25 +1388,14 @@ async fn channels_v2(
                     sequence_number,
                     error_code,
                 } => {
-                    let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut())
-                    else {
-                        continue;
-                    };
-                    if let Some(at) = l.pending.iter().position(|p| p.0 == sequence_number) {
-                        let (_, sent, prev_hash) = l.pending.swap_remove(at);
-                        stats.answered(sent);
-                        let answer = match error_code == "stale-share" {
-                            true => Answer::Stale,
-                            false => Answer::Rejected(error_code),
-                        };
-                        let tip = l.work.as_ref().map(|w| w.prev_hash);
-                        match answer.superseded(tip != Some(prev_hash)) {
-                            Answer::Stale => {
-                                stats.stale.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Answer::Rejected(code) => stats.rejected(code),
-                            Answer::Accepted => {}
-                        }
+                    if let Some(l) = by_channel.get(&channel_id).and_then(|&i| lanes[i].as_mut()) {
+                        sv2_rejected(
+                            &mut l.pending,
+                            sequence_number,
+                            error_code,
+                            l.work.as_ref(),
+                            stats,
+                        );
                     }
                 }
                 Message::SetupConnectionError { error_code, .. } => {
