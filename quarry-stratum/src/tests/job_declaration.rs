@@ -506,6 +506,19 @@ fn declarations_are_refused_with_the_specs_errors_and_nothing_is_kept() {
     let answer = rig.declare(8, &token, &(prefix, suffix), wtxids.clone());
     assert_eq!(error_code(&answer), Some("invalid-coinbase-tx-input"));
 
+    // A coinbase for the block before the pool's tip, or after it: a JDC racing a new block.
+    for height in [0xc8, 0xca] {
+        let (token, _) = rig.allocate(8);
+        let (mut prefix, suffix) = good.clone();
+        prefix[4 + 2 + 1 + 36 + 1 + 1] = height; // the low byte of the BIP34 height push
+        let answer = rig.declare(8, &token, &(prefix, suffix), wtxids.clone());
+        assert_eq!(
+            error_code(&answer),
+            Some("stale-chain-tip"),
+            "height {height}"
+        );
+    }
+
     // Too many transactions, or one listed twice.
     let (token, _) = rig.allocate(9);
     let many: Vec<Hash32> = (10..14).map(|n| wtxid(&tx(n))).collect();

@@ -121,6 +121,13 @@ const SCRIPT_LEN_AT_LEGACY: usize = 4 + 1 + 36;
 pub const MAX_EXTRANONCE: usize = 32;
 
 impl DeclaredCoinbase {
+    /// The BIP34 height the scriptSig starts with, if it starts with a number.
+    pub fn bip34_height(&self) -> Option<u64> {
+        let script = bitcoin::Script::from_bytes(&self.script_prefix);
+        let first = script.instructions().next()?.ok()?;
+        u64::try_from(first.script_num()?).ok()
+    }
+
     /// Takes apart `prefix ‖ extranonce ‖ suffix` as `DeclareMiningJob` carries it, with a
     /// zero extranonce (whose length the scriptSig length implies). Returns it and the whole
     /// coinbase as declared.
@@ -901,6 +908,18 @@ impl JdSession {
         }
         let (coinbase, coinbase_tx) = DeclaredCoinbase::parse(declared.prefix, declared.suffix)?;
         coinbase.pays_only(&allocated.required_script)?;
+        // DeclareMiningJob names no tip: its coinbase height says which one it builds on. A
+        // JDC whose template is a block behind (or ahead of) the pool's is racing a new block,
+        // which the spec's non-fatal stale-chain-tip covers; Core would call it bad-cb-height.
+        if let Some(height) = coinbase.bip34_height().filter(|h| *h != base.height) {
+            return Err(refused(
+                "stale-chain-tip",
+                format!(
+                    "declared for height {height}, the pool's tip is at {}",
+                    base.height
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::with_capacity(declared.wtxids.len());
         if let Some(twice) = declared.wtxids.iter().find(|w| !seen.insert(**w)) {
             return Err(refused(
