@@ -199,8 +199,11 @@ pub mod sv2_session {
         }
         raw.handle_timeout(now.plus_ms(3_600_000), &pool);
 
-        // The same bytes as plaintext frames inside a real session.
+        // The same bytes as plaintext frames inside a real session, which has work (height
+        // 201), so declarations and channels get past "no template yet".
         let mut session = PoolSession::new(config, sv2, now);
+        let bits = crate::testkit::HARD_BITS;
+        session.handle_template(crate::testkit::template(1, 7, bits), now, &pool);
         let mut initiator = InitiatorHandshake::new(&authority.public, 1 << 20).expect("key");
         let act1 = initiator.start().expect("act1");
         session.handle_bytes(&act1, now, &pool);
@@ -215,6 +218,21 @@ pub mod sv2_session {
             session.share_recorded(data.first().is_none_or(|b| b % 7 != 0));
         }
         while session.poll_transmit().is_some() {}
+        answer_checks(&mut session, data, now, &pool);
+        // The next block (declarations made early for it go on), then time for the rest.
+        session.handle_template(crate::testkit::template(2, 8, bits), now, &pool);
+        answer_checks(&mut session, data, now, &pool);
+        session.handle_timeout(now.plus_ms(3_600_000), &pool);
+        while session.poll_transmit().is_some() {}
+    }
+
+    /// Answers the session's questions to the node, with a verdict the input picks.
+    fn answer_checks(
+        session: &mut PoolSession,
+        data: &[u8],
+        now: crate::Now,
+        pool: &crate::pool::SharedPool,
+    ) {
         while let Some(event) = session.poll_event() {
             if let crate::Event::CheckDeclaredBlock { request_id, .. } = event {
                 let verdict = match data.last().map(|b| b % 3) {
@@ -222,7 +240,7 @@ pub mod sv2_session {
                     Some(1) => Verdict::Invalid("bad-txns".into()),
                     _ => Verdict::Unavailable("down".into()),
                 };
-                session.handle_verdict(request_id, verdict, now, &pool);
+                session.handle_verdict(request_id, verdict, now, pool);
             }
         }
         while session.poll_transmit().is_some() {}

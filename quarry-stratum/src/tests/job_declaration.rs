@@ -120,6 +120,13 @@ fn coinbase(script: &[u8], value: u64, wtxids: &[Hash32]) -> (Vec<u8>, Vec<u8>) 
     )
 }
 
+/// `coinbase` with its BIP34 height (201) changed to `height`.
+fn at_height((prefix, suffix): &(Vec<u8>, Vec<u8>), height: u8) -> (Vec<u8>, Vec<u8>) {
+    let mut prefix = prefix.clone();
+    prefix[4 + 2 + 1 + 36 + 1 + 1] = height; // the low byte of the height push
+    (prefix, suffix.clone())
+}
+
 struct Rig {
     pool: Arc<TestPool>,
     template: Arc<WorkTemplate>,
@@ -506,12 +513,11 @@ fn declarations_are_refused_with_the_specs_errors_and_nothing_is_kept() {
     let answer = rig.declare(8, &token, &(prefix, suffix), wtxids.clone());
     assert_eq!(error_code(&answer), Some("invalid-coinbase-tx-input"));
 
-    // A coinbase for the block before the pool's tip, or after it: a JDC racing a new block.
-    for height in [0xc8, 0xca] {
+    // A coinbase for the block before the pool's next one (a JDC racing a new block), or two
+    // after it (a pool far behind).
+    for height in [200, 203] {
         let (token, _) = rig.allocate(8);
-        let (mut prefix, suffix) = good.clone();
-        prefix[4 + 2 + 1 + 36 + 1 + 1] = height; // the low byte of the BIP34 height push
-        let answer = rig.declare(8, &token, &(prefix, suffix), wtxids.clone());
+        let answer = rig.declare(8, &token, &at_height(&good, height), wtxids.clone());
         assert_eq!(
             error_code(&answer),
             Some("stale-chain-tip"),
@@ -590,6 +596,58 @@ fn declarations_are_refused_with_the_specs_errors_and_nothing_is_kept() {
         rig.jd.session.close_reason().is_none(),
         "refusals keep the connection"
     );
+}
+
+#[test]
+fn a_declaration_for_the_next_block_waits_for_the_pools_tip_or_is_stale() {
+    let known = [tx(1), tx(2)];
+    let mut rig = rig(&known, JdConfig::default());
+    // The JDC's node has block 201 before the pool's: its template at 202 has a transaction
+    // the pool has not seen yet.
+    let next_txs = [tx(1), tx(2), tx(3)];
+    let wtxids: Vec<Hash32> = next_txs.iter().map(wtxid).collect();
+    let early = at_height(&coinbase(&miner_script(), 5_000_000_000, &wtxids), 202);
+    let (token, _) = rig.allocate(1);
+    let answer = rig.declare(1, &token, &early, wtxids.clone());
+    assert!(answer.is_empty(), "waits: {answer:?}");
+    assert!(rig.proposal().is_none(), "no tip to check it on yet");
+    let wait_until = rig.jd.session.poll_timeout().expect("a deadline");
+    assert!(wait_until <= START.mono_ms + 10_000, "{wait_until}");
+
+    // The pool's node catches up. The declaration goes on, on the new tip, and finds tx(3) in
+    // the new template (no ProvideMissingTransactions) though the pool's own task has not
+    // indexed it yet.
+    let next = template_with(2, 8, &next_txs);
+    let pool = Arc::clone(&rig.pool);
+    rig.jd
+        .session
+        .handle_template(Arc::clone(&next), START.plus_ms(800), &*pool);
+    assert!(rig.jd.received().is_empty());
+    let (asked, block) = rig.proposal().expect("checked once the tip came");
+    assert_eq!(asked, 1);
+    assert_eq!(block.header.prev_blockhash.to_byte_array(), next.prev_hash);
+    assert_eq!(block.txdata.len(), 4);
+    let answer = rig.verdict(1, Verdict::Valid);
+    assert!(
+        matches!(
+            &answer[..],
+            [Message::DeclareMiningJobSuccess { request_id: 1, .. }]
+        ),
+        "{answer:?}"
+    );
+
+    // One for block 203 whose tip never reaches the pool: stale once the wait is over, and
+    // the connection goes on.
+    let (token, _) = rig.allocate(2);
+    let answer = rig.declare(2, &token, &at_height(&early, 203), wtxids);
+    assert!(answer.is_empty(), "waits: {answer:?}");
+    rig.jd.session.handle_timeout(START.plus_ms(9_000), &*pool);
+    assert!(rig.jd.received().is_empty(), "still waiting");
+    rig.jd.session.handle_timeout(START.plus_ms(11_000), &*pool);
+    let answer = rig.jd.received();
+    assert_eq!(error_code(&answer), Some("stale-chain-tip"), "{answer:?}");
+    assert!(rig.proposal().is_none());
+    assert!(rig.jd.session.close_reason().is_none());
 }
 
 #[test]

@@ -536,11 +536,17 @@ impl Declarations {
 
     /// Indexes a new template's transactions by wtxid.
     pub fn on_template(&self, template: &WorkTemplate) {
-        if lock(&self.state).known_template == Some(template.id) {
+        let indexed = |state: &State| state.known_template >= Some(template.id);
+        if indexed(&lock(&self.state)) {
             return;
         }
         let known = Arc::new(index_transactions(template));
         let mut state = lock(&self.state);
+        // Connections index a template too (see `JdSession::handle_template`): whoever is
+        // second keeps the first's index, and the one before it.
+        if indexed(&state) {
+            return;
+        }
         state.previous_known = std::mem::replace(&mut state.known, known);
         state.known_template = Some(template.id);
     }
@@ -691,6 +697,28 @@ struct Pending {
     checking: Option<Arc<DeclaredJob>>,
 }
 
+/// A declaration checked as far as it can be without its tip.
+#[derive(Debug)]
+struct Parsed {
+    request_id: u32,
+    allocated: Allocated,
+    version: u32,
+    coinbase: DeclaredCoinbase,
+    coinbase_tx: Vec<u8>,
+    wtxids: Vec<Hash32>,
+}
+
+/// A declaration for the block after the pool's tip, waiting for the pool's node to get there.
+#[derive(Debug)]
+struct Early {
+    parsed: Parsed,
+    until_ms: u64,
+}
+
+/// How long an early declaration waits for the pool's template on its tip. Nodes a block
+/// apart usually meet within a second or two.
+const EARLY_WAIT_MS: u64 = 10_000;
+
 /// Declared jobs one connection keeps for `PushSolution`.
 const RECENT_JOBS: usize = 16;
 /// Declarations one connection may have in progress.
@@ -718,6 +746,8 @@ pub struct JdSession {
     /// (monotonic ms).
     tokens: VecDeque<(u64, u64)>,
     pending: Vec<Pending>,
+    /// Declarations for the block after the pool's tip, oldest first.
+    early: Vec<Early>,
     recent: VecDeque<Arc<DeclaredJob>>,
 }
 
@@ -730,6 +760,7 @@ impl JdSession {
             coinbase_only,
             tokens: VecDeque::new(),
             pending: Vec::new(),
+            early: Vec::new(),
             recent: VecDeque::new(),
         }
     }
@@ -890,7 +921,7 @@ impl JdSession {
         let base = template
             .cloned()
             .ok_or_else(|| refused("internal-error", "the pool has no template yet"))?;
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() + self.early.len() >= MAX_PENDING {
             return Err(refused(
                 "internal-error",
                 "too many declarations in progress",
@@ -908,18 +939,6 @@ impl JdSession {
         }
         let (coinbase, coinbase_tx) = DeclaredCoinbase::parse(declared.prefix, declared.suffix)?;
         coinbase.pays_only(&allocated.required_script)?;
-        // DeclareMiningJob names no tip: its coinbase height says which one it builds on. A
-        // JDC whose template is a block behind (or ahead of) the pool's is racing a new block,
-        // which the spec's non-fatal stale-chain-tip covers; Core would call it bad-cb-height.
-        if let Some(height) = coinbase.bip34_height().filter(|h| *h != base.height) {
-            return Err(refused(
-                "stale-chain-tip",
-                format!(
-                    "declared for height {height}, the pool's tip is at {}",
-                    base.height
-                ),
-            ));
-        }
         let mut seen = std::collections::HashSet::with_capacity(declared.wtxids.len());
         if let Some(twice) = declared.wtxids.iter().find(|w| !seen.insert(**w)) {
             return Err(refused(
@@ -927,19 +946,72 @@ impl JdSession {
                 format!("transaction {} listed twice", hex_hash(twice)),
             ));
         }
-        let txs: Vec<Option<KnownTx>> = declared
-            .wtxids
-            .iter()
-            .map(|w| declarations.lookup(w))
-            .collect();
-        let pending = Pending {
+        let parsed = Parsed {
             request_id: declared.request_id,
-            user: allocated.user,
-            address: allocated.address,
+            allocated,
             version: declared.version,
             coinbase,
             coinbase_tx,
             wtxids: declared.wtxids,
+        };
+        // DeclareMiningJob names no tip: its coinbase height says which one it builds on.
+        match parsed.coinbase.bip34_height() {
+            // The JDC's node heard of a new block before the pool's did, which on a real
+            // network is most blocks for half the JDCs: wait a little for the pool's template
+            // on that tip rather than lose the JDC's work until its next template.
+            Some(height) if height == base.height + 1 => {
+                self.early.push(Early {
+                    parsed,
+                    until_ms: now.mono_ms.saturating_add(EARLY_WAIT_MS),
+                });
+                Ok(())
+            }
+            // A JDC racing a new block the other way (or a pool far behind): the spec's
+            // non-fatal stale-chain-tip, where Core would say bad-cb-height.
+            Some(height) if height != base.height => Err(refused(
+                "stale-chain-tip",
+                format!(
+                    "declared for height {height}, the pool's next block is {}",
+                    base.height
+                ),
+            )),
+            _ => {
+                self.resolve(parsed, base, declarations, out, events);
+                Ok(())
+            }
+        }
+    }
+
+    /// Looks up a declaration's transactions: asks for the missing ones, or checks the block.
+    fn resolve(
+        &mut self,
+        parsed: Parsed,
+        base: Arc<WorkTemplate>,
+        declarations: &Declarations,
+        out: &mut Vec<Message>,
+        events: &mut VecDeque<Event>,
+    ) {
+        let txs: Vec<Option<KnownTx>> = parsed
+            .wtxids
+            .iter()
+            .map(|w| declarations.lookup(w))
+            .collect();
+        let Parsed {
+            request_id,
+            allocated,
+            version,
+            coinbase,
+            coinbase_tx,
+            wtxids,
+        } = parsed;
+        let pending = Pending {
+            request_id,
+            user: allocated.user,
+            address: allocated.address,
+            version,
+            coinbase,
+            coinbase_tx,
+            wtxids,
             txs,
             base,
             checking: None,
@@ -955,12 +1027,61 @@ impl JdSession {
             self.check(pending, events);
         } else {
             out.push(Message::ProvideMissingTransactions {
-                request_id: declared.request_id,
+                request_id,
                 unknown_tx_position_list: missing,
             });
             self.pending.push(pending);
         }
-        Ok(())
+    }
+
+    /// The pool's new template: declarations made on its tip before it came go on.
+    pub fn handle_template(
+        &mut self,
+        template: &Arc<WorkTemplate>,
+        declarations: &Declarations,
+        out: &mut Vec<Message>,
+        events: &mut VecDeque<Event>,
+    ) {
+        if self.early.is_empty() {
+            return;
+        }
+        // Indexed here too: the driver may hand this connection the template before the
+        // pool's own task indexes it, and the early declarations name its transactions.
+        declarations.on_template(template);
+        let (ready, waiting): (Vec<Early>, Vec<Early>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|e| e.parsed.coinbase.bip34_height() == Some(template.height));
+        self.early = waiting;
+        for early in ready {
+            self.resolve(
+                early.parsed,
+                Arc::clone(template),
+                declarations,
+                out,
+                events,
+            );
+        }
+    }
+
+    /// When the oldest early declaration stops waiting for the pool's tip.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.early.iter().map(|e| e.until_ms).min()
+    }
+
+    /// Early declarations whose tip never came to the pool are stale.
+    pub fn handle_timeout(&mut self, now: Now, out: &mut Vec<Message>) {
+        let (expired, waiting): (Vec<Early>, Vec<Early>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|e| e.until_ms <= now.mono_ms);
+        self.early = waiting;
+        for early in expired {
+            let refusal = refused(
+                "stale-chain-tip",
+                "declared on a tip the pool's node has not reached",
+            );
+            tracing_refusal(early.parsed.request_id, &refusal);
+            out.push(declare_error(early.parsed.request_id, refusal));
+        }
     }
 
     /// Builds the declared block and asks the node whether it is valid.

@@ -408,7 +408,11 @@ impl PoolSession {
                 ),
             );
         }
-        Some(idle.min(self.next_retarget_ms))
+        let due = idle.min(self.next_retarget_ms);
+        Some(match self.jd.as_ref().and_then(|jd| jd.poll_timeout()) {
+            Some(early) => due.min(early),
+            None => due,
+        })
     }
 
     /// Releases every channel's extranonce1; call once the connection is gone.
@@ -1138,6 +1142,13 @@ impl PoolSession {
             return;
         }
         let new_tip = self.tip.advance(template.prev_hash, now.mono_ms);
+        if let (Some(jd), Some(declarations)) = (&mut self.jd, pool.declarations()) {
+            let mut out = Vec::new();
+            jd.handle_template(&template, declarations, &mut out, &mut self.events);
+            for message in out {
+                self.send(message);
+            }
+        }
         self.template = Some(template);
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {
@@ -1250,6 +1261,13 @@ impl PoolSession {
                     .saturating_add(self.config.auth_timeout_ms)
         {
             return self.close_for(Offence::AuthTimeout, "no channel opened in time".into());
+        }
+        if let Some(jd) = &mut self.jd {
+            let mut out = Vec::new();
+            jd.handle_timeout(now, &mut out);
+            for message in out {
+                self.send(message);
+            }
         }
         if now.mono_ms >= self.next_retarget_ms {
             self.next_retarget_ms = now
