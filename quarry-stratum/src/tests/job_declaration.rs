@@ -940,4 +940,52 @@ fn a_coinbase_only_token_names_custom_jobs_checked_as_far_as_the_pool_can() {
         sha256d_80(&header),
         "but its hash, for the ledger to follow"
     );
+
+    // Custom jobs for the next block, sent before the pool's node has it, wait for the pool's
+    // template on that tip. There the one on it goes on and a rival's is stale; one for a
+    // block the pool never reaches is stale when its wait is over.
+    let next = template_with(2, 8, &[]);
+    let early = |request: u32, height: u8, prev: u8| {
+        let mut job = custom_job(channel_id, token.clone(), &next, &txs);
+        if let Message::SetCustomMiningJob {
+            request_id,
+            prev_hash,
+            coinbase_prefix,
+            ..
+        } = &mut job
+        {
+            *request_id = request;
+            *prev_hash = [prev; 32];
+            coinbase_prefix[1] = height;
+        }
+        job
+    };
+    assert!(miner.send(early(30, 202, 8)).is_empty(), "waits");
+    assert!(miner.send(early(31, 202, 9)).is_empty(), "waits");
+    let pool = Arc::clone(&miner.pool);
+    miner
+        .session
+        .handle_template(Arc::clone(&next), START.plus_ms(1_000), &*pool);
+    let answer = miner.received();
+    let answered = |request: u32| {
+        answer.iter().find_map(|m| match m {
+            Message::SetCustomMiningJobSuccess { request_id, .. } if *request_id == request => {
+                Some("success")
+            }
+            Message::SetCustomMiningJobError {
+                request_id,
+                error_code,
+                ..
+            } if *request_id == request => Some(error_code.as_str()),
+            _ => None,
+        })
+    };
+    assert_eq!(answered(30), Some("success"), "{answer:?}");
+    assert_eq!(answered(31), Some("stale-chain-tip"), "{answer:?}");
+    assert!(miner.send(early(32, 203, 10)).is_empty(), "waits");
+    let due = miner.session.poll_timeout().expect("a deadline");
+    assert!(due <= START.plus_ms(11_000).mono_ms, "{due}");
+    miner.session.handle_timeout(START.plus_ms(11_000), &*pool);
+    let answer = miner.received();
+    assert_eq!(error_code(&answer), Some("stale-chain-tip"), "{answer:?}");
 }

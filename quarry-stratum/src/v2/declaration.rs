@@ -120,12 +120,17 @@ const SCRIPT_LEN_AT_LEGACY: usize = 4 + 1 + 36;
 /// Longest extranonce a coinbase may carry (`SubmitSharesExtended.extranonce` is a B032).
 pub const MAX_EXTRANONCE: usize = 32;
 
+/// The BIP34 height a coinbase scriptSig starts with, if it starts with a number.
+pub fn bip34_height(script_sig: &[u8]) -> Option<u64> {
+    let script = bitcoin::Script::from_bytes(script_sig);
+    let first = script.instructions().next()?.ok()?;
+    u64::try_from(first.script_num()?).ok()
+}
+
 impl DeclaredCoinbase {
-    /// The BIP34 height the scriptSig starts with, if it starts with a number.
+    /// The BIP34 height its scriptSig starts with.
     pub fn bip34_height(&self) -> Option<u64> {
-        let script = bitcoin::Script::from_bytes(&self.script_prefix);
-        let first = script.instructions().next()?.ok()?;
-        u64::try_from(first.script_num()?).ok()
+        bip34_height(&self.script_prefix)
     }
 
     /// Takes apart `prefix ‖ extranonce ‖ suffix` as `DeclareMiningJob` carries it, with a
@@ -715,9 +720,9 @@ struct Early {
     until_ms: u64,
 }
 
-/// How long an early declaration waits for the pool's template on its tip. Nodes a block
-/// apart usually meet within a second or two.
-const EARLY_WAIT_MS: u64 = 10_000;
+/// How long a declaration or custom job for the block after the pool's tip waits for the
+/// pool's template on that tip. Nodes a block apart usually meet within a second or two.
+pub const EARLY_WAIT_MS: u64 = 10_000;
 
 /// Declared jobs one connection keeps for `PushSolution`.
 const RECENT_JOBS: usize = 16;

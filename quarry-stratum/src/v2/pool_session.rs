@@ -20,7 +20,8 @@ use quarry_work::vardiff::Vardiff;
 use quarry_work::{Difficulty, Target};
 
 use super::declaration::{
-    coinbase_only_job, CustomJob, CustomToken, JdSession, Verdict, MAX_EXTRANONCE,
+    bip34_height, coinbase_only_job, CustomJob, CustomToken, JdSession, Verdict, EARLY_WAIT_MS,
+    MAX_EXTRANONCE,
 };
 use super::keys::AuthorityKeypair;
 use super::message::{flags, DecodeError, Message, Protocol, SetupConnection};
@@ -203,7 +204,7 @@ pub struct PoolSession {
     control_bucket: Bucket,
     submit_bucket: Bucket,
     /// The miner set REQUIRES_WORK_SELECTION: it builds its own jobs (Job Declaration).
-    work_selection: bool,
+    work_selection: Option<Box<WorkSelection>>,
     /// A Job Declaration connection (boxed: mining connections, the many, keep 8 bytes).
     jd: Option<Box<JdSession>>,
 }
@@ -226,6 +227,17 @@ fn control_budget(config: &SessionConfig, sv2: &Sv2Config) -> Budget {
         burst: config.control_budget.burst.saturating_add(channels),
     }
 }
+
+/// What a connection that selects its own work keeps.
+#[derive(Debug, Default)]
+struct WorkSelection {
+    /// SetCustomMiningJobs for the block after the pool's tip (the miner's node heard of a
+    /// block first), each with when it stops waiting for the pool's template on that tip.
+    early: Vec<(Message, u64)>,
+}
+
+/// Custom jobs one connection may have waiting for the pool's tip.
+const MAX_EARLY_CUSTOM_JOBS: usize = 8;
 
 /// How long shares meeting the previous target still count after a SetTarget.
 const TARGET_GRACE_MS: u64 = 5_000;
@@ -266,7 +278,7 @@ impl PoolSession {
             offence: None,
             control_bucket,
             submit_bucket,
-            work_selection: false,
+            work_selection: None,
             jd: None,
         }
     }
@@ -408,11 +420,16 @@ impl PoolSession {
                 ),
             );
         }
-        let due = idle.min(self.next_retarget_ms);
-        Some(match self.jd.as_ref().and_then(|jd| jd.poll_timeout()) {
-            Some(early) => due.min(early),
-            None => due,
-        })
+        let early_declaration = self.jd.as_ref().and_then(|jd| jd.poll_timeout());
+        let early_custom = self
+            .work_selection
+            .as_ref()
+            .and_then(|s| s.early.iter().map(|(_, until)| *until).min());
+        [early_declaration, early_custom]
+            .into_iter()
+            .flatten()
+            .chain([idle, self.next_retarget_ms])
+            .min()
     }
 
     /// Releases every channel's extranonce1; call once the connection is gone.
@@ -603,38 +620,8 @@ impl PoolSession {
                     ..
                 },
             ) => self.on_update_channel(channel_id, maximum_target, now),
-            (
-                Phase::Ready,
-                Message::SetCustomMiningJob {
-                    channel_id,
-                    request_id,
-                    token,
-                    version,
-                    prev_hash,
-                    min_ntime,
-                    nbits,
-                    coinbase_tx_version,
-                    coinbase_prefix,
-                    coinbase_tx_input_n_sequence,
-                    coinbase_tx_outputs,
-                    coinbase_tx_locktime,
-                    merkle_path,
-                },
-            ) => {
-                let custom = CustomJob {
-                    version,
-                    prev_hash,
-                    nbits,
-                    coinbase_tx_version,
-                    coinbase_prefix: &coinbase_prefix,
-                    coinbase_tx_input_n_sequence,
-                    coinbase_tx_outputs: &coinbase_tx_outputs,
-                    coinbase_tx_locktime,
-                    merkle_path: &merkle_path,
-                };
-                self.on_custom_job(
-                    channel_id, request_id, &token, min_ntime, &custom, now, pool,
-                )
+            (Phase::Ready, custom @ Message::SetCustomMiningJob { .. }) => {
+                self.on_custom_job_message(custom, true, now, pool)
             }
             (Phase::Ready, Message::CloseChannel { channel_id, .. }) => {
                 if let Some(channel) = self.channels.remove(&channel_id) {
@@ -697,7 +684,9 @@ impl PoolSession {
             self.send(error(unsupported, "unsupported-feature-flags"));
             return self.close(format!("unsupported feature flags {unsupported:#x}"));
         }
-        self.work_selection = setup.flags & flags::REQUIRES_WORK_SELECTION != 0;
+        if setup.flags & flags::REQUIRES_WORK_SELECTION != 0 {
+            self.work_selection = Some(Box::default());
+        }
         self.send(Message::SetupConnectionSuccess {
             used_version: 2,
             flags: 0,
@@ -739,6 +728,117 @@ impl PoolSession {
         jd.handle_verdict(request_id, verdict, declarations, now, &mut out);
         for message in out {
             self.send(message);
+        }
+    }
+
+    /// A SetCustomMiningJob. One for the block after the pool's tip waits for the pool's
+    /// template on that tip (`may_wait`), where it would otherwise be stale.
+    fn on_custom_job_message(
+        &mut self,
+        message: Message,
+        may_wait: bool,
+        now: Now,
+        pool: &dyn Pool,
+    ) {
+        let Message::SetCustomMiningJob {
+            channel_id,
+            request_id,
+            token,
+            version,
+            prev_hash,
+            min_ntime,
+            nbits,
+            coinbase_tx_version,
+            coinbase_prefix,
+            coinbase_tx_input_n_sequence,
+            coinbase_tx_outputs,
+            coinbase_tx_locktime,
+            merkle_path,
+        } = &message
+        else {
+            return;
+        };
+        let next_block = self.template.as_ref().is_some_and(|t| {
+            t.prev_hash != *prev_hash && bip34_height(coinbase_prefix) == Some(t.height + 1)
+        });
+        let custom = CustomJob {
+            version: *version,
+            prev_hash: *prev_hash,
+            nbits: *nbits,
+            coinbase_tx_version: *coinbase_tx_version,
+            coinbase_prefix,
+            coinbase_tx_input_n_sequence: *coinbase_tx_input_n_sequence,
+            coinbase_tx_outputs,
+            coinbase_tx_locktime: *coinbase_tx_locktime,
+            merkle_path,
+        };
+        match &mut self.work_selection {
+            Some(selection)
+                if may_wait && next_block && selection.early.len() < MAX_EARLY_CUSTOM_JOBS =>
+            {
+                let until = now.mono_ms.saturating_add(EARLY_WAIT_MS);
+                selection.early.push((message, until));
+            }
+            _ => self.on_custom_job(
+                *channel_id,
+                *request_id,
+                token,
+                *min_ntime,
+                &custom,
+                now,
+                pool,
+            ),
+        }
+    }
+
+    /// Custom jobs waiting for the pool's tip: those on the new template's go on, those for a
+    /// later block keep waiting until their time is up, the rest are stale.
+    fn resume_custom_jobs(&mut self, now: Now, pool: &dyn Pool) {
+        let (Some(selection), Some(template)) = (&mut self.work_selection, &self.template) else {
+            return;
+        };
+        if selection.early.is_empty() {
+            return;
+        }
+        let height = template.height;
+        let mut go = Vec::new();
+        let mut stale = Vec::new();
+        for (message, until) in std::mem::take(&mut selection.early) {
+            let for_height = match &message {
+                Message::SetCustomMiningJob {
+                    coinbase_prefix, ..
+                } => bip34_height(coinbase_prefix),
+                _ => None,
+            };
+            if for_height == Some(height) {
+                go.push(message);
+            } else if for_height > Some(height) && until > now.mono_ms {
+                selection.early.push((message, until));
+            } else {
+                stale.push(message);
+            }
+        }
+        for message in go {
+            self.on_custom_job_message(message, false, now, pool);
+        }
+        for message in stale {
+            if let Message::SetCustomMiningJob {
+                channel_id,
+                request_id,
+                ..
+            } = message
+            {
+                tracing::info!(
+                    channel_id,
+                    request_id,
+                    "custom job refused: its tip never came to the pool"
+                );
+                self.send(Message::SetCustomMiningJobError {
+                    channel_id,
+                    request_id,
+                    error_code: "stale-chain-tip".into(),
+                });
+            }
         }
     }
 
@@ -867,7 +967,7 @@ impl PoolSession {
         // A connection building its own jobs may ask for a wider extranonce than the pool's
         // layout (SRI's JDC asks for 10 bytes): its channels mine only their own jobs.
         let extranonce2_len = match min_extranonce_size.map(usize::from) {
-            Some(n) if self.work_selection && n > self.config.extranonce2_len => n,
+            Some(n) if self.work_selection.is_some() && n > self.config.extranonce2_len => n,
             _ => self.config.extranonce2_len,
         };
         if min_extranonce_size.is_some_and(|n| usize::from(n) > extranonce2_len) {
@@ -1154,6 +1254,7 @@ impl PoolSession {
         for id in ids {
             self.send_job(id, new_tip, now, pool);
         }
+        self.resume_custom_jobs(now, pool);
     }
 
     fn send_job(&mut self, channel_id: u32, new_tip: bool, now: Now, pool: &dyn Pool) {
@@ -1242,7 +1343,7 @@ impl PoolSession {
     }
 
     /// Deadlines: setup and idle timeouts, and vardiff for channels gone quiet.
-    pub fn handle_timeout(&mut self, now: Now, _pool: &dyn Pool) {
+    pub fn handle_timeout(&mut self, now: Now, pool: &dyn Pool) {
         if self.closed.is_some() {
             return;
         }
@@ -1262,6 +1363,7 @@ impl PoolSession {
         {
             return self.close_for(Offence::AuthTimeout, "no channel opened in time".into());
         }
+        self.resume_custom_jobs(now, pool);
         if let Some(jd) = &mut self.jd {
             let mut out = Vec::new();
             jd.handle_timeout(now, &mut out);
