@@ -480,7 +480,7 @@ impl Proxy {
     }
 
     fn on_upstream_message(&mut self, message: Message) {
-        if matches!(self.jd_state, JdState::Active) {
+        if self.holds_pool_jobs() {
             match message {
                 Message::NewExtendedMiningJob { .. } => return self.pool_backlog.push(message),
                 Message::SetNewPrevHash { job_id, .. } => {
@@ -503,7 +503,9 @@ impl Proxy {
                 ..
             } => {
                 self.custom.remove(&request_id);
-                if error_code != "stale-chain-tip" {
+                if error_code == "stale-chain-tip" {
+                    self.release_pool_jobs();
+                } else {
                     self.jd_fall_back(format!("the pool refused a declared job: {error_code}"));
                 }
             }
@@ -945,8 +947,44 @@ impl Proxy {
                     self.send_upstream(&work.set_custom_mining_job(channel_id, request_id));
                     self.custom.insert(request_id, *work);
                 }
+                JdEvent::Stale(_) => self.release_pool_jobs(),
                 JdEvent::Failed(reason) => self.jd_fall_back(reason),
             }
+        }
+    }
+
+    /// Whether the pool's jobs are held back: while the miners are on a declared job on the
+    /// proxy's newest template, or one is on its way. Otherwise (a declaration called stale,
+    /// none yet) the pool's jobs go through, so miners are never left on a stale job.
+    fn holds_pool_jobs(&self) -> bool {
+        if !matches!(self.jd_state, JdState::Active) {
+            return false;
+        }
+        let Some(template) = &self.template else {
+            return false;
+        };
+        let mining_declared = self
+            .aggregate_channel
+            .and_then(|id| self.channels.get(&id))
+            .is_some_and(|channel| {
+                channel.jobs.back().is_some_and(|job| job.declared)
+                    && channel.tip.map(|(prev, _, _)| prev) == Some(template.prev_hash)
+            });
+        mining_declared
+            || self.custom.values().any(|w| w.template.id == template.id)
+            || self
+                .declarator
+                .as_ref()
+                .is_some_and(|d| d.declaring(template.id))
+    }
+
+    /// The pool's held-back jobs go to the miners, unless declared work is still due.
+    fn release_pool_jobs(&mut self) {
+        if self.holds_pool_jobs() {
+            return;
+        }
+        for message in std::mem::take(&mut self.pool_backlog) {
+            self.on_upstream_message(message);
         }
     }
 

@@ -8,8 +8,10 @@ use serde_json::{json, Value};
 
 use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
 use crate::event::Event;
+use crate::pool::Pool;
 use crate::proxy::{DownstreamId, Proxy, ProxyConfig, ProxyEvent};
 use crate::v1::Notify;
+use crate::v2::declaration::{JdConfig, Verdict};
 use crate::v2::{AuthorityKeypair, PoolSession, Sv2Config};
 
 struct Rig {
@@ -18,32 +20,64 @@ struct Rig {
     backend: TestPool,
     /// Lines each miner received, by id.
     received: std::collections::HashMap<DownstreamId, Vec<Value>>,
+    /// The pool's JDS session, when the proxy declares its own jobs, and what the node says
+    /// of every declared block.
+    jds: Option<(PoolSession, Verdict)>,
 }
 
 impl Rig {
     fn new(aggregate: bool, bits: u32) -> Rig {
+        Rig::build(aggregate, bits, false)
+    }
+
+    /// An aggregating proxy that declares its own jobs (full template) to the pool's JDS, with
+    /// the pool's first template as its own.
+    fn with_jd(bits: u32) -> Rig {
+        Rig::build(true, bits, true)
+    }
+
+    fn build(aggregate: bool, bits: u32, jd: bool) -> Rig {
         let authority = AuthorityKeypair::generate();
-        let backend = test_pool();
-        let mut pool = PoolSession::new(
-            Arc::new(config()),
-            Arc::new(Sv2Config::new(authority.clone())),
-            START,
-        );
-        pool.handle_template(template(1, 7, bits), START, &backend);
+        let backend = match jd {
+            true => test_pool().with_declarations(JdConfig::default()),
+            false => test_pool(),
+        };
+        let first = template(1, 7, bits);
+        backend.on_template(&first);
+        let session = || {
+            PoolSession::new(
+                Arc::new(config()),
+                Arc::new(Sv2Config::new(authority.clone())),
+                START,
+            )
+        };
+        let mut pool = session();
+        pool.handle_template(Arc::clone(&first), START, &backend);
         let mut proxy = Proxy::new(ProxyConfig {
             user_identity: format!("{ADDRESS}.proxy"),
             aggregate,
             nominal_hash_rate: 0.0,
+            jd,
             ..ProxyConfig::default()
         });
         proxy
             .upstream_connected(&authority.public, ("127.0.0.1".into(), 3333))
             .expect("initiator");
+        let jds = jd.then(|| {
+            let mut jds = session();
+            jds.handle_template(Arc::clone(&first), START, &backend);
+            proxy
+                .jd_connected(&authority.public, ("127.0.0.1".into(), 3333))
+                .expect("initiator");
+            proxy.handle_template(Arc::clone(&first));
+            (jds, Verdict::Valid)
+        });
         let mut rig = Rig {
             proxy,
             pool,
             backend,
             received: Default::default(),
+            jds,
         };
         rig.pump();
         rig
@@ -73,6 +107,21 @@ impl Rig {
                     self.received.entry(id).or_default().push(value);
                 }
                 moved = true;
+            }
+            if let Some((jds, verdict)) = &mut self.jds {
+                while let Some(bytes) = self.proxy.poll_jd_transmit() {
+                    jds.handle_bytes(&bytes, START, &self.backend);
+                    moved = true;
+                }
+                while let Some(event) = jds.poll_event() {
+                    if let Event::CheckDeclaredBlock { request_id, .. } = event {
+                        jds.handle_verdict(request_id, verdict.clone(), START, &self.backend);
+                    }
+                }
+                while let Some(bytes) = jds.poll_transmit() {
+                    self.proxy.jd_bytes(&bytes, START.unix_secs() as u32);
+                    moved = true;
+                }
             }
             if !moved {
                 return;
@@ -320,4 +369,50 @@ fn a_miner_that_subscribes_before_the_upstream_is_up_waits_for_it() {
     assert!(std::iter::from_fn(|| proxy.poll_event()).any(
         |e| matches!(e, ProxyEvent::UpstreamFailed(reason) if reason.contains("certificate"))
     ));
+}
+
+#[test]
+fn a_declaration_called_stale_lets_the_pools_held_back_job_through() {
+    let mut rig = Rig::with_jd(REGTEST_BITS);
+    let (_, _) = rig.miner(1);
+    let events = rig.proxy_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProxyEvent::CustomJobActive { .. })),
+        "the declared job is mined: {events:?}"
+    );
+    let (declared, _) = rig.last_job(1);
+    assert_eq!(declared.prev_hash, [7; 32]);
+
+    // The pool moves to a new tip; the proxy's node has not yet, so the miners keep the
+    // declared job and the pool's is held back.
+    let pool_tip = template(2, 8, REGTEST_BITS);
+    rig.backend.on_template(&pool_tip);
+    rig.pool
+        .handle_template(Arc::clone(&pool_tip), START, &rig.backend);
+    if let Some((jds, _)) = &mut rig.jds {
+        jds.handle_template(Arc::clone(&pool_tip), START, &rig.backend);
+    }
+    rig.pump();
+    assert_eq!(rig.last_job(1).0.job_id, declared.job_id, "held back");
+
+    // The proxy's node then has a rival block at the same height, which the pool's node calls
+    // stale. Nothing declared is left to mine: the pool's job goes through, instead of leaving
+    // the miners on a job whose tip is gone.
+    if let Some((_, verdict)) = &mut rig.jds {
+        *verdict = Verdict::Invalid("inconclusive-not-best-prevblk".into());
+    }
+    rig.proxy.handle_template(template(2, 9, REGTEST_BITS));
+    rig.pump();
+    let (now_mining, _) = rig.last_job(1);
+    assert_eq!(now_mining.prev_hash, [8; 32], "the pool's job on its tip");
+    assert!(now_mining.clean);
+    let events = rig.proxy_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ProxyEvent::JdFallback(_))),
+        "a stale declaration is no fallback: {events:?}"
+    );
 }

@@ -83,6 +83,9 @@ pub enum JdEvent {
     Ready,
     /// Work to mine, under the request id of its declaration.
     Declared(u32, Box<CustomWork>),
+    /// The JDS called a declaration stale (the tip moved on): routine, the next template is
+    /// declared anew, but until then there is no declared work.
+    Stale(u32),
     /// The JDS refused or failed: mine the pool's jobs instead.
     Failed(String),
 }
@@ -153,6 +156,17 @@ impl JobDeclarator {
             waiting: None,
             events: VecDeque::new(),
         })
+    }
+
+    /// Whether a declaration of template `template_id` is waiting for a token or the JDS.
+    pub fn declaring(&self, template_id: u64) -> bool {
+        self.pending
+            .values()
+            .any(|p| p.work.template.id == template_id)
+            || self
+                .waiting
+                .as_ref()
+                .is_some_and(|(t, _)| t.id == template_id)
     }
 
     /// Whether declarations are being made (set up, not failed).
@@ -327,7 +341,9 @@ impl JobDeclarator {
             } => {
                 self.pending.remove(&request_id);
                 // A tip that moved on is routine: the next template is declared anew.
-                if error_code != "stale-chain-tip" {
+                if error_code == "stale-chain-tip" {
+                    self.events.push_back(JdEvent::Stale(request_id));
+                } else {
                     self.fail(format!(
                         "the JDS refused a declared job: {error_code} ({})",
                         String::from_utf8_lossy(&error_details)
