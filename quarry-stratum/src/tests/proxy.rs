@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use super::{config, template, test_pool, TestPool, ADDRESS, HARD_BITS, REGTEST_BITS, START};
 use crate::event::Event;
-use crate::pool::Pool;
 use crate::proxy::{DownstreamId, Proxy, ProxyConfig, ProxyEvent};
 use crate::v1::Notify;
 use crate::v2::declaration::{JdConfig, Verdict};
