@@ -138,6 +138,10 @@ impl Rpc {
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 const LONGPOLL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// A long poll in flight, kept across template refreshes.
+type LongPoll =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(usize, GetBlockTemplate)>> + Send>>;
+
 /// Bitcoin Core's JSON-RPC error while it loads its block index and chainstate.
 const RPC_IN_WARMUP: i64 = -28;
 
@@ -239,12 +243,20 @@ impl Nodes {
         }
         tokio::spawn(Arc::clone(&self).poll_best_block());
         let mut failures = 0u32;
+        // At most one long poll in flight, kept across refreshes. Core holds an RPC thread for
+        // each until the tip (or, a minute on, the mempool) changes, whether or not anyone
+        // still listens: one abandoned per refresh piles up on a quiet chain until the node's
+        // RPC threads run out and even submitblock waits.
+        let mut longpoll: Option<LongPoll> = None;
         loop {
             match self.fetch_from_any(None).await {
                 Some((index, gbt)) => {
                     failures = 0;
                     self.publish(&gbt);
-                    self.wait_for_change(index, gbt.longpollid.clone()).await;
+                    if let (None, true, Some(id)) = (&longpoll, self.longpoll, &gbt.longpollid) {
+                        longpoll = Some(Box::pin(Arc::clone(&self).long_poll(index, id.clone())));
+                    }
+                    self.wait_for_change(&mut longpoll).await;
                 }
                 None => {
                     failures = failures.saturating_add(1);
@@ -255,6 +267,64 @@ impl Nodes {
                         _ = self.refresh.notified() => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits for a reason to fetch again: a refresh request (ZMQ, poll, found block) or the
+    /// fee-refresh interval. Long poll answers in the meantime are published, and the next
+    /// long poll goes out on the id each one brings.
+    async fn wait_for_change(self: &Arc<Self>, longpoll: &mut Option<LongPoll>) {
+        let refresh_at = tokio::time::sleep(self.refresh_every);
+        tokio::pin!(refresh_at);
+        loop {
+            let polled = async {
+                match longpoll.as_mut() {
+                    Some(poll) => poll.await,
+                    None => std::future::pending().await,
+                }
+            };
+            // `Some(answer)`: the long poll ended; `None`: time to fetch again.
+            let polled = tokio::select! {
+                answer = polled => Some(answer),
+                _ = self.refresh.notified() => None,
+                _ = &mut refresh_at => None,
+            };
+            match polled {
+                Some(Some((index, gbt))) => {
+                    self.publish(&gbt);
+                    *longpoll = gbt
+                        .longpollid
+                        .map(|id| Box::pin(Arc::clone(self).long_poll(index, id)) as LongPoll);
+                }
+                // Failed: the next fetch starts another.
+                Some(None) => {
+                    *longpoll = None;
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// One long poll on node `index`: its answer, or `None` (after a pause) if it failed.
+    async fn long_poll(
+        self: Arc<Self>,
+        index: usize,
+        id: String,
+    ) -> Option<(usize, GetBlockTemplate)> {
+        let rpc = self.rpcs.get(index)?;
+        let request =
+            json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"], "longpollid": id});
+        match rpc
+            .call::<GetBlockTemplate>("getblocktemplate", json!([request]), LONGPOLL_TIMEOUT)
+            .await
+        {
+            Ok(gbt) => Some((index, gbt)),
+            Err(e) => {
+                debug!(node = %rpc.name, error = %e, "long poll ended");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
             }
         }
     }
@@ -289,38 +359,6 @@ impl Nodes {
             }
         }
         None
-    }
-
-    /// Waits for a reason to fetch again: a long poll answer (published directly), a refresh
-    /// request (ZMQ, poll, found block), or the fee-refresh interval.
-    async fn wait_for_change(&self, index: usize, longpoll_id: Option<String>) {
-        let longpoll = async {
-            let (Some(id), true) = (longpoll_id, self.longpoll) else {
-                return std::future::pending().await;
-            };
-            let rpc = &self.rpcs[index];
-            let request = json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"], "longpollid": id});
-            match rpc
-                .call::<GetBlockTemplate>("getblocktemplate", json!([request]), LONGPOLL_TIMEOUT)
-                .await
-            {
-                Ok(gbt) => Some(gbt),
-                Err(e) => {
-                    debug!(node = %rpc.name, error = %e, "long poll ended");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    None
-                }
-            }
-        };
-        tokio::select! {
-            gbt = longpoll => {
-                if let Some(gbt) = gbt {
-                    self.publish(&gbt);
-                }
-            }
-            _ = self.refresh.notified() => {}
-            _ = tokio::time::sleep(self.refresh_every) => {}
-        }
     }
 
     /// Publishes a template unless it is the same work as the current one.

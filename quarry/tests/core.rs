@@ -312,3 +312,57 @@ async fn a_block_core_refuses_shows_cores_reason_in_the_log_and_the_api() {
         assert_eq!(block["reject_reason"], "bad-cb-amount", "{block}");
     }
 }
+
+/// However often the pool refreshes its template, it keeps one long poll on Core. Core holds an
+/// RPC thread for each until the tip (or, a minute on, the mempool) moves, whether or not the
+/// client still listens: a long poll abandoned on every refresh piles up on a quiet chain until
+/// the node's RPC threads are gone and submitblock waits for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_refreshes_keep_a_single_long_poll_on_core() {
+    let nodes = Regtest::single();
+    let dir = scratch_dir("longpoll");
+    let port = free_port();
+    let config = pool_config(&nodes, &dir, port, "template_refresh_secs = 1");
+    let pool = start_pool(&dir, &config, port).await;
+    let long_polls = || async {
+        let info = nodes.rpc_ok('A', "getrpcinfo", json!([])).await;
+        info["active_commands"]
+            .as_array()
+            .map(|commands| {
+                commands
+                    .iter()
+                    .filter(|c| c["method"] == "getblocktemplate")
+                    .count()
+            })
+            .unwrap_or_default()
+    };
+    // A new block (the long poll answers, and the pool follows it), then six refreshes on a
+    // quiet chain.
+    let address = nodes.new_address().await;
+    nodes
+        .rpc_ok('A', "generatetoaddress", json!([1, address]))
+        .await;
+    let height = nodes.height().await;
+    let followed = wait_until(Duration::from_secs(10), || async {
+        plain(&pool.log_text()).contains(&format!("new block template height={}", height + 1))
+    })
+    .await;
+    assert!(followed, "the pool follows the chain\n{}", pool.log_text());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // One long poll, and at most one quick fetch caught in passing.
+    let polls = long_polls().await;
+    assert!(
+        (1..=2).contains(&polls),
+        "{polls} getblocktemplate calls active on Core\n{}",
+        pool.log_text()
+    );
+    // The long poll still answers: the next block reaches the pool.
+    nodes
+        .rpc_ok('A', "generatetoaddress", json!([1, address]))
+        .await;
+    let followed = wait_until(Duration::from_secs(10), || async {
+        plain(&pool.log_text()).contains(&format!("new block template height={}", height + 2))
+    })
+    .await;
+    assert!(followed, "the pool follows the chain\n{}", pool.log_text());
+}
