@@ -989,3 +989,43 @@ fn a_coinbase_only_token_names_custom_jobs_checked_as_far_as_the_pool_can() {
     let answer = miner.received();
     assert_eq!(error_code(&answer), Some("stale-chain-tip"), "{answer:?}");
 }
+
+#[test]
+fn coinbase_only_tokens_used_in_a_custom_job_stop_counting_against_the_limit() {
+    // A coinbase-only JDC asks for a token per job and never declares any.
+    let template = template_with(1, 7, &[]);
+    let jd_config = JdConfig {
+        coinbase_only: true,
+        max_tokens_per_connection: 2,
+        ..JdConfig::default()
+    };
+    let pool = Arc::new(test_pool().with_declarations(jd_config));
+    pool.on_template(&template);
+    let mut jd = Raw::connect_to(Arc::clone(&pool), Arc::clone(&template));
+    jd.setup_protocol(Protocol::JobDeclaration, 0);
+    let mut rig = Rig {
+        pool,
+        template: Arc::clone(&template),
+        jd,
+    };
+    let (mut miner, channel_id, _) = rig.miner();
+    for request in 1..=6 {
+        let (token, _) = rig.allocate(request);
+        let answer = miner.send(custom_job(channel_id, token, &template, &[]));
+        assert!(
+            matches!(&answer[..], [Message::SetCustomMiningJobSuccess { .. }]),
+            "custom job {request}: {answer:?}"
+        );
+    }
+    // Tokens held unused still count: the third is one too many.
+    rig.allocate(7);
+    rig.allocate(8);
+    rig.jd.send(Message::AllocateMiningJobToken {
+        user_identifier: format!("{ADDRESS}.jd"),
+        request_id: 9,
+    });
+    assert!(
+        rig.jd.session.close_reason().is_some(),
+        "a JDC hoarding tokens is closed"
+    );
+}

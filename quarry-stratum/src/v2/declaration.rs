@@ -487,6 +487,8 @@ struct Allocated {
     /// Allocated on a coinbase-only connection: names a custom job directly, any number of
     /// times until it expires.
     coinbase_only: bool,
+    /// A coinbase-only token has named a custom job: it no longer counts as unused.
+    used: bool,
 }
 
 #[derive(Debug)]
@@ -579,9 +581,21 @@ impl Declarations {
                 address: user.address.clone(),
                 expires_ms,
                 coinbase_only,
+                used: false,
             },
         );
         token
+    }
+
+    /// Which of `tokens` no longer count against a connection's unused tokens: gone (declared
+    /// or expired), or coinbase-only and used in a custom job.
+    fn spent(&self, tokens: &[u64]) -> Vec<u64> {
+        let state = lock(&self.state);
+        tokens
+            .iter()
+            .copied()
+            .filter(|t| state.allocated.get(t).is_none_or(|a| a.used))
+            .collect()
     }
 
     /// Takes an allocated token of `connection` (each is declared at most once).
@@ -611,7 +625,10 @@ impl Declarations {
         if let Some(active) = state.active.remove(&token) {
             return (active.expires_ms > now_ms).then_some(CustomToken::Declared(active.job));
         }
-        let allocated = state.allocated.get(&token)?;
+        let allocated = state.allocated.get_mut(&token)?;
+        if allocated.coinbase_only && allocated.expires_ms > now_ms {
+            allocated.used = true;
+        }
         (allocated.coinbase_only && allocated.expires_ms > now_ms).then(|| {
             CustomToken::CoinbaseOnly {
                 required_script: allocated.required_script.clone(),
@@ -814,6 +831,13 @@ impl JdSession {
                 // they leave only by expiring.
                 self.tokens
                     .retain(|&(_, expires_ms)| expires_ms > now.mono_ms);
+                // Coinbase-only tokens used in a custom job no longer count either: such a
+                // JDC asks for one per job.
+                if self.tokens.len() >= declarations.config.max_tokens_per_connection {
+                    let held: Vec<u64> = self.tokens.iter().map(|&(t, _)| t).collect();
+                    let spent = declarations.spent(&held);
+                    self.tokens.retain(|(t, _)| !spent.contains(t));
+                }
                 if self.tokens.len() >= declarations.config.max_tokens_per_connection {
                     return Err("too many unused job tokens".into());
                 }
