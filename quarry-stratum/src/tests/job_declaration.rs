@@ -135,11 +135,17 @@ struct Rig {
 
 /// A pool taking declarations, whose template carries `known`, and a JD connection set up.
 fn rig(known: &[Transaction], jd_config: JdConfig) -> Rig {
+    rig_with_flags(known, jd_config, 1)
+}
+
+/// The same with the JD connection's SetupConnection flags: 1 is DECLARE_TX_DATA, 0 a
+/// coinbase-only declarer.
+fn rig_with_flags(known: &[Transaction], jd_config: JdConfig, flags: u32) -> Rig {
     let template = template_with(1, 7, known);
     let pool = Arc::new(test_pool().with_declarations(jd_config));
     pool.on_template(&template);
     let mut jd = Raw::connect_to(Arc::clone(&pool), Arc::clone(&template));
-    let answer = jd.setup_protocol(Protocol::JobDeclaration, 1);
+    let answer = jd.setup_protocol(Protocol::JobDeclaration, flags);
     assert!(
         matches!(
             &answer[..],
@@ -295,6 +301,47 @@ fn custom_job(
     }
 }
 
+/// A block on a job declared with `txs` (paying the miner) on `template`, mined with
+/// `extranonce` after the channel's `extranonce_prefix` at the template's curtime: its
+/// coinbase, its merkle root, and a nonce whose header meets the regtest target.
+fn solve_block(
+    template: &WorkTemplate,
+    extranonce_prefix: &[u8],
+    extranonce: &[u8],
+    txs: &[Transaction],
+) -> (Transaction, Hash32, u32) {
+    let wtxids: Vec<Hash32> = txs.iter().map(wtxid).collect();
+    let (prefix, suffix) = coinbase(&miner_script(), 5_000_000_000, &wtxids);
+    let mut full = prefix;
+    full.extend_from_slice(extranonce_prefix);
+    full.extend_from_slice(extranonce);
+    full.extend_from_slice(&suffix);
+    let coinbase_tx: Transaction = deserialize(&full).expect("coinbase");
+    let txids: Vec<Hash32> = txs
+        .iter()
+        .map(|t| t.compute_txid().to_byte_array())
+        .collect();
+    let root = merkle::root_from_branch(
+        &coinbase_tx.compute_txid().to_byte_array(),
+        &merkle::coinbase_branch(&txids),
+    );
+    let network = Target::from_compact(REGTEST_BITS);
+    let nonce = (0..)
+        .find(|n| {
+            let header = header_bytes(
+                0x2000_0000,
+                &template.prev_hash,
+                &root,
+                template.curtime,
+                REGTEST_BITS,
+                *n,
+            );
+            network.is_met_by(&sha256d_80(&header))
+        })
+        .expect("nonce");
+    (coinbase_tx, root, nonce)
+}
+
 fn error_code(answer: &[Message]) -> Option<&str> {
     answer.iter().find_map(|m| match m {
         Message::DeclareMiningJobError { error_code, .. }
@@ -377,40 +424,9 @@ fn a_declared_job_with_a_missing_transaction_is_mined_into_a_block_of_its_transa
     else {
         panic!("unexpected {answer:?}");
     };
-    let (prefix, suffix) = coinbase(
-        &miner_script(),
-        5_000_000_000,
-        &txs.iter().map(wtxid).collect::<Vec<_>>(),
-    );
     let extranonce = [0u8, 0, 0, 0, 0, 0, 0, 5];
-    let mut full = prefix;
-    full.extend_from_slice(&extranonce_prefix);
-    full.extend_from_slice(&extranonce);
-    full.extend_from_slice(&suffix);
-    let coinbase_tx: Transaction = deserialize(&full).expect("coinbase");
-    let txids: Vec<Hash32> = txs
-        .iter()
-        .map(|t| t.compute_txid().to_byte_array())
-        .collect();
-    let root = merkle::root_from_branch(
-        &coinbase_tx.compute_txid().to_byte_array(),
-        &merkle::coinbase_branch(&txids),
-    );
-    let network = Target::from_compact(REGTEST_BITS);
     let ntime = rig.template.curtime;
-    let nonce = (0..)
-        .find(|n| {
-            let header = header_bytes(
-                0x2000_0000,
-                &rig.template.prev_hash,
-                &root,
-                ntime,
-                REGTEST_BITS,
-                *n,
-            );
-            network.is_met_by(&sha256d_80(&header))
-        })
-        .expect("nonce");
+    let (coinbase_tx, _, nonce) = solve_block(&rig.template, &extranonce_prefix, &extranonce, &txs);
     let answer = miner.send(Message::SubmitSharesExtended {
         channel_id,
         sequence_number: 1,
@@ -804,24 +820,12 @@ fn coinbase_only_declarers_are_refused_unless_the_pool_takes_them() {
 fn a_coinbase_only_token_names_custom_jobs_checked_as_far_as_the_pool_can() {
     // The miner's transactions: the pool never sees them.
     let txs = [tx(1), tx(2)];
-    let template = template_with(1, 7, &[]);
     let jd_config = JdConfig {
         coinbase_only: true,
         ..JdConfig::default()
     };
-    let pool = Arc::new(test_pool().with_declarations(jd_config));
-    pool.on_template(&template);
-    let mut jd = Raw::connect_to(Arc::clone(&pool), Arc::clone(&template));
-    let answer = jd.setup_protocol(Protocol::JobDeclaration, 0);
-    assert!(
-        matches!(&answer[..], [Message::SetupConnectionSuccess { .. }]),
-        "{answer:?}"
-    );
-    let mut rig = Rig {
-        pool,
-        template: Arc::clone(&template),
-        jd,
-    };
+    let mut rig = rig_with_flags(&[], jd_config, 0);
+    let template = Arc::clone(&rig.template);
     let (token, _) = rig.allocate(1);
     let (mut miner, channel_id, extranonce_prefix) = rig.miner();
 
@@ -872,37 +876,9 @@ fn a_coinbase_only_token_names_custom_jobs_checked_as_far_as_the_pool_can() {
 
     // A block on it is credited as a share, and reported without bytes: the pool cannot build
     // it, the miner's node publishes it.
-    let wtxids: Vec<Hash32> = txs.iter().map(wtxid).collect();
-    let (prefix, suffix) = coinbase(&miner_script(), 5_000_000_000, &wtxids);
     let extranonce = [0u8, 0, 0, 0, 0, 0, 0, 6];
-    let mut full = prefix;
-    full.extend_from_slice(&extranonce_prefix);
-    full.extend_from_slice(&extranonce);
-    full.extend_from_slice(&suffix);
-    let coinbase_tx: Transaction = deserialize(&full).expect("coinbase");
-    let txids: Vec<Hash32> = txs
-        .iter()
-        .map(|t| t.compute_txid().to_byte_array())
-        .collect();
-    let root = merkle::root_from_branch(
-        &coinbase_tx.compute_txid().to_byte_array(),
-        &merkle::coinbase_branch(&txids),
-    );
-    let network = Target::from_compact(REGTEST_BITS);
     let ntime = template.curtime;
-    let nonce = (0..)
-        .find(|n| {
-            let header = header_bytes(
-                0x2000_0000,
-                &template.prev_hash,
-                &root,
-                ntime,
-                REGTEST_BITS,
-                *n,
-            );
-            network.is_met_by(&sha256d_80(&header))
-        })
-        .expect("nonce");
+    let (_, root, nonce) = solve_block(&template, &extranonce_prefix, &extranonce, &txs);
     let answer = miner.send(Message::SubmitSharesExtended {
         channel_id,
         sequence_number: 1,
@@ -993,21 +969,13 @@ fn a_coinbase_only_token_names_custom_jobs_checked_as_far_as_the_pool_can() {
 #[test]
 fn coinbase_only_tokens_used_in_a_custom_job_stop_counting_against_the_limit() {
     // A coinbase-only JDC asks for a token per job and never declares any.
-    let template = template_with(1, 7, &[]);
     let jd_config = JdConfig {
         coinbase_only: true,
         max_tokens_per_connection: 2,
         ..JdConfig::default()
     };
-    let pool = Arc::new(test_pool().with_declarations(jd_config));
-    pool.on_template(&template);
-    let mut jd = Raw::connect_to(Arc::clone(&pool), Arc::clone(&template));
-    jd.setup_protocol(Protocol::JobDeclaration, 0);
-    let mut rig = Rig {
-        pool,
-        template: Arc::clone(&template),
-        jd,
-    };
+    let mut rig = rig_with_flags(&[], jd_config, 0);
+    let template = Arc::clone(&rig.template);
     let (mut miner, channel_id, _) = rig.miner();
     for request in 1..=6 {
         let (token, _) = rig.allocate(request);
