@@ -138,6 +138,17 @@ impl Rpc {
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 const LONGPOLL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// A `getblocktemplate` request; with `longpoll_id`, a long poll. Bitcoin Core refuses a signet
+/// template unless the request names the `signet` rule; other chains ignore rules they do not
+/// need.
+fn template_request(longpoll_id: Option<&str>) -> serde_json::Value {
+    let mut request = json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"]});
+    if let Some(id) = longpoll_id {
+        request["longpollid"] = json!(id);
+    }
+    request
+}
+
 /// A long poll in flight, kept across template refreshes.
 type LongPoll =
     std::pin::Pin<Box<dyn std::future::Future<Output = Option<(usize, GetBlockTemplate)>> + Send>>;
@@ -249,7 +260,7 @@ impl Nodes {
         // RPC threads run out and even submitblock waits.
         let mut longpoll: Option<LongPoll> = None;
         loop {
-            match self.fetch_from_any(None).await {
+            match self.fetch_from_any().await {
                 Some((index, gbt)) => {
                     failures = 0;
                     self.publish(&gbt);
@@ -314,10 +325,12 @@ impl Nodes {
         id: String,
     ) -> Option<(usize, GetBlockTemplate)> {
         let rpc = self.rpcs.get(index)?;
-        let request =
-            json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"], "longpollid": id});
         match rpc
-            .call::<GetBlockTemplate>("getblocktemplate", json!([request]), LONGPOLL_TIMEOUT)
+            .call::<GetBlockTemplate>(
+                "getblocktemplate",
+                json!([template_request(Some(&id))]),
+                LONGPOLL_TIMEOUT,
+            )
             .await
         {
             Ok(gbt) => Some((index, gbt)),
@@ -329,17 +342,16 @@ impl Nodes {
         }
     }
 
-    // Bitcoin Core refuses a signet template unless the request names the `signet` rule; other
-    // chains ignore rules they do not need.
-    async fn fetch_from_any(&self, longpoll_id: Option<&str>) -> Option<(usize, GetBlockTemplate)> {
+    /// A template from the first node that answers.
+    async fn fetch_from_any(&self) -> Option<(usize, GetBlockTemplate)> {
         for (index, rpc) in self.rpcs.iter().enumerate() {
-            let mut request = json!({"rules": ["segwit", "signet"], "capabilities": ["longpoll"]});
-            if let Some(id) = longpoll_id {
-                request["longpollid"] = json!(id);
-            }
             let started = Instant::now();
             match rpc
-                .call::<GetBlockTemplate>("getblocktemplate", json!([request]), RPC_TIMEOUT)
+                .call::<GetBlockTemplate>(
+                    "getblocktemplate",
+                    json!([template_request(None)]),
+                    RPC_TIMEOUT,
+                )
                 .await
             {
                 Ok(gbt) => {
