@@ -480,7 +480,12 @@ impl Proxy {
     }
 
     fn on_upstream_message(&mut self, message: Message) {
-        if self.holds_pool_jobs() {
+        // Only the pool's jobs can be held back: share answers skip the check.
+        let pool_job = matches!(
+            message,
+            Message::NewExtendedMiningJob { .. } | Message::SetNewPrevHash { .. }
+        );
+        if pool_job && self.holds_pool_jobs() {
             match message {
                 Message::NewExtendedMiningJob { .. } => return self.pool_backlog.push(message),
                 Message::SetNewPrevHash { job_id, .. } => {
