@@ -13,6 +13,49 @@ use support::keys::{fill_mempool, fund, TestKey};
 use support::sri::*;
 use support::*;
 
+/// `quarry serve` in pool mode paying `pool_address`, with SV2 and Job Declaration on (and
+/// coinbase-only declarers taken if `coinbase_only`), and its ledger.
+struct JdPool {
+    pool: Process,
+    store: Store,
+    port: u16,
+    authority: AuthorityKeypair,
+}
+
+impl JdPool {
+    async fn start(
+        nodes: &Regtest,
+        dir: &std::path::Path,
+        pool_address: &str,
+        coinbase_only: bool,
+    ) -> JdPool {
+        let port = free_port();
+        let authority = AuthorityKeypair::generate();
+        let mut config = pool_config(nodes, dir, port, "").replace(
+            "mode = \"solo\"",
+            &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
+        );
+        config.push_str(&sv2_section(&authority));
+        config.push_str("job_declaration = true\n");
+        if coinbase_only {
+            config.push_str("jd_coinbase_only = true\n");
+        }
+        let pool = start_pool(dir, &config, port).await;
+        let store = Store::open(&format!(
+            "sqlite://{}",
+            dir.join("data/quarry.db").display()
+        ))
+        .await
+        .expect("ledger");
+        JdPool {
+            pool,
+            store,
+            port,
+            authority,
+        }
+    }
+}
+
 /// A Quarry pool with Job Declaration in pool mode, `quarry tp` on the same node, and SRI's
 /// JDC between them in `mode`.
 struct SriJd {
@@ -33,21 +76,12 @@ impl SriJd {
         before_pool(&nodes).await;
         let pool_address = nodes.new_address().await;
         let miner_address = nodes.new_address().await;
-        let port = free_port();
-        let authority = AuthorityKeypair::generate();
-        let mut config = pool_config(&nodes, &dir, port, "").replace(
-            "mode = \"solo\"",
-            &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
-        );
-        config.push_str(&sv2_section(&authority));
-        config.push_str("job_declaration = true\njd_coinbase_only = true\n");
-        let pool = start_pool(&dir, &config, port).await;
-        let store = Store::open(&format!(
-            "sqlite://{}",
-            dir.join("data/quarry.db").display()
-        ))
-        .await
-        .expect("ledger");
+        let JdPool {
+            pool,
+            store,
+            port,
+            authority,
+        } = JdPool::start(&nodes, &dir, &pool_address, true).await;
         let (tp, tp_port, tp_authority) = start_tp(&nodes, &dir, "template_refresh_secs = 1").await;
         let identity = format!("{miner_address}.jdc");
         let jdc = JdClient::start(
@@ -346,24 +380,12 @@ async fn proxy_declares_and_falls_back(coinbase_only: bool) {
     let pool_address = nodes.new_address().await;
     let miner_address = nodes.new_address().await;
 
-    let port = free_port();
-    let authority = AuthorityKeypair::generate();
-    let mut config = pool_config(&nodes, &dir, port, "").replace(
-        "mode = \"solo\"",
-        &format!("mode = \"pool\"\npool_address = \"{pool_address}\""),
-    );
-    config.push_str(&sv2_section(&authority));
-    config.push_str("job_declaration = true\n");
-    if coinbase_only {
-        config.push_str("jd_coinbase_only = true\n");
-    }
-    let pool = start_pool(&dir, &config, port).await;
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        dir.join("data/quarry.db").display()
-    ))
-    .await
-    .expect("ledger");
+    let JdPool {
+        pool,
+        store,
+        port,
+        authority,
+    } = JdPool::start(&nodes, &dir, &pool_address, coinbase_only).await;
     let relay = Relay::start(0, port).await;
 
     let identity = format!("{miner_address}.jdproxy");
